@@ -1,0 +1,296 @@
+//! The body types the middleware hands on: the original body, or one it
+//! buffered, rewrote or wrote itself.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The request body the inner service receives: the client's body as it
+    /// streams in, or a form body the middleware buffered to check.
+    pub struct RequestBody<B> {
+        #[pin]
+        kind: RequestKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = RequestKindProj]
+    enum RequestKind<B> {
+        Inner { #[pin] body: B },
+        Buffered { data: Option<Bytes> },
+    }
+}
+
+impl<B> RequestBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: RequestKind::Inner { body },
+        }
+    }
+
+    pub(crate) fn buffered(data: Bytes) -> Self {
+        Self {
+            kind: RequestKind::Buffered {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for RequestBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            RequestKindProj::Inner { body } => body.poll_frame(cx),
+            RequestKindProj::Buffered { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestKind::Inner { body } => body.is_end_stream(),
+            RequestKind::Buffered { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestKind::Inner { body } => body.size_hint(),
+            RequestKind::Buffered { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response body the middleware returns: the inner service's body as
+    /// it streams, a rejection, or a page it read (to find a `form_post`
+    /// code) and hands on, rewritten or as it was.
+    pub struct ResponseBody<B: Body> {
+        #[pin]
+        kind: ResponseKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = ResponseKindProj]
+    enum ResponseKind<B: Body> {
+        Inner { #[pin] body: B },
+        Full { data: Option<Bytes> },
+        Replay {
+            frames: VecDeque<Frame<Bytes>>,
+            error: Option<B::Error>,
+            rest: Option<Pin<Box<B>>>,
+        },
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: ResponseKind::Inner { body },
+        }
+    }
+
+    pub(crate) fn full(data: Bytes) -> Self {
+        Self {
+            kind: ResponseKind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    /// Frames already read, then whatever `rest` still yields (or `error`).
+    pub(crate) fn replay(
+        frames: VecDeque<Frame<Bytes>>,
+        error: Option<B::Error>,
+        rest: Option<Pin<Box<B>>>,
+    ) -> Self {
+        Self {
+            kind: ResponseKind::Replay {
+                frames,
+                error,
+                rest,
+            },
+        }
+    }
+}
+
+impl<B: Body> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            ResponseKindProj::Inner { body } => body.poll_frame(cx),
+            ResponseKindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseKindProj::Replay {
+                frames,
+                error,
+                rest,
+            } => {
+                if let Some(frame) = frames.pop_front() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                if let Some(e) = error.take() {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                match rest {
+                    Some(body) => body.as_mut().poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            ResponseKind::Inner { body } => body.is_end_stream(),
+            ResponseKind::Full { data } => data.is_none(),
+            ResponseKind::Replay {
+                frames,
+                error,
+                rest,
+            } => {
+                frames.is_empty()
+                    && error.is_none()
+                    && rest.as_ref().is_none_or(|b| b.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ResponseKind::Inner { body } => body.size_hint(),
+            ResponseKind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ResponseKind::Replay { frames, rest, .. } => {
+                let buffered: u64 = frames
+                    .iter()
+                    .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                    .sum();
+                match rest {
+                    None => SizeHint::with_exact(buffered),
+                    Some(body) => {
+                        let inner = body.size_hint();
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(inner.lower().saturating_add(buffered));
+                        if let Some(upper) = inner.upper() {
+                            hint.set_upper(upper.saturating_add(buffered));
+                        }
+                        hint
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What reading a body up to a bound found.
+pub(crate) enum Collected<B: Body> {
+    /// The whole body: its data and trailers.
+    Complete {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// More than the bound: the frames read so far and the unread rest.
+    Over {
+        frames: VecDeque<Frame<Bytes>>,
+        rest: Pin<Box<B>>,
+    },
+    /// The body failed after these frames.
+    Failed {
+        frames: VecDeque<Frame<Bytes>>,
+        error: B::Error,
+    },
+}
+
+/// Reads `body` until it ends or more than `limit` bytes arrived.
+pub(crate) async fn collect_bounded<B: Body<Data = Bytes>>(body: B, limit: usize) -> Collected<B> {
+    use http_body_util::BodyExt;
+
+    let mut body = Box::pin(body);
+    let mut frames = VecDeque::new();
+    let mut len = 0usize;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(error)) => return Collected::Failed { frames, error },
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    len = len.saturating_add(data.len());
+                }
+                frames.push_back(frame);
+                if len > limit {
+                    return Collected::Over { frames, rest: body };
+                }
+            }
+        }
+    }
+    let mut trailers: Option<HeaderMap> = None;
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(frames.len());
+    for frame in frames {
+        match frame.into_data() {
+            Ok(data) => chunks.push(data),
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers.get_or_insert_with(HeaderMap::new).extend(t);
+                }
+            }
+        }
+    }
+    let data = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut all = Vec::with_capacity(len);
+            for c in &chunks {
+                all.extend_from_slice(c);
+            }
+            Bytes::from(all)
+        }
+    };
+    Collected::Complete { data, trailers }
+}
+
+/// A complete body handed on as frames: its data, then its trailers.
+pub(crate) fn frames_of(data: Bytes, trailers: Option<HeaderMap>) -> VecDeque<Frame<Bytes>> {
+    let mut frames = VecDeque::with_capacity(2);
+    if !data.is_empty() {
+        frames.push_back(Frame::data(data));
+    }
+    if let Some(t) = trailers {
+        frames.push_back(Frame::trailers(t));
+    }
+    frames
+}

@@ -1,0 +1,93 @@
+//! Transaction handles: the opaque values that stand in for the client's
+//! `state` while the upstream handles an authorization request.
+
+use std::ops::Range;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Every handle starts with this; it is how responses that may carry one
+/// are recognised cheaply.
+pub(crate) const PREFIX: &str = "pkce.";
+const RANDOM_BYTES: usize = 16;
+const ENCODED_LEN: usize = 22;
+
+/// A fresh handle: the prefix and 128 bits from the operating system's
+/// random number generator, base64url-encoded.
+pub(crate) fn mint() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; RANDOM_BYTES];
+    getrandom::fill(&mut bytes)?;
+    let mut handle = String::with_capacity(PREFIX.len() + ENCODED_LEN);
+    handle.push_str(PREFIX);
+    URL_SAFE_NO_PAD.encode_string(bytes, &mut handle);
+    Ok(handle)
+}
+
+/// Whether `value` has the exact shape of a handle this middleware mints.
+pub(crate) fn is_handle(value: &str) -> bool {
+    value.len() == PREFIX.len() + ENCODED_LEN
+        && value.starts_with(PREFIX)
+        && value
+            .bytes()
+            .skip(PREFIX.len())
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `bytes` may contain a handle: a fast check before parsing.
+pub(crate) fn may_contain(bytes: &[u8]) -> bool {
+    bytes.windows(PREFIX.len()).any(|w| w == PREFIX.as_bytes())
+}
+
+/// A handle found beside a code or an error where a response hands them to
+/// the client (a `Location`, a `form_post` page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hit {
+    /// The handle, decoded.
+    pub(crate) handle: String,
+    /// The code beside it, or `None` when an `error` stands there instead.
+    pub(crate) code: Option<String>,
+    /// Where the `state` value is written, to put the client's back.
+    pub(crate) value: Range<usize>,
+    /// What to cut when the client sent no `state`: the whole parameter.
+    pub(crate) whole: Range<usize>,
+    /// The value is written without quotes (an HTML attribute only).
+    pub(crate) bare: bool,
+}
+
+/// `input` with `range` replaced by `with`.
+pub(crate) fn splice(input: &[u8], range: &Range<usize>, with: &[u8]) -> Vec<u8> {
+    let head = input.get(..range.start).unwrap_or_default();
+    let tail = input.get(range.end..).unwrap_or_default();
+    let mut out = Vec::with_capacity(head.len() + with.len() + tail.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(with);
+    out.extend_from_slice(tail);
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_handles_are_handles_and_unique() {
+        let a = mint().unwrap();
+        let b = mint().unwrap();
+        assert!(is_handle(&a), "{a}");
+        assert_ne!(a, b);
+        assert!(may_contain(format!("x?state={a}").as_bytes()));
+    }
+
+    #[test]
+    fn lookalikes_are_not_handles() {
+        let h = mint().unwrap();
+        assert!(!is_handle(&h[..h.len() - 1]));
+        assert!(!is_handle(&format!("{h}A")));
+        assert!(!is_handle(&h.replacen("pkce.", "pkce_", 1)));
+        assert!(!is_handle(&format!("pkce.{}", "+".repeat(22))));
+        assert!(!is_handle("client-state"));
+        assert!(!is_handle(""));
+        assert!(!may_contain(b"state=abc"));
+    }
+}

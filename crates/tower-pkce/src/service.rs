@@ -1,0 +1,1193 @@
+//! [`Pkce`]: the service that enforces PKCE around an authorization server.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::body::{Collected, RequestBody, ResponseBody, collect_bounded, frames_of};
+use crate::cors::Origins;
+use crate::error::Rejection;
+use crate::form::{self, FormError};
+use crate::layer::{Config, PkceLayer, Requirement};
+use crate::pkce::{ChallengeMethod, CodeChallenge};
+use crate::store::{
+    Challenge, CodeBinding, MemoryStore, PendingAuthorization, Redemption, Store, StoreError,
+    StoreKey, fingerprint,
+};
+use crate::{coding, handle, html, location, metadata, path};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What the layer's services share: settings, store, learned CORS origins.
+#[derive(Debug)]
+pub(crate) struct Shared<St> {
+    pub(crate) config: Config,
+    pub(crate) store: St,
+    pub(crate) origins: Arc<Origins>,
+}
+
+/// Enforces PKCE in front of an authorization server. See [`PkceLayer`].
+#[derive(Debug)]
+pub struct Pkce<S, St = MemoryStore> {
+    inner: S,
+    shared: Arc<Shared<St>>,
+}
+
+impl<S: Clone, St> Clone for Pkce<S, St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S> Pkce<S> {
+    /// The strict layer ([`PkceLayer::strict`]), as a shortcut.
+    pub fn layer() -> PkceLayer {
+        PkceLayer::strict()
+    }
+}
+
+impl<S, St> Pkce<S, St> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<St>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the middleware, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Authorize,
+    Token,
+    Metadata,
+    Other,
+}
+
+fn route(config: &Config, raw_path: &str) -> Route {
+    let normalized = path::normalize(raw_path);
+    if config.token_path.matches(&normalized) {
+        Route::Token
+    } else if config.authorize_path.matches(&normalized) {
+        Route::Authorize
+    } else if path::is_metadata_path(&normalized) {
+        Route::Metadata
+    } else {
+        Route::Other
+    }
+}
+
+impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Pkce<S, St>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: Store,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let shared = self.shared.clone();
+        let route = route(&shared.config, req.uri().path());
+        let method = req.method().clone();
+        match route {
+            Route::Other => {
+                let wants_json = wants_json(req.headers());
+                let future = self.inner.call(req.map(RequestBody::inner));
+                ResponseFuture::inspect(future, shared, wants_json)
+            }
+            Route::Metadata if method == Method::GET || method == Method::HEAD => {
+                let inner = self.take_ready();
+                ResponseFuture::boxed(metadata(shared, inner, req))
+            }
+            Route::Metadata => {
+                let future = self.inner.call(req.map(RequestBody::inner));
+                ResponseFuture::inspect(future, shared, false)
+            }
+            Route::Authorize => {
+                let inner = self.take_ready();
+                ResponseFuture::boxed(authorize(shared, inner, req))
+            }
+            Route::Token if method == Method::POST || method == Method::OPTIONS => {
+                let inner = self.take_ready();
+                ResponseFuture::boxed(token(shared, inner, req))
+            }
+            Route::Token => {
+                tracing::info!(
+                    endpoint = "token",
+                    %method,
+                    reason = Rejection::MethodNotAllowed.as_str(),
+                    "request rejected"
+                );
+                let origin = req.headers().get(header::ORIGIN);
+                let response = shared.token_rejection(Rejection::MethodNotAllowed, origin);
+                ResponseFuture::rejected(response)
+            }
+        }
+    }
+}
+
+impl<S: Clone, St> Pkce<S, St> {
+    /// The service that `poll_ready` readied, leaving a clone in its place
+    /// (see tower's "Be careful when cloning inner services").
+    fn take_ready(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
+}
+
+pin_project! {
+    /// The future returned by [`Pkce`].
+    pub struct ResponseFuture<F, B: Body, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B: Body, E> {
+        Inspect {
+            #[pin]
+            future: F,
+            inspector: Option<Arc<dyn Inspect<B>>>,
+            wants_json: bool,
+        },
+        Inspecting { future: BoxFuture<Response<ResponseBody<B>>> },
+        Boxed { future: BoxFuture<Result<Response<ResponseBody<B>>, E>> },
+        Rejected { response: Option<Response<ResponseBody<B>>> },
+    }
+}
+
+impl<F, B: Body, E> std::fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B: Body, E> ResponseFuture<F, B, E> {
+    pub(crate) fn inspect<St: Store>(future: F, shared: Arc<Shared<St>>, wants_json: bool) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Send + 'static,
+    {
+        let inspector: Arc<dyn Inspect<B>> = shared;
+        Self {
+            kind: Kind::Inspect {
+                future,
+                inspector: Some(inspector),
+                wants_json,
+            },
+        }
+    }
+
+    pub(crate) fn boxed(
+        future: impl Future<Output = Result<Response<ResponseBody<B>>, E>> + Send + 'static,
+    ) -> Self {
+        Self {
+            kind: Kind::Boxed {
+                future: Box::pin(future),
+            },
+        }
+    }
+
+    pub(crate) fn rejected(response: Response<Bytes>) -> Self {
+        Self {
+            kind: Kind::Rejected {
+                response: Some(response.map(ResponseBody::full)),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.kind.as_mut().project() {
+                KindProj::Inspect {
+                    future,
+                    inspector,
+                    wants_json,
+                } => {
+                    let response = ready!(future.poll(cx))?;
+                    let wants_json = *wants_json;
+                    match inspector.take() {
+                        Some(inspector) if inspector.needs_inspection(&response) => {
+                            let future = inspector.inspect(response, wants_json);
+                            this.kind.set(Kind::Inspecting { future });
+                        }
+                        _ => return Poll::Ready(Ok(response.map(ResponseBody::inner))),
+                    }
+                }
+                KindProj::Inspecting { future } => return future.as_mut().poll(cx).map(Ok),
+                KindProj::Boxed { future } => return future.as_mut().poll(cx),
+                KindProj::Rejected { response } => {
+                    // Polling again after completion is a caller's bug; an
+                    // empty 500 is the answer that cannot hurt.
+                    let response = response.take().unwrap_or_else(|| {
+                        let mut r = Response::new(ResponseBody::full(Bytes::new()));
+                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        r
+                    });
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}
+
+/// Looks at every upstream response for a code that leaves with a handle.
+trait Inspect<B: Body>: Send + Sync {
+    fn needs_inspection(&self, response: &Response<B>) -> bool;
+    fn inspect(
+        self: Arc<Self>,
+        response: Response<B>,
+        wants_json: bool,
+    ) -> BoxFuture<Response<ResponseBody<B>>>;
+}
+
+impl<St, B> Inspect<B> for Shared<St>
+where
+    St: Store,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
+    fn needs_inspection(&self, response: &Response<B>) -> bool {
+        if response.status().is_redirection()
+            && response
+                .headers()
+                .get(header::LOCATION)
+                .is_some_and(|l| handle::may_contain(l.as_bytes()))
+        {
+            return true;
+        }
+        is_html(response.headers())
+    }
+
+    fn inspect(
+        self: Arc<Self>,
+        response: Response<B>,
+        wants_json: bool,
+    ) -> BoxFuture<Response<ResponseBody<B>>> {
+        Box::pin(async move { self.inspect_response(response, wants_json).await })
+    }
+}
+
+fn is_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("text/html")
+                || essence.eq_ignore_ascii_case("application/xhtml+xml")
+        })
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("json") && !a.contains("text/html"))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+fn set_content_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+/// Reads a request body up to `limit` bytes.
+async fn read_body<B: Body<Data = Bytes>>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+) -> Result<Bytes, Rejection> {
+    if content_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(Rejection::BodyTooLarge);
+    }
+    match collect_bounded(body, limit).await {
+        Collected::Complete { data, .. } => Ok(data),
+        Collected::Over { .. } => Err(Rejection::BodyTooLarge),
+        Collected::Failed { .. } => Err(Rejection::BodyUnreadable),
+    }
+}
+
+fn form_error(e: FormError) -> Rejection {
+    match e {
+        FormError::Malformed => Rejection::MalformedParameters,
+        FormError::Repeated(name) => Rejection::RepeatedParameter(name),
+    }
+}
+
+impl<St: Store> Shared<St> {
+    fn token_rejection(
+        &self,
+        rejection: Rejection,
+        origin: Option<&HeaderValue>,
+    ) -> Response<Bytes> {
+        let mut response = rejection.json_response();
+        self.origins
+            .apply(&self.config.allowed_origins, origin, response.headers_mut());
+        response
+    }
+
+    /// Binds the code (if any) to the pending authorization behind `handle`,
+    /// and returns the client's original state.
+    async fn complete_transaction(
+        &self,
+        handle: &str,
+        code: Option<&str>,
+    ) -> Result<Option<Box<str>>, Rejection> {
+        let pending = match self.store.take_pending(&StoreKey::of(handle)).await {
+            Ok(Some(pending)) => pending,
+            Ok(None) => {
+                tracing::warn!(
+                    reason = Rejection::TransactionExpired.as_str(),
+                    "upstream answered a transaction that expired; response withheld"
+                );
+                return Err(Rejection::TransactionExpired);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store failed while completing a transaction");
+                return Err(Rejection::StoreUnavailable);
+            }
+        };
+        let Some(code) = code else {
+            tracing::info!("upstream answered with an error; state restored");
+            return Ok(pending.state);
+        };
+        let binding = pending.binding();
+        match self
+            .store
+            .insert_binding(&StoreKey::of(code), binding, self.config.ttl)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    method = binding.challenge.map_or("none", |c| c.method.as_str()),
+                    "code bound"
+                );
+                Ok(pending.state)
+            }
+            Err(StoreError::Conflict) => {
+                tracing::error!(
+                    reason = Rejection::CodeReissued.as_str(),
+                    "upstream issued a code that is already bound; response withheld"
+                );
+                Err(Rejection::CodeReissued)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store failed while binding a code");
+                Err(Rejection::StoreUnavailable)
+            }
+        }
+    }
+
+    async fn inspect_response<B>(
+        &self,
+        response: Response<B>,
+        wants_json: bool,
+    ) -> Response<ResponseBody<B>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+    {
+        let (mut parts, body) = response.into_parts();
+        if parts.status.is_redirection() {
+            let hit = parts
+                .headers
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| location::find_code_redirect(l, handle::is_handle).map(|h| (l, h)));
+            if let Some((loc, hit)) = hit {
+                let loc = loc.to_owned();
+                return match self
+                    .complete_transaction(&hit.handle, hit.code.as_deref())
+                    .await
+                {
+                    Ok(state) => {
+                        let restored = location::restore_state(&loc, &hit, state.as_deref());
+                        match HeaderValue::try_from(restored) {
+                            Ok(value) => {
+                                parts.headers.insert(header::LOCATION, value);
+                                Response::from_parts(parts, ResponseBody::inner(body))
+                            }
+                            Err(_) => page(Rejection::StoreUnavailable, wants_json),
+                        }
+                    }
+                    Err(rejection) => page(rejection, wants_json),
+                };
+            }
+        }
+        if !is_html(&parts.headers) {
+            return Response::from_parts(parts, ResponseBody::inner(body));
+        }
+        let limit = self.config.html_scan_limit;
+        if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
+            return Response::from_parts(parts, ResponseBody::inner(body));
+        }
+        let (data, trailers) = match collect_bounded(body, limit).await {
+            Collected::Complete { data, trailers } => (data, trailers),
+            Collected::Over { frames, rest } => {
+                return Response::from_parts(parts, ResponseBody::replay(frames, None, Some(rest)));
+            }
+            Collected::Failed { frames, error } => {
+                return Response::from_parts(
+                    parts,
+                    ResponseBody::replay(frames, Some(error), None),
+                );
+            }
+        };
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let decoded: Cow<'_, [u8]> = match &encoding {
+            None => Cow::Borrowed(&data),
+            Some(enc) => match coding::decode_content(enc, &data, limit) {
+                Ok(decoded) => Cow::Owned(decoded),
+                Err(e) => {
+                    tracing::debug!(error = %e, "html response not scanned");
+                    return Response::from_parts(
+                        parts,
+                        ResponseBody::replay(frames_of(data, trailers), None, None),
+                    );
+                }
+            },
+        };
+        let hit = if handle::may_contain(&decoded) {
+            html::find_form_post(&decoded, handle::is_handle)
+        } else {
+            None
+        };
+        let Some(hit) = hit else {
+            return Response::from_parts(
+                parts,
+                ResponseBody::replay(frames_of(data, trailers), None, None),
+            );
+        };
+        match self
+            .complete_transaction(&hit.handle, hit.code.as_deref())
+            .await
+        {
+            Ok(state) => {
+                let page = html::restore_state(&decoded, &hit, state.as_deref());
+                parts.headers.remove(header::CONTENT_ENCODING);
+                parts.headers.remove(header::ETAG);
+                set_content_length(&mut parts.headers, page.len());
+                Response::from_parts(parts, ResponseBody::full(Bytes::from(page)))
+            }
+            Err(rejection) => page(rejection, wants_json),
+        }
+    }
+}
+
+fn page<B: Body>(rejection: Rejection, wants_json: bool) -> Response<ResponseBody<B>> {
+    rejection.page_response(wants_json).map(ResponseBody::full)
+}
+
+/// The parameters of an authorization request that the policy reads.
+const AUTHORIZE_PARAMS: [&str; 7] = [
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "client_id",
+    "redirect_uri",
+    "request_uri",
+    "request",
+];
+const STATE: usize = 0;
+const CHALLENGE: usize = 1;
+const METHOD: usize = 2;
+const CLIENT_ID: usize = 3;
+const REDIRECT_URI: usize = 4;
+const REQUEST_URI: usize = 5;
+const REQUEST: usize = 6;
+const PKCE_PARAMS: [&str; 2] = ["code_challenge", "code_challenge_method"];
+
+type Params<'a> = [Option<Cow<'a, str>>; 7];
+
+/// Merges query and body parameters; a parameter in both must agree.
+fn merge<'a>(query: Params<'a>, body: Option<Params<'a>>) -> Result<Params<'a>, Rejection> {
+    let Some(body) = body else { return Ok(query) };
+    let mut merged = query;
+    for (i, from_body) in body.into_iter().enumerate() {
+        let Some(slot) = merged.get_mut(i) else {
+            continue;
+        };
+        match (slot.as_ref(), from_body) {
+            (Some(q), Some(b)) if *q != b => {
+                let name = AUTHORIZE_PARAMS.get(i).copied().unwrap_or("parameter");
+                return Err(Rejection::ConflictingParameter(name));
+            }
+            (None, Some(b)) => *slot = Some(b),
+            _ => {}
+        }
+    }
+    Ok(merged)
+}
+
+fn get<'p, 'a>(params: &'p Params<'a>, i: usize) -> Option<&'p str> {
+    params.get(i).and_then(|p| p.as_deref())
+}
+
+/// Checks the challenge against the policy.
+fn challenge_of(
+    config: &Config,
+    params: &Params<'_>,
+    requirement: Requirement,
+) -> Result<Option<Challenge>, Rejection> {
+    let Some(value) = get(params, CHALLENGE) else {
+        if get(params, METHOD).is_some() {
+            return Err(Rejection::MethodWithoutChallenge);
+        }
+        return match requirement {
+            Requirement::Required => Err(Rejection::ChallengeRequired),
+            Requirement::Optional => Ok(None),
+        };
+    };
+    // RFC 7636 §4.3: a missing method means plain.
+    let method = match get(params, METHOD) {
+        None => ChallengeMethod::Plain,
+        Some(name) => ChallengeMethod::parse(name).map_err(|_| Rejection::UnknownMethod)?,
+    };
+    if method == ChallengeMethod::Plain && !config.allow_plain {
+        return Err(Rejection::PlainNotAllowed);
+    }
+    let challenge =
+        CodeChallenge::new(value.to_owned(), method).map_err(|_| Rejection::MalformedChallenge)?;
+    Ok(Some(Challenge {
+        method,
+        digest: challenge.digest(),
+    }))
+}
+
+enum Authorized {
+    /// Forward the request as it is.
+    Forward,
+    /// Forward the request with this query and body.
+    Rewritten {
+        query: Option<String>,
+        body: Option<String>,
+    },
+}
+
+async fn check_authorization<St: Store>(
+    shared: &Shared<St>,
+    query: &str,
+    body: Option<&str>,
+) -> Result<Authorized, Rejection> {
+    let config = &shared.config;
+    let from_query = form::collect(query, AUTHORIZE_PARAMS).map_err(form_error)?;
+    let from_body = body
+        .map(|b| form::collect(b, AUTHORIZE_PARAMS))
+        .transpose()
+        .map_err(form_error)?;
+    let client_in_body = from_body
+        .as_ref()
+        .is_some_and(|b| b.get(CLIENT_ID).is_some_and(Option::is_some));
+    let client_in_query = from_query.get(CLIENT_ID).is_some_and(Option::is_some);
+    let state_in_body = from_body
+        .as_ref()
+        .is_some_and(|b| b.get(STATE).is_some_and(Option::is_some));
+    let state_in_query = from_query.get(STATE).is_some_and(Option::is_some);
+    let params = merge(from_query, from_body)?;
+
+    if let Some(state) = get(&params, STATE).filter(|s| handle::is_handle(s)) {
+        return match shared.store.contains_pending(&StoreKey::of(state)).await {
+            Ok(true) => {
+                tracing::debug!(endpoint = "authorize", "continuation forwarded");
+                Ok(Authorized::Forward)
+            }
+            Ok(false) => Err(Rejection::TransactionExpired),
+            Err(e) => {
+                tracing::error!(error = %e, "store failed while checking a transaction");
+                Err(Rejection::StoreUnavailable)
+            }
+        };
+    }
+
+    let client_id = get(&params, CLIENT_ID);
+    let requirement = config.requirement_for(client_id);
+    if get(&params, REQUEST_URI).is_some() || get(&params, REQUEST).is_some() {
+        return match requirement {
+            Requirement::Required => Err(Rejection::RequestObjectUnsupported),
+            Requirement::Optional => Ok(Authorized::Forward),
+        };
+    }
+    let Some(client_id) = client_id else {
+        return Err(Rejection::MissingClientId);
+    };
+    let challenge = challenge_of(config, &params, requirement)?;
+
+    let handle = handle::mint().map_err(|_| Rejection::StoreUnavailable)?;
+    let record = PendingAuthorization {
+        challenge,
+        client: fingerprint(client_id),
+        redirect_uri: get(&params, REDIRECT_URI).map(fingerprint),
+        state: get(&params, STATE).map(Into::into),
+    };
+    match shared
+        .store
+        .insert_pending(&StoreKey::of(&handle), record, config.ttl)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Full) => return Err(Rejection::StoreFull),
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while recording an authorization");
+            return Err(Rejection::StoreUnavailable);
+        }
+    }
+    tracing::info!(
+        endpoint = "authorize",
+        method = challenge.map_or("none", |c| c.method.as_str()),
+        "challenge recorded"
+    );
+
+    let remove: &[&str] = if config.strip_pkce_params {
+        &PKCE_PARAMS
+    } else {
+        &[]
+    };
+    // The handle goes where the client put its state; without one, beside
+    // the client_id, where the upstream reads the request from.
+    let no_state = !state_in_query && !state_in_body;
+    let put_in_query = state_in_query || (no_state && client_in_query);
+    let put_in_body = state_in_body || (no_state && client_in_body);
+    let edit = |input: &str, set: bool| {
+        form::edit(input, set.then_some(("state", handle.as_str())), remove).map_err(form_error)
+    };
+    let query = if put_in_query || !remove.is_empty() {
+        Some(edit(query, put_in_query)?)
+    } else {
+        None
+    };
+    let body = match body {
+        Some(b) if put_in_body || !remove.is_empty() => Some(edit(b, put_in_body)?),
+        _ => None,
+    };
+    Ok(Authorized::Rewritten { query, body })
+}
+
+fn with_query(uri: &Uri, query: &str) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    let path = uri.path();
+    let pq = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    };
+    parts.path_and_query = Some(pq.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+async fn authorize<S, St, ReqBody, ResBody>(
+    shared: Arc<Shared<St>>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    St: Store,
+    ReqBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let json = wants_json(req.headers());
+    let (mut parts, body) = req.into_parts();
+    let reads_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    let (data, body) = if reads_body {
+        match read_body(&parts.headers, body, shared.config.max_authorize_body).await {
+            Ok(data) => (Some(data), None),
+            Err(rejection) => return Ok(reject_authorize(rejection, json)),
+        }
+    } else {
+        (None, Some(body))
+    };
+    let form_body = match &data {
+        Some(d) if !d.is_empty() => {
+            if !is_form(&parts.headers) {
+                return Ok(reject_authorize(Rejection::UnsupportedMediaType, json));
+            }
+            match std::str::from_utf8(d) {
+                Ok(s) => Some(s),
+                Err(_) => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
+            }
+        }
+        _ => None,
+    };
+    let query = parts.uri.query().unwrap_or("");
+    let outcome = match check_authorization(&shared, query, form_body).await {
+        Ok(outcome) => outcome,
+        Err(rejection) => return Ok(reject_authorize(rejection, json)),
+    };
+    let body = match outcome {
+        Authorized::Forward => match (data, body) {
+            (Some(d), _) => RequestBody::buffered(d),
+            (None, Some(b)) => RequestBody::inner(b),
+            (None, None) => RequestBody::buffered(Bytes::new()),
+        },
+        Authorized::Rewritten {
+            query,
+            body: new_body,
+        } => {
+            if let Some(q) = query {
+                match with_query(&parts.uri, &q) {
+                    Some(uri) => parts.uri = uri,
+                    None => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
+                }
+            }
+            match (new_body, data, body) {
+                (Some(nb), _, _) => {
+                    set_content_length(&mut parts.headers, nb.len());
+                    RequestBody::buffered(Bytes::from(nb))
+                }
+                (None, Some(d), _) => RequestBody::buffered(d),
+                (None, None, Some(b)) => RequestBody::inner(b),
+                (None, None, None) => RequestBody::buffered(Bytes::new()),
+            }
+        }
+    };
+    let response = inner.call(Request::from_parts(parts, body)).await?;
+    Ok(shared.inspect_response(response, json).await)
+}
+
+fn reject_authorize<B: Body>(rejection: Rejection, json: bool) -> Response<ResponseBody<B>> {
+    tracing::info!(
+        endpoint = "authorize",
+        reason = rejection.as_str(),
+        "request rejected"
+    );
+    page(rejection, json)
+}
+
+/// The parameters of a token request that the checks read.
+const TOKEN_PARAMS: [&str; 6] = [
+    "grant_type",
+    "code",
+    "code_verifier",
+    "client_id",
+    "redirect_uri",
+    "client_assertion",
+];
+const T_GRANT: usize = 0;
+const T_CODE: usize = 1;
+const T_VERIFIER: usize = 2;
+const T_CLIENT: usize = 3;
+const T_REDIRECT: usize = 4;
+const T_ASSERTION: usize = 5;
+const TOKEN_QUERY_PARAMS: [&str; 3] = ["code", "code_verifier", "grant_type"];
+
+/// A token request that passed, and the binding it redeemed (if any), to be
+/// restored should the upstream fail.
+struct Admitted {
+    body: Bytes,
+    redeemed: Option<(StoreKey, CodeBinding)>,
+    changed: bool,
+}
+
+/// The client a token request speaks for: the body's `client_id`, the HTTP
+/// Basic user (RFC 6749 §2.3.1), or a client assertion's `sub` (RFC 7523
+/// §3). Where more than one is present they must agree.
+fn client_of(
+    headers: &HeaderMap,
+    params: &[Option<Cow<'_, str>>; 6],
+) -> Result<Option<String>, Rejection> {
+    let mut client: Option<String> = params
+        .get(T_CLIENT)
+        .and_then(|c| c.as_deref())
+        .map(str::to_owned);
+    let mut agree = |other: String| -> Result<(), Rejection> {
+        match &client {
+            Some(c) if *c != other => Err(Rejection::ConflictingClient),
+            Some(_) => Ok(()),
+            None => {
+                client = Some(other);
+                Ok(())
+            }
+        }
+    };
+    if let Some(user) = basic_user(headers)? {
+        agree(user)?;
+    }
+    if let Some(assertion) = params.get(T_ASSERTION).and_then(|a| a.as_deref()) {
+        agree(assertion_subject(assertion)?)?;
+    }
+    Ok(client)
+}
+
+fn basic_user(headers: &HeaderMap) -> Result<Option<String>, Rejection> {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Rejection::MalformedParameters)?
+        .trim();
+    let Some((scheme, credentials)) = value.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = LENIENT
+        .decode(credentials.trim())
+        .map_err(|_| Rejection::MalformedParameters)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| Rejection::MalformedParameters)?;
+    let user = decoded.split_once(':').map_or(decoded.as_str(), |(u, _)| u);
+    let user = form::decode(user).map_err(|_| Rejection::MalformedParameters)?;
+    Ok(Some(user.into_owned()))
+}
+
+/// The `sub` claim of a JWT client assertion, read without verifying the
+/// signature: the upstream verifies it, and the proxy only needs to know
+/// which client the request claims to be.
+fn assertion_subject(assertion: &str) -> Result<String, Rejection> {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let payload = assertion
+        .split('.')
+        .nth(1)
+        .ok_or(Rejection::MalformedClientAssertion)?;
+    let bytes = LENIENT
+        .decode(payload)
+        .map_err(|_| Rejection::MalformedClientAssertion)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| Rejection::MalformedClientAssertion)?;
+    claims
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .map(str::to_owned)
+        .ok_or(Rejection::MalformedClientAssertion)
+}
+
+async fn check_token<St: Store>(
+    shared: &Shared<St>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    data: Bytes,
+) -> Result<Admitted, Rejection> {
+    let config = &shared.config;
+    if let Some(query) = query {
+        for pair in form::raw_pairs(query) {
+            let name = form::decode(pair.name).map_err(|_| Rejection::MalformedParameters)?;
+            if TOKEN_QUERY_PARAMS.contains(&name.as_ref()) {
+                return Err(Rejection::TokenParametersInQuery);
+            }
+        }
+    }
+    let text = std::str::from_utf8(&data).map_err(|_| Rejection::MalformedParameters)?;
+    let params = form::collect(text, TOKEN_PARAMS).map_err(form_error)?;
+    let param = |i: usize| params.get(i).and_then(|p| p.as_deref());
+    if param(T_GRANT) != Some("authorization_code") {
+        return Ok(Admitted {
+            body: data.clone(),
+            redeemed: None,
+            changed: false,
+        });
+    }
+    let code = param(T_CODE)
+        .filter(|c| !c.is_empty())
+        .ok_or(Rejection::MissingCode)?;
+    let client = client_of(headers, &params)?;
+    let verifier = param(T_VERIFIER);
+    let key = StoreKey::of(code);
+
+    let binding = match shared.store.redeem(&key).await {
+        Ok(Redemption::Redeemed(binding)) => binding,
+        Ok(Redemption::Spent) => return Err(Rejection::CodeSpent),
+        Ok(Redemption::Missing) => {
+            return match config.requirement_for(client.as_deref()) {
+                Requirement::Required => Err(Rejection::UnboundCode),
+                Requirement::Optional => {
+                    tracing::debug!(endpoint = "token", "unbound code forwarded (optional mode)");
+                    Ok(Admitted {
+                        body: data.clone(),
+                        redeemed: None,
+                        changed: false,
+                    })
+                }
+            };
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while redeeming a code");
+            return Err(Rejection::StoreUnavailable);
+        }
+    };
+
+    if let Err(rejection) = check_binding(&binding, client.as_deref(), param(T_REDIRECT), verifier)
+    {
+        let failures = binding.failures.saturating_add(1);
+        if failures >= config.max_failed_attempts {
+            tracing::warn!(failures, "code burned after repeated failed attempts");
+        } else if let Err(e) = shared
+            .store
+            .restore(
+                &key,
+                CodeBinding {
+                    failures,
+                    ..binding
+                },
+            )
+            .await
+        {
+            tracing::error!(error = %e, "store failed while counting a failed attempt; code stays spent");
+        }
+        return Err(rejection);
+    }
+
+    let (body, changed) = if config.strip_pkce_params && verifier.is_some() {
+        match form::edit(text, None, &["code_verifier"]) {
+            Ok(stripped) => (Bytes::from(stripped), true),
+            Err(e) => return Err(form_error(e)),
+        }
+    } else {
+        (data.clone(), false)
+    };
+    tracing::info!(
+        endpoint = "token",
+        method = binding.challenge.map_or("none", |c| c.method.as_str()),
+        "code verified"
+    );
+    Ok(Admitted {
+        body,
+        redeemed: Some((key, binding)),
+        changed,
+    })
+}
+
+fn check_binding(
+    binding: &CodeBinding,
+    client: Option<&str>,
+    redirect_uri: Option<&str>,
+    verifier: Option<&str>,
+) -> Result<(), Rejection> {
+    if client.map(fingerprint) != Some(binding.client) {
+        return Err(Rejection::ClientMismatch);
+    }
+    if let Some(uri) = redirect_uri
+        && binding.redirect_uri != Some(fingerprint(uri))
+    {
+        return Err(Rejection::RedirectUriMismatch);
+    }
+    match (&binding.challenge, verifier) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(Rejection::Downgrade),
+        (Some(_), None) => Err(Rejection::VerifierMissing),
+        (Some(challenge), Some(verifier)) => {
+            if crate::pkce::check_unreserved(verifier).is_err() {
+                return Err(Rejection::VerifierMalformed);
+            }
+            if crate::pkce::verify_digest(verifier, &challenge.digest) {
+                Ok(())
+            } else {
+                Err(Rejection::VerifierMismatch)
+            }
+        }
+    }
+}
+
+async fn token<S, St, ReqBody, ResBody>(
+    shared: Arc<Shared<St>>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    St: Store,
+    ReqBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes>,
+{
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    if req.method() == Method::OPTIONS {
+        let response = inner.call(req.map(RequestBody::inner)).await?;
+        shared.origins.learn(origin.as_ref(), response.headers());
+        return Ok(response.map(ResponseBody::inner));
+    }
+    let reject = |rejection: Rejection| {
+        tracing::info!(
+            endpoint = "token",
+            reason = rejection.as_str(),
+            "request rejected"
+        );
+        Ok(shared
+            .token_rejection(rejection, origin.as_ref())
+            .map(ResponseBody::full))
+    };
+    let (mut parts, body) = req.into_parts();
+    if !is_form(&parts.headers) {
+        return reject(Rejection::UnsupportedMediaType);
+    }
+    let data = match read_body(&parts.headers, body, shared.config.max_token_body).await {
+        Ok(data) => data,
+        Err(rejection) => return reject(rejection),
+    };
+    let admitted = match check_token(&shared, &parts.headers, parts.uri.query(), data).await {
+        Ok(admitted) => admitted,
+        Err(rejection) => return reject(rejection),
+    };
+    if admitted.changed {
+        set_content_length(&mut parts.headers, admitted.body.len());
+    }
+    let request = Request::from_parts(parts, RequestBody::buffered(admitted.body));
+    let result = inner.call(request).await;
+    if let Some((key, binding)) = admitted.redeemed {
+        let upstream_failed = match &result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        if upstream_failed {
+            match shared.store.restore(&key, binding).await {
+                Ok(()) => tracing::warn!("upstream failed; code binding restored for a retry"),
+                Err(e) => {
+                    tracing::error!(error = %e, "store failed while restoring a code binding")
+                }
+            }
+        }
+    }
+    let response = result?;
+    shared.origins.learn(origin.as_ref(), response.headers());
+    Ok(response.map(ResponseBody::inner))
+}
+
+async fn metadata<S, St, ReqBody, ResBody>(
+    shared: Arc<Shared<St>>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    St: Store,
+    ReqBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let is_head = req.method() == Method::HEAD;
+    let response = inner.call(req.map(RequestBody::inner)).await?;
+    let (mut parts, body) = response.into_parts();
+    if parts.status != StatusCode::OK {
+        return Ok(Response::from_parts(parts, ResponseBody::inner(body)));
+    }
+    if is_head {
+        parts.headers.remove(header::ETAG);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Ok(Response::from_parts(parts, ResponseBody::inner(body)));
+    }
+    let limit = shared.config.metadata_limit;
+    let (data, trailers) = match collect_bounded(body, limit).await {
+        Collected::Complete { data, trailers } => (data, trailers),
+        Collected::Over { frames, rest } => {
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::replay(frames, None, Some(rest)),
+            ));
+        }
+        Collected::Failed { frames, error } => {
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::replay(frames, Some(error), None),
+            ));
+        }
+    };
+    let decoded = match parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => Ok(Cow::Borrowed(&data[..])),
+        Some(enc) => coding::decode_content(enc, &data, limit).map(Cow::Owned),
+    };
+    let rewritten = decoded
+        .ok()
+        .and_then(|d| metadata::rewrite_metadata(&d, shared.config.methods_supported(), true));
+    match rewritten {
+        Some(json) => {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.remove(header::ETAG);
+            set_content_length(&mut parts.headers, json.len());
+            tracing::debug!("discovery metadata rewritten");
+            Ok(Response::from_parts(
+                parts,
+                ResponseBody::full(Bytes::from(json)),
+            ))
+        }
+        None => Ok(Response::from_parts(
+            parts,
+            ResponseBody::replay(frames_of(data, trailers), None, None),
+        )),
+    }
+}

@@ -1,0 +1,401 @@
+//! One behaviour for every backend: the store conformance suite.
+//!
+//! Each function checks one property of a [`Store`] and panics when the
+//! backend breaks it. [`store_conformance_tests!`](crate::store_conformance_tests)
+//! turns them into one `#[tokio::test]` each:
+//!
+//! ```ignore
+//! tower_pkce::store_conformance_tests!(|capacity| async move {
+//!     MemoryStore::builder().capacity(capacity).build()
+//! });
+//! ```
+//!
+//! The factory receives the capacity bound the check needs and must return
+//! an empty store. Checks that wait for expiry sleep for about a second.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::{
+    Challenge, CodeBinding, PendingAuthorization, Redemption, Store, StoreError, StoreKey,
+    fingerprint,
+};
+use crate::pkce::ChallengeMethod;
+
+/// A capacity large enough that no check reaches it unless it means to.
+pub const ROOMY: usize = 10_000;
+const TTL: Duration = Duration::from_secs(60);
+const SHORT_TTL: Duration = Duration::from_millis(300);
+const PAST_SHORT_TTL: Duration = Duration::from_millis(1200);
+
+/// A key unique to this run, so that suites on a shared backend do not meet.
+pub fn fresh_key() -> StoreKey {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("random key");
+    StoreKey::from_bytes(bytes)
+}
+
+pub fn sample_pending(state: Option<&str>) -> PendingAuthorization {
+    PendingAuthorization {
+        challenge: Some(Challenge {
+            method: ChallengeMethod::S256,
+            digest: [7; 32],
+        }),
+        client: fingerprint("client-a"),
+        redirect_uri: Some(fingerprint("https://client.example/cb")),
+        state: state.map(Into::into),
+    }
+}
+
+pub fn sample_binding() -> CodeBinding {
+    sample_pending(None).binding()
+}
+
+pub async fn pending_round_trip<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    let record = sample_pending(Some("xyz &=é"));
+    store
+        .insert_pending(&key, record.clone(), TTL)
+        .await
+        .unwrap();
+    assert!(store.contains_pending(&key).await.unwrap());
+    assert_eq!(store.take_pending(&key).await.unwrap(), Some(record));
+    assert_eq!(store.take_pending(&key).await.unwrap(), None);
+    assert!(!store.contains_pending(&key).await.unwrap());
+}
+
+pub async fn pending_without_state_or_challenge<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    let record = PendingAuthorization {
+        challenge: None,
+        client: fingerprint("c"),
+        redirect_uri: None,
+        state: None,
+    };
+    store
+        .insert_pending(&key, record.clone(), TTL)
+        .await
+        .unwrap();
+    assert_eq!(store.take_pending(&key).await.unwrap(), Some(record));
+}
+
+pub async fn pending_conflict<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    store
+        .insert_pending(&key, sample_pending(None), TTL)
+        .await
+        .unwrap();
+    let second = store
+        .insert_pending(&key, sample_pending(Some("other")), TTL)
+        .await;
+    assert!(matches!(second, Err(StoreError::Conflict)), "{second:?}");
+    assert_eq!(
+        store.take_pending(&key).await.unwrap(),
+        Some(sample_pending(None))
+    );
+}
+
+pub async fn unknown_keys<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    assert!(!store.contains_pending(&key).await.unwrap());
+    assert_eq!(store.take_pending(&key).await.unwrap(), None);
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Missing);
+    store.restore(&key, sample_binding()).await.unwrap();
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Missing);
+}
+
+pub async fn families_are_separate<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    store
+        .insert_pending(&key, sample_pending(None), TTL)
+        .await
+        .unwrap();
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Missing);
+    store
+        .insert_binding(&key, sample_binding(), TTL)
+        .await
+        .unwrap();
+    assert!(store.contains_pending(&key).await.unwrap());
+}
+
+pub async fn binding_single_use<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    let binding = sample_binding();
+    store.insert_binding(&key, binding, TTL).await.unwrap();
+    assert_eq!(
+        store.redeem(&key).await.unwrap(),
+        Redemption::Redeemed(binding)
+    );
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Spent);
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Spent);
+}
+
+pub async fn binding_restore<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    let binding = sample_binding();
+    store.insert_binding(&key, binding, TTL).await.unwrap();
+    assert!(matches!(
+        store.redeem(&key).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    let counted = CodeBinding {
+        failures: 2,
+        ..binding
+    };
+    store.restore(&key, counted).await.unwrap();
+    assert_eq!(
+        store.redeem(&key).await.unwrap(),
+        Redemption::Redeemed(counted)
+    );
+}
+
+pub async fn binding_without_challenge<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    let binding = CodeBinding {
+        challenge: None,
+        client: fingerprint("c"),
+        redirect_uri: None,
+        failures: 0,
+    };
+    store.insert_binding(&key, binding, TTL).await.unwrap();
+    assert_eq!(
+        store.redeem(&key).await.unwrap(),
+        Redemption::Redeemed(binding)
+    );
+}
+
+pub async fn binding_conflict<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    store
+        .insert_binding(&key, sample_binding(), TTL)
+        .await
+        .unwrap();
+    let again = store.insert_binding(&key, sample_binding(), TTL).await;
+    assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
+    // A spent code may not be bound afresh either: that would make it
+    // redeemable a second time.
+    assert!(matches!(
+        store.redeem(&key).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    let after_use = store.insert_binding(&key, sample_binding(), TTL).await;
+    assert!(
+        matches!(after_use, Err(StoreError::Conflict)),
+        "{after_use:?}"
+    );
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Spent);
+}
+
+pub async fn pending_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    store
+        .insert_pending(&key, sample_pending(None), SHORT_TTL)
+        .await
+        .unwrap();
+    assert!(store.contains_pending(&key).await.unwrap());
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    assert!(!store.contains_pending(&key).await.unwrap());
+    assert_eq!(store.take_pending(&key).await.unwrap(), None);
+}
+
+pub async fn binding_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let live = fresh_key();
+    let spent = fresh_key();
+    store
+        .insert_binding(&live, sample_binding(), SHORT_TTL)
+        .await
+        .unwrap();
+    store
+        .insert_binding(&spent, sample_binding(), SHORT_TTL)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.redeem(&spent).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    assert_eq!(store.redeem(&live).await.unwrap(), Redemption::Missing);
+    assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Missing);
+    // A restore after expiry must not resurrect the binding.
+    store.restore(&spent, sample_binding()).await.unwrap();
+    assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Missing);
+}
+
+pub async fn capacity_bounds_new_authorizations<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(4).await;
+    let keys: Vec<StoreKey> = (0..4).map(|_| fresh_key()).collect();
+    for key in &keys {
+        store
+            .insert_pending(key, sample_pending(None), TTL)
+            .await
+            .unwrap();
+    }
+    let over = store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await;
+    assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
+
+    // A flow in progress goes on at the bound: its pending record becomes a
+    // binding, and the binding is redeemed.
+    let first = keys.first().copied().unwrap();
+    let record = store.take_pending(&first).await.unwrap().unwrap();
+    let code = fresh_key();
+    store
+        .insert_binding(&code, record.binding(), TTL)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.redeem(&code).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    let still_full = store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await;
+    assert!(
+        matches!(still_full, Err(StoreError::Full)),
+        "{still_full:?}"
+    );
+
+    // Taking a pending record frees its room.
+    let second = keys.get(1).copied().unwrap();
+    store.take_pending(&second).await.unwrap().unwrap();
+    store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await
+        .unwrap();
+}
+
+pub async fn capacity_recovers_after_expiry<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(2).await;
+    for _ in 0..2 {
+        store
+            .insert_pending(&fresh_key(), sample_pending(None), SHORT_TTL)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store
+            .insert_pending(&fresh_key(), sample_pending(None), TTL)
+            .await,
+        Err(StoreError::Full)
+    ));
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await
+        .unwrap();
+}
+
+pub async fn concurrent_redeem_has_one_winner<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    store
+        .insert_binding(&key, sample_binding(), TTL)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(
+            async move { store.redeem(&key).await.unwrap() },
+        ));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Redemption::Redeemed(_) => winners += 1,
+            Redemption::Spent => {}
+            Redemption::Missing => panic!("binding vanished during the race"),
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
+pub async fn concurrent_take_pending_has_one_winner<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    store
+        .insert_pending(&key, sample_pending(None), TTL)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.take_pending(&key).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        winners += usize::from(task.await.unwrap().is_some());
+    }
+    assert_eq!(winners, 1);
+}
+
+pub async fn stats_count_both_families<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(ROOMY).await;
+    let before = store.stats().await.unwrap();
+    store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await
+        .unwrap();
+    store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await
+        .unwrap();
+    store
+        .insert_binding(&fresh_key(), sample_binding(), TTL)
+        .await
+        .unwrap();
+    let after = store.stats().await.unwrap();
+    assert_eq!(after.pending - before.pending, 2);
+    assert_eq!(after.bindings - before.bindings, 1);
+}
+
+/// Generates one `#[tokio::test]` per conformance check for a backend.
+///
+/// The argument is a factory `Fn(usize) -> impl Future<Output = S>` that makes
+/// an empty store with the given capacity. The calling crate needs `tokio`
+/// with the `macros` and `rt-multi-thread` features.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            pending_round_trip, pending_without_state_or_challenge, pending_conflict,
+            unknown_keys, families_are_separate, binding_single_use, binding_restore,
+            binding_without_challenge, binding_conflict, pending_expires, binding_expires,
+            capacity_bounds_new_authorizations, capacity_recovers_after_expiry,
+            concurrent_redeem_has_one_winner, concurrent_take_pending_has_one_winner,
+            stats_count_both_families);
+    };
+    (@each $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                $crate::store::conformance::$check($make).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,421 @@
+//! The in-memory store: two sharded maps with a TTL and a shared capacity.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::{
+    CodeBinding, PendingAuthorization, Redemption, Store, StoreError, StoreKey, StoreStats,
+};
+
+/// Time is kept in sixteenths of a second since the store was made: a `u32`
+/// then lasts eight years, and a record costs four bytes for its expiry.
+const TICKS_PER_SECOND: u64 = 16;
+
+/// The default number of records (both families together).
+pub const DEFAULT_CAPACITY: usize = 1_000_000;
+/// The default period of the background sweep.
+pub const DEFAULT_SWEEP_PERIOD: Duration = Duration::from_secs(30);
+
+/// A hasher for [`StoreKey`], whose `Hash` already writes a uniform `u64`.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than a StoreKey is hashed.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct BuildKeyHasher;
+
+impl BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher::default()
+    }
+}
+
+struct Timed<T> {
+    value: T,
+    expires: u32,
+}
+
+enum Slot {
+    Live(CodeBinding),
+    Spent,
+}
+
+struct Inner {
+    pending: DashMap<StoreKey, Timed<PendingAuthorization>, BuildKeyHasher>,
+    bindings: DashMap<StoreKey, Timed<Slot>, BuildKeyHasher>,
+    capacity: usize,
+    len: AtomicUsize,
+    epoch: Instant,
+    sweep_period: Duration,
+    sweeper_started: AtomicBool,
+    last_sweep: AtomicU64,
+}
+
+impl Inner {
+    fn now(&self) -> u32 {
+        let ticks = self.epoch.elapsed().as_millis() as u64 * TICKS_PER_SECOND / 1000;
+        u32::try_from(ticks).unwrap_or(u32::MAX)
+    }
+
+    fn expiry(&self, ttl: Duration) -> u32 {
+        let ttl_ticks = (ttl.as_millis() as u64 * TICKS_PER_SECOND).div_ceil(1000);
+        // At least one whole tick, so that a record outlives its TTL rather
+        // than dying early through rounding.
+        let ticks = u64::from(self.now()) + ttl_ticks.max(1) + 1;
+        u32::try_from(ticks).unwrap_or(u32::MAX)
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.len.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    fn sweep(&self) -> usize {
+        let now = self.now();
+        self.last_sweep.store(u64::from(now), Ordering::Relaxed);
+        let mut removed = 0;
+        self.pending.retain(|_, r| {
+            let keep = r.expires > now;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.bindings.retain(|_, r| {
+            let keep = r.expires > now;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.release(removed);
+        removed
+    }
+
+    fn reserve(&self) -> bool {
+        self.len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// The embedded store: records live in this process's memory, in sharded
+/// maps ([`dashmap`]), so it serves one replica. Use a shared backend when
+/// several replicas serve one authorization server.
+///
+/// Expired records are never returned. They are also swept by a background
+/// task that the layer starts when it is built inside a Tokio runtime (or
+/// that you start with [`MemoryStore::spawn_sweeper`]), and by an inline
+/// sweep when the store finds itself full.
+///
+/// Cloning is cheap and clones share the records.
+///
+/// ```
+/// use tower_pkce::store::MemoryStore;
+///
+/// let store = MemoryStore::builder().capacity(10_000).build();
+/// # let _ = store;
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("capacity", &self.inner.capacity)
+            .field("len", &self.inner.len.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Settings for a [`MemoryStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    capacity: usize,
+    sweep_period: Duration,
+}
+
+impl MemoryStoreBuilder {
+    /// The most records (pending and bindings together) the store holds.
+    /// Default: 1,000,000. A capacity of 0 refuses every authorization.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// How often the background sweep removes expired records. Default: 30 s.
+    pub fn sweep_period(mut self, period: Duration) -> Self {
+        self.sweep_period = period.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                pending: DashMap::with_hasher(BuildKeyHasher),
+                bindings: DashMap::with_hasher(BuildKeyHasher),
+                capacity: self.capacity,
+                len: AtomicUsize::new(0),
+                epoch: Instant::now(),
+                sweep_period: self.sweep_period,
+                sweeper_started: AtomicBool::new(false),
+                last_sweep: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A store with the default capacity and sweep period.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Settings for a store.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            capacity: DEFAULT_CAPACITY,
+            sweep_period: DEFAULT_SWEEP_PERIOD,
+        }
+    }
+
+    /// The capacity bound.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// Removes every expired record now, and returns how many there were.
+    pub fn sweep(&self) -> usize {
+        self.inner.sweep()
+    }
+
+    /// Spawns the periodic sweep on the current Tokio runtime. The task ends
+    /// when the last clone of the store is dropped.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as [`tokio::spawn`] does.
+    pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        self.inner.sweeper_started.store(true, Ordering::Release);
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let period = self.inner.sweep_period;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let removed = inner.sweep();
+                if removed > 0 {
+                    tracing::debug!(removed, "swept expired records");
+                }
+            }
+        })
+    }
+
+    /// When the store is full, expired records may still hold the room; a
+    /// sweep at most once a second finds out without letting a burst of
+    /// refused requests each walk the whole map.
+    fn sweep_if_stale(&self) {
+        let inner = &self.inner;
+        let now = u64::from(inner.now());
+        let last = inner.last_sweep.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= TICKS_PER_SECOND
+            && inner
+                .last_sweep
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            inner.sweep();
+        }
+    }
+
+    fn insert_pending_now(
+        &self,
+        key: &StoreKey,
+        record: PendingAuthorization,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        if !inner.reserve() {
+            self.sweep_if_stale();
+            if !inner.reserve() {
+                return Err(StoreError::Full);
+            }
+        }
+        let now = inner.now();
+        let timed = Timed {
+            value: record,
+            expires: inner.expiry(ttl),
+        };
+        match inner.pending.entry(*key) {
+            Entry::Occupied(mut e) if e.get().expires <= now => {
+                // Replacing an expired record frees the room it held.
+                e.insert(timed);
+                inner.release(1);
+                Ok(())
+            }
+            Entry::Occupied(_) => {
+                inner.release(1);
+                Err(StoreError::Conflict)
+            }
+            Entry::Vacant(e) => {
+                e.insert(timed);
+                Ok(())
+            }
+        }
+    }
+
+    fn take_pending_now(&self, key: &StoreKey) -> Option<PendingAuthorization> {
+        let inner = &self.inner;
+        let now = inner.now();
+        let (_, record) = inner.pending.remove(key)?;
+        inner.release(1);
+        (record.expires > now).then_some(record.value)
+    }
+
+    fn insert_binding_now(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let now = inner.now();
+        let timed = Timed {
+            value: Slot::Live(binding),
+            expires: inner.expiry(ttl),
+        };
+        match inner.bindings.entry(*key) {
+            Entry::Occupied(mut e) if e.get().expires <= now => {
+                e.insert(timed);
+                Ok(())
+            }
+            Entry::Occupied(_) => Err(StoreError::Conflict),
+            Entry::Vacant(e) => {
+                e.insert(timed);
+                inner.len.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
+        }
+    }
+
+    fn redeem_now(&self, key: &StoreKey) -> Redemption {
+        let inner = &self.inner;
+        let now = inner.now();
+        let Some(mut entry) = inner.bindings.get_mut(key) else {
+            return Redemption::Missing;
+        };
+        if entry.expires <= now {
+            return Redemption::Missing;
+        }
+        match std::mem::replace(&mut entry.value, Slot::Spent) {
+            Slot::Live(binding) => Redemption::Redeemed(binding),
+            Slot::Spent => Redemption::Spent,
+        }
+    }
+
+    fn restore_now(&self, key: &StoreKey, binding: CodeBinding) {
+        let now = self.inner.now();
+        if let Some(mut entry) = self.inner.bindings.get_mut(key)
+            && entry.expires > now
+        {
+            entry.value = Slot::Live(binding);
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    async fn insert_pending(
+        &self,
+        key: &StoreKey,
+        record: PendingAuthorization,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.insert_pending_now(key, record, ttl)
+    }
+
+    async fn contains_pending(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let now = self.inner.now();
+        Ok(self.inner.pending.get(key).is_some_and(|r| r.expires > now))
+    }
+
+    async fn take_pending(
+        &self,
+        key: &StoreKey,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        Ok(self.take_pending_now(key))
+    }
+
+    async fn insert_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.insert_binding_now(key, binding, ttl)
+    }
+
+    async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
+        Ok(self.redeem_now(key))
+    }
+
+    async fn restore(&self, key: &StoreKey, binding: CodeBinding) -> Result<(), StoreError> {
+        self.restore_now(key, binding);
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        Ok(StoreStats {
+            pending: self.inner.pending.len() as u64,
+            bindings: self.inner.bindings.len() as u64,
+        })
+    }
+
+    fn start_maintenance(&self) {
+        if self.inner.sweeper_started.load(Ordering::Acquire) {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_ok()
+            && self
+                .inner
+                .sweeper_started
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            drop(self.spawn_sweeper());
+        }
+    }
+}

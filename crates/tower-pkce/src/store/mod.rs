@@ -1,0 +1,310 @@
+//! Where the middleware keeps its records, behind the [`Store`] trait.
+//!
+//! There are two families of records:
+//!
+//! - a [`PendingAuthorization`] is written when an authorization request
+//!   passes the policy, under the key of the transaction handle that replaces
+//!   the client's `state`;
+//! - a [`CodeBinding`] is written when the upstream issues a code for that
+//!   handle, under the key of the code, and is redeemed once at the token
+//!   endpoint.
+//!
+//! Keys are [`StoreKey`]s, truncated SHA-256 digests of the handle or code, so
+//! a dump of the store holds no live code. Both families expire after a TTL
+//! and share one capacity bound.
+//!
+//! [`MemoryStore`] is the embedded default. Other backends implement
+//! [`Store`] and prove themselves with the conformance suite in
+//! `store::conformance` (feature `conformance`).
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use crate::pkce::ChallengeMethod;
+
+#[cfg(feature = "memory-store")]
+mod memory;
+#[cfg(feature = "memory-store")]
+pub use memory::{DEFAULT_CAPACITY, DEFAULT_SWEEP_PERIOD, MemoryStore, MemoryStoreBuilder};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+/// The key of a record: the first 128 bits of the SHA-256 digest of a
+/// transaction handle or an authorization code.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StoreKey([u8; 16]);
+
+impl StoreKey {
+    /// The key for a secret (a handle or a code).
+    pub fn of(secret: &str) -> Self {
+        Self(fingerprint(secret))
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// A key from its bytes, as a backend reads it back.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl Hash for StoreKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // The key is already a uniform digest; its first eight bytes are a
+        // hash as good as any a hasher could compute.
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(head));
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A digest prefix is no secret, and it lets logs correlate records.
+        write!(f, "StoreKey(")?;
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+/// A 128-bit digest of a value that only needs comparing for equality later
+/// (a `client_id`, a `redirect_uri`).
+pub type Fingerprint = [u8; 16];
+
+/// The first 128 bits of the SHA-256 digest of `value`.
+pub fn fingerprint(value: &str) -> Fingerprint {
+    let digest = crate::pkce::sha256(value.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+/// A recorded `code_challenge`: its method and the 32-byte digest a verifier
+/// must hash to (see [`CodeChallenge::digest`](crate::CodeChallenge::digest)).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    /// The method the client asked for.
+    pub method: ChallengeMethod,
+    /// The digest a verifier is compared against.
+    pub digest: [u8; 32],
+}
+
+impl fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Challenge")
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An authorization request that passed the policy and waits for the upstream
+/// to issue a code.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingAuthorization {
+    /// The challenge, or `None` when the policy let the client go without one.
+    pub challenge: Option<Challenge>,
+    /// The fingerprint of the request's `client_id`.
+    pub client: Fingerprint,
+    /// The fingerprint of the request's `redirect_uri`, if it had one.
+    pub redirect_uri: Option<Fingerprint>,
+    /// The client's own `state`, to be put back on the response, or `None`
+    /// when the client sent none.
+    pub state: Option<Box<str>>,
+}
+
+impl PendingAuthorization {
+    /// The binding this authorization becomes once a code is issued.
+    pub fn binding(&self) -> CodeBinding {
+        CodeBinding {
+            challenge: self.challenge,
+            client: self.client,
+            redirect_uri: self.redirect_uri,
+            failures: 0,
+        }
+    }
+}
+
+impl fmt::Debug for PendingAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingAuthorization")
+            .field("challenge", &self.challenge)
+            .field("has_state", &self.state.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an issued authorization code is bound to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CodeBinding {
+    /// The challenge the token request's verifier must match, or `None` when
+    /// the code was issued without PKCE (optional mode).
+    pub challenge: Option<Challenge>,
+    /// The fingerprint of the `client_id` the code was issued to.
+    pub client: Fingerprint,
+    /// The fingerprint of the authorization request's `redirect_uri`.
+    pub redirect_uri: Option<Fingerprint>,
+    /// How many token requests for this code failed a check so far.
+    pub failures: u8,
+}
+
+impl fmt::Debug for CodeBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeBinding")
+            .field("challenge", &self.challenge)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of [`Store::redeem`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redemption {
+    /// The binding was live and is now spent; the caller holds it.
+    Redeemed(CodeBinding),
+    /// The code was bound, but it has been redeemed or burned already.
+    Spent,
+    /// No binding exists for the code (never bound, or expired).
+    Missing,
+}
+
+/// How many records a store holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Pending authorizations.
+    pub pending: u64,
+    /// Code bindings, spent ones included.
+    pub bindings: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The capacity bound is reached: new authorizations must wait.
+    Full,
+    /// A record already exists under the key.
+    Conflict,
+    /// The backend could not be reached or answered with an error. The
+    /// middleware fails closed: it answers 503 and forwards nothing.
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full => f.write_str("the store is full"),
+            Self::Conflict => f.write_str("a record already exists under this key"),
+            Self::Unavailable(e) => write!(f, "the store is unavailable: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unavailable(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// Storage for pending authorizations and code bindings.
+///
+/// Every operation is atomic with respect to the others on the same key, and
+/// every operation may fail: the middleware answers a failure with 503 and
+/// never forwards an unchecked token request.
+///
+/// Records expire after the TTL they were written with; an expired record is
+/// never returned, whether or not it was swept yet.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Writes a pending authorization unless one exists under `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Full`] when the capacity bound is reached,
+    /// [`StoreError::Conflict`] when `key` is taken, or
+    /// [`StoreError::Unavailable`].
+    fn insert_pending(
+        &self,
+        key: &StoreKey,
+        record: PendingAuthorization,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether a live pending authorization exists under `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`].
+    fn contains_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes and returns the pending authorization under `key`. Of several
+    /// concurrent calls, at most one gets the record.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`].
+    fn take_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send;
+
+    /// Binds a code. Bindings are admitted even at the capacity bound,
+    /// because each one replaces the pending authorization it came from.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Conflict`] when the code is bound already (live or
+    /// spent), or [`StoreError::Unavailable`].
+    fn insert_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Atomically marks a live binding spent and returns it. Of several
+    /// concurrent calls, at most one gets [`Redemption::Redeemed`]. A spent
+    /// binding stays until its TTL ends, so that the code keeps being refused.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`].
+    fn redeem(&self, key: &StoreKey)
+    -> impl Future<Output = Result<Redemption, StoreError>> + Send;
+
+    /// Makes a spent binding live again, keeping its expiry. Does nothing when
+    /// the binding is gone.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`].
+    fn restore(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How many records the store holds.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`].
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+
+    /// Starts any background maintenance the backend needs (for example the
+    /// sweep of expired records), if it is not running yet. Called by the
+    /// layer; it must not panic outside a Tokio runtime.
+    fn start_maintenance(&self) {}
+}

@@ -1,0 +1,1 @@
+//! Runnable examples of `tower-pkce`; see the `[[example]]` targets.

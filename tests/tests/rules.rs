@@ -1,0 +1,807 @@
+//! The rules around the flows: policy at the authorization endpoint, path
+//! aliases and methods, client binding, downgrade, expiry, capacity, upstream
+//! failure, metadata.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::Full;
+use tests::{
+    Answer, Flavor, LegacyServer, delivered, form, get, post_form, send, token_request, walk,
+};
+use tower_pkce::{ChallengeMethod, CodeChallenge, CodeVerifier, PkceLayer, Rejection, Requirement};
+
+const RFC_VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const RFC_CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+fn query(extra: &[(&str, &str)]) -> String {
+    let mut pairs = vec![
+        ("response_type", "code"),
+        ("client_id", "client-a"),
+        ("redirect_uri", "https://client.example/cb"),
+    ];
+    pairs.extend_from_slice(extra);
+    form(&pairs)
+}
+
+fn pkce_query(state: Option<&str>) -> String {
+    let mut extra = vec![
+        ("code_challenge", RFC_CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ];
+    if let Some(s) = state {
+        extra.push(("state", s));
+    }
+    query(&extra)
+}
+
+fn assert_authorize_rejected(answer: &Answer, rejection: Rejection) {
+    assert_eq!(answer.rejection, Some(rejection), "{answer:?}");
+    assert!(answer.location().is_none(), "an error must never redirect");
+}
+
+async fn code_via(
+    server: &LegacyServer,
+    svc: &tests::Service,
+    state: Option<&str>,
+) -> (String, Option<String>) {
+    let answer = walk(svc, server.flavor, &pkce_query(state)).await;
+    delivered(&answer).unwrap_or_else(|| panic!("no code: {answer:?}"))
+}
+
+#[tokio::test]
+async fn authorization_policy() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let long = format!("{RFC_CHALLENGE}A");
+    let padded = format!("{}=", &RFC_CHALLENGE[..42]);
+    let cases: Vec<(Vec<(&str, &str)>, Rejection)> = vec![
+        (vec![], Rejection::ChallengeRequired),
+        (
+            vec![("code_challenge", RFC_CHALLENGE)],
+            Rejection::PlainNotAllowed,
+        ),
+        (
+            vec![
+                ("code_challenge", RFC_CHALLENGE),
+                ("code_challenge_method", "plain"),
+            ],
+            Rejection::PlainNotAllowed,
+        ),
+        (
+            vec![
+                ("code_challenge", RFC_CHALLENGE),
+                ("code_challenge_method", "S512"),
+            ],
+            Rejection::UnknownMethod,
+        ),
+        (
+            vec![
+                ("code_challenge", &RFC_CHALLENGE[..42]),
+                ("code_challenge_method", "S256"),
+            ],
+            Rejection::MalformedChallenge,
+        ),
+        (
+            vec![("code_challenge", &long), ("code_challenge_method", "S256")],
+            Rejection::MalformedChallenge,
+        ),
+        (
+            vec![
+                ("code_challenge", &padded),
+                ("code_challenge_method", "S256"),
+            ],
+            Rejection::MalformedChallenge,
+        ),
+        (
+            vec![("code_challenge_method", "S256")],
+            Rejection::MethodWithoutChallenge,
+        ),
+        (
+            vec![("request_uri", "urn:ietf:params:oauth:request_uri:x")],
+            Rejection::RequestObjectUnsupported,
+        ),
+        (
+            vec![("request", "eyJ.eyJ.sig")],
+            Rejection::RequestObjectUnsupported,
+        ),
+    ];
+    for (extra, rejection) in cases {
+        let answer = send(&svc, get(&format!("/authorize?{}", query(&extra)))).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{extra:?}");
+        assert_authorize_rejected(&answer, rejection);
+        assert!(answer.body.contains("<html"), "a page for browsers");
+    }
+    // No client_id.
+    let answer = send(
+        &svc,
+        get(&format!(
+            "/authorize?code_challenge={RFC_CHALLENGE}&code_challenge_method=S256"
+        )),
+    )
+    .await;
+    assert_authorize_rejected(&answer, Rejection::MissingClientId);
+    assert_eq!(server.state.authorize_requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn malformed_and_repeated_parameters() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let base = pkce_query(Some("s"));
+    for bad in [
+        format!("{base}&state=again"),
+        format!("{base}&code_challenge={RFC_CHALLENGE}"),
+        format!("{base}&code_challenge_method=S256"),
+        format!("{base}&st%61te=again"),
+        format!("{base}&x=%zz"),
+        format!("{base}&x=%e9"),
+        format!("{base}&x=%"),
+    ] {
+        let answer = send(&svc, get(&format!("/authorize?{bad}"))).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            matches!(
+                answer.rejection,
+                Some(Rejection::RepeatedParameter(_) | Rejection::MalformedParameters)
+            ),
+            "{bad}: {answer:?}"
+        );
+    }
+    assert_eq!(server.state.authorize_requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn json_error_when_asked() {
+    let svc = LegacyServer::new(Flavor::Direct).behind(PkceLayer::strict());
+    let req = Request::get(format!("/authorize?{}", query(&[])))
+        .header(header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send(&svc, req).await;
+    assert_eq!(answer.error().as_deref(), Some("invalid_request"));
+}
+
+#[tokio::test]
+async fn authorization_path_aliases_and_methods_are_checked() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let q = query(&[]);
+    for path in [
+        "/authorize",
+        "/authorize/",
+        "/AUTHORIZE",
+        "/Authorize",
+        "//authorize",
+        "/%61uthorize",
+        "/%2Fauthorize",
+        "/x/../authorize",
+        "/./authorize",
+        "/authorize;jsessionid=1",
+    ] {
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE] {
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(format!("{path}?{q}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let answer = send(&svc, req).await;
+            assert_eq!(
+                answer.rejection,
+                Some(Rejection::ChallengeRequired),
+                "{method} {path}"
+            );
+        }
+        // POST with the parameters in the body.
+        let answer = send(&svc, post_form(path, &q)).await;
+        assert_eq!(
+            answer.rejection,
+            Some(Rejection::ChallengeRequired),
+            "POST {path}"
+        );
+    }
+    assert_eq!(server.state.authorize_requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn head_request_code_is_bound_too() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let req = Request::head(format!("/authorize?{}", pkce_query(Some("s"))))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send(&svc, req).await;
+    let (code, state) = delivered(&answer).unwrap();
+    assert_eq!(state.as_deref(), Some("s"));
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+}
+
+#[tokio::test]
+async fn token_path_aliases_and_methods() {
+    let server = LegacyServer::new(Flavor::Direct);
+    // Every alias below makes one failed attempt on the same code.
+    let svc = server.behind(PkceLayer::strict().max_failed_attempts(20).unwrap());
+    let (code, _) = code_via(&server, &svc, None).await;
+    let body = form(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("client_id", "client-a"),
+    ]);
+    for path in [
+        "/token/",
+        "/TOKEN",
+        "/Token",
+        "//token",
+        "/%74oken",
+        "/%2Ftoken",
+        "/a/../token",
+        "/token;x=1",
+    ] {
+        let answer = send(&svc, post_form(path, &body)).await;
+        assert_eq!(answer.rejection, Some(Rejection::VerifierMissing), "{path}");
+    }
+    for method in [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+    ] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(format!("/token?{body}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = send(&svc, req).await;
+        assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(answer.rejection, Some(Rejection::MethodNotAllowed));
+    }
+    // Token parameters in the query string of a POST.
+    let answer = send(
+        &svc,
+        post_form(
+            &format!("/token?code={code}"),
+            "grant_type=authorization_code",
+        ),
+    )
+    .await;
+    assert_eq!(answer.rejection, Some(Rejection::TokenParametersInQuery));
+    // OPTIONS passes through for CORS preflight.
+    let req = Request::options("/token")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send(&svc, req).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    assert_eq!(answer.rejection, None);
+    assert_eq!(server.token_requests(), 0);
+    // The code still works with its verifier.
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+}
+
+#[tokio::test]
+async fn token_body_rules() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict().max_token_body(1024));
+    let (code, _) = code_via(&server, &svc, None).await;
+    let big = format!(
+        "grant_type=authorization_code&code={code}&pad={}",
+        "x".repeat(2048)
+    );
+    let answer = send(&svc, post_form("/token", &big)).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.error().as_deref(), Some("invalid_request"));
+
+    let json = Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    assert_eq!(
+        send(&svc, json).await.rejection,
+        Some(Rejection::UnsupportedMediaType)
+    );
+
+    let repeated = format!(
+        "grant_type=authorization_code&code={code}&code=other&code_verifier={RFC_VERIFIER}"
+    );
+    assert_eq!(
+        send(&svc, post_form("/token", &repeated)).await.rejection,
+        Some(Rejection::RepeatedParameter("code"))
+    );
+    let charset = Request::post("/token")
+        .header(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded; charset=UTF-8",
+        )
+        .body(Full::new(Bytes::from(form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", "client-a"),
+            ("code_verifier", RFC_VERIFIER),
+        ]))))
+        .unwrap();
+    let ok = send(&svc, charset).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+    assert_eq!(server.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn other_grants_pass_untouched() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let answer = send(
+        &svc,
+        post_form("/token", "grant_type=refresh_token&refresh_token=rt"),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        server.state.last_token_body.lock().unwrap().as_deref(),
+        Some("grant_type=refresh_token&refresh_token=rt")
+    );
+}
+
+#[tokio::test]
+async fn unbound_code_refused_when_required() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let answer = send(
+        &svc,
+        token_request("never-bound", "client-a", Some(RFC_VERIFIER)),
+    )
+    .await;
+    assert_eq!(answer.rejection, Some(Rejection::UnboundCode));
+    assert_eq!(server.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn client_binding() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+
+    // Body client_id of another client.
+    let (code, _) = code_via(&server, &svc, None).await;
+    let answer = send(&svc, token_request(&code, "client-b", Some(RFC_VERIFIER))).await;
+    assert_eq!(answer.rejection, Some(Rejection::ClientMismatch));
+    // The failure left the requirement in place; the real client succeeds.
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+
+    // HTTP Basic, form-encoded user (RFC 6749 §2.3.1).
+    let (code, _) = code_via(&server, &svc, None).await;
+    let body = form(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("code_verifier", RFC_VERIFIER),
+    ]);
+    let basic = |user: &str| {
+        Request::post("/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                header::AUTHORIZATION,
+                format!("Basic {}", STANDARD.encode(format!("{user}:secret"))),
+            )
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap()
+    };
+    assert_eq!(
+        send(&svc, basic("client-b")).await.rejection,
+        Some(Rejection::ClientMismatch)
+    );
+    // Basic and a body client_id that disagree.
+    let both = Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(
+            header::AUTHORIZATION,
+            format!("Basic {}", STANDARD.encode("client-b:secret")),
+        )
+        .body(Full::new(Bytes::from(format!("{body}&client_id=client-a"))))
+        .unwrap();
+    assert_eq!(
+        send(&svc, both).await.rejection,
+        Some(Rejection::ConflictingClient)
+    );
+    let ok = send(&svc, basic("client%2Da")).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+
+    // client_assertion (private_key_jwt): the sub claim names the client.
+    let (code, _) = code_via(&server, &svc, None).await;
+    let assertion = |sub: &str| {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#);
+        let claims =
+            URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"{sub}","iss":"{sub}","aud":"x"}}"#));
+        format!("{header}.{claims}.c2lnbmF0dXJl")
+    };
+    let with_assertion = |sub: &str| {
+        post_form(
+            "/token",
+            &form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("code_verifier", RFC_VERIFIER),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &assertion(sub)),
+            ]),
+        )
+    };
+    assert_eq!(
+        send(&svc, with_assertion("client-b")).await.rejection,
+        Some(Rejection::ClientMismatch)
+    );
+    let garbage = post_form(
+        "/token",
+        &form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_assertion", "not-a-jwt"),
+        ]),
+    );
+    assert_eq!(
+        send(&svc, garbage).await.rejection,
+        Some(Rejection::MalformedClientAssertion)
+    );
+    let ok = send(&svc, with_assertion("client-a")).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+    assert_eq!(server.token_requests(), 3);
+}
+
+#[tokio::test]
+async fn redirect_uri_binding() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let (code, _) = code_via(&server, &svc, None).await;
+    let other = post_form(
+        "/token",
+        &form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", "client-a"),
+            ("redirect_uri", "https://evil.example/cb"),
+            ("code_verifier", RFC_VERIFIER),
+        ]),
+    );
+    assert_eq!(
+        send(&svc, other).await.rejection,
+        Some(Rejection::RedirectUriMismatch)
+    );
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn failed_attempts_burn_the_code_but_never_lift_the_requirement() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict().max_failed_attempts(3).unwrap());
+    let (code, _) = code_via(&server, &svc, None).await;
+    for _ in 0..3 {
+        let wrong = CodeVerifier::generate();
+        let answer = send(&svc, token_request(&code, "client-a", Some(wrong.secret()))).await;
+        assert_eq!(answer.rejection, Some(Rejection::VerifierMismatch));
+    }
+    // Burned: even the right verifier is refused now, and never forwarded.
+    let answer = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(answer.rejection, Some(Rejection::CodeSpent));
+    let answer = send(&svc, token_request(&code, "client-a", None)).await;
+    assert_eq!(answer.rejection, Some(Rejection::CodeSpent));
+    assert_eq!(server.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn optional_mode_and_downgrade() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict().requirement(Requirement::Optional));
+
+    // A client without PKCE gets its code, and redeems it without a verifier.
+    let answer = walk(&svc, Flavor::Direct, &query(&[("state", "s1")])).await;
+    let (code, state) = delivered(&answer).unwrap();
+    assert_eq!(state.as_deref(), Some("s1"));
+    // Downgrade (RFC 9700 §4.8.2): a verifier for a code issued without a challenge.
+    let answer = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(answer.rejection, Some(Rejection::Downgrade));
+    assert_eq!(server.token_requests(), 0);
+    let ok = send(&svc, token_request(&code, "client-a", None)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+
+    // A code issued with a challenge still needs its verifier.
+    let (code, _) = code_via(&server, &svc, None).await;
+    let answer = send(&svc, token_request(&code, "client-a", None)).await;
+    assert_eq!(answer.rejection, Some(Rejection::VerifierMissing));
+    // A spent code is refused, not forwarded as "unbound".
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let replay = send(&svc, token_request(&code, "client-a", None)).await;
+    assert_eq!(replay.rejection, Some(Rejection::CodeSpent));
+    assert_eq!(server.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn per_client_requirement() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let layer = PkceLayer::strict().client_requirement("legacy", Requirement::Optional);
+    let svc = server.behind(layer);
+    let legacy = form(&[("response_type", "code"), ("client_id", "legacy")]);
+    let answer = send(&svc, get(&format!("/authorize?{legacy}"))).await;
+    assert!(delivered(&answer).is_some(), "{answer:?}");
+    let answer = send(&svc, get(&format!("/authorize?{}", query(&[])))).await;
+    assert_eq!(answer.rejection, Some(Rejection::ChallengeRequired));
+}
+
+#[tokio::test]
+async fn client_without_state_gets_none_back() {
+    for (flavor, mode) in [
+        (Flavor::Direct, None),
+        (Flavor::LoginPage, Some("form_post")),
+        (Flavor::Direct, Some("fragment")),
+    ] {
+        let server = LegacyServer::new(flavor);
+        let svc = server.behind(PkceLayer::strict());
+        let mut extra = vec![
+            ("code_challenge", RFC_CHALLENGE),
+            ("code_challenge_method", "S256"),
+        ];
+        if let Some(m) = mode {
+            extra.push(("response_mode", m));
+        }
+        let answer = walk(&svc, flavor, &query(&extra)).await;
+        let (code, state) = delivered(&answer).unwrap();
+        assert_eq!(
+            state, None,
+            "{mode:?}: the state the layer added must not reach the client"
+        );
+        assert!(
+            !answer.body.contains("pkce.") && !answer.location().unwrap_or("").contains("pkce.")
+        );
+        let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+        assert_eq!(ok.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn location_rewritten_byte_for_byte_except_state() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let answer = walk(&svc, Flavor::Direct, &pkce_query(Some("abc"))).await;
+    let location = answer.location().unwrap();
+    let code = delivered(&answer).unwrap().0;
+    assert_eq!(
+        location,
+        format!("https://client.example/cb?code={code}&state=abc&iss=https%3A%2F%2Fas.example")
+    );
+}
+
+#[tokio::test]
+async fn upstream_sees_handle_not_client_state() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let _ = code_via(&server, &svc, Some("client-secret-state")).await;
+    let params = server.state.last_authorize_params.lock().unwrap().clone();
+    let state = params
+        .iter()
+        .find(|(n, _)| n == "state")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert!(state.starts_with("pkce."), "{state}");
+    assert!(
+        params
+            .iter()
+            .any(|(n, v)| n == "code_challenge" && v == RFC_CHALLENGE)
+    );
+}
+
+#[tokio::test]
+async fn strip_pkce_params() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict().strip_pkce_params(true));
+    let (code, _) = code_via(&server, &svc, Some("s")).await;
+    let params = server.state.last_authorize_params.lock().unwrap().clone();
+    assert!(
+        !params.iter().any(|(n, _)| n.starts_with("code_challenge")),
+        "{params:?}"
+    );
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let seen = server
+        .state
+        .last_token_body
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert!(!seen.contains("code_verifier"), "{seen}");
+}
+
+#[tokio::test]
+async fn unknown_handle_continuation_gets_took_too_long_page() {
+    let server = LegacyServer::new(Flavor::Consent);
+    let svc = server.behind(PkceLayer::strict());
+    let forged = format!(
+        "/authorize?{}",
+        query(&[("state", "pkce.AAAAAAAAAAAAAAAAAAAAAA")])
+    );
+    let answer = send(&svc, get(&forged)).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.rejection, Some(Rejection::TransactionExpired));
+    assert!(answer.body.contains("took too long"), "{}", answer.body);
+    assert_eq!(server.state.authorize_requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn transaction_expires_before_the_code() {
+    let server = LegacyServer::new(Flavor::LoginPage);
+    let svc = server.behind(PkceLayer::strict().ttl(Duration::from_millis(200)).unwrap());
+    let first = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let txn = tests::hidden_field(&first.body, "txn").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let answer = send(&svc, post_form("/login", &form(&[("txn", &txn)]))).await;
+    assert_eq!(answer.rejection, Some(Rejection::TransactionExpired));
+    assert!(
+        answer.location().is_none(),
+        "the unredeemable code must not reach the client"
+    );
+}
+
+#[tokio::test]
+async fn binding_expires() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict().ttl(Duration::from_millis(200)).unwrap());
+    let (code, _) = code_via(&server, &svc, None).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let answer = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(answer.rejection, Some(Rejection::UnboundCode));
+    assert_eq!(server.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn capacity_refuses_new_authorizations_but_not_flows_in_progress() {
+    let server = LegacyServer::new(Flavor::LoginPage);
+    let svc = server.behind(PkceLayer::strict().capacity(2));
+    let mut txns = Vec::new();
+    for _ in 0..2 {
+        let page = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+        txns.push(tests::hidden_field(&page.body, "txn").unwrap());
+    }
+    let full = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(full.rejection, Some(Rejection::StoreFull));
+    assert_eq!(
+        tower_pkce::Rejection::StoreFull.error_code(),
+        "temporarily_unavailable"
+    );
+    // Both flows in progress complete.
+    for txn in txns {
+        let answer = send(&svc, post_form("/login", &form(&[("txn", &txn)]))).await;
+        let (code, _) = delivered(&answer).unwrap();
+        let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+        assert_eq!(ok.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn binding_restored_after_upstream_502() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let (code, _) = code_via(&server, &svc, None).await;
+    server.state.fail_next_tokens.store(1, Ordering::SeqCst);
+    let failed = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY);
+    let retry = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(retry.status, StatusCode::OK, "{retry:?}");
+    assert_eq!(server.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn metadata_is_truthful_on_any_prefix() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/openid-configuration/",
+        "/tenant/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/oauth-authorization-server/tenant",
+        "/.WELL-KNOWN/openid-configuration",
+    ] {
+        let answer = send(&svc, get(path)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        let json = answer.json();
+        assert_eq!(
+            json["code_challenge_methods_supported"],
+            serde_json::json!(["S256"]),
+            "{path}"
+        );
+        assert_eq!(json["issuer"], "https://as.example");
+        assert!(json.get("pushed_authorization_request_endpoint").is_none());
+        assert_eq!(
+            answer
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()),
+            Some(answer.body.len().to_string().as_str())
+        );
+    }
+    let plain = LegacyServer::new(Flavor::Direct).behind(PkceLayer::strict().allow_plain(true));
+    let answer = send(&plain, get("/.well-known/openid-configuration")).await;
+    assert_eq!(
+        answer.json()["code_challenge_methods_supported"],
+        serde_json::json!(["S256", "plain"])
+    );
+}
+
+#[tokio::test]
+async fn plain_when_allowed() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict().allow_plain(true));
+    let verifier = CodeVerifier::generate();
+    let challenge = CodeChallenge::from_verifier(&verifier, ChallengeMethod::Plain);
+    // No method means plain (RFC 7636 §4.3).
+    let answer = send(
+        &svc,
+        get(&format!(
+            "/authorize?{}",
+            query(&[("code_challenge", challenge.as_str())])
+        )),
+    )
+    .await;
+    let (code, _) = delivered(&answer).unwrap();
+    let ok = send(
+        &svc,
+        token_request(&code, "client-a", Some(verifier.secret())),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rejections_carry_cors_for_known_origins() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(
+        PkceLayer::strict()
+            .allowed_origin("https://spa.example")
+            .unwrap(),
+    );
+    let req = |origin: &str| {
+        Request::post("/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ORIGIN, origin)
+            .body(Full::new(Bytes::from(
+                "grant_type=authorization_code&code=x&client_id=c",
+            )))
+            .unwrap()
+    };
+    let answer = send(&svc, req("https://spa.example")).await;
+    assert_eq!(answer.error().as_deref(), Some("invalid_grant"));
+    assert_eq!(
+        answer
+            .headers
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .and_then(|v| v.to_str().ok()),
+        Some("https://spa.example")
+    );
+    let answer = send(&svc, req("https://evil.example")).await;
+    assert!(
+        answer
+            .headers
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn other_paths_pass_untouched() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict());
+    let answer = send(&svc, get("/userinfo?code=abc&state=pkce.x")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "other");
+    assert_eq!(answer.rejection, None);
+}
