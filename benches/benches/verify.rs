@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use sha2::Digest;
 use std::hint::black_box;
 use tower_pkce::{ChallengeMethod, CodeChallenge, CodeVerifier, s256, verify_digest};
 
@@ -13,6 +14,9 @@ fn verification(c: &mut Criterion) {
     let wrong = CodeVerifier::generate().secret().to_owned();
 
     let mut group = c.benchmark_group("verify");
+    group.bench_function("baseline_sha256", |b| {
+        b.iter(|| sha2::Sha256::digest(black_box(secret.as_bytes())))
+    });
     group.bench_function("baseline_sha256_base64url", |b| {
         b.iter(|| s256(black_box(secret.as_bytes())))
     });

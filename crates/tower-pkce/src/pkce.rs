@@ -87,8 +87,21 @@ impl fmt::Display for PkceError {
 
 impl std::error::Error for PkceError {}
 
+/// RFC 3986 unreserved characters, as a table: the check runs on every
+/// token request.
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    table
+};
+
 fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+    UNRESERVED[usize::from(b)]
 }
 
 fn is_base64url(b: u8) -> bool {
@@ -293,7 +306,21 @@ pub fn verify_digest(verifier: &str, digest: &[u8; 32]) -> bool {
     if check_unreserved(verifier).is_err() {
         return false;
     }
-    bool::from(sha256(verifier.as_bytes()).ct_eq(digest))
+    digests_equal(&sha256(verifier.as_bytes()), digest)
+}
+
+/// Compares two digests in constant time: the differences of all 32 bytes
+/// are folded into one word, which `subtle` then compares without a branch.
+fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u64;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let mut wx = [0u8; 8];
+        let mut wy = [0u8; 8];
+        wx.copy_from_slice(x);
+        wy.copy_from_slice(y);
+        diff |= u64::from_ne_bytes(wx) ^ u64::from_ne_bytes(wy);
+    }
+    bool::from(diff.ct_eq(&0))
 }
 
 #[cfg(test)]
@@ -448,6 +475,19 @@ mod tests {
         assert!(!verify_digest(&RFC_VERIFIER[..42], &d));
         // The challenge itself is not a verifier for S256.
         assert!(!verify_digest(RFC_CHALLENGE, &d));
+    }
+
+    #[test]
+    fn digest_comparison_sees_every_byte() {
+        let a = [0x5au8; 32];
+        assert!(digests_equal(&a, &a));
+        for i in 0..32 {
+            for bit in 0..8 {
+                let mut b = a;
+                b[i] ^= 1 << bit;
+                assert!(!digests_equal(&a, &b), "byte {i} bit {bit}");
+            }
+        }
     }
 
     #[test]

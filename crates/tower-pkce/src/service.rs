@@ -954,7 +954,11 @@ async fn check_token<St: Store>(
     let text = std::str::from_utf8(&data).map_err(|_| Rejection::MalformedParameters)?;
     let params = form::collect(text, TOKEN_PARAMS).map_err(form_error)?;
     let param = |i: usize| params.get(i).and_then(|p| p.as_deref());
-    if param(T_GRANT) != Some("authorization_code") {
+    // A lenient upstream may trim or fold the case of the grant type; any
+    // spelling it could read as authorization_code is checked.
+    let is_code_grant =
+        param(T_GRANT).is_some_and(|g| g.trim().eq_ignore_ascii_case("authorization_code"));
+    if !is_code_grant {
         return Ok(Admitted {
             body: data.clone(),
             redeemed: None,
