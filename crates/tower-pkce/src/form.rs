@@ -1,11 +1,16 @@
 //! Strict `application/x-www-form-urlencoded` parsing, for query strings and
 //! form bodies alike.
 //!
-//! Strict means: a malformed percent-encoding or a value that is not UTF-8
-//! anywhere in the input is an error, and so is a repeated parameter that
-//! the caller reads (RFC 6749 §3.1 and §3.2: parameters "MUST NOT be
-//! included more than once"). Names are compared after decoding, so that
-//! `st%61te` is `state`.
+//! Strict means: a malformed percent-encoding, a value that is not UTF-8 or
+//! holds a NUL anywhere in the input is an error, and so is a repeated
+//! parameter that the caller reads (RFC 6749 §3.1 and §3.2: parameters
+//! "MUST NOT be included more than once").
+//!
+//! Names are compared the way the loosest server would read them, so that
+//! no spelling reaches the upstream unchecked: after decoding (`st%61te`),
+//! in ASCII lower case (ASP.NET), with leading spaces trimmed and ` `, `.`
+//! and `[` read as `_` (PHP). Where a server may split on `;` as well as
+//! `&` (Django before 3.2, Perl's CGI.pm), the caller says so.
 
 use std::borrow::Cow;
 
@@ -29,17 +34,35 @@ pub(crate) struct RawPair<'a> {
     pub(crate) value: &'a str,
 }
 
+/// What separates pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Separators {
+    /// `&` only, as browsers write it.
+    Ampersand,
+    /// `&` and `;`, as some servers read it.
+    AmpersandOrSemicolon,
+}
+
+impl Separators {
+    fn matches(self, c: char) -> bool {
+        c == '&' || (self == Self::AmpersandOrSemicolon && c == ';')
+    }
+}
+
 /// The non-empty pairs of `input`, undecoded. A pair without `=` has an
 /// empty value.
-pub(crate) fn raw_pairs(input: &str) -> impl Iterator<Item = RawPair<'_>> {
-    input.split('&').filter(|p| !p.is_empty()).map(|p| {
-        let (name, value) = p.split_once('=').unwrap_or((p, ""));
-        RawPair {
-            raw: p,
-            name,
-            value,
-        }
-    })
+pub(crate) fn raw_pairs(input: &str, separators: Separators) -> impl Iterator<Item = RawPair<'_>> {
+    input
+        .split(move |c| separators.matches(c))
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (name, value) = p.split_once('=').unwrap_or((p, ""));
+            RawPair {
+                raw: p,
+                name,
+                value,
+            }
+        })
 }
 
 /// Decodes one form component: `+` is a space and `%XX` a byte.
@@ -71,9 +94,34 @@ pub(crate) fn decode(raw: &str) -> Result<Cow<'_, str>, FormError> {
         }
         i += 1;
     }
+    if out.contains(&0) {
+        return Err(FormError::Malformed);
+    }
     String::from_utf8(out)
         .map(Cow::Owned)
         .map_err(|_| FormError::Malformed)
+}
+
+/// A decoded name as the loosest server reads it (see the module docs).
+pub(crate) fn fold(name: &str) -> Cow<'_, str> {
+    let name = name.trim_start_matches(' ');
+    let plain = |b: u8| !b.is_ascii_uppercase() && !matches!(b, b' ' | b'.' | b'[');
+    if name.bytes().all(plain) {
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(
+        name.chars()
+            .map(|c| match c {
+                ' ' | '.' | '[' => '_',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect(),
+    )
+}
+
+/// The folded, decoded name of a pair.
+pub(crate) fn name_of(pair: RawPair<'_>) -> Result<String, FormError> {
+    Ok(fold(&decode(pair.name)?).into_owned())
 }
 
 /// Encodes a value for a query or form: every byte but the RFC 3986
@@ -107,10 +155,12 @@ pub(crate) fn encode(value: &str) -> Cow<'_, str> {
 pub(crate) fn collect<'a, const N: usize>(
     input: &'a str,
     names: [&'static str; N],
+    separators: Separators,
 ) -> Result<[Option<Cow<'a, str>>; N], FormError> {
     let mut found: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
-    for pair in raw_pairs(input) {
-        let name = decode(pair.name)?;
+    for pair in raw_pairs(input, separators) {
+        let decoded = decode(pair.name)?;
+        let name = fold(&decoded);
         let value = decode(pair.value)?;
         let Some(i) = names.iter().position(|n| *n == name) else {
             continue;
@@ -137,19 +187,20 @@ pub(crate) fn edit(
     input: &str,
     set: Option<(&str, &str)>,
     remove: &[&str],
+    separators: Separators,
 ) -> Result<String, FormError> {
     let mut out = String::with_capacity(input.len() + 32);
     let mut placed = false;
-    for pair in raw_pairs(input) {
-        let name = decode(pair.name)?;
-        if remove.contains(&name.as_ref()) {
+    for pair in raw_pairs(input, separators) {
+        let name = name_of(pair)?;
+        if remove.contains(&name.as_str()) {
             continue;
         }
         if !out.is_empty() {
             out.push('&');
         }
         match set {
-            Some((set_name, value)) if name == set_name => {
+            Some((set_name, value)) if name.as_str() == set_name => {
                 if placed {
                     // A repeat of the parameter being set: drop it so that
                     // only the new value remains.
@@ -181,6 +232,9 @@ pub(crate) fn edit(
 mod tests {
     use super::*;
 
+    const A: Separators = Separators::Ampersand;
+    const S: Separators = Separators::AmpersandOrSemicolon;
+
     #[test]
     fn decodes_plus_and_escapes() {
         assert_eq!(decode("a+b%20c%26%3D").unwrap(), "a b c&=");
@@ -203,29 +257,34 @@ mod tests {
         let [state, code, missing] = collect(
             "code=abc&st%61te=x+y&other=1&&flag",
             ["state", "code", "nope"],
+            A,
         )
         .unwrap();
         assert_eq!(state.as_deref(), Some("x y"));
         assert_eq!(code.as_deref(), Some("abc"));
         assert_eq!(missing, None);
-        let [empty] = collect("state=", ["state"]).unwrap();
+        let [empty] = collect("state=", ["state"], A).unwrap();
         assert_eq!(empty.as_deref(), Some(""));
     }
 
     #[test]
     fn repeated_and_malformed_are_errors() {
         assert_eq!(
-            collect("state=a&state=b", ["state"]),
+            collect("state=a&state=b", ["state"], A),
             Err(FormError::Repeated("state"))
         );
         assert_eq!(
-            collect("state=a&st%61te=b", ["state"]),
+            collect("state=a&st%61te=b", ["state"], A),
             Err(FormError::Repeated("state"))
         );
         // Repeats of parameters nobody reads are the upstream's business.
-        assert!(collect("scope=a&scope=b&state=x", ["state"]).is_ok());
+        assert!(collect("scope=a&scope=b&state=x", ["state"], A).is_ok());
         for bad in ["state=a&x=%zz", "x=%e9", "%=1", "x=%"] {
-            assert_eq!(collect(bad, ["state"]), Err(FormError::Malformed), "{bad}");
+            assert_eq!(
+                collect(bad, ["state"], A),
+                Err(FormError::Malformed),
+                "{bad}"
+            );
         }
     }
 
@@ -233,15 +292,15 @@ mod tests {
     fn edit_sets_in_place_and_keeps_other_bytes() {
         let input = "response_type=code&state=client%20s&scope=a+b&flag";
         assert_eq!(
-            edit(input, Some(("state", "pkce.X")), &[]).unwrap(),
+            edit(input, Some(("state", "pkce.X")), &[], A).unwrap(),
             "response_type=code&state=pkce.X&scope=a+b&flag"
         );
         assert_eq!(
-            edit("a=1&empty=", Some(("state", "pkce.X")), &[]).unwrap(),
+            edit("a=1&empty=", Some(("state", "pkce.X")), &[], A).unwrap(),
             "a=1&empty=&state=pkce.X"
         );
         assert_eq!(
-            edit("", Some(("state", "v w")), &[]).unwrap(),
+            edit("", Some(("state", "v w")), &[], A).unwrap(),
             "state=v%20w"
         );
     }
@@ -250,24 +309,77 @@ mod tests {
     fn edit_removes() {
         let input = "code_challenge=x&a=1&code_challenge_method=S256&state=s";
         assert_eq!(
-            edit(input, None, &["code_challenge", "code_challenge_method"]).unwrap(),
+            edit(input, None, &["code_challenge", "code_challenge_method"], A).unwrap(),
             "a=1&state=s"
         );
         assert_eq!(
             edit(
                 input,
                 Some(("state", "h")),
-                &["code_challenge", "code_challenge_method", "a"]
+                &["code_challenge", "code_challenge_method", "a"],
+                A,
             )
             .unwrap(),
             "state=h"
         );
-        assert_eq!(edit("x=%zz&%=1", None, &[]), Err(FormError::Malformed));
+        assert_eq!(edit("x=%zz&%=1", None, &[], A), Err(FormError::Malformed));
+    }
+
+    #[test]
+    fn names_are_folded_as_loose_servers_read_them() {
+        for spelling in [
+            "grant_type",
+            "Grant_Type",
+            "GRANT_TYPE",
+            "grant.type",
+            "grant+type",
+            "grant%20type",
+            "grant[type",
+            "+grant_type",
+            "gr%61nt_type",
+        ] {
+            let input = format!("{spelling}=authorization_code");
+            let [grant] = collect(&input, ["grant_type"], A).unwrap();
+            assert_eq!(grant.as_deref(), Some("authorization_code"), "{spelling}");
+        }
+        assert_eq!(
+            collect("code=a&Code=b", ["code"], A),
+            Err(FormError::Repeated("code"))
+        );
+        assert_eq!(fold("client_id"), "client_id");
+    }
+
+    #[test]
+    fn semicolons_separate_when_asked() {
+        let [grant, code] = collect(
+            "grant_type=authorization_code;code=C",
+            ["grant_type", "code"],
+            S,
+        )
+        .unwrap();
+        assert_eq!(grant.as_deref(), Some("authorization_code"));
+        assert_eq!(code.as_deref(), Some("C"));
+        let [grant, code] = collect(
+            "grant_type=authorization_code;code=C",
+            ["grant_type", "code"],
+            A,
+        )
+        .unwrap();
+        assert_eq!(grant.as_deref(), Some("authorization_code;code=C"));
+        assert_eq!(code, None);
+    }
+
+    #[test]
+    fn nul_is_malformed() {
+        assert_eq!(decode("a%00b"), Err(FormError::Malformed));
+        assert_eq!(collect("%00code=x", ["code"], A), Err(FormError::Malformed));
     }
 
     #[test]
     fn raw_pairs_split() {
-        let pairs: Vec<_> = raw_pairs("a=1&&b&c=").map(|p| (p.name, p.value)).collect();
+        let pairs: Vec<_> = raw_pairs("a=1&&b&c=", A)
+            .map(|p| (p.name, p.value))
+            .collect();
         assert_eq!(pairs, [("a", "1"), ("b", ""), ("c", "")]);
     }
 }

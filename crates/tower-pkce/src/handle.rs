@@ -33,9 +33,12 @@ pub(crate) fn is_handle(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Whether `bytes` may contain a handle: a fast check before parsing.
+/// Whether `bytes` may contain a handle: a fast check before parsing. It
+/// looks for `pkce` alone, so that a handle written as `pkce%2E…` or
+/// `pkce&#46;…` is not missed.
 pub(crate) fn may_contain(bytes: &[u8]) -> bool {
-    bytes.windows(PREFIX.len()).any(|w| w == PREFIX.as_bytes())
+    const STEM: &[u8] = b"pkce";
+    bytes.windows(STEM.len()).any(|w| w == STEM)
 }
 
 /// A handle found beside a code or an error where a response hands them to

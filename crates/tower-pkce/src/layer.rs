@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use crate::cors::Origins;
 use crate::error::ConfigError;
-use crate::path::PathPattern;
+use crate::path::{self, PathPattern};
 use crate::service::{Pkce, Shared};
 use crate::store::{MemoryStore, Store};
 
@@ -24,6 +24,46 @@ pub enum Requirement {
     /// refused (RFC 9700 §4.8.2).
     Optional,
 }
+
+/// Which endpoint a request is for, after path normalisation (see
+/// [`PkceLayer::endpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// The authorization endpoint: every method is checked.
+    Authorize,
+    /// The token endpoint: only POST (and OPTIONS for CORS) is accepted.
+    Token,
+    /// A discovery metadata document.
+    Metadata,
+    /// Anything else: passed through, with the response inspected for a
+    /// code that leaves with a transaction handle.
+    Other,
+}
+
+impl Endpoint {
+    /// A short, stable name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Authorize => "authorize",
+            Self::Token => "token",
+            Self::Metadata => "metadata",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Grant types that carry no authorization code (RFC 6749 §4.3, §4.4, §6;
+/// RFC 8628; RFC 7523; RFC 7522; RFC 8693; OpenID CIBA).
+const DEFAULT_PASSED_GRANTS: [&str; 8] = [
+    "refresh_token",
+    "client_credentials",
+    "password",
+    "urn:ietf:params:oauth:grant-type:device_code",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    "urn:ietf:params:oauth:grant-type:saml2-bearer",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+    "urn:openid:params:grant-type:ciba",
+];
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -40,13 +80,51 @@ pub(crate) struct Config {
     pub(crate) html_scan_limit: usize,
     pub(crate) metadata_limit: usize,
     pub(crate) allowed_origins: Vec<HeaderValue>,
+    pub(crate) passed_grants: Vec<String>,
 }
 
 impl Config {
+    pub(crate) fn endpoint(&self, raw_path: &str) -> Endpoint {
+        let normalized = path::normalize(raw_path);
+        if self.token_path.matches(&normalized) {
+            Endpoint::Token
+        } else if self.authorize_path.matches(&normalized) {
+            Endpoint::Authorize
+        } else if path::is_metadata_path(&normalized) {
+            Endpoint::Metadata
+        } else {
+            Endpoint::Other
+        }
+    }
+
     pub(crate) fn requirement_for(&self, client_id: Option<&str>) -> Requirement {
         client_id
             .and_then(|c| self.client_requirements.get(c).copied())
             .unwrap_or(self.requirement)
+    }
+
+    /// The requirement for a code the middleware never bound. When the
+    /// token request does not say which client it is, the strictest rule in
+    /// force applies.
+    pub(crate) fn requirement_for_unbound(&self, client_id: Option<&str>) -> Requirement {
+        match client_id {
+            Some(c) => self.requirement_for(Some(c)),
+            None if self
+                .client_requirements
+                .values()
+                .any(|r| *r == Requirement::Required) =>
+            {
+                Requirement::Required
+            }
+            None => self.requirement,
+        }
+    }
+
+    /// Whether a token request of this grant type passes unchecked: only
+    /// grants that carry no authorization code, spelled exactly.
+    pub(crate) fn passes_grant(&self, grant_type: &str) -> bool {
+        DEFAULT_PASSED_GRANTS.contains(&grant_type)
+            || self.passed_grants.iter().any(|g| g == grant_type)
     }
 
     pub(crate) fn methods_supported(&self) -> &'static [&'static str] {
@@ -133,6 +211,7 @@ impl<St: Store> PkceLayer<St> {
                 html_scan_limit: 256 * 1024,
                 metadata_limit: 1024 * 1024,
                 allowed_origins: Vec::new(),
+                passed_grants: Vec::new(),
             },
             store,
             origins: Arc::new(Origins::default()),
@@ -151,6 +230,20 @@ impl<St: Store> PkceLayer<St> {
     /// The store.
     pub fn get_store(&self) -> &St {
         &self.store
+    }
+
+    /// Which endpoint a request path is for, matched as the middleware
+    /// matches it: aliases such as `/TOKEN/` or `/%74oken` count.
+    ///
+    /// ```
+    /// use tower_pkce::{Endpoint, PkceLayer};
+    ///
+    /// let layer = PkceLayer::strict();
+    /// assert_eq!(layer.endpoint("//Token/"), Endpoint::Token);
+    /// assert_eq!(layer.endpoint("/userinfo"), Endpoint::Other);
+    /// ```
+    pub fn endpoint(&self, path: &str) -> Endpoint {
+        self.config.endpoint(path)
     }
 
     /// The authorization endpoint's path. Every method there is checked, and
@@ -287,6 +380,24 @@ impl<St: Store> PkceLayer<St> {
         let value = HeaderValue::from_str(origin).map_err(|_| ConfigError::Origin)?;
         self.config.allowed_origins.push(value);
         Ok(self)
+    }
+}
+
+impl<St: Store> PkceLayer<St> {
+    /// A further grant type that passes the token endpoint unchecked, for
+    /// an upstream's own extension grants. Token requests whose grant type
+    /// is missing or unknown are checked as `authorization_code` grants, and
+    /// so is any request that carries a `code`. The standard grants without
+    /// a code (`refresh_token`, `client_credentials`, `password`, device
+    /// code, JWT and SAML bearer, token exchange, CIBA) pass already.
+    ///
+    /// # Warning
+    ///
+    /// Name only grants under which the upstream redeems no authorization
+    /// code.
+    pub fn pass_grant_type(mut self, grant_type: impl Into<String>) -> Self {
+        self.config.passed_grants.push(grant_type.into());
+        self
     }
 }
 

@@ -76,7 +76,7 @@ pub mod store;
 
 pub use body::{RequestBody, ResponseBody};
 pub use error::{ConfigError, Rejection};
-pub use layer::{PkceLayer, Requirement};
+pub use layer::{Endpoint, PkceLayer, Requirement};
 pub use pkce::{
     ChallengeMethod, CodeChallenge, CodeVerifier, MAX_LEN, MIN_LEN, PkceError, S256_CHALLENGE_LEN,
     s256, verify, verify_digest,

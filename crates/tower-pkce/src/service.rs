@@ -17,13 +17,13 @@ use crate::body::{Collected, RequestBody, ResponseBody, collect_bounded, frames_
 use crate::cors::Origins;
 use crate::error::Rejection;
 use crate::form::{self, FormError};
-use crate::layer::{Config, PkceLayer, Requirement};
+use crate::layer::{Config, Endpoint, PkceLayer, Requirement};
 use crate::pkce::{ChallengeMethod, CodeChallenge};
 use crate::store::{
     Challenge, CodeBinding, MemoryStore, PendingAuthorization, Redemption, Store, StoreError,
     StoreKey, fingerprint,
 };
-use crate::{coding, handle, html, location, metadata, path};
+use crate::{coding, handle, html, location, metadata};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -79,27 +79,6 @@ impl<S, St> Pkce<S, St> {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Authorize,
-    Token,
-    Metadata,
-    Other,
-}
-
-fn route(config: &Config, raw_path: &str) -> Route {
-    let normalized = path::normalize(raw_path);
-    if config.token_path.matches(&normalized) {
-        Route::Token
-    } else if config.authorize_path.matches(&normalized) {
-        Route::Authorize
-    } else if path::is_metadata_path(&normalized) {
-        Route::Metadata
-    } else {
-        Route::Other
-    }
-}
-
 impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Pkce<S, St>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
@@ -123,31 +102,39 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = self.shared.clone();
-        let route = route(&shared.config, req.uri().path());
+        let route = shared.config.endpoint(req.uri().path());
         let method = req.method().clone();
         match route {
-            Route::Other => {
+            Endpoint::Other => {
                 let wants_json = wants_json(req.headers());
+                let mut req = req;
+                restrict_accept_encoding(req.headers_mut());
                 let future = self.inner.call(req.map(RequestBody::inner));
                 ResponseFuture::inspect(future, shared, wants_json)
             }
-            Route::Metadata if method == Method::GET || method == Method::HEAD => {
+            Endpoint::Metadata if method == Method::GET || method == Method::HEAD => {
+                let mut req = req;
+                restrict_accept_encoding(req.headers_mut());
                 let inner = self.take_ready();
                 ResponseFuture::boxed(metadata(shared, inner, req))
             }
-            Route::Metadata => {
+            Endpoint::Metadata => {
                 let future = self.inner.call(req.map(RequestBody::inner));
                 ResponseFuture::inspect(future, shared, false)
             }
-            Route::Authorize => {
+            Endpoint::Authorize => {
+                let mut req = req;
+                restrict_accept_encoding(req.headers_mut());
                 let inner = self.take_ready();
                 ResponseFuture::boxed(authorize(shared, inner, req))
             }
-            Route::Token if method == Method::POST || method == Method::OPTIONS => {
+            Endpoint::Token
+                if method == Method::POST || (method == Method::OPTIONS && !has_body(&req)) =>
+            {
                 let inner = self.take_ready();
                 ResponseFuture::boxed(token(shared, inner, req))
             }
-            Route::Token => {
+            Endpoint::Token => {
                 tracing::info!(
                     endpoint = "token",
                     %method,
@@ -343,17 +330,81 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Whether a request body is a form the middleware reads exactly as any
+/// upstream would: `application/x-www-form-urlencoded` in UTF-8 (or ASCII),
+/// with no content coding. Another charset or a compressed body could hold
+/// parameters the upstream sees and the middleware does not.
 fn is_form(headers: &HeaderMap) -> bool {
-    headers
+    let coded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+    if coded {
+        return false;
+    }
+    let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
+    else {
+        return false;
+    };
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return false;
+    }
+    parts.all(|param| {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        !name.trim().eq_ignore_ascii_case("charset")
+            || matches!(
+                value.trim().trim_matches('"').to_ascii_lowercase().as_str(),
+                "utf-8" | "utf8" | "us-ascii"
+            )
+    })
+}
+
+/// Narrows `Accept-Encoding` to the codings the middleware can decode, so
+/// that a page carrying a code is never compressed past its reach (a
+/// `zstd` form_post would leave unbound).
+fn restrict_accept_encoding(headers: &mut HeaderMap) {
+    const DECODABLE: [&str; 5] = ["gzip", "x-gzip", "deflate", "br", "identity"];
+    let Some(value) = headers.get(header::ACCEPT_ENCODING) else {
+        return;
+    };
+    let Ok(text) = value.to_str() else {
+        headers.remove(header::ACCEPT_ENCODING);
+        return;
+    };
+    let known = |item: &str| {
+        let coding = item.split(';').next().unwrap_or("").trim();
+        DECODABLE.iter().any(|d| d.eq_ignore_ascii_case(coding))
+    };
+    if text.split(',').all(known) {
+        return;
+    }
+    let kept: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|i| known(i))
+        .collect();
+    let narrowed = if kept.is_empty() {
+        "identity".to_owned()
+    } else {
+        kept.join(", ")
+    };
+    match HeaderValue::from_str(&narrowed) {
+        Ok(v) => headers.insert(header::ACCEPT_ENCODING, v),
+        Err(_) => headers.remove(header::ACCEPT_ENCODING),
+    };
+}
+
+/// Whether a request announces a body. A CORS preflight has none; an
+/// OPTIONS request with one is no preflight, and an upstream that does not
+/// route by method could read a token request from it.
+fn has_body<B: Body>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::TRANSFER_ENCODING)
+        || content_length(req.headers()).is_some_and(|n| n > 0)
+        || !req.body().is_end_stream() && req.body().size_hint().upper() != Some(0)
 }
 
 fn set_content_length(headers: &mut HeaderMap, len: usize) {
@@ -643,9 +694,10 @@ async fn check_authorization<St: Store>(
     body: Option<&str>,
 ) -> Result<Authorized, Rejection> {
     let config = &shared.config;
-    let from_query = form::collect(query, AUTHORIZE_PARAMS).map_err(form_error)?;
+    let from_query =
+        form::collect(query, AUTHORIZE_PARAMS, form::Separators::Ampersand).map_err(form_error)?;
     let from_body = body
-        .map(|b| form::collect(b, AUTHORIZE_PARAMS))
+        .map(|b| form::collect(b, AUTHORIZE_PARAMS, form::Separators::Ampersand))
         .transpose()
         .map_err(form_error)?;
     let client_in_body = from_body
@@ -721,7 +773,13 @@ async fn check_authorization<St: Store>(
     let put_in_query = state_in_query || (no_state && client_in_query);
     let put_in_body = state_in_body || (no_state && client_in_body);
     let edit = |input: &str, set: bool| {
-        form::edit(input, set.then_some(("state", handle.as_str())), remove).map_err(form_error)
+        form::edit(
+            input,
+            set.then_some(("state", handle.as_str())),
+            remove,
+            form::Separators::Ampersand,
+        )
+        .map_err(form_error)
     };
     let query = if put_in_query || !remove.is_empty() {
         Some(edit(query, put_in_query)?)
@@ -842,6 +900,8 @@ const T_CLIENT: usize = 3;
 const T_REDIRECT: usize = 4;
 const T_ASSERTION: usize = 5;
 const TOKEN_QUERY_PARAMS: [&str; 3] = ["code", "code_verifier", "grant_type"];
+/// Token requests are read as a server that also splits on `;` would.
+const TOKEN_SEPARATORS: form::Separators = form::Separators::AmpersandOrSemicolon;
 
 /// A token request that passed, and the binding it redeemed (if any), to be
 /// restored should the upstream fail.
@@ -944,21 +1004,21 @@ async fn check_token<St: Store>(
 ) -> Result<Admitted, Rejection> {
     let config = &shared.config;
     if let Some(query) = query {
-        for pair in form::raw_pairs(query) {
-            let name = form::decode(pair.name).map_err(|_| Rejection::MalformedParameters)?;
-            if TOKEN_QUERY_PARAMS.contains(&name.as_ref()) {
+        for pair in form::raw_pairs(query, TOKEN_SEPARATORS) {
+            let name = form::name_of(pair).map_err(|_| Rejection::MalformedParameters)?;
+            if TOKEN_QUERY_PARAMS.contains(&name.as_str()) {
                 return Err(Rejection::TokenParametersInQuery);
             }
         }
     }
     let text = std::str::from_utf8(&data).map_err(|_| Rejection::MalformedParameters)?;
-    let params = form::collect(text, TOKEN_PARAMS).map_err(form_error)?;
+    let params = form::collect(text, TOKEN_PARAMS, TOKEN_SEPARATORS).map_err(form_error)?;
     let param = |i: usize| params.get(i).and_then(|p| p.as_deref());
-    // A lenient upstream may trim or fold the case of the grant type; any
-    // spelling it could read as authorization_code is checked.
-    let is_code_grant =
-        param(T_GRANT).is_some_and(|g| g.trim().eq_ignore_ascii_case("authorization_code"));
-    if !is_code_grant {
+    // Only grants known to carry no code pass unchecked; a missing grant
+    // type, any spelling a lenient upstream could read as
+    // authorization_code, or a request with a code is checked.
+    let other_grant = param(T_GRANT).is_some_and(|g| config.passes_grant(g));
+    if other_grant && param(T_CODE).is_none() {
         return Ok(Admitted {
             body: data.clone(),
             redeemed: None,
@@ -976,7 +1036,7 @@ async fn check_token<St: Store>(
         Ok(Redemption::Redeemed(binding)) => binding,
         Ok(Redemption::Spent) => return Err(Rejection::CodeSpent),
         Ok(Redemption::Missing) => {
-            return match config.requirement_for(client.as_deref()) {
+            return match config.requirement_for_unbound(client.as_deref()) {
                 Requirement::Required => Err(Rejection::UnboundCode),
                 Requirement::Optional => {
                     tracing::debug!(endpoint = "token", "unbound code forwarded (optional mode)");
@@ -1016,7 +1076,7 @@ async fn check_token<St: Store>(
     }
 
     let (body, changed) = if config.strip_pkce_params && verifier.is_some() {
-        match form::edit(text, None, &["code_verifier"]) {
+        match form::edit(text, None, &["code_verifier"], TOKEN_SEPARATORS) {
             Ok(stripped) => (Bytes::from(stripped), true),
             Err(e) => return Err(form_error(e)),
         }
@@ -1044,8 +1104,10 @@ fn check_binding(
     if client.map(fingerprint) != Some(binding.client) {
         return Err(Rejection::ClientMismatch);
     }
-    if let Some(uri) = redirect_uri
-        && binding.redirect_uri != Some(fingerprint(uri))
+    // RFC 6749 §4.1.3: the redirect_uri must match where the authorization
+    // request had one.
+    if let (Some(uri), Some(recorded)) = (redirect_uri, binding.redirect_uri)
+        && fingerprint(uri) != recorded
     {
         return Err(Rejection::RedirectUriMismatch);
     }
@@ -1062,6 +1124,55 @@ fn check_binding(
             } else {
                 Err(Rejection::VerifierMismatch)
             }
+        }
+    }
+}
+
+/// A redeemed binding on its way to the upstream. It goes back to the store
+/// unless the upstream answered: after an error, a 5xx, or when the request
+/// is dropped half-way (the client left, an outer timeout fired), the client
+/// can retry. Nothing is lost.
+struct RestoreGuard<St: Store> {
+    store: St,
+    key: StoreKey,
+    binding: Option<CodeBinding>,
+}
+
+impl<St: Store> RestoreGuard<St> {
+    fn keep(mut self) {
+        self.binding = None;
+    }
+
+    async fn restore(mut self) {
+        if let Some(binding) = self.binding.take() {
+            restore_binding(&self.store, &self.key, binding, "upstream failed").await;
+        }
+    }
+}
+
+async fn restore_binding<St: Store>(store: &St, key: &StoreKey, binding: CodeBinding, why: &str) {
+    match store.restore(key, binding).await {
+        Ok(()) => tracing::warn!(why, "code binding restored for a retry"),
+        Err(e) => tracing::error!(error = %e, why, "store failed while restoring a code binding"),
+    }
+}
+
+impl<St: Store> Drop for RestoreGuard<St> {
+    fn drop(&mut self) {
+        let Some(binding) = self.binding.take() else {
+            return;
+        };
+        let store = self.store.clone();
+        let key = self.key;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                drop(runtime.spawn(async move {
+                    restore_binding(&store, &key, binding, "token request cancelled").await;
+                }));
+            }
+            Err(_) => tracing::error!(
+                "token request cancelled outside a runtime; code binding not restored"
+            ),
         }
     }
 }
@@ -1109,19 +1220,21 @@ where
         set_content_length(&mut parts.headers, admitted.body.len());
     }
     let request = Request::from_parts(parts, RequestBody::buffered(admitted.body));
+    let guard = admitted.redeemed.map(|(key, binding)| RestoreGuard {
+        store: shared.store.clone(),
+        key,
+        binding: Some(binding),
+    });
     let result = inner.call(request).await;
-    if let Some((key, binding)) = admitted.redeemed {
+    if let Some(guard) = guard {
         let upstream_failed = match &result {
             Ok(response) => response.status().is_server_error(),
             Err(_) => true,
         };
         if upstream_failed {
-            match shared.store.restore(&key, binding).await {
-                Ok(()) => tracing::warn!("upstream failed; code binding restored for a retry"),
-                Err(e) => {
-                    tracing::error!(error = %e, "store failed while restoring a code binding")
-                }
-            }
+            guard.restore().await;
+        } else {
+            guard.keep();
         }
     }
     let response = result?;
