@@ -1,0 +1,724 @@
+//! Settings: command-line flags, environment variables and a TOML file,
+//! resolved in that order of precedence and validated in full before any
+//! socket is bound.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use http::Uri;
+use tower_pkce::{PkceLayer, Requirement};
+
+/// The exit code for invalid settings (`EX_USAGE` in sysexits.h).
+pub const EXIT_USAGE: i32 = 64;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pkce-proxy",
+    version,
+    about = "Adds PKCE (RFC 7636) in front of an OAuth 2.0 authorization server that lacks it",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; without one, run the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The proxy's settings.
+    #[command(flatten)]
+    pub settings: RawSettings,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Runs a whole flow on loopback: a PKCE-unaware example server, the
+    /// proxy in front of it, and a client. Needs no other server.
+    Demo,
+    /// Prints a fresh code_verifier and its S256 code_challenge.
+    Pair,
+    /// Resolves and validates the settings (flags, environment, file), prints
+    /// them as TOML, and exits.
+    Check {
+        /// The same settings as the proxy takes.
+        #[command(flatten)]
+        settings: Box<RawSettings>,
+    },
+}
+
+/// The settings as written on the command line or in the environment:
+/// text, to be checked by [`Config::resolve`] so that every bad value gets
+/// the same one-line error.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RawSettings {
+    /// The authorization server to protect: http:// or https://, with an
+    /// optional path prefix.
+    #[arg(long, env = "PKCE_PROXY_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Where to listen for clients [default: 127.0.0.1:8443].
+    #[arg(long, env = "PKCE_PROXY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The upstream's authorization endpoint path [default: /authorize].
+    #[arg(long, env = "PKCE_PROXY_AUTHORIZE_PATH", value_name = "PATH")]
+    pub authorize_path: Option<String>,
+    /// The upstream's token endpoint path [default: /token].
+    #[arg(long, env = "PKCE_PROXY_TOKEN_PATH", value_name = "PATH")]
+    pub token_path: Option<String>,
+    /// Whether every client must use PKCE: required or optional [default: required].
+    #[arg(long, env = "PKCE_PROXY_PKCE", value_name = "MODE")]
+    pub pkce: Option<String>,
+    /// Accept code_challenge_method=plain (RFC 9700 advises against it).
+    #[arg(long, env = "PKCE_PROXY_ALLOW_PLAIN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_plain: Option<String>,
+    /// Remove the PKCE parameters before forwarding to the upstream.
+    #[arg(long, env = "PKCE_PROXY_STRIP_PKCE_PARAMS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub strip_pkce_params: Option<String>,
+    /// How long, in seconds, a pending authorization or a code binding lives [default: 600].
+    #[arg(long, env = "PKCE_PROXY_TTL", value_name = "SECONDS")]
+    pub ttl: Option<String>,
+    /// The most records kept (pending authorizations and bindings together) [default: 1000000].
+    #[arg(long, env = "PKCE_PROXY_MAX_ENTRIES", value_name = "N")]
+    pub max_entries: Option<String>,
+    /// The largest token request body, in bytes; larger ones get 413 [default: 65536].
+    #[arg(long, env = "PKCE_PROXY_MAX_TOKEN_BODY", value_name = "BYTES")]
+    pub max_token_body: Option<String>,
+    /// Where to serve /healthz, /readyz and /metrics [default: 127.0.0.1:9901].
+    #[arg(long, env = "PKCE_PROXY_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Keep the X-Forwarded-* headers of a trusted load balancer in front.
+    #[arg(long, env = "PKCE_PROXY_TRUST_FORWARDED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub trust_forwarded: Option<String>,
+    /// A TOML file with any of these settings (keys in snake_case).
+    #[arg(long, env = "PKCE_PROXY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format: pretty or json [default: pretty].
+    #[arg(long, env = "PKCE_PROXY_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Seconds to wait for a connection to the upstream [default: 5].
+    #[arg(long, env = "PKCE_PROXY_CONNECT_TIMEOUT", value_name = "SECONDS")]
+    pub connect_timeout: Option<String>,
+    /// Seconds to wait for the upstream's response headers [default: 30].
+    #[arg(long, env = "PKCE_PROXY_RESPONSE_TIMEOUT", value_name = "SECONDS")]
+    pub response_timeout: Option<String>,
+    /// Seconds to let requests in flight finish at shutdown [default: 10].
+    #[arg(long, env = "PKCE_PROXY_DRAIN_TIMEOUT", value_name = "SECONDS")]
+    pub drain_timeout: Option<String>,
+    /// Browser origins allowed to read token endpoint rejections (CORS),
+    /// comma-separated.
+    #[arg(long, env = "PKCE_PROXY_ALLOWED_ORIGINS", value_name = "ORIGINS")]
+    pub allowed_origins: Option<String>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The upstream authorization server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// Host and port.
+    pub authority: http::uri::Authority,
+    /// A path prefix put before every request path (empty for none).
+    pub base_path: String,
+}
+
+impl Upstream {
+    /// The host and port to connect to.
+    pub fn host_port(&self) -> (String, u16) {
+        let default = if self.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        (
+            host.to_owned(),
+            self.authority.port_u16().unwrap_or(default),
+        )
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The authorization server.
+    pub upstream: Upstream,
+    /// The client listener.
+    pub listen: SocketAddr,
+    /// The admin listener.
+    pub admin_listen: SocketAddr,
+    /// The authorization endpoint path.
+    pub authorize_path: String,
+    /// The token endpoint path.
+    pub token_path: String,
+    /// PKCE required or optional.
+    pub requirement: Requirement,
+    /// Accept `plain`.
+    pub allow_plain: bool,
+    /// Strip PKCE parameters upstream.
+    pub strip_pkce_params: bool,
+    /// Record lifetime.
+    pub ttl: Duration,
+    /// Store capacity.
+    pub max_entries: usize,
+    /// Token body bound.
+    pub max_token_body: usize,
+    /// Keep incoming X-Forwarded-* headers.
+    pub trust_forwarded: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream response timeout.
+    pub response_timeout: Duration,
+    /// Shutdown drain bound.
+    pub drain_timeout: Duration,
+    /// CORS origins for rejections.
+    pub allowed_origins: Vec<String>,
+}
+
+/// A setting that cannot be used. Its `Display` is the one line printed
+/// before exiting with [`EXIT_USAGE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The setting, as its flag name.
+    pub setting: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, message: impl Into<String>) -> Self {
+        Self {
+            setting: setting.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid setting {}: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The settings a TOML file may hold, by key.
+const FILE_KEYS: &[&str] = &[
+    "upstream",
+    "listen",
+    "authorize_path",
+    "token_path",
+    "pkce",
+    "allow_plain",
+    "strip_pkce_params",
+    "ttl",
+    "max_entries",
+    "max_token_body",
+    "admin_listen",
+    "trust_forwarded",
+    "log_format",
+    "connect_timeout",
+    "response_timeout",
+    "drain_timeout",
+    "allowed_origins",
+];
+
+/// One setting's text from the highest-precedence source that has it.
+struct Sources {
+    file: toml::Table,
+}
+
+impl Sources {
+    fn load(path: Option<&PathBuf>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self {
+                file: toml::Table::new(),
+            });
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let file: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or("").to_owned();
+            ConfigError::new(
+                "--config",
+                format!("{} is not valid TOML: {first}", path.display()),
+            )
+        })?;
+        if let Some(unknown) = file.keys().find(|k| !FILE_KEYS.contains(&k.as_str())) {
+            return Err(ConfigError::new(
+                "--config",
+                format!("unknown key {unknown:?} in {}", path.display()),
+            ));
+        }
+        Ok(Self { file })
+    }
+
+    /// The value of `key`: the flag or environment variable (clap has
+    /// already ranked those two), else the file, as text.
+    fn get(&self, cli: &Option<String>, key: &str) -> Result<Option<String>, ConfigError> {
+        if let Some(v) = cli {
+            return Ok(Some(v.clone()));
+        }
+        match self.file.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(toml::Value::Integer(i)) => Ok(Some(i.to_string())),
+            Some(toml::Value::Float(f)) => Ok(Some(f.to_string())),
+            Some(toml::Value::Boolean(b)) => Ok(Some(b.to_string())),
+            Some(toml::Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => out.push(s.clone()),
+                        _ => return Err(file_type_error(key, "a list of strings")),
+                    }
+                }
+                Ok(Some(out.join(",")))
+            }
+            Some(_) => Err(file_type_error(key, "a string, number or boolean")),
+        }
+    }
+}
+
+fn file_type_error(key: &str, want: &str) -> ConfigError {
+    ConfigError::new(
+        &flag(key),
+        format!("the config file's {key} must be {want}"),
+    )
+}
+
+fn flag(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+fn parse_bool(key: &str, text: Option<String>) -> Result<bool, ConfigError> {
+    match text.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(false),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off" | "") => Ok(false),
+        Some(other) => Err(ConfigError::new(
+            &flag(key),
+            format!("{other:?} is not true or false"),
+        )),
+    }
+}
+
+fn parse_count(
+    key: &str,
+    text: Option<String>,
+    default: usize,
+    min: usize,
+) -> Result<usize, ConfigError> {
+    let Some(text) = text else { return Ok(default) };
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(&flag(key), format!("{text:?} is not a whole number")))?;
+    if n < min {
+        return Err(ConfigError::new(
+            &flag(key),
+            format!("must be at least {min}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_seconds(
+    key: &str,
+    text: Option<String>,
+    default: f64,
+    min: f64,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = text else {
+        return Ok(Duration::from_secs_f64(default));
+    };
+    let secs: f64 = text.trim().parse().map_err(|_| {
+        ConfigError::new(&flag(key), format!("{text:?} is not a number of seconds"))
+    })?;
+    if !secs.is_finite() || secs < min || secs > 365.0 * 86_400.0 {
+        return Err(ConfigError::new(
+            &flag(key),
+            format!("must be between {min} and 31536000 seconds"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_addr(key: &str, text: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = text.unwrap_or_else(|| default.to_owned());
+    text.trim().parse().map_err(|_| {
+        ConfigError::new(
+            &flag(key),
+            format!("{text:?} is not an IP address and port, such as 127.0.0.1:8443"),
+        )
+    })
+}
+
+fn parse_upstream(text: Option<String>) -> Result<Upstream, ConfigError> {
+    let setting = "--upstream";
+    let Some(text) = text else {
+        return Err(ConfigError::new(
+            setting,
+            "is required (for example --upstream http://127.0.0.1:8080)",
+        ));
+    };
+    let uri: Uri = text
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(setting, format!("{text:?} is not a URL")))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| {
+        ConfigError::new(
+            setting,
+            format!("{text:?} needs a scheme: http:// or https://"),
+        )
+    })?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(ConfigError::new(
+            setting,
+            format!("scheme {scheme} is not supported: use http:// or https://"),
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| ConfigError::new(setting, format!("{text:?} has no host")))?;
+    if authority.host().is_empty() {
+        return Err(ConfigError::new(setting, format!("{text:?} has no host")));
+    }
+    if authority.as_str().contains('@') {
+        return Err(ConfigError::new(setting, "must not contain credentials"));
+    }
+    if uri.query().is_some() {
+        return Err(ConfigError::new(setting, "must not contain a query"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Upstream {
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+impl Config {
+    /// Resolves settings from the command line and environment (`raw`) and
+    /// the TOML file it names, then validates every one of them.
+    ///
+    /// # Errors
+    ///
+    /// The first [`ConfigError`], naming the setting.
+    pub fn resolve(raw: &RawSettings) -> Result<Self, ConfigError> {
+        let src = Sources::load(raw.config.as_ref())?;
+        let config = Self {
+            upstream: parse_upstream(src.get(&raw.upstream, "upstream")?)?,
+            listen: parse_addr("listen", src.get(&raw.listen, "listen")?, "127.0.0.1:8443")?,
+            admin_listen: parse_addr(
+                "admin_listen",
+                src.get(&raw.admin_listen, "admin_listen")?,
+                "127.0.0.1:9901",
+            )?,
+            authorize_path: src
+                .get(&raw.authorize_path, "authorize_path")?
+                .unwrap_or_else(|| "/authorize".to_owned()),
+            token_path: src
+                .get(&raw.token_path, "token_path")?
+                .unwrap_or_else(|| "/token".to_owned()),
+            requirement: match src.get(&raw.pkce, "pkce")?.as_deref() {
+                None | Some("required") => Requirement::Required,
+                Some("optional") => Requirement::Optional,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "--pkce",
+                        format!("{other:?} is not required or optional"),
+                    ));
+                }
+            },
+            allow_plain: parse_bool("allow_plain", src.get(&raw.allow_plain, "allow_plain")?)?,
+            strip_pkce_params: parse_bool(
+                "strip_pkce_params",
+                src.get(&raw.strip_pkce_params, "strip_pkce_params")?,
+            )?,
+            ttl: parse_seconds("ttl", src.get(&raw.ttl, "ttl")?, 600.0, 1.0)?,
+            max_entries: parse_count(
+                "max_entries",
+                src.get(&raw.max_entries, "max_entries")?,
+                1_000_000,
+                1,
+            )?,
+            max_token_body: parse_count(
+                "max_token_body",
+                src.get(&raw.max_token_body, "max_token_body")?,
+                65_536,
+                1,
+            )?,
+            trust_forwarded: parse_bool(
+                "trust_forwarded",
+                src.get(&raw.trust_forwarded, "trust_forwarded")?,
+            )?,
+            log_format: match src.get(&raw.log_format, "log_format")?.as_deref() {
+                None | Some("pretty") => LogFormat::Pretty,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "--log-format",
+                        format!("{other:?} is not pretty or json"),
+                    ));
+                }
+            },
+            connect_timeout: parse_seconds(
+                "connect_timeout",
+                src.get(&raw.connect_timeout, "connect_timeout")?,
+                5.0,
+                0.001,
+            )?,
+            response_timeout: parse_seconds(
+                "response_timeout",
+                src.get(&raw.response_timeout, "response_timeout")?,
+                30.0,
+                0.001,
+            )?,
+            drain_timeout: parse_seconds(
+                "drain_timeout",
+                src.get(&raw.drain_timeout, "drain_timeout")?,
+                10.0,
+                0.0,
+            )?,
+            allowed_origins: src
+                .get(&raw.allowed_origins, "allowed_origins")?
+                .map(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|o| !o.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        if config.ttl.as_secs_f64().fract() != 0.0 {
+            return Err(ConfigError::new(
+                "--ttl",
+                "must be a whole number of seconds",
+            ));
+        }
+        drop(config.layer()?);
+        Ok(config)
+    }
+
+    /// The PKCE layer these settings describe.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a path or origin the layer refuses.
+    pub fn layer(&self) -> Result<PkceLayer, ConfigError> {
+        let layer = PkceLayer::strict()
+            .capacity(self.max_entries)
+            .authorize_path(&self.authorize_path)
+            .map_err(|e| ConfigError::new("--authorize-path", e.to_string()))?
+            .token_path(&self.token_path)
+            .map_err(|e| ConfigError::new("--token-path", e.to_string()))?
+            .requirement(self.requirement)
+            .allow_plain(self.allow_plain)
+            .strip_pkce_params(self.strip_pkce_params)
+            .max_token_body(self.max_token_body)
+            .ttl(self.ttl)
+            .map_err(|e| ConfigError::new("--ttl", e.to_string()))?;
+        self.allowed_origins
+            .iter()
+            .try_fold(layer, |layer, origin| {
+                layer
+                    .allowed_origin(origin)
+                    .map_err(|e| ConfigError::new("--allowed-origins", e.to_string()))
+            })
+    }
+
+    /// The settings as TOML, for `pkce-proxy check`.
+    pub fn to_toml(&self) -> String {
+        let upstream = format!(
+            "{}://{}{}",
+            self.upstream.scheme, self.upstream.authority, self.upstream.base_path
+        );
+        let origins: Vec<String> = self
+            .allowed_origins
+            .iter()
+            .map(|o| format!("{o:?}"))
+            .collect();
+        format!(
+            "upstream = {upstream:?}\nlisten = \"{}\"\nadmin_listen = \"{}\"\n\
+             authorize_path = {:?}\ntoken_path = {:?}\npkce = \"{}\"\nallow_plain = {}\n\
+             strip_pkce_params = {}\nttl = {}\nmax_entries = {}\nmax_token_body = {}\n\
+             trust_forwarded = {}\nlog_format = \"{}\"\nconnect_timeout = {}\n\
+             response_timeout = {}\ndrain_timeout = {}\nallowed_origins = [{}]\n",
+            self.listen,
+            self.admin_listen,
+            self.authorize_path,
+            self.token_path,
+            match self.requirement {
+                Requirement::Required => "required",
+                Requirement::Optional => "optional",
+            },
+            self.allow_plain,
+            self.strip_pkce_params,
+            self.ttl.as_secs(),
+            self.max_entries,
+            self.max_token_body,
+            self.trust_forwarded,
+            match self.log_format {
+                LogFormat::Pretty => "pretty",
+                LogFormat::Json => "json",
+            },
+            self.connect_timeout.as_secs_f64(),
+            self.response_timeout.as_secs_f64(),
+            self.drain_timeout.as_secs_f64(),
+            origins.join(", "),
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn raw(args: &[&str]) -> RawSettings {
+        let mut argv = vec!["pkce-proxy"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().settings
+    }
+
+    fn err(args: &[&str]) -> ConfigError {
+        Config::resolve(&raw(args)).unwrap_err()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::resolve(&raw(&["--upstream", "http://127.0.0.1:8080"])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:9901".parse().unwrap());
+        assert_eq!(c.requirement, Requirement::Required);
+        assert!(!c.allow_plain && !c.strip_pkce_params && !c.trust_forwarded);
+        assert_eq!(c.ttl, Duration::from_secs(600));
+        assert_eq!(c.max_entries, 1_000_000);
+        assert_eq!(c.max_token_body, 65_536);
+        assert_eq!(c.upstream.host_port(), ("127.0.0.1".to_owned(), 8080));
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        for (args, setting) in [
+            (vec![], "--upstream"),
+            (vec!["--upstream", "ftp://x"], "--upstream"),
+            (vec!["--upstream", "127.0.0.1:8080"], "--upstream"),
+            (vec!["--upstream", "http://x/?q=1"], "--upstream"),
+            (vec!["--upstream", "http://u:p@x"], "--upstream"),
+            (vec!["--upstream", "http://x", "--ttl", "0"], "--ttl"),
+            (vec!["--upstream", "http://x", "--ttl", "1.5"], "--ttl"),
+            (vec!["--upstream", "http://x", "--ttl", "ten"], "--ttl"),
+            (
+                vec!["--upstream", "http://x", "--max-entries", "0"],
+                "--max-entries",
+            ),
+            (
+                vec!["--upstream", "http://x", "--max-token-body=-1"],
+                "--max-token-body",
+            ),
+            (
+                vec!["--upstream", "http://x", "--listen", "localhost"],
+                "--listen",
+            ),
+            (
+                vec!["--upstream", "http://x", "--admin-listen", "1.2.3.4:99999"],
+                "--admin-listen",
+            ),
+            (
+                vec!["--upstream", "http://x", "--pkce", "sometimes"],
+                "--pkce",
+            ),
+            (
+                vec!["--upstream", "http://x", "--allow-plain=maybe"],
+                "--allow-plain",
+            ),
+            (
+                vec!["--upstream", "http://x", "--log-format", "xml"],
+                "--log-format",
+            ),
+            (
+                vec!["--upstream", "http://x", "--token-path", "token"],
+                "--token-path",
+            ),
+            (
+                vec!["--upstream", "http://x", "--authorize-path", "/token"],
+                "--authorize-path",
+            ),
+            (
+                vec!["--upstream", "http://x", "--response-timeout", "0"],
+                "--response-timeout",
+            ),
+            (
+                vec!["--upstream", "http://x", "--config", "/nonexistent.toml"],
+                "--config",
+            ),
+        ] {
+            let e = err(&args);
+            assert_eq!(e.setting, setting, "{args:?}: {e}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("pkce-proxy-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("proxy.toml");
+        std::fs::write(
+            &file,
+            "upstream = \"https://as.example:8443/base/\"\nttl = 30\nallow_plain = true\n\
+             allowed_origins = [\"https://a.example\", \"https://b.example\"]\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = Config::resolve(&raw(&["--config", path, "--ttl", "45"])).unwrap();
+        assert_eq!(c.ttl, Duration::from_secs(45));
+        assert!(c.allow_plain);
+        assert_eq!(c.upstream.base_path, "/base");
+        assert_eq!(c.upstream.host_port(), ("as.example".to_owned(), 8443));
+        assert_eq!(c.allowed_origins.len(), 2);
+        let c = Config::resolve(&raw(&["--config", path, "--allow-plain=false"])).unwrap();
+        assert!(!c.allow_plain);
+
+        std::fs::write(&file, "upstream = \"http://x\"\nttl = \"soon\"\n").unwrap();
+        assert_eq!(err(&["--config", path]).setting, "--ttl");
+        std::fs::write(&file, "upstream = \"http://x\"\nnot_a_setting = 1\n").unwrap();
+        assert_eq!(err(&["--config", path]).setting, "--config");
+        std::fs::write(&file, "upstream = [1]\n").unwrap();
+        assert_eq!(err(&["--config", path]).setting, "--upstream");
+        std::fs::write(&file, "this is not toml").unwrap();
+        assert_eq!(err(&["--config", path]).setting, "--config");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn printed_settings_read_back() {
+        let c =
+            Config::resolve(&raw(&["--upstream", "http://127.0.0.1:1/p", "--ttl", "7"])).unwrap();
+        let text = c.to_toml();
+        let table: toml::Table = text.parse().unwrap();
+        assert_eq!(table["ttl"].as_integer(), Some(7));
+        assert_eq!(table["upstream"].as_str(), Some("http://127.0.0.1:1/p"));
+    }
+}

@@ -1,0 +1,163 @@
+//! Prometheus metrics, served on the admin listener.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tower_pkce::{Endpoint, Rejection};
+
+/// The proxy's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    rejections: IntCounterVec,
+    entries: IntGaugeVec,
+    upstream_latency: HistogramVec,
+    upstream_failures: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    ///
+    /// # Errors
+    ///
+    /// When a metric cannot be registered (a programming error: names are
+    /// fixed).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "pkce_proxy_requests_total",
+                "Requests answered, by route and outcome.",
+            ),
+            &["route", "outcome"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "pkce_proxy_rejections_total",
+                "Requests the proxy refused itself, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let entries = IntGaugeVec::new(
+            Opts::new(
+                "pkce_proxy_store_entries",
+                "Live records in the store: pending authorizations and code bindings.",
+            ),
+            &["family"],
+        )?;
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "pkce_proxy_upstream_duration_seconds",
+                "Time until the upstream's response headers, by route.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route"],
+        )?;
+        let upstream_failures = IntCounterVec::new(
+            Opts::new(
+                "pkce_proxy_upstream_failures_total",
+                "Upstream requests that failed, by kind (unreachable, timeout).",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(entries.clone()))?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        registry.register(Box::new(upstream_failures.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            rejections,
+            entries,
+            upstream_latency,
+            upstream_failures,
+        })
+    }
+
+    /// Counts an answered request.
+    pub fn request(
+        &self,
+        endpoint: Endpoint,
+        status: http::StatusCode,
+        rejection: Option<Rejection>,
+    ) {
+        let outcome = match rejection {
+            Some(_) => "rejected",
+            None if status.is_server_error() => "5xx",
+            None if status.is_client_error() => "4xx",
+            None if status.is_redirection() => "3xx",
+            None => "2xx",
+        };
+        self.requests
+            .with_label_values(&[endpoint.as_str(), outcome])
+            .inc();
+        if let Some(rejection) = rejection {
+            self.rejections
+                .with_label_values(&[rejection.as_str()])
+                .inc();
+        }
+    }
+
+    pub(crate) fn observe_upstream(&self, endpoint: Endpoint, elapsed: Duration) {
+        self.upstream_latency
+            .with_label_values(&[endpoint.as_str()])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn upstream_failure(&self, kind: &str) {
+        self.upstream_failures.with_label_values(&[kind]).inc();
+    }
+
+    /// Sets the store gauges.
+    pub fn set_entries(&self, pending: u64, bindings: u64) {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.entries
+            .with_label_values(&["pending"])
+            .set(clamp(pending));
+        self.entries
+            .with_label_values(&["bindings"])
+            .set(clamp(bindings));
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics could not be encoded");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters() {
+        let m = Metrics::new().unwrap();
+        m.request(
+            Endpoint::Token,
+            http::StatusCode::BAD_REQUEST,
+            Some(Rejection::VerifierMismatch),
+        );
+        m.request(Endpoint::Other, http::StatusCode::OK, None);
+        m.set_entries(3, 4);
+        m.observe_upstream(Endpoint::Token, Duration::from_millis(3));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("pkce_proxy_requests_total{outcome=\"rejected\",route=\"token\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("pkce_proxy_rejections_total{reason=\"verifier_mismatch\"} 1"));
+        assert!(text.contains("pkce_proxy_store_entries{family=\"bindings\"} 4"));
+        assert!(text.contains("pkce_proxy_upstream_duration_seconds_count{route=\"token\"} 1"));
+    }
+}

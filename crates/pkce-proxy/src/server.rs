@@ -1,0 +1,326 @@
+//! The listeners: the proxy itself and the admin endpoints, served with
+//! hyper-util's auto (HTTP/1.1 and HTTP/2) builder and shut down gracefully.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::{Layer, ServiceExt};
+use tower_pkce::store::{MemoryStore, Store};
+use tower_pkce::{Pkce, PkceLayer, Rejection, ResponseBody};
+
+use crate::config::{Config, Upstream};
+use crate::forward::{ClientAddr, Forwarder, ProxyBody};
+use crate::metrics::Metrics;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the proxy could not start.
+#[derive(Debug)]
+pub struct StartError(String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running proxy: its bound addresses, and the handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the proxy listens for clients.
+    pub addr: SocketAddr,
+    /// Where the admin endpoints are served.
+    pub admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting connections, lets requests in flight finish (up to
+    /// the drain timeout), and returns when everything is closed.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a listener task failed");
+            }
+        }
+    }
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError(format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+/// Accepts connections on `listener` and serves each with the service that
+/// `make` builds for its peer, until `stop` turns true; then drains.
+pub(crate) fn serve<F, S, B>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+    name: &'static str,
+    make: F,
+) -> JoinHandle<()>
+where
+    F: Fn(SocketAddr) -> S + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    tokio::spawn(async move {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        let graceful = GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let conn = builder.serve_connection(TokioIo::new(stream), make(peer));
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "connection closed with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, then go on.
+                        tracing::warn!(listener = name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!(listener = name, "drained"),
+            () = tokio::time::sleep(drain) => {
+                tracing::warn!(listener = name, ?drain, "drain timed out; closing the remaining connections");
+            }
+        }
+    })
+}
+
+type ProxyService = Pkce<Forwarder, MemoryStore>;
+
+async fn handle(
+    pkce: ProxyService,
+    layer: Arc<PkceLayer>,
+    metrics: Arc<Metrics>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody<ProxyBody>>, Infallible> {
+    let endpoint = layer.endpoint(req.uri().path());
+    req.extensions_mut().insert(ClientAddr(peer));
+    req.extensions_mut().insert(endpoint);
+    let response = pkce.oneshot(req).await?;
+    metrics.request(
+        endpoint,
+        response.status(),
+        response.extensions().get::<Rejection>().copied(),
+    );
+    Ok(response)
+}
+
+/// Binds both listeners and starts serving. Everything in `config` is
+/// already valid; what can still fail is binding a port.
+///
+/// # Errors
+///
+/// [`StartError`] when a port cannot be bound or the TLS client cannot be
+/// set up.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new().map_err(|e| StartError(e.to_string()))?);
+    let layer = Arc::new(config.layer().map_err(|e| StartError(e.to_string()))?);
+    let forwarder = Forwarder::new(&config, metrics.clone()).map_err(StartError)?;
+
+    let listener = bind("clients", config.listen).await?;
+    let admin = bind("admin", config.admin_listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
+    let admin_addr = admin.local_addr().map_err(|e| StartError(e.to_string()))?;
+
+    let pkce: ProxyService = layer.layer(forwarder);
+    let (stop, stop_rx) = watch::channel(false);
+    let proxy_task = {
+        let layer = layer.clone();
+        let metrics = metrics.clone();
+        serve(
+            listener,
+            stop_rx.clone(),
+            config.drain_timeout,
+            "proxy",
+            move |peer| {
+                let pkce = pkce.clone();
+                let layer = layer.clone();
+                let metrics = metrics.clone();
+                hyper::service::service_fn(move |req| {
+                    handle(pkce.clone(), layer.clone(), metrics.clone(), peer, req)
+                })
+            },
+        )
+    };
+    let admin_task = {
+        let state = Arc::new(Admin {
+            upstream: config.upstream.clone(),
+            store: layer.get_store().clone(),
+            metrics,
+        });
+        serve(admin, stop_rx, config.drain_timeout, "admin", move |_| {
+            let state = state.clone();
+            hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(state.answer(req).await) }
+            })
+        })
+    };
+    tracing::info!(
+        %addr,
+        %admin_addr,
+        upstream = %format_args!("{}://{}", config.upstream.scheme, config.upstream.authority),
+        "pkce-proxy listening"
+    );
+    Ok(Running {
+        addr,
+        admin_addr,
+        stop,
+        tasks: vec![proxy_task, admin_task],
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+///
+/// # Errors
+///
+/// [`StartError`] when the proxy cannot start.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let running = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining requests in flight");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the proxy");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The admin endpoints' state.
+struct Admin {
+    upstream: Upstream,
+    store: MemoryStore,
+    metrics: Arc<Metrics>,
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+impl Admin {
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        const PLAIN: &str = "text/plain; charset=utf-8";
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
+            "/readyz" => match self.readiness().await {
+                Ok(()) => text(StatusCode::OK, PLAIN, "ready\n"),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    PLAIN,
+                    format!("not ready: {why}\n"),
+                ),
+            },
+            "/metrics" => {
+                if let Ok(stats) = self.store.stats().await {
+                    self.metrics.set_entries(stats.pending, stats.bindings);
+                }
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.render(),
+                )
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                PLAIN,
+                "not found: try /healthz, /readyz or /metrics\n",
+            ),
+        }
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
+        self.store
+            .stats()
+            .await
+            .map_err(|e| format!("store: {e}"))?;
+        let (host, port) = self.upstream.host_port();
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("upstream unreachable: {e}")),
+            Err(_) => Err("upstream did not accept a connection within 2 s".to_owned()),
+        }
+    }
+}
