@@ -1,0 +1,135 @@
+//! The binary as a user runs it: exit codes, precedence, `pair`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkce-proxy"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    for var in [
+        "PKCE_PROXY_UPSTREAM",
+        "PKCE_PROXY_TTL",
+        "PKCE_PROXY_CONFIG",
+        "PKCE_PROXY_LISTEN",
+    ] {
+        if !env.iter().any(|(k, _)| k == &var) {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_config_exits_64_with_one_line_naming_the_setting() {
+    for (args, env, setting) in [
+        (vec![], vec![], "--upstream"),
+        (
+            vec!["--upstream", "http://127.0.0.1:1", "--ttl", "0"],
+            vec![],
+            "--ttl",
+        ),
+        (
+            vec!["--upstream", "http://127.0.0.1:1"],
+            vec![("PKCE_PROXY_TTL", "soon")],
+            "--ttl",
+        ),
+        (
+            vec!["--upstream", "http://127.0.0.1:1", "--listen", "nowhere"],
+            vec![],
+            "--listen",
+        ),
+        (
+            vec!["--upstream", "http://127.0.0.1:1", "--no-such-flag"],
+            vec![],
+            "--no-such-flag",
+        ),
+        (vec!["--upstream", "gopher://x"], vec![], "--upstream"),
+    ] {
+        let out = run(&args, &env);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?} {env:?}: {}",
+            stderr(&out)
+        );
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(setting), "{setting} in {err}");
+    }
+}
+
+#[test]
+fn flag_beats_env_beats_file() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("p.toml");
+    std::fs::write(
+        &file,
+        "upstream = \"http://file.example\"\nttl = 100\nlisten = \"127.0.0.1:7000\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["check", "--config", path];
+        all.extend_from_slice(args);
+        let out = run(&all, env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_file = check(&[], &[]);
+    assert!(
+        from_file.contains("ttl = 100") && from_file.contains("http://file.example"),
+        "{from_file}"
+    );
+    let from_env = check(&[], &[("PKCE_PROXY_TTL", "200")]);
+    assert!(from_env.contains("ttl = 200"), "{from_env}");
+    let from_flag = check(&["--ttl", "300"], &[("PKCE_PROXY_TTL", "200")]);
+    assert!(from_flag.contains("ttl = 300"), "{from_flag}");
+    assert!(from_flag.contains("listen = \"127.0.0.1:7000\""));
+    assert!(
+        from_flag.contains("max_entries = 1000000"),
+        "defaults fill the rest"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn pair_prints_a_matching_verifier_and_challenge() {
+    let out = run(&["pair"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        tower_pkce::s256(get("code_verifier")),
+        get("code_challenge")
+    );
+}
+
+#[test]
+fn demo_walks_the_flow_and_exits_0() {
+    let out = run(&["demo"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for step in [
+        "refused by the proxy",
+        "challenge recorded",
+        "code is bound",
+        "wrong verifier -> 400",
+        "right verifier -> 200",
+        "reached the server: 1 of 3",
+    ] {
+        assert!(text.contains(step), "{step} in {text}");
+    }
+}

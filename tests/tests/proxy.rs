@@ -1,0 +1,498 @@
+//! The proxy end to end over loopback sockets: in front of the example
+//! legacy server, and in front of upstreams that misbehave.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pkce_proxy::config::{Config, RawSettings};
+use pkce_proxy::demo::HttpClient;
+use pkce_proxy::legacy::{LegacyServer, encode, parse_form};
+use pkce_proxy::server::{Running, start};
+use tokio::net::TcpListener;
+use tower_pkce::{ChallengeMethod, CodeChallenge, CodeVerifier};
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn settings(upstream: &str) -> RawSettings {
+    RawSettings {
+        upstream: Some(upstream.to_owned()),
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        ..RawSettings::default()
+    }
+}
+
+async fn proxy(settings: RawSettings) -> Running {
+    start(Config::resolve(&settings).unwrap()).await.unwrap()
+}
+
+/// A one-route upstream built from a closure, on a free port.
+async fn upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<UpBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type UpBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+fn full(body: impl Into<Bytes>) -> UpBody {
+    Full::new(body.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A request body sent in chunks, with no length: it streams.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+}
+
+fn challenge_query(verifier: &CodeVerifier, extra: &str) -> String {
+    let challenge = CodeChallenge::from_verifier(verifier, ChallengeMethod::S256);
+    format!(
+        "response_type=code&client_id=app&redirect_uri={}&state=s1&code_challenge={}&code_challenge_method=S256{extra}",
+        encode("https://client.example/cb"),
+        challenge.as_str()
+    )
+}
+
+fn hidden(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')? + start;
+    Some(html[start..end].to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_flow_through_the_legacy_server() {
+    let legacy = LegacyServer::start(loopback()).await.unwrap();
+    let proxy = proxy(settings(&format!("http://{}", legacy.addr))).await;
+    let client = HttpClient::default();
+    let base = format!("http://{}", proxy.addr);
+
+    for mode in ["", "&response_mode=form_post"] {
+        let verifier = CodeVerifier::generate();
+        let page = client
+            .send(
+                Method::GET,
+                &format!("{base}/authorize?{}", challenge_query(&verifier, mode)),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.status, StatusCode::OK);
+        let txn = hidden(&page.body, "txn").unwrap();
+        let login = client
+            .send(
+                Method::POST,
+                &format!("{base}/login"),
+                Some(format!("txn={}&username=alice", encode(&txn))),
+            )
+            .await
+            .unwrap();
+        let (code, state) = if mode.is_empty() {
+            let loc = login.location().unwrap();
+            let params = parse_form(loc.split_once('?').unwrap().1);
+            let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            (get("code").unwrap(), get("state"))
+        } else {
+            (
+                hidden(&login.body, "code").unwrap(),
+                hidden(&login.body, "state"),
+            )
+        };
+        assert_eq!(state.as_deref(), Some("s1"), "{mode}");
+        let token = |v: &str| {
+            format!(
+                "grant_type=authorization_code&code={}&client_id=app&redirect_uri={}&code_verifier={v}",
+                encode(&code),
+                encode("https://client.example/cb")
+            )
+        };
+        let before = legacy.counters.token.load(Ordering::SeqCst);
+        let wrong = client
+            .send(
+                Method::POST,
+                &format!("{base}/token"),
+                Some(token(CodeVerifier::generate().secret())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+        assert!(wrong.body.contains("invalid_grant"));
+        assert_eq!(
+            legacy.counters.token.load(Ordering::SeqCst),
+            before,
+            "a refused request reached the upstream"
+        );
+        let ok = client
+            .send(
+                Method::POST,
+                &format!("{base}/token"),
+                Some(token(verifier.secret())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+        assert_eq!(legacy.counters.token.load(Ordering::SeqCst), before + 1);
+    }
+
+    // Discovery, through the proxy.
+    let meta = client
+        .send(
+            Method::GET,
+            &format!("{base}/.well-known/openid-configuration"),
+            None,
+        )
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&meta.body).unwrap();
+    assert_eq!(
+        json["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    assert!(json.get("pushed_authorization_request_endpoint").is_none());
+
+    // Admin endpoints.
+    let admin = format!("http://{}", proxy.admin_addr);
+    assert_eq!(
+        client
+            .send(Method::GET, &format!("{admin}/healthz"), None)
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client
+            .send(Method::GET, &format!("{admin}/readyz"), None)
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    let metrics = client
+        .send(Method::GET, &format!("{admin}/metrics"), None)
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .body
+            .contains("pkce_proxy_rejections_total{reason=\"verifier_mismatch\"} 2"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("pkce_proxy_requests_total{outcome=\"2xx\",route=\"token\"} 2"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("pkce_proxy_upstream_duration_seconds_bucket")
+    );
+    proxy.shutdown().await;
+    legacy.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_host_as_the_upstream_sees_them() {
+    let up = upstream(|req: Request<Incoming>| async move {
+        let mut seen = serde_json::Map::new();
+        for (n, v) in req.headers() {
+            seen.insert(n.to_string(), v.to_str().unwrap_or("").into());
+        }
+        seen.insert("uri".into(), req.uri().to_string().into());
+        Response::new(full(serde_json::Value::Object(seen).to_string()))
+    })
+    .await;
+    let proxy = proxy(settings(&format!("http://{up}"))).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(format!(
+        "http://{}/userinfo/a%2Fb?x=1&code=abc&y",
+        proxy.addr
+    ))
+    .header(header::HOST, "login.example.com")
+    .header("x-forwarded-for", "6.6.6.6")
+    .header("x-forwarded-host", "evil.example")
+    .header("x-custom", "kept")
+    .header(header::CONNECTION, "x-hop")
+    .header("x-hop", "dropped")
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let response = client.request(req).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["host"], "login.example.com");
+    assert_eq!(seen["x-forwarded-host"], "login.example.com");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-custom"], "kept");
+    assert!(seen.get("x-hop").is_none());
+    assert_eq!(
+        seen["uri"], "/userinfo/a%2Fb?x=1&code=abc&y",
+        "path and query byte for byte"
+    );
+    proxy.shutdown().await;
+
+    // Behind a trusted load balancer the incoming headers are kept.
+    let mut trusting = settings(&format!("http://{up}"));
+    trusting.trust_forwarded = Some("true".into());
+    let proxy = self::proxy(trusting).await;
+    let req = Request::get(format!("http://{}/x", proxy.addr))
+        .header(header::HOST, "login.example.com")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "public.example")
+        .header("x-forwarded-proto", "https")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let body = client
+        .request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], "public.example");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_megabytes_stream_through_both_ways() {
+    const SIZE: usize = 5 * 1024 * 1024;
+    let up = upstream(|req: Request<Incoming>| async move {
+        let trailer = req.headers().get("x-tag").cloned();
+        let (_, body) = req.into_parts();
+        // Echo the body back as it arrives, with a header of our own.
+        let mut response = Response::new(body.map_err(BoxError::from).boxed());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            "application/octet-stream".parse().unwrap(),
+        );
+        if let Some(t) = trailer {
+            response.headers_mut().insert("x-tag-echo", t);
+        }
+        response
+    })
+    .await;
+    let proxy = proxy(settings(&format!("http://{up}"))).await;
+    let body = Chunks(
+        (0..80)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; SIZE / 80]))
+            .collect(),
+    );
+    let client: Client<_, Chunks> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(format!("http://{}/upload", proxy.addr))
+        .header("x-tag", "t-1")
+        .body(body)
+        .unwrap();
+    let response = client.request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-tag-echo"], "t-1");
+    let got = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got.len(), SIZE);
+    assert!(
+        got.chunks(SIZE / 80)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == (i % 251) as u8))
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_down_gets_502_and_slow_gets_504() {
+    // A port that was free a moment ago: nothing listens there.
+    let closed = TcpListener::bind(loopback())
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = proxy(settings(&format!("http://{closed}"))).await;
+    let client = HttpClient::default();
+    let other = client
+        .send(Method::GET, &format!("http://{}/page", proxy.addr), None)
+        .await
+        .unwrap();
+    assert_eq!(other.status, StatusCode::BAD_GATEWAY);
+    assert!(other.body.starts_with("502"), "{}", other.body);
+    let token = client
+        .send(
+            Method::POST,
+            &format!("http://{}/token", proxy.addr),
+            Some("grant_type=refresh_token&refresh_token=x".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(token.status, StatusCode::BAD_GATEWAY);
+    let json: serde_json::Value = serde_json::from_str(&token.body).unwrap();
+    assert_eq!(json["error"], "temporarily_unavailable");
+    let ready = client
+        .send(
+            Method::GET,
+            &format!("http://{}/readyz", proxy.admin_addr),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    proxy.shutdown().await;
+
+    let slow = upstream(|_req: Request<Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let mut s = settings(&format!("http://{slow}"));
+    s.response_timeout = Some("0.3".into());
+    let proxy = self::proxy(s).await;
+    let started = Instant::now();
+    let answer = client
+        .send(Method::GET, &format!("http://{}/page", proxy.addr), None)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_megabyte_token_body_is_refused_unread() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let up = upstream(move |_req: Request<Incoming>| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Response::new(full("{}"))
+        }
+    })
+    .await;
+    let proxy = proxy(settings(&format!("http://{up}"))).await;
+    let client = HttpClient::default();
+    let big = format!(
+        "grant_type=authorization_code&code=x&pad={}",
+        "a".repeat(2 * 1024 * 1024)
+    );
+    let answer = client
+        .send(
+            Method::POST,
+            &format!("http://{}/token", proxy.addr),
+            Some(big),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let json: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(json["error"], "invalid_request");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_request_in_flight() {
+    let up = upstream(|_req: Request<Incoming>| async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        Response::new(full("finished"))
+    })
+    .await;
+    let proxy = proxy(settings(&format!("http://{up}"))).await;
+    let addr = proxy.addr;
+    let in_flight = tokio::spawn(async move {
+        HttpClient::default()
+            .send(Method::GET, &format!("http://{addr}/slow"), None)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    proxy.shutdown().await;
+    let answer = in_flight.await.unwrap().unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "finished");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "shutdown waited for the request"
+    );
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served() {
+    let legacy = LegacyServer::start(loopback()).await.unwrap();
+    let proxy = proxy(settings(&format!("http://{}", legacy.addr))).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let verifier = CodeVerifier::generate();
+    let req = Request::get(format!(
+        "http://{}/authorize?{}",
+        proxy.addr,
+        challenge_query(&verifier, "")
+    ))
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    let response = client.request(req).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let req = Request::get(format!(
+        "http://{}/authorize?client_id=app&redirect_uri=x",
+        proxy.addr
+    ))
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    assert_eq!(
+        client.request(req).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    proxy.shutdown().await;
+    legacy.shutdown().await;
+}
