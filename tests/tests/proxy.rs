@@ -496,3 +496,60 @@ async fn http2_clients_are_served() {
     proxy.shutdown().await;
     legacy.shutdown().await;
 }
+
+/// A response body with one data frame and trailers.
+struct WithTrailers(Option<Frame<Bytes>>, Option<Frame<Bytes>>);
+
+impl http_body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let next = self.0.take().or_else(|| self.1.take());
+        std::task::Poll::Ready(next.map(Ok))
+    }
+}
+
+#[tokio::test]
+async fn trailers_pass_through() {
+    let up = upstream(|_req: Request<Incoming>| async move {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc123".parse().unwrap());
+        let body = WithTrailers(
+            Some(Frame::data(Bytes::from_static(b"payload"))),
+            Some(Frame::trailers(trailers)),
+        );
+        let mut response = Response::new(body.boxed());
+        response
+            .headers_mut()
+            .insert(header::TRAILER, "x-checksum".parse().unwrap());
+        response
+    })
+    .await;
+    let proxy = proxy(settings(&format!("http://{up}"))).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(format!("http://{}/stream", proxy.addr))
+        .header(header::TE, "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let collected = client
+        .request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        collected
+            .trailers()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| v.to_str().unwrap()),
+        Some("abc123")
+    );
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
+    proxy.shutdown().await;
+}

@@ -35,15 +35,15 @@ pub struct ClientAddr(pub SocketAddr);
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody<Incoming>>;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. `Trailer` is
+/// end to end: it announces the trailers that follow.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::UPGRADE,
 ];
 
@@ -60,8 +60,16 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
+    // `TE: trailers` says the client takes trailers; it is passed on so that
+    // the upstream sends them.
+    let trailers_ok = headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"));
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
+    }
+    if trailers_ok {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     headers.remove(header::TRANSFER_ENCODING);
 }
@@ -284,7 +292,7 @@ mod tests {
         );
         h.insert("x-custom", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
