@@ -133,3 +133,41 @@ fn demo_walks_the_flow_and_exits_0() {
         assert!(text.contains(step), "{step} in {text}");
     }
 }
+
+#[test]
+fn sigterm_stops_the_proxy_with_exit_0() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pkce-proxy"))
+        .args([
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the "listening" line, which names the bound addresses.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0
+        && !line.contains("listening")
+    {
+        line.clear();
+    }
+    let event: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert!(
+        event["addr"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
