@@ -62,56 +62,9 @@ pub struct LegacyServer {
 pub type Body = Full<Bytes>;
 pub type Service = BoxCloneSyncService<Request<Body>, Response<ResponseBody<Body>>, Infallible>;
 
-/// Decodes `application/x-www-form-urlencoded` leniently (the server is
-/// the legacy side: it takes what it gets).
-pub fn parse_form(input: &str) -> Vec<(String, String)> {
-    input
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (n, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(n), decode(v))
-        })
-        .collect()
-}
-
-pub fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// The lenient form codec of the example legacy server: the tests' fake
+/// server takes what it gets, as legacy servers do.
+pub use pkce_proxy::legacy::{encode, parse_form};
 
 pub fn form(pairs: &[(&str, &str)]) -> String {
     pairs

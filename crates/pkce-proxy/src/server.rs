@@ -261,7 +261,8 @@ struct Admin {
     metrics: Arc<Metrics>,
 }
 
-fn text(
+/// A small response with a body and its content type.
+pub(crate) fn text(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
