@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use http::Uri;
+use tower_pkce::store::Store;
 use tower_pkce::{PkceLayer, Requirement};
 
 /// The exit code for invalid settings (`EX_USAGE` in sysexits.h).
@@ -109,6 +110,62 @@ pub struct RawSettings {
     /// comma-separated.
     #[arg(long, env = "PKCE_PROXY_ALLOWED_ORIGINS", value_name = "ORIGINS")]
     pub allowed_origins: Option<String>,
+    /// Where records are kept: memory, or a Redis URL such as
+    /// redis://127.0.0.1:6379/0 that several replicas share [default: memory].
+    #[arg(long, env = "PKCE_PROXY_STORE", value_name = "STORE")]
+    pub store: Option<String>,
+    /// The prefix of the Redis keys; replicas that share records share it [default: pkce].
+    #[arg(long, env = "PKCE_PROXY_REDIS_PREFIX", value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Seconds to wait for Redis before failing closed with 503 [default: 1].
+    #[arg(long, env = "PKCE_PROXY_REDIS_TIMEOUT", value_name = "SECONDS")]
+    pub redis_timeout: Option<String>,
+}
+
+/// Where the proxy keeps its records.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreSetting {
+    /// In this process: one replica only.
+    Memory,
+    /// In Redis, shared by every replica with the same URL and prefix.
+    Redis {
+        /// The `redis://` or `rediss://` URL, credentials included.
+        url: String,
+        /// The key prefix.
+        prefix: String,
+        /// The bound on each operation.
+        timeout: Duration,
+    },
+}
+
+impl fmt::Debug for StoreSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Redis {
+                url,
+                prefix,
+                timeout,
+            } => f
+                .debug_struct("Redis")
+                .field("url", &redact_url(url))
+                .field("prefix", prefix)
+                .field("timeout", timeout)
+                .finish(),
+        }
+    }
+}
+
+/// `url` with any credentials replaced by `***`, for printing.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// How logs are written.
@@ -188,6 +245,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// CORS origins for rejections.
     pub allowed_origins: Vec<String>,
+    /// Where records are kept.
+    pub store: StoreSetting,
 }
 
 /// A setting that cannot be used. Its `Display` is the one line printed
@@ -236,6 +295,9 @@ const FILE_KEYS: &[&str] = &[
     "response_timeout",
     "drain_timeout",
     "allowed_origins",
+    "store",
+    "redis_prefix",
+    "redis_timeout",
 ];
 
 /// One setting's text from the highest-precedence source that has it.
@@ -416,6 +478,48 @@ fn parse_upstream(text: Option<String>) -> Result<Upstream, ConfigError> {
     })
 }
 
+fn parse_store(src: &Sources, raw: &RawSettings) -> Result<StoreSetting, ConfigError> {
+    let prefix = src.get(&raw.redis_prefix, "redis_prefix")?;
+    let timeout = parse_seconds(
+        "redis_timeout",
+        src.get(&raw.redis_timeout, "redis_timeout")?,
+        1.0,
+        0.001,
+    )?;
+    let text = src.get(&raw.store, "store")?;
+    match text.as_deref().map(str::trim) {
+        None | Some("memory") => Ok(StoreSetting::Memory),
+        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            let prefix =
+                prefix.unwrap_or_else(|| tower_pkce::store::DEFAULT_REDIS_PREFIX.to_owned());
+            if prefix.is_empty() || prefix.contains(['{', '}']) {
+                return Err(ConfigError::new(
+                    "--redis-prefix",
+                    "must be non-empty and hold no '{' or '}'",
+                ));
+            }
+            tower_pkce::store::check_redis_settings(url, &prefix).map_err(|e| {
+                ConfigError::new(
+                    "--store",
+                    format!("{:?} is not a usable Redis URL: {e}", redact_url(url)),
+                )
+            })?;
+            Ok(StoreSetting::Redis {
+                url: url.to_owned(),
+                prefix,
+                timeout,
+            })
+        }
+        Some(other) => Err(ConfigError::new(
+            "--store",
+            format!(
+                "{:?} is neither memory nor a redis:// or rediss:// URL",
+                redact_url(other)
+            ),
+        )),
+    }
+}
+
 impl Config {
     /// Resolves settings from the command line and environment (`raw`) and
     /// the TOML file it names, then validates every one of them.
@@ -509,6 +613,7 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
+            store: parse_store(&src, raw)?,
         };
         if config.ttl.as_secs_f64().fract() != 0.0 {
             return Err(ConfigError::new(
@@ -526,8 +631,16 @@ impl Config {
     ///
     /// A [`ConfigError`] for a path or origin the layer refuses.
     pub fn layer(&self) -> Result<PkceLayer, ConfigError> {
-        let layer = PkceLayer::strict()
-            .capacity(self.max_entries)
+        self.policy(PkceLayer::strict().capacity(self.max_entries))
+    }
+
+    /// These settings' policy applied to `layer`, whatever its store.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a path or origin the layer refuses.
+    pub fn policy<St: Store>(&self, layer: PkceLayer<St>) -> Result<PkceLayer<St>, ConfigError> {
+        let layer = layer
             .authorize_path(&self.authorize_path)
             .map_err(|e| ConfigError::new("--authorize-path", e.to_string()))?
             .token_path(&self.token_path)
@@ -563,7 +676,7 @@ impl Config {
              authorize_path = {:?}\ntoken_path = {:?}\npkce = \"{}\"\nallow_plain = {}\n\
              strip_pkce_params = {}\nttl = {}\nmax_entries = {}\nmax_token_body = {}\n\
              trust_forwarded = {}\nlog_format = \"{}\"\nconnect_timeout = {}\n\
-             response_timeout = {}\ndrain_timeout = {}\nallowed_origins = [{}]\n",
+             response_timeout = {}\ndrain_timeout = {}\nallowed_origins = [{}]\n{}",
             self.listen,
             self.admin_listen,
             self.authorize_path,
@@ -586,6 +699,18 @@ impl Config {
             self.response_timeout.as_secs_f64(),
             self.drain_timeout.as_secs_f64(),
             origins.join(", "),
+            match &self.store {
+                StoreSetting::Memory => "store = \"memory\"\n".to_owned(),
+                StoreSetting::Redis {
+                    url,
+                    prefix,
+                    timeout,
+                } => format!(
+                    "store = {:?}\nredis_prefix = {prefix:?}\nredis_timeout = {}\n",
+                    redact_url(url),
+                    timeout.as_secs_f64()
+                ),
+            },
         )
     }
 }

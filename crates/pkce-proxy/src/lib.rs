@@ -26,6 +26,7 @@ pub mod forward;
 pub mod legacy;
 pub mod metrics;
 pub mod server;
+pub mod store;
 
 use std::process::ExitCode;
 

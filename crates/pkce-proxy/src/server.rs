@@ -17,12 +17,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
-use tower_pkce::store::{MemoryStore, Store};
+use tower_pkce::store::Store;
 use tower_pkce::{Pkce, PkceLayer, Rejection, ResponseBody};
 
 use crate::config::{Config, Upstream};
 use crate::forward::{ClientAddr, Forwarder, ProxyBody};
 use crate::metrics::Metrics;
+use crate::store::ProxyStore;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -129,11 +130,11 @@ where
     })
 }
 
-type ProxyService = Pkce<Forwarder, MemoryStore>;
+type ProxyService = Pkce<Forwarder, ProxyStore>;
 
 async fn handle(
     pkce: ProxyService,
-    layer: Arc<PkceLayer>,
+    layer: Arc<PkceLayer<ProxyStore>>,
     metrics: Arc<Metrics>,
     peer: SocketAddr,
     mut req: Request<Incoming>,
@@ -159,7 +160,12 @@ async fn handle(
 /// set up.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError(e.to_string()))?);
-    let layer = Arc::new(config.layer().map_err(|e| StartError(e.to_string()))?);
+    let store = ProxyStore::from_config(&config).map_err(|e| StartError(e.to_string()))?;
+    let layer = Arc::new(
+        config
+            .policy(PkceLayer::with_store(store))
+            .map_err(|e| StartError(e.to_string()))?,
+    );
     let forwarder = Forwarder::new(&config, metrics.clone()).map_err(StartError)?;
 
     let listener = bind("clients", config.listen).await?;
@@ -257,7 +263,7 @@ async fn shutdown_signal() {
 /// The admin endpoints' state.
 struct Admin {
     upstream: Upstream,
-    store: MemoryStore,
+    store: ProxyStore,
     metrics: Arc<Metrics>,
 }
 

@@ -13,7 +13,8 @@
 //! a dump of the store holds no live code. Both families expire after a TTL
 //! and share one capacity bound.
 //!
-//! [`MemoryStore`] is the embedded default. Other backends implement
+//! [`MemoryStore`] is the embedded default. `RedisStore` (feature
+//! `redis-store`) shares records between replicas. Other backends implement
 //! [`Store`] and prove themselves with the conformance suite in
 //! `store::conformance` (feature `conformance`).
 
@@ -28,6 +29,14 @@ use crate::pkce::ChallengeMethod;
 mod memory;
 #[cfg(feature = "memory-store")]
 pub use memory::{DEFAULT_CAPACITY, DEFAULT_SWEEP_PERIOD, MemoryStore, MemoryStoreBuilder};
+
+#[cfg(feature = "redis-store")]
+mod redis;
+#[cfg(feature = "redis-store")]
+pub use redis::{
+    DEFAULT_REDIS_CAPACITY, DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, RedisStore,
+    RedisStoreBuilder, check_settings as check_redis_settings,
+};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -1,0 +1,684 @@
+//! The Redis store: records shared by every replica that points at the same
+//! Redis, with expiry left to Redis.
+//!
+//! # Layout
+//!
+//! Every key starts with the prefix in braces (a Redis Cluster hash tag), so
+//! that all of a store's keys live in one slot and the scripts below may
+//! touch several of them at once. For the prefix `pkce` and a record key `K`
+//! (32 hex digits of the truncated SHA-256 digest of a handle or a code):
+//!
+//! | key | holds | written with |
+//! | --- | --- | --- |
+//! | `{pkce}:p:K` | a pending authorization | `SET NX PX`, taken with `GETDEL` |
+//! | `{pkce}:c:K` | the mark that code `K` was bound (live or spent) | `SET NX PX` |
+//! | `{pkce}:b:K` | the live binding of code `K` | `SET PX`, redeemed with `GETDEL` |
+//! | `{pkce}:n:p`, `{pkce}:n:b` | sorted sets of live records by expiry | `ZADD` |
+//!
+//! Single use needs no script: of several concurrent `GETDEL`s on `b:K`
+//! exactly one gets the value. The mark `c:K` outlives the redemption, so a
+//! replayed code reads [`Redemption::Spent`] and cannot be bound afresh.
+//!
+//! The two sorted sets make the capacity bound exact: an authorization is
+//! admitted only while fewer than `capacity` records are live, counting
+//! spent bindings, exactly as [`MemoryStore`](super::MemoryStore) does. They
+//! are pruned by expiry on every admission, so Redis's TTLs remain the only
+//! clock. Redis's own `maxmemory` (with `noeviction`) is a second, coarser
+//! bound: an out-of-memory refusal reads as [`StoreError::Full`].
+//!
+//! # Failure
+//!
+//! Every operation is bounded by a timeout. An unreachable or slow Redis
+//! gives [`StoreError::Unavailable`], which the middleware answers with 503
+//! `temporarily_unavailable`; nothing is forwarded unchecked. The connection
+//! is re-established in the background, so service resumes by itself when
+//! Redis is back.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{
+    Challenge, CodeBinding, PendingAuthorization, Redemption, Store, StoreError, StoreKey,
+    StoreStats,
+};
+use crate::pkce::ChallengeMethod;
+
+/// The default number of live records (both families together).
+pub const DEFAULT_REDIS_CAPACITY: usize = 1_000_000;
+/// The default bound on each Redis operation.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default key prefix.
+pub const DEFAULT_REDIS_PREFIX: &str = "pkce";
+
+/// Admits a pending authorization under the capacity bound.
+/// KEYS: pending key, pending index, binding index.
+/// ARGV: record, TTL in ms, capacity, index member.
+/// Returns 0 when full, 1 when the key is taken, 2 when written.
+const INSERT_PENDING: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
+  return 0
+end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
+return 2
+";
+
+/// Binds a code unless it was ever bound.
+/// KEYS: mark key, binding key, binding index. ARGV: record, TTL in ms, member.
+/// Returns 0 when the code was bound already, 1 when written.
+const INSERT_BINDING: &str = r"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[3])
+return 1
+";
+
+/// Makes a spent binding live again for what is left of its mark's TTL.
+/// KEYS: mark key, binding key. ARGV: record.
+const RESTORE: &str = r"
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', left)
+end
+return left
+";
+
+/// Prunes the indexes and counts them. KEYS: pending index, binding index.
+const STATS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+return { redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]) }
+";
+
+/// A [`Store`] in Redis, shared by every replica that points at the same
+/// server (or Sentinel-managed primary).
+///
+/// It needs Redis 6.2 or later (`GETDEL`). Cloning is cheap: clones share one
+/// multiplexed connection.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_pkce::store::StoreError> {
+/// use tower_pkce::PkceLayer;
+/// use tower_pkce::store::RedisStore;
+///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/0")
+///     .prefix("pkce")
+///     .build()?;
+/// let layer = PkceLayer::strict().store(store);
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    keys: Keys,
+    capacity: usize,
+    timeout: Duration,
+    insert_pending: Script,
+    insert_binding: Script,
+    restore: Script,
+    stats: Script,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.keys.tag)
+            .field("capacity", &self.inner.capacity)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for a [`RedisStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    capacity: usize,
+    timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key [default: `pkce`]. Replicas that share
+    /// records must share the prefix; different deployments on one Redis
+    /// must not.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The most live records, both families together [default: 1,000,000].
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The bound on each operation, connecting included [default: 1 s].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Makes the store. It connects lazily: a Redis that is down now makes
+    /// operations fail with [`StoreError::Unavailable`] until it is up.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the URL is not a Redis URL, the
+    /// prefix holds `{` or `}`, or there is no Tokio runtime to run the
+    /// connection on.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        check_settings(&self.url, &self.prefix)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(unavailable(
+                "a RedisStore must be built inside a Tokio runtime",
+            ));
+        }
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| unavailable(&e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| unavailable(&e))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                connection,
+                keys: Keys::new(&self.prefix),
+                capacity: self.capacity,
+                timeout: self.timeout,
+                insert_pending: Script::new(INSERT_PENDING),
+                insert_binding: Script::new(INSERT_BINDING),
+                restore: Script::new(RESTORE),
+                stats: Script::new(STATS),
+            }),
+        })
+    }
+}
+
+/// Checks a Redis URL and key prefix without connecting, so that a proxy can
+/// refuse bad settings before it binds a port.
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub fn check_settings(url: &str, prefix: &str) -> Result<(), StoreError> {
+    if prefix.is_empty() || prefix.contains(['{', '}']) {
+        return Err(unavailable(
+            "the key prefix must be non-empty and hold no '{' or '}'",
+        ));
+    }
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| unavailable(&e))
+}
+
+impl RedisStore {
+    /// A builder for a store at `url` (`redis://[user:password@]host:port/db`,
+    /// or `rediss://` for TLS where the redis crate is built with it).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: DEFAULT_REDIS_PREFIX.to_owned(),
+            capacity: DEFAULT_REDIS_CAPACITY,
+            timeout: DEFAULT_REDIS_TIMEOUT,
+        }
+    }
+
+    /// The capacity bound.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, op).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if is_out_of_memory(&e) => Err(StoreError::Full),
+            Ok(Err(e)) => Err(StoreError::Unavailable(Box::new(e))),
+            Err(_) => Err(unavailable(&format_args!(
+                "no answer from Redis within {:?}",
+                self.inner.timeout
+            ))),
+        }
+    }
+}
+
+fn is_out_of_memory(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
+}
+
+fn unavailable(why: &(impl fmt::Display + ?Sized)) -> StoreError {
+    StoreError::Unavailable(why.to_string().into())
+}
+
+/// The key names of one prefix.
+#[derive(Clone)]
+struct Keys {
+    tag: String,
+    pending_index: String,
+    binding_index: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        let tag = format!("{{{prefix}}}");
+        Self {
+            pending_index: format!("{tag}:n:p"),
+            binding_index: format!("{tag}:n:b"),
+            tag,
+        }
+    }
+
+    /// The key of record `key` in family `family` (`p`, `b` or `c`).
+    fn record(&self, family: char, key: &StoreKey) -> String {
+        let mut name = String::with_capacity(self.tag.len() + 35);
+        name.push_str(&self.tag);
+        name.push(':');
+        name.push(family);
+        name.push(':');
+        name.push_str(&member(key));
+        name
+    }
+}
+
+/// A record key's name in an index: 32 lowercase hex digits.
+fn member(key: &StoreKey) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for &b in key.as_bytes() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
+}
+
+fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Store for RedisStore {
+    async fn insert_pending(
+        &self,
+        key: &StoreKey,
+        record: PendingAuthorization,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.inner.connection.clone();
+        let outcome: i64 = self
+            .bounded(
+                self.inner
+                    .insert_pending
+                    .key(self.inner.keys.record('p', key))
+                    .key(&self.inner.keys.pending_index)
+                    .key(&self.inner.keys.binding_index)
+                    .arg(encode_pending(&record))
+                    .arg(ttl_millis(ttl))
+                    .arg(self.inner.capacity)
+                    .arg(member(key))
+                    .invoke_async(&mut connection),
+            )
+            .await?;
+        match outcome {
+            0 => Err(StoreError::Full),
+            1 => Err(StoreError::Conflict),
+            _ => Ok(()),
+        }
+    }
+
+    async fn contains_pending(&self, key: &StoreKey) -> Result<bool, StoreError> {
+        let mut connection = self.inner.connection.clone();
+        self.bounded(connection.exists(self.inner.keys.record('p', key)))
+            .await
+    }
+
+    async fn take_pending(
+        &self,
+        key: &StoreKey,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        let mut connection = self.inner.connection.clone();
+        let (value,): (Option<Vec<u8>>,) = self
+            .bounded(
+                redis::pipe()
+                    .atomic()
+                    .get_del(self.inner.keys.record('p', key))
+                    .zrem(&self.inner.keys.pending_index, member(key))
+                    .ignore()
+                    .query_async(&mut connection),
+            )
+            .await?;
+        value.map(|bytes| decode_pending(&bytes)).transpose()
+    }
+
+    async fn insert_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.inner.connection.clone();
+        let written: i64 = self
+            .bounded(
+                self.inner
+                    .insert_binding
+                    .key(self.inner.keys.record('c', key))
+                    .key(self.inner.keys.record('b', key))
+                    .key(&self.inner.keys.binding_index)
+                    .arg(encode_binding(&binding).as_slice())
+                    .arg(ttl_millis(ttl))
+                    .arg(member(key))
+                    .invoke_async(&mut connection),
+            )
+            .await?;
+        if written == 0 {
+            Err(StoreError::Conflict)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
+        let mut connection = self.inner.connection.clone();
+        let live: Option<Vec<u8>> = self
+            .bounded(connection.get_del(self.inner.keys.record('b', key)))
+            .await?;
+        if let Some(bytes) = live {
+            return decode_binding(&bytes).map(Redemption::Redeemed);
+        }
+        let bound: bool = self
+            .bounded(connection.exists(self.inner.keys.record('c', key)))
+            .await?;
+        Ok(if bound {
+            Redemption::Spent
+        } else {
+            Redemption::Missing
+        })
+    }
+
+    async fn restore(&self, key: &StoreKey, binding: CodeBinding) -> Result<(), StoreError> {
+        let mut connection = self.inner.connection.clone();
+        let _left: i64 = self
+            .bounded(
+                self.inner
+                    .restore
+                    .key(self.inner.keys.record('c', key))
+                    .key(self.inner.keys.record('b', key))
+                    .arg(encode_binding(&binding).as_slice())
+                    .invoke_async(&mut connection),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut connection = self.inner.connection.clone();
+        let (pending, bindings): (u64, u64) = self
+            .bounded(
+                self.inner
+                    .stats
+                    .key(&self.inner.keys.pending_index)
+                    .key(&self.inner.keys.binding_index)
+                    .invoke_async(&mut connection),
+            )
+            .await?;
+        Ok(StoreStats { pending, bindings })
+    }
+}
+
+// Records are written in a small binary form, versioned by its first byte.
+const FORMAT: u8 = 1;
+const HAS_CHALLENGE: u8 = 1;
+const HAS_REDIRECT_URI: u8 = 2;
+const HAS_STATE: u8 = 4;
+
+fn method_byte(method: ChallengeMethod) -> u8 {
+    match method {
+        ChallengeMethod::S256 => 1,
+        ChallengeMethod::Plain => 2,
+    }
+}
+
+/// Writes the fields a pending authorization and a binding share.
+fn encode_common(
+    out: &mut Vec<u8>,
+    challenge: Option<Challenge>,
+    client: &[u8; 16],
+    redirect_uri: Option<&[u8; 16]>,
+    state: bool,
+) {
+    let mut flags = 0;
+    if challenge.is_some() {
+        flags |= HAS_CHALLENGE;
+    }
+    if redirect_uri.is_some() {
+        flags |= HAS_REDIRECT_URI;
+    }
+    if state {
+        flags |= HAS_STATE;
+    }
+    out.extend_from_slice(&[FORMAT, flags]);
+    if let Some(challenge) = challenge {
+        out.push(method_byte(challenge.method));
+        out.extend_from_slice(&challenge.digest);
+    }
+    out.extend_from_slice(client);
+    if let Some(uri) = redirect_uri {
+        out.extend_from_slice(uri);
+    }
+}
+
+fn encode_pending(record: &PendingAuthorization) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + 33 + 32 + record.state.as_ref().map_or(0, |s| s.len()));
+    encode_common(
+        &mut out,
+        record.challenge,
+        &record.client,
+        record.redirect_uri.as_ref(),
+        record.state.is_some(),
+    );
+    if let Some(state) = &record.state {
+        out.extend_from_slice(state.as_bytes());
+    }
+    out
+}
+
+fn encode_binding(binding: &CodeBinding) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + 33 + 32 + 1);
+    encode_common(
+        &mut out,
+        binding.challenge,
+        &binding.client,
+        binding.redirect_uri.as_ref(),
+        false,
+    );
+    out.push(binding.failures);
+    out
+}
+
+/// The shared fields as read back, and the bytes after them.
+struct Common<'a> {
+    challenge: Option<Challenge>,
+    client: [u8; 16],
+    redirect_uri: Option<[u8; 16]>,
+    has_state: bool,
+    rest: &'a [u8],
+}
+
+fn corrupt() -> StoreError {
+    unavailable("a record in Redis is not in the expected form")
+}
+
+fn take<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N], StoreError> {
+    let (head, tail) = bytes.split_first_chunk::<N>().ok_or_else(corrupt)?;
+    *bytes = tail;
+    Ok(*head)
+}
+
+fn decode_common(mut bytes: &[u8]) -> Result<Common<'_>, StoreError> {
+    let [format, flags] = take::<2>(&mut bytes)?;
+    if format != FORMAT || flags & !(HAS_CHALLENGE | HAS_REDIRECT_URI | HAS_STATE) != 0 {
+        return Err(corrupt());
+    }
+    let challenge = if flags & HAS_CHALLENGE != 0 {
+        let [method] = take::<1>(&mut bytes)?;
+        let method = match method {
+            1 => ChallengeMethod::S256,
+            2 => ChallengeMethod::Plain,
+            _ => return Err(corrupt()),
+        };
+        Some(Challenge {
+            method,
+            digest: take::<32>(&mut bytes)?,
+        })
+    } else {
+        None
+    };
+    let client = take::<16>(&mut bytes)?;
+    let redirect_uri = if flags & HAS_REDIRECT_URI != 0 {
+        Some(take::<16>(&mut bytes)?)
+    } else {
+        None
+    };
+    Ok(Common {
+        challenge,
+        client,
+        redirect_uri,
+        has_state: flags & HAS_STATE != 0,
+        rest: bytes,
+    })
+}
+
+fn decode_pending(bytes: &[u8]) -> Result<PendingAuthorization, StoreError> {
+    let common = decode_common(bytes)?;
+    let state = if common.has_state {
+        let text = std::str::from_utf8(common.rest).map_err(|_| corrupt())?;
+        Some(Box::from(text))
+    } else if common.rest.is_empty() {
+        None
+    } else {
+        return Err(corrupt());
+    };
+    Ok(PendingAuthorization {
+        challenge: common.challenge,
+        client: common.client,
+        redirect_uri: common.redirect_uri,
+        state,
+    })
+}
+
+fn decode_binding(bytes: &[u8]) -> Result<CodeBinding, StoreError> {
+    let common = decode_common(bytes)?;
+    match (common.has_state, common.rest) {
+        (false, &[failures]) => Ok(CodeBinding {
+            challenge: common.challenge,
+            client: common.client,
+            redirect_uri: common.redirect_uri,
+            failures,
+        }),
+        _ => Err(corrupt()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::fingerprint;
+
+    fn pending(state: Option<&str>, challenge: bool, redirect: bool) -> PendingAuthorization {
+        PendingAuthorization {
+            challenge: challenge.then_some(Challenge {
+                method: ChallengeMethod::Plain,
+                digest: [9; 32],
+            }),
+            client: fingerprint("client"),
+            redirect_uri: redirect.then(|| fingerprint("https://c.example/cb")),
+            state: state.map(Box::from),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for state in [None, Some(""), Some("xyz &=é")] {
+            for challenge in [false, true] {
+                for redirect in [false, true] {
+                    let record = pending(state, challenge, redirect);
+                    let bytes = encode_pending(&record);
+                    assert_eq!(decode_pending(&bytes).unwrap(), record);
+                    let binding = CodeBinding {
+                        failures: 3,
+                        ..record.binding()
+                    };
+                    assert_eq!(decode_binding(&encode_binding(&binding)).unwrap(), binding);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        let good = encode_binding(&pending(None, true, true).binding());
+        for len in 0..good.len() {
+            assert!(decode_binding(&good[..len]).is_err(), "prefix of {len}");
+        }
+        let mut extra = good.clone();
+        extra.push(0);
+        assert!(decode_binding(&extra).is_err());
+        let mut bad_method = good;
+        bad_method[2] = 9;
+        assert!(decode_binding(&bad_method).is_err());
+        assert!(decode_pending(&[2, 0]).is_err());
+        assert!(decode_pending(&[FORMAT, 64]).is_err());
+    }
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = Keys::new("app");
+        let key = StoreKey::from_bytes([0xab; 16]);
+        assert_eq!(
+            keys.record('b', &key),
+            "{app}:b:abababababababababababababababab"
+        );
+        assert_eq!(keys.pending_index, "{app}:n:p");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_without_connecting() {
+        assert!(check_settings("redis://127.0.0.1:1/0", "pkce").is_ok());
+        assert!(check_settings("http://127.0.0.1/", "pkce").is_err());
+        assert!(check_settings("redis://127.0.0.1/0", "a{b").is_err());
+        assert!(check_settings("redis://127.0.0.1/0", "").is_err());
+        assert!(
+            RedisStore::builder("redis://127.0.0.1:1/0")
+                .build()
+                .is_err()
+        );
+    }
+}
