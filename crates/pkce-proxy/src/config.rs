@@ -129,7 +129,7 @@ pub enum StoreSetting {
     Memory,
     /// In Redis, shared by every replica with the same URL and prefix.
     Redis {
-        /// The `redis://` or `rediss://` URL, credentials included.
+        /// The `redis://` URL, credentials included.
         url: String,
         /// The key prefix.
         prefix: String,
@@ -489,7 +489,12 @@ fn parse_store(src: &Sources, raw: &RawSettings) -> Result<StoreSetting, ConfigE
     let text = src.get(&raw.store, "store")?;
     match text.as_deref().map(str::trim) {
         None | Some("memory") => Ok(StoreSetting::Memory),
-        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+        Some(url) if url.starts_with("rediss://") => Err(ConfigError::new(
+            "--store",
+            "TLS to Redis (rediss://) is not supported: use redis:// over a private network \
+             or a TLS tunnel",
+        )),
+        Some(url) if url.starts_with("redis://") => {
             let prefix =
                 prefix.unwrap_or_else(|| tower_pkce::store::DEFAULT_REDIS_PREFIX.to_owned());
             if prefix.is_empty() || prefix.contains(['{', '}']) {
@@ -499,10 +504,7 @@ fn parse_store(src: &Sources, raw: &RawSettings) -> Result<StoreSetting, ConfigE
                 ));
             }
             tower_pkce::store::check_redis_settings(url, &prefix).map_err(|e| {
-                ConfigError::new(
-                    "--store",
-                    format!("{:?} is not a usable Redis URL: {e}", redact_url(url)),
-                )
+                ConfigError::new("--store", format!("{:?} is {e}", redact_url(url)))
             })?;
             Ok(StoreSetting::Redis {
                 url: url.to_owned(),
@@ -513,7 +515,7 @@ fn parse_store(src: &Sources, raw: &RawSettings) -> Result<StoreSetting, ConfigE
         Some(other) => Err(ConfigError::new(
             "--store",
             format!(
-                "{:?} is neither memory nor a redis:// or rediss:// URL",
+                "{:?} is neither memory nor a redis:// URL",
                 redact_url(other)
             ),
         )),
@@ -798,6 +800,33 @@ mod tests {
                 vec!["--upstream", "http://x", "--config", "/nonexistent.toml"],
                 "--config",
             ),
+            (vec!["--upstream", "http://x", "--store", "disk"], "--store"),
+            (
+                vec!["--upstream", "http://x", "--store", "redis://:pw@[::1"],
+                "--store",
+            ),
+            (
+                vec![
+                    "--upstream",
+                    "http://x",
+                    "--store",
+                    "redis://r/0",
+                    "--redis-prefix",
+                    "a}b",
+                ],
+                "--redis-prefix",
+            ),
+            (
+                vec![
+                    "--upstream",
+                    "http://x",
+                    "--store",
+                    "redis://r/0",
+                    "--redis-timeout",
+                    "0",
+                ],
+                "--redis-timeout",
+            ),
         ] {
             let e = err(&args);
             assert_eq!(e.setting, setting, "{args:?}: {e}");
@@ -835,6 +864,51 @@ mod tests {
         std::fs::write(&file, "this is not toml").unwrap();
         assert_eq!(err(&["--config", path]).setting, "--config");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn redis_store_settings_and_redacted_credentials() {
+        let c = Config::resolve(&raw(&[
+            "--upstream",
+            "http://x",
+            "--store",
+            "redis://user:s3cret@redis.internal:6380/2",
+            "--redis-timeout",
+            "0.25",
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.store,
+            StoreSetting::Redis {
+                url: "redis://user:s3cret@redis.internal:6380/2".into(),
+                prefix: "pkce".into(),
+                timeout: Duration::from_millis(250),
+            }
+        );
+        let printed = c.to_toml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains("redis://***@redis.internal:6380/2"),
+            "{printed}"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let table: toml::Table = printed.parse().unwrap();
+        assert_eq!(table["redis_timeout"].as_float(), Some(0.25));
+
+        let refused = err(&["--upstream", "http://x", "--store", "mysql://u:s3cret@db/"]);
+        assert!(!refused.to_string().contains("s3cret"), "{refused}");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact_url("redis://:pw@h/0?x=@"), "redis://***@h/0?x=@");
+        assert_eq!(
+            err(&["--upstream", "http://x", "--store", "rediss://h/0"]).setting,
+            "--store"
+        );
+        assert_eq!(
+            Config::resolve(&raw(&["--upstream", "http://x"]))
+                .unwrap()
+                .store,
+            StoreSetting::Memory
+        );
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl RedisStoreBuilder {
     /// prefix holds `{` or `}`, or there is no Tokio runtime to run the
     /// connection on.
     pub fn build(self) -> Result<RedisStore, StoreError> {
-        check_settings(&self.url, &self.prefix)?;
+        check_settings(&self.url, &self.prefix).map_err(|e| unavailable(&e))?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(unavailable(
                 "a RedisStore must be built inside a Tokio runtime",
@@ -225,21 +225,21 @@ impl RedisStoreBuilder {
 ///
 /// # Errors
 ///
-/// A message saying what is wrong.
-pub fn check_settings(url: &str, prefix: &str) -> Result<(), StoreError> {
+/// A message saying what is wrong; it never repeats the URL, which may hold
+/// a password.
+pub fn check_settings(url: &str, prefix: &str) -> Result<(), String> {
     if prefix.is_empty() || prefix.contains(['{', '}']) {
-        return Err(unavailable(
-            "the key prefix must be non-empty and hold no '{' or '}'",
-        ));
+        return Err("the key prefix must be non-empty and hold no '{' or '}'".to_owned());
     }
     redis::Client::open(url)
         .map(drop)
-        .map_err(|e| unavailable(&e))
+        .map_err(|_| "not a Redis URL: use redis://[user:password@]host[:port][/db]".to_owned())
 }
 
 impl RedisStore {
-    /// A builder for a store at `url` (`redis://[user:password@]host:port/db`,
-    /// or `rediss://` for TLS where the redis crate is built with it).
+    /// A builder for a store at `url` (`redis://[user:password@]host:port/db`).
+    /// TLS (`rediss://`) is not built in: reach a remote Redis over a private
+    /// network or a TLS tunnel.
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.into(),
