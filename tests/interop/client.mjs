@@ -7,7 +7,8 @@
 // directly. For each registered client the script runs the code flow with
 // PKCE, then checks that a wrong verifier, a missing verifier and a replayed
 // code get `invalid_grant` from the proxy without reaching the provider, and
-// that a refresh-token grant still works.
+// that a refresh-token grant still works. Then it runs the flow again with
+// response_mode=form_post.
 //
 // It prints one JSON line with what each check saw and exits 0, or prints
 // the failed check to stderr and exits 1. Codes, verifiers and tokens are
@@ -93,8 +94,9 @@ function unescapeHtml(s) {
 
 // A browser with a user who signs in as `login` and consents to everything
 // asked: follows redirects and fills oidc-provider's devInteractions forms,
-// until the provider redirects to the client's redirect_uri. Every request
-// must stay on the proxy's origin.
+// until the provider sends the user to the client's redirect_uri, by a
+// redirect (`callback`, a URL) or by a form_post page (`form`, its fields).
+// Every request must stay on the proxy's origin.
 async function userAgent(authorizationUrl, login) {
   const jar = new CookieJar();
   const seen = { pages: [] };
@@ -119,10 +121,16 @@ async function userAgent(authorizationUrl, login) {
     const html = await response.text();
     check(response.status === 200, `${where} answered ${response.status}: ${html.slice(0, 200)}`);
     const action = html.match(/<form[^>]*\baction="([^"]+)"/);
+    check(action, `${where} is neither a redirect nor a form`);
+    const target = new URL(unescapeHtml(action[1]), url).href;
+    if (target.startsWith(REDIRECT_URI)) {
+      const fields = [...html.matchAll(/<input type="hidden" name="(\w+)" value="([^"]*)"/g)];
+      return { form: new URLSearchParams(fields.map(([, n, v]) => [n, unescapeHtml(v)])), seen };
+    }
     const prompt = html.match(/name="prompt" value="(\w+)"/);
-    check(action && prompt, `${where} is neither a redirect nor a login or consent form`);
+    check(prompt, `${where} is neither a login nor a consent form`);
     seen.pages.push(prompt[1]);
-    url = new URL(unescapeHtml(action[1]), url).href;
+    url = target;
     if (prompt[1] === 'login') {
       body = new URLSearchParams({ prompt: 'login', login, password: 'any' }).toString();
     } else if (prompt[1] === 'consent') {
@@ -162,6 +170,31 @@ async function refused(what, grant, description) {
   };
 }
 
+// Starts a sign-in with PKCE: a fresh verifier and state, and the URL.
+async function authorization(config, extra = {}) {
+  const verifier = client.randomPKCECodeVerifier();
+  const state = client.randomState();
+  const url = client.buildAuthorizationUrl(config, {
+    redirect_uri: REDIRECT_URI,
+    scope: 'openid',
+    state,
+    code_challenge: await client.calculatePKCECodeChallenge(verifier),
+    code_challenge_method: 'S256',
+    ...extra,
+  });
+  return { verifier, state, url };
+}
+
+// Runs `grant`, and counts the tokens the provider issued meanwhile for
+// `grantType`.
+async function issued(grantType, grant) {
+  const before = await counters();
+  const tokens = await grant();
+  const after = await counters();
+  const count = (after.tokens_issued[grantType] ?? 0) - (before.tokens_issued[grantType] ?? 0);
+  return { tokens, count };
+}
+
 async function flow(clientMetadata, auth) {
   const id = clientMetadata.client_id;
   const config = await client.discovery(proxy, id, clientMetadata, auth, {
@@ -170,16 +203,9 @@ async function flow(clientMetadata, auth) {
   const metadata = config.serverMetadata();
   check(metadata.issuer === proxy.href.replace(/\/$/, ''), `${id}: issuer is ${metadata.issuer}`);
 
-  const verifier = client.randomPKCECodeVerifier();
-  const state = client.randomState();
-  const authorizationUrl = client.buildAuthorizationUrl(config, {
-    redirect_uri: REDIRECT_URI,
-    scope: 'openid',
-    state,
-    code_challenge: await client.calculatePKCECodeChallenge(verifier),
-    code_challenge_method: 'S256',
-  });
-  const { callback, seen } = await userAgent(authorizationUrl, `user-of-${id}`);
+  const { verifier, state, url } = await authorization(config);
+  const { callback, seen } = await userAgent(url, `user-of-${id}`);
+  check(callback, `${id}: the code came back in a page, not by redirect`);
   // The proxy replaced state with its handle upstream and put ours back.
   check(callback.searchParams.get('state') === state, `${id}: the callback's state is not ours`);
   check(callback.searchParams.has('code'), `${id}: the callback has no code`);
@@ -191,30 +217,22 @@ async function flow(clientMetadata, auth) {
     config, callback, { expectedState: state },
   ), /code_verifier is required/);
 
-  const before = await counters();
-  const tokens = await client.authorizationCodeGrant(
-    config, callback, { pkceCodeVerifier: verifier, expectedState: state },
-  );
-  const after = await counters();
+  const { tokens, count: codeGrants } = await issued('authorization_code', () => client
+    .authorizationCodeGrant(config, callback, { pkceCodeVerifier: verifier, expectedState: state }));
   check(tokens.access_token && tokens.refresh_token && tokens.id_token,
     `${id}: the token response lacks an access, refresh or ID token`);
   const claims = tokens.claims();
   check(claims.sub === `user-of-${id}`, `${id}: the ID token is for ${claims.sub}`);
-  const codeGrants = (after.tokens_issued.authorization_code ?? 0)
-    - (before.tokens_issued.authorization_code ?? 0);
   check(codeGrants === 1, `${id}: the provider issued ${codeGrants} tokens for the code`);
 
   const replayedCode = await refused(`${id}: replayed code`, () => client.authorizationCodeGrant(
     config, callback, { pkceCodeVerifier: verifier, expectedState: state },
   ), /already been used|not issued with PKCE/);
 
-  const beforeRefresh = await counters();
-  const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token);
-  const afterRefresh = await counters();
+  const { tokens: refreshed, count: refreshGrants } = await issued('refresh_token',
+    () => client.refreshTokenGrant(config, tokens.refresh_token));
   check(refreshed.access_token && refreshed.access_token !== tokens.access_token,
     `${id}: the refresh grant gave no new access token`);
-  const refreshGrants = (afterRefresh.tokens_issued.refresh_token ?? 0)
-    - (beforeRefresh.tokens_issued.refresh_token ?? 0);
   check(refreshGrants === 1, `${id}: the provider issued ${refreshGrants} refresh grants`);
 
   return {
@@ -229,7 +247,32 @@ async function flow(clientMetadata, auth) {
     missing_verifier: missingVerifier,
     replayed_code: replayedCode,
     refresh: { ok: true, provider_refresh_grants: refreshGrants },
+    form_post: await formPostFlow(config, id),
   };
+}
+
+// The code delivered by response_mode=form_post: oidc-provider serves the
+// auto-submitting page on GET /auth/:uid, and the proxy must find the code
+// in it, bind it and give the client its state back.
+async function formPostFlow(config, id) {
+  const { verifier, state, url } = await authorization(config, { response_mode: 'form_post' });
+  const { form } = await userAgent(url, `user-of-${id}`);
+  check(form, `${id}: form_post: the code came back by redirect`);
+  check(form.get('state') === state, `${id}: form_post: the page's state is not ours`);
+  // What the browser would post to the client.
+  const post = () => new Request(REDIRECT_URI, {
+    method: 'POST',
+    body: form,
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+  });
+  const wrongVerifier = await refused(`${id}: form_post: wrong verifier`, () => client.authorizationCodeGrant(
+    config, post(), { pkceCodeVerifier: client.randomPKCECodeVerifier(), expectedState: state },
+  ), /does not match/);
+  const { tokens, count: codeGrants } = await issued('authorization_code', () => client
+    .authorizationCodeGrant(config, post(), { pkceCodeVerifier: verifier, expectedState: state }));
+  check(tokens.access_token, `${id}: form_post: no access token`);
+  check(codeGrants === 1, `${id}: form_post: the provider issued ${codeGrants} tokens for the code`);
+  return { wrong_verifier: wrongVerifier, provider_code_grants: codeGrants };
 }
 
 async function main() {

@@ -349,19 +349,23 @@ async fn openid_client_through_the_proxy() {
             assert_eq!(c[check]["token_requests_reaching_provider"], 0);
         }
         assert_eq!(c["refresh"]["provider_refresh_grants"], 1, "{id}");
+        let form_post = &c["form_post"];
+        assert_eq!(form_post["wrong_verifier"]["error"], "invalid_grant");
+        assert_eq!(form_post["provider_code_grants"], 1, "{id}");
     }
 
-    // The provider's side: two code grants and two refreshes reached it,
-    // none of the six refusals, and never a PKCE parameter.
+    // The provider's side: four code grants (two by redirect, two by
+    // form_post) and two refreshes reached it, none of the eight refusals,
+    // and never a PKCE parameter.
     let counters = setup.counters().await;
     assert_eq!(
         counters["token_requests"],
-        serde_json::json!({"authorization_code": 2, "refresh_token": 2})
+        serde_json::json!({"authorization_code": 4, "refresh_token": 2})
     );
     assert_eq!(counters["pkce_params_seen"], 0);
-    assert_eq!(counters["authorization_requests"], 2);
-    // The proxy's side: the six refusals, by reason.
-    assert_eq!(setup.rejections("verifier_mismatch").await, 2);
+    assert_eq!(counters["authorization_requests"], 4);
+    // The proxy's side: the eight refusals, by reason.
+    assert_eq!(setup.rejections("verifier_mismatch").await, 4);
     assert_eq!(setup.rejections("verifier_missing").await, 2);
     assert_eq!(setup.rejections("code_spent").await, 2);
 }
