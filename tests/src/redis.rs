@@ -16,18 +16,29 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    args: Vec<String>,
     server: Option<Child>,
     watchdog: Option<Child>,
 }
 
 impl RedisServer {
-    /// Starts a server on a free port and waits until it answers `PING`.
+    /// Starts a server on a free port and waits until it answers.
     ///
     /// # Panics
     ///
     /// When `redis-server` is not installed or does not come up: the tests
     /// that need it fail rather than skip.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments (such as
+    /// `--requirepass`).
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn start_with(args: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -37,6 +48,7 @@ impl RedisServer {
         let mut server = Self {
             port,
             dir,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             server: None,
             watchdog: None,
         };
@@ -54,6 +66,11 @@ impl RedisServer {
     /// The URL of database 0.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The URL of database 0 with a password.
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!("redis://:{password}@127.0.0.1:{}/0", self.port)
     }
 
     /// The server's process id, while it runs.
@@ -107,6 +124,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -116,47 +134,87 @@ impl RedisServer {
                      .ci/run does this)"
                 )
             });
+        // The watchdog outlives this process by at most half a second, and
+        // takes the server and its directory with it.
         let watchdog = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill -9 {} 2>/dev/null",
+                "while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill -9 {} 2>/dev/null; rm -rf '{}'",
                 std::process::id(),
-                server.id()
+                server.id(),
+                self.dir.display()
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .ok();
+            .unwrap_or_else(|e| panic!("cannot start the redis-server watchdog (sh): {e}"));
         self.server = Some(server);
-        self.watchdog = watchdog;
+        self.watchdog = Some(watchdog);
         self.wait_ready();
     }
 
-    fn wait_ready(&self) {
+    /// Waits until the server this run started, and no other, answers.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = self.pid().unwrap_or_default();
         while Instant::now() < deadline {
-            if ping(self.port) {
+            if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
+                panic!(
+                    "redis-server on port {} exited at start ({status}): is the port taken?",
+                    self.port
+                );
+            }
+            let password = self
+                .args
+                .iter()
+                .position(|a| a == "--requirepass")
+                .and_then(|i| self.args.get(i + 1));
+            if server_pid(self.port, password.map(String::as_str)) == Some(pid) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "redis-server on port {} did not answer PING within 10 s",
+            "redis-server on port {} did not answer within 10 s",
             self.port
         );
     }
 }
 
-fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut answer = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut answer).is_ok()
-        && &answer == b"+PONG\r\n"
+/// The process id the server on `port` reports, if one answers.
+fn server_pid(port: u16, password: Option<&str>) -> Option<u32> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    if let Some(password) = password {
+        stream
+            .write_all(format!("AUTH {password}\r\n").as_bytes())
+            .ok()?;
+        let mut ok = [0u8; 5];
+        stream.read_exact(&mut ok).ok()?;
+        if &ok != b"+OK\r\n" {
+            return None;
+        }
+    }
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        if answer.starts_with(b"-") || answer.ends_with(b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 impl Drop for RedisServer {

@@ -156,15 +156,16 @@ impl fmt::Debug for StoreSetting {
     }
 }
 
-/// `url` with any credentials replaced by `***`, for printing.
+/// `url` with any credentials replaced by `***`, for printing: everything
+/// between the scheme and the last `@` (a password may hold `/`, `?` or
+/// `#`). Without a scheme, any `@` hides the whole text.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some(at) = url.rfind('@') else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_owned(),
+    match url.split_once("://") {
+        Some((scheme, _)) if scheme.len() < at => format!("{scheme}://***{}", &url[at..]),
+        _ => "***".to_owned(),
     }
 }
 
@@ -898,7 +899,10 @@ mod tests {
         let refused = err(&["--upstream", "http://x", "--store", "mysql://u:s3cret@db/"]);
         assert!(!refused.to_string().contains("s3cret"), "{refused}");
         assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
-        assert_eq!(redact_url("redis://:pw@h/0?x=@"), "redis://***@h/0?x=@");
+        assert_eq!(redact_url("redis://:ab/cd@h/0"), "redis://***@h/0");
+        assert_eq!(redact_url("redis://:a?b#c@h/0"), "redis://***@h/0");
+        assert_eq!(redact_url("redis:/:pw@h"), "***");
+        assert_eq!(redact_url("pw@h"), "***");
         assert_eq!(
             err(&["--upstream", "http://x", "--store", "rediss://h/0"]).setting,
             "--store"

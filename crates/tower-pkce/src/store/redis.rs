@@ -35,8 +35,9 @@
 //! Redis is back.
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
@@ -55,20 +56,28 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REDIS_PREFIX: &str = "pkce";
 
 /// Admits a pending authorization under the capacity bound.
+///
+/// The count is read before anything is written: Redis checks `maxmemory`
+/// only before a script's first write, so the record itself must be that
+/// write, or a full Redis would admit new authorizations while refusing the
+/// bindings of flows in progress.
+///
 /// KEYS: pending key, pending index, binding index.
 /// ARGV: record, TTL in ms, capacity, index member.
 /// Returns 0 when full, 1 when the key is taken, 2 when written.
 const INSERT_PENDING: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-if redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then
+local live = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
+  + redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+if live >= tonumber(ARGV[3]) then
   return 0
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
 return 2
 ";
@@ -131,7 +140,12 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    connection: ConnectionManager,
+    client: redis::Client,
+    connection: RwLock<ConnectionManager>,
+    /// Operations that failed in a row, and when the connection was last
+    /// made afresh.
+    failures: AtomicU32,
+    renewed: Mutex<Instant>,
     keys: Keys,
     capacity: usize,
     timeout: Duration,
@@ -152,13 +166,25 @@ impl fmt::Debug for RedisStore {
 }
 
 /// Settings for a [`RedisStore`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
     capacity: usize,
     timeout: Duration,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &"[redacted]")
+            .field("prefix", &self.prefix)
+            .field("capacity", &self.capacity)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl RedisStoreBuilder {
@@ -198,16 +224,13 @@ impl RedisStoreBuilder {
             ));
         }
         let client = redis::Client::open(self.url.as_str()).map_err(|e| unavailable(&e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| unavailable(&e))?;
+        let connection = connect(&client, self.timeout)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                connection,
+                client,
+                connection: RwLock::new(connection),
+                failures: AtomicU32::new(0),
+                renewed: Mutex::new(Instant::now()),
                 keys: Keys::new(&self.prefix),
                 capacity: self.capacity,
                 timeout: self.timeout,
@@ -258,7 +281,7 @@ impl RedisStore {
         &self,
         op: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.timeout, op).await {
+        let outcome = match tokio::time::timeout(self.inner.timeout, op).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) if is_out_of_memory(&e) => Err(StoreError::Full),
             Ok(Err(e)) => Err(StoreError::Unavailable(Box::new(e))),
@@ -266,9 +289,69 @@ impl RedisStore {
                 "no answer from Redis within {:?}",
                 self.inner.timeout
             ))),
+        };
+        match &outcome {
+            Err(StoreError::Unavailable(_)) => self.failed(),
+            _ => {
+                if self.inner.failures.load(Ordering::Relaxed) != 0 {
+                    self.inner.failures.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The shared connection.
+    fn connection(&self) -> ConnectionManager {
+        match self.inner.connection.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
+
+    /// Counts a failure, and replaces the connection after several in a
+    /// row. The connection manager remakes its connection after I/O errors
+    /// only; a failure while connecting (a rotated password, a full client
+    /// table) or a primary demoted to a read-only replica would otherwise
+    /// keep every operation failing until the process restarts.
+    fn failed(&self) {
+        let failures = self.inner.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < FAILURES_BEFORE_RENEWAL {
+            return;
+        }
+        let Ok(mut renewed) = self.inner.renewed.try_lock() else {
+            return;
+        };
+        if renewed.elapsed() < RENEWAL_PERIOD {
+            return;
+        }
+        if let Ok(fresh) = connect(&self.inner.client, self.inner.timeout) {
+            match self.inner.connection.write() {
+                Ok(mut guard) => *guard = fresh,
+                Err(poisoned) => *poisoned.into_inner() = fresh,
+            }
+            tracing::warn!(failures, "Redis keeps failing; connecting afresh");
+        }
+        *renewed = Instant::now();
+        self.inner.failures.store(0, Ordering::Relaxed);
+    }
 }
+
+/// A lazy connection: it is made on first use, and remade in the background
+/// after I/O errors.
+fn connect(client: &redis::Client, timeout: Duration) -> Result<ConnectionManager, StoreError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| unavailable(&e))
+}
+
+/// After this many failures in a row the connection is replaced.
+const FAILURES_BEFORE_RENEWAL: u32 = 3;
+/// And at most this often.
+const RENEWAL_PERIOD: Duration = Duration::from_secs(1);
 
 fn is_out_of_memory(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM")
@@ -330,7 +413,7 @@ impl Store for RedisStore {
         record: PendingAuthorization,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.connection();
         let outcome: i64 = self
             .bounded(
                 self.inner
@@ -353,7 +436,7 @@ impl Store for RedisStore {
     }
 
     async fn contains_pending(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.connection();
         self.bounded(connection.exists(self.inner.keys.record('p', key)))
             .await
     }
@@ -362,7 +445,7 @@ impl Store for RedisStore {
         &self,
         key: &StoreKey,
     ) -> Result<Option<PendingAuthorization>, StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.connection();
         let (value,): (Option<Vec<u8>>,) = self
             .bounded(
                 redis::pipe()
@@ -382,7 +465,7 @@ impl Store for RedisStore {
         binding: CodeBinding,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.connection();
         let written: i64 = self
             .bounded(
                 self.inner
@@ -404,7 +487,7 @@ impl Store for RedisStore {
     }
 
     async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.connection();
         let live: Option<Vec<u8>> = self
             .bounded(connection.get_del(self.inner.keys.record('b', key)))
             .await?;
@@ -422,7 +505,7 @@ impl Store for RedisStore {
     }
 
     async fn restore(&self, key: &StoreKey, binding: CodeBinding) -> Result<(), StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.connection();
         let _left: i64 = self
             .bounded(
                 self.inner
@@ -437,7 +520,7 @@ impl Store for RedisStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.connection();
         let (pending, bindings): (u64, u64) = self
             .bounded(
                 self.inner
