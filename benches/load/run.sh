@@ -6,7 +6,9 @@
 #
 #   benches/load/run.sh [--rounds N] [--duration SECONDS] [--connections N]
 #                       [--warmup SECONDS] [--workloads LIST] [--no-install]
-#                       [--out DIR] [--smoke]
+#                       [--out DIR] [--compare BIN] [--smoke]
+# --compare BIN adds a fourth target, pkce-proxy-before: another pkce-proxy
+# binary (an earlier build), measured in the same rounds.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -20,9 +22,10 @@ workloads="other authorize token flow"
 targets=(direct nginx pkce-proxy)
 install=1
 out=""
+compare=""
 
 usage() {
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
   exit 64
 }
 
@@ -35,6 +38,7 @@ while [[ $# -gt 0 ]]; do
     --workloads) workloads="${2//,/ }"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --no-install) install=0; shift ;;
+    --compare) compare="$2"; shift 2 ;;
     --smoke) rounds=1; duration=2; warmup=0; shift ;;
     -h|--help) usage ;;
     *) echo "run.sh: unknown argument $1" >&2; usage ;;
@@ -44,6 +48,10 @@ for n in "$rounds" "$duration" "$connections" "$warmup"; do
   [[ "$n" =~ ^[0-9]+$ ]] || { echo "run.sh: $n is not a whole number" >&2; exit 64; }
 done
 (( rounds >= 1 && duration >= 1 && connections >= 1 )) || { echo "run.sh: rounds, duration and connections must be at least 1" >&2; exit 64; }
+if [[ -n "$compare" ]]; then
+  [[ -x "$compare" ]] || { echo "run.sh: --compare $compare is not an executable" >&2; exit 64; }
+  targets+=(pkce-proxy-before)
+fi
 for w in $workloads; do
   [[ -f "$here/$w.lua" && "$w" != common ]] || { echo "run.sh: unknown workload $w" >&2; exit 64; }
 done
@@ -150,22 +158,35 @@ nginx_pid=$!
 started+=("$nginx_pid")
 wait_port nginx "$nginx_port" "$nginx_pid"
 
-proxy_port=$(pick_port)
 # Logs at warn: nginx runs with its access log off. A large store, so that
 # the authorize workload (codes never redeemed) never fills it.
-PKCE_PROXY_LOG=warn taskset -c 1 "$bin/pkce-proxy" \
-  --upstream "http://127.0.0.1:$upstream_port" \
-  --listen "127.0.0.1:$proxy_port" --admin-listen 127.0.0.1:0 \
-  --max-entries 50000000 >"$work/pkce-proxy.log" 2>&1 &
-proxy_pid=$!
-started+=("$proxy_pid")
-wait_port pkce-proxy "$proxy_port" "$proxy_pid"
+start_proxy() {
+  local name=$1 program=$2 port=$3
+  PKCE_PROXY_LOG=warn taskset -c 1 "$program" \
+    --upstream "http://127.0.0.1:$upstream_port" \
+    --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 \
+    --max-entries 50000000 >"$work/$name.log" 2>&1 &
+  last_pid=$!
+  started+=("$last_pid")
+  wait_port "$name" "$port" "$last_pid"
+}
+proxy_port=$(pick_port)
+start_proxy pkce-proxy "$bin/pkce-proxy" "$proxy_port"
+proxy_pid=$last_pid
+before_port=""
+before_pid=""
+if [[ -n "$compare" ]]; then
+  before_port=$(pick_port)
+  start_proxy pkce-proxy-before "$compare" "$before_port"
+  before_pid=$last_pid
+fi
 
 port_of() {
   case "$1" in
     direct) echo "$upstream_port" ;;
     nginx) echo "$nginx_port" ;;
     pkce-proxy) echo "$proxy_port" ;;
+    pkce-proxy-before) echo "$before_port" ;;
   esac
 }
 # The processes whose CPU time is the target's cost.
@@ -174,6 +195,7 @@ pids_of() {
     direct) echo "$upstream_pid" ;;
     nginx) echo "$nginx_pid $(cat "/proc/$nginx_pid/task/"*/children 2>/dev/null)" ;;
     pkce-proxy) echo "$proxy_pid" ;;
+    pkce-proxy-before) echo "$before_pid" ;;
   esac
 }
 # utime + stime, in clock ticks, summed over processes (all their threads).
@@ -290,7 +312,7 @@ loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   echo "## Load benchmark, $started_at to $finished_at"
   echo
-  echo "- command: \`benches/load/run.sh --rounds $rounds --duration $duration --connections $connections --warmup $warmup --workloads \"$workloads\"\`"
+  echo "- command: \`benches/load/run.sh --rounds $rounds --duration $duration --connections $connections --warmup $warmup --workloads \"$workloads\"${compare:+ --compare $compare}\`"
   echo "- machine: $cpus CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)$(grep -q sha_ni /proc/cpuinfo && echo ' (SHA-NI)'), $(uname -sr)"
   echo "- $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(rustc -V 2>/dev/null || echo rustc unknown)"
   echo "- load average at start: $loadavg_start; at end: $loadavg_end"

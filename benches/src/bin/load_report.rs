@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 const WORKLOADS: [&str; 4] = ["other", "authorize", "token", "flow"];
-const TARGETS: [&str; 3] = ["direct", "nginx", "pkce-proxy"];
+const TARGETS: [&str; 4] = ["direct", "nginx", "pkce-proxy", "pkce-proxy-before"];
 
 /// One wrk run.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,13 +131,24 @@ fn ratios(
     target: &str,
     metric: impl Fn(&Run) -> f64,
 ) -> Option<Spread> {
+    ratios_to(runs, workload, target, "nginx", metric)
+}
+
+/// Per round, `metric(target) / metric(base)`.
+fn ratios_to(
+    runs: &[Run],
+    workload: &str,
+    target: &str,
+    base: &str,
+    metric: impl Fn(&Run) -> f64,
+) -> Option<Spread> {
     let by_key = index(runs);
     let values = runs
         .iter()
         .filter(|r| r.workload == workload && r.target == target)
         .filter_map(|r| {
-            let nginx = by_key.get(&(workload, "nginx", r.round))?;
-            Some(metric(r) / metric(nginx))
+            let base = by_key.get(&(workload, base, r.round))?;
+            Some(metric(r) / metric(base))
         })
         .collect();
     spread(values)
@@ -159,6 +170,22 @@ fn row(out: &mut String, workload: &str, target: &str, cells: impl IntoIterator<
         let _ = write!(out, " {cell} |");
     }
     out.push('\n');
+}
+
+/// A row of ratios to `base`: CPU per request, req/s, p50, p99.
+fn ratio_row(out: &mut String, runs: &[Run], workload: &str, target: &str, base: &str) {
+    let ratio = |metric: fn(&Run) -> f64| show(ratios_to(runs, workload, target, base, metric), 3);
+    row(
+        out,
+        workload,
+        target,
+        [
+            ratio(|r| r.cpu_us),
+            ratio(Run::rps),
+            ratio(|r| r.p50_us),
+            ratio(|r| r.p99_us),
+        ],
+    );
 }
 
 fn report(runs: &[Run]) -> String {
@@ -198,22 +225,22 @@ fn report(runs: &[Run]) -> String {
          | --- | --- | --- | --- | --- | --- |"
     );
     for w in WORKLOADS {
-        for t in ["pkce-proxy", "direct"] {
+        for t in ["pkce-proxy", "pkce-proxy-before", "direct"] {
             if of(runs, w, t, |r| r.cpu_us).is_none() {
                 continue;
             }
-            let ratio = |metric: fn(&Run) -> f64| show(ratios(runs, w, t, metric), 3);
-            row(
-                &mut out,
-                w,
-                t,
-                [
-                    ratio(|r| r.cpu_us),
-                    ratio(Run::rps),
-                    ratio(|r| r.p50_us),
-                    ratio(|r| r.p99_us),
-                ],
-            );
+            ratio_row(&mut out, runs, w, t, "nginx");
+        }
+    }
+    if runs.iter().any(|r| r.target == "pkce-proxy-before") {
+        let _ = writeln!(
+            out,
+            "\n### pkce-proxy against pkce-proxy-before in the same round\n\n\
+             | workload | target | CPU/req | req/s | p50 | p99 |\n\
+             | --- | --- | --- | --- | --- | --- |"
+        );
+        for w in WORKLOADS {
+            ratio_row(&mut out, runs, w, "pkce-proxy", "pkce-proxy-before");
         }
     }
     let _ = writeln!(out, "\n### Goals (pkce-proxy, medians of the ratios)\n");
