@@ -18,10 +18,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 use tower_pkce::store::{MemoryStore, Store};
-use tower_pkce::{Pkce, PkceLayer, Rejection, ResponseBody};
+use tower_pkce::{Endpoint, Pkce, Rejection, ResponseBody};
 
 use crate::config::{Config, Upstream};
-use crate::forward::{ClientAddr, Forwarder, ProxyBody};
+use crate::forward::{Forwarder, ProxyBody};
 use crate::metrics::Metrics;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -132,15 +132,14 @@ where
 type ProxyService = Pkce<Forwarder, MemoryStore>;
 
 async fn handle(
-    pkce: ProxyService,
-    layer: Arc<PkceLayer>,
+    mut pkce: ProxyService,
     metrics: Arc<Metrics>,
-    peer: SocketAddr,
-    mut req: Request<Incoming>,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
 ) -> Result<Response<ResponseBody<ProxyBody>>, Infallible> {
-    let endpoint = layer.endpoint(req.uri().path());
-    req.extensions_mut().insert(ClientAddr(peer));
-    req.extensions_mut().insert(endpoint);
+    // The forwarder learns the endpoint from the server, which classified
+    // the request already (for the metrics).
+    pkce.get_mut().set_endpoint(endpoint);
     let response = pkce.oneshot(req).await?;
     metrics.request(
         endpoint,
@@ -180,11 +179,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config.drain_timeout,
             "proxy",
             move |peer| {
-                let pkce = pkce.clone();
+                // Each client connection gets its own forwarder: it keeps
+                // the upstream connections that connection's requests use.
+                let mut pkce = pkce.clone();
+                let forwarder = pkce.get_ref().for_connection(peer);
+                *pkce.get_mut() = forwarder;
                 let layer = layer.clone();
                 let metrics = metrics.clone();
-                hyper::service::service_fn(move |req| {
-                    handle(pkce.clone(), layer.clone(), metrics.clone(), peer, req)
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let endpoint = layer.endpoint(req.uri().path());
+                    handle(pkce.clone(), metrics.clone(), endpoint, req)
                 })
             },
         )
