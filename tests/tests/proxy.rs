@@ -553,3 +553,70 @@ async fn trailers_pass_through() {
     assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
     proxy.shutdown().await;
 }
+
+/// An upstream that counts the connections it accepts, and closes each
+/// connection after its response when `close` is set.
+async fn counting_upstream(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+                    let mut response = Response::new(full("ok"));
+                    if close {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, "close".parse().unwrap());
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// `n` GET requests in turn on one pooled client connection; each must be
+/// answered 200 "ok".
+async fn pages(proxy: SocketAddr, n: usize) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for _ in 0..n {
+        let req = Request::get(format!("http://{proxy}/page"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "ok"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_connection_keeps_its_upstream_connection() {
+    let (up, accepted) = counting_upstream(false).await;
+    let proxy = proxy(settings(&format!("http://{up}"))).await;
+    pages(proxy.addr, 5).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_its_connections_is_reconnected() {
+    let (up, accepted) = counting_upstream(true).await;
+    let proxy = proxy(settings(&format!("http://{up}"))).await;
+    pages(proxy.addr, 3).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    proxy.shutdown().await;
+}

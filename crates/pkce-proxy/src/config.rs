@@ -106,6 +106,10 @@ pub struct RawSettings {
     /// Seconds to let requests in flight finish at shutdown [default: 10].
     #[arg(long, env = "PKCE_PROXY_DRAIN_TIMEOUT", value_name = "SECONDS")]
     pub drain_timeout: Option<String>,
+    /// Threads that serve requests: a number, or auto for one per CPU this
+    /// process may run on; with one, a single-threaded runtime [default: auto].
+    #[arg(long, env = "PKCE_PROXY_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<String>,
     /// Browser origins allowed to read token endpoint rejections (CORS),
     /// comma-separated.
     #[arg(long, env = "PKCE_PROXY_ALLOWED_ORIGINS", value_name = "ORIGINS")]
@@ -244,6 +248,8 @@ pub struct Config {
     pub response_timeout: Duration,
     /// Shutdown drain bound.
     pub drain_timeout: Duration,
+    /// Runtime worker threads; `None` for one per available CPU.
+    pub worker_threads: Option<usize>,
     /// CORS origins for rejections.
     pub allowed_origins: Vec<String>,
     /// Where records are kept.
@@ -295,6 +301,7 @@ const FILE_KEYS: &[&str] = &[
     "connect_timeout",
     "response_timeout",
     "drain_timeout",
+    "worker_threads",
     "allowed_origins",
     "store",
     "redis_prefix",
@@ -606,6 +613,11 @@ impl Config {
                 10.0,
                 0.0,
             )?,
+            worker_threads: match src.get(&raw.worker_threads, "worker_threads")? {
+                None => None,
+                Some(text) if text.trim() == "auto" => None,
+                Some(text) => Some(parse_count("worker_threads", Some(text), 1, 1)?),
+            },
             allowed_origins: src
                 .get(&raw.allowed_origins, "allowed_origins")?
                 .map(|s| {
@@ -714,7 +726,18 @@ impl Config {
                     timeout.as_secs_f64()
                 ),
             },
-        )
+        ) + &match self.worker_threads {
+            Some(n) => format!("worker_threads = {n}\n"),
+            None => "worker_threads = \"auto\"\n".to_owned(),
+        }
+    }
+
+    /// The number of runtime worker threads: the setting, or the CPUs this
+    /// process may run on.
+    pub fn runtime_threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        })
     }
 }
 
@@ -744,6 +767,28 @@ mod tests {
         assert_eq!(c.max_entries, 1_000_000);
         assert_eq!(c.max_token_body, 65_536);
         assert_eq!(c.upstream.host_port(), ("127.0.0.1".to_owned(), 8080));
+        assert_eq!(c.worker_threads, None);
+        assert!(c.runtime_threads() >= 1);
+    }
+
+    #[test]
+    fn worker_threads() {
+        let c =
+            Config::resolve(&raw(&["--upstream", "http://x", "--worker-threads", "3"])).unwrap();
+        assert_eq!((c.worker_threads, c.runtime_threads()), (Some(3), 3));
+        let c = Config::resolve(&raw(&[
+            "--upstream",
+            "http://x",
+            "--worker-threads",
+            "auto",
+        ]))
+        .unwrap();
+        assert_eq!(c.worker_threads, None);
+        assert!(c.to_toml().contains("worker_threads = \"auto\""));
+        assert_eq!(
+            err(&["--upstream", "http://x", "--worker-threads", "0"]).setting,
+            "--worker-threads"
+        );
     }
 
     #[test]

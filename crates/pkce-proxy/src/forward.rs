@@ -1,23 +1,34 @@
-//! Forwarding to the upstream: a pooled hyper-util client, the proxy
-//! headers, and 502/504 answers when the upstream fails.
+//! Forwarding to the upstream: the proxy headers, the upstream connections,
+//! and 502/504 answers when the upstream fails.
+//!
+//! A plain-HTTP upstream is reached over HTTP/1.1 connections that stay with
+//! the client connection that opened them: a request takes an idle one of
+//! its own connection's, and gives it back when the response body has been
+//! read, so the hot path takes no shared lock and spawns no task. When a
+//! client connection closes, its idle upstream connections go to a shared
+//! pool that new client connections draw from. An HTTPS upstream is reached
+//! through hyper-util's pooled client (rustls; HTTP/1.1 or HTTP/2 by ALPN).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 use tower_pkce::{Endpoint, RequestBody};
 use tower_service::Service;
 
@@ -26,18 +37,20 @@ use crate::metrics::Metrics;
 
 /// The body of a forwarded response: the upstream's, streamed, or the
 /// proxy's own error.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
-
-/// The address of the client that sent a request, put into its extensions
-/// by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody<Incoming>>;
+type Sender = http1::SendRequest<RequestBody<Incoming>>;
+
+/// Idle upstream connections kept in the shared pool, at most.
+const MAX_SHARED_IDLE: usize = 1024;
+/// How long an idle connection waits in the shared pool before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. `Trailer` is
-/// end to end: it announces the trailers that follow.
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// end to end: it announces the trailers that follow. A `static`, so that
+/// it is built once and not at every use.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -51,8 +64,28 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Whether `name` is in [`HOP_BY_HOP`] or is `Transfer-Encoding`: a match
+/// on the (lower-case) name, cheaper than comparing with each in turn.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "upgrade"
+            | "transfer-encoding"
+    )
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, then nothing to do.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -75,20 +108,218 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sends requests to the upstream.
+///
+/// The server makes one per client connection with
+/// [`for_connection`](Self::for_connection); its clones share that
+/// connection's upstream connections.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: HttpsClient,
-    upstream: Arc<Upstream>,
+    shared: Arc<Shared>,
+    conn: Arc<ClientConnection>,
+    endpoint: Endpoint,
+}
+
+struct Shared {
+    transport: Transport,
+    upstream: Upstream,
+    /// The upstream's authority, the `Host` of a request that has none.
+    upstream_host: Option<HeaderValue>,
     response_timeout: Duration,
     trust_forwarded: bool,
     metrics: Arc<Metrics>,
 }
 
-impl std::fmt::Debug for Forwarder {
+enum Transport {
+    Plain(Pool),
+    Tls(Box<HttpsClient>),
+}
+
+/// Connections to a plain-HTTP upstream, idle, that no client connection
+/// holds.
+struct Pool {
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+/// What one client connection keeps: its peer's address, ready to be an
+/// `X-Forwarded-For` value, and its idle upstream connections.
+struct ClientConnection {
+    client_ip: Option<HeaderValue>,
+    idle: Mutex<Vec<Sender>>,
+    shared: Option<Arc<Shared>>,
+}
+
+impl ClientConnection {
+    fn checkout(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(sender) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, sender: Sender) {
+        if !sender.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(sender);
+        }
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        let Some(Transport::Plain(pool)) = self.shared.as_ref().map(|s| &s.transport) else {
+            return;
+        };
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(PoisonError::into_inner));
+        if idle.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut shared = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        for sender in idle {
+            if shared.len() < MAX_SHARED_IDLE && !sender.is_closed() {
+                shared.push((sender, now));
+            }
+        }
+    }
+}
+
+impl Pool {
+    fn checkout(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Sender, UpstreamError> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout)?
+        .map_err(UpstreamError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection closed with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Why a request did not get the upstream's response.
+#[derive(Debug)]
+enum UpstreamError {
+    Connect(std::io::Error),
+    ConnectTimeout,
+    Http(hyper::Error),
+    Client(hyper_util::client::legacy::Error),
+}
+
+impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Forwarder")
-            .field("upstream", &self.upstream)
-            .finish_non_exhaustive()
+        match self {
+            Self::Connect(e) => write!(f, "cannot connect: {e}"),
+            Self::ConnectTimeout => f.write_str("connect timed out"),
+            Self::Http(e) => write!(f, "{e}"),
+            Self::Client(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect(e) => Some(e),
+            Self::ConnectTimeout => None,
+            Self::Http(e) => std::error::Error::source(e),
+            Self::Client(e) => std::error::Error::source(e),
+        }
+    }
+}
+
+/// A response body from the upstream. When it has been read to the end,
+/// the connection it came on goes back to its client connection for the
+/// next request.
+pub struct UpstreamBody {
+    body: Incoming,
+    give_back: Option<(Sender, Arc<ClientConnection>)>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    fn new(body: Incoming, sender: Sender, conn: Arc<ClientConnection>) -> Self {
+        let mut this = Self {
+            body,
+            give_back: Some((sender, conn)),
+        };
+        if this.body.is_end_stream() {
+            this.release();
+        }
+        this
+    }
+
+    fn unpooled(body: Incoming) -> Self {
+        Self {
+            body,
+            give_back: None,
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, conn)) = self.give_back.take() {
+            conn.give_back(sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            // A connection that failed half-way is not used again.
+            Poll::Ready(Some(Err(_))) => this.give_back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -109,58 +340,119 @@ fn https_connector(connect_timeout: Duration) -> Result<HttpsConnector<HttpConne
 }
 
 impl Forwarder {
-    /// A forwarder for `config`.
+    /// A forwarder for `config`, not bound to a client connection.
     ///
     /// # Errors
     ///
     /// When the TLS client cannot be set up.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https_connector(config.connect_timeout)?);
-        Ok(Self {
-            client,
-            upstream: Arc::new(config.upstream.clone()),
+        let upstream = config.upstream.clone();
+        let transport = if upstream.scheme == http::uri::Scheme::HTTPS {
+            Transport::Tls(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(IDLE_TIMEOUT)
+                    .build(https_connector(config.connect_timeout)?),
+            ))
+        } else {
+            let (host, port) = upstream.host_port();
+            Transport::Plain(Pool {
+                host,
+                port,
+                connect_timeout: config.connect_timeout,
+                idle: Mutex::new(Vec::new()),
+            })
+        };
+        let shared = Arc::new(Shared {
+            transport,
+            upstream_host: HeaderValue::from_str(upstream.authority.as_str()).ok(),
+            upstream,
             response_timeout: config.response_timeout,
             trust_forwarded: config.trust_forwarded,
             metrics,
+        });
+        Ok(Self {
+            conn: Arc::new(ClientConnection {
+                client_ip: None,
+                idle: Mutex::new(Vec::new()),
+                shared: Some(shared.clone()),
+            }),
+            shared,
+            endpoint: Endpoint::Other,
         })
     }
 
+    /// A forwarder for one client connection from `peer`: it sets
+    /// `X-Forwarded-For` to the peer's address, and keeps the upstream
+    /// connections it opens for that client connection's next requests.
+    pub fn for_connection(&self, peer: SocketAddr) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            conn: Arc::new(ClientConnection {
+                client_ip: HeaderValue::try_from(peer.ip().to_string()).ok(),
+                idle: Mutex::new(Vec::new()),
+                shared: Some(self.shared.clone()),
+            }),
+            endpoint: Endpoint::Other,
+        }
+    }
+
+    /// Tells the forwarder which endpoint the next request is for, as the
+    /// server classified it: errors at the token endpoint are JSON, and
+    /// upstream latency is recorded by endpoint.
+    pub fn set_endpoint(&mut self, endpoint: Endpoint) {
+        self.endpoint = endpoint;
+    }
+
+    /// The request target as the upstream takes it: origin form (path and
+    /// query) for a plain-HTTP connection, absolute for the pooled client.
     fn upstream_uri(&self, uri: &Uri) -> Option<Uri> {
+        let upstream = &self.shared.upstream;
+        let absolute = matches!(self.shared.transport, Transport::Tls(_));
+        if !absolute
+            && upstream.base_path.is_empty()
+            && let Some(pq) = uri.path_and_query()
+        {
+            return Some(Uri::from(pq.clone()));
+        }
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut pq = String::with_capacity(self.upstream.base_path.len() + path_and_query.len());
-        pq.push_str(&self.upstream.base_path);
+        let mut pq = String::with_capacity(upstream.base_path.len() + path_and_query.len());
+        pq.push_str(&upstream.base_path);
         pq.push_str(path_and_query);
+        if !absolute {
+            return Uri::try_from(pq).ok();
+        }
         Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
             .path_and_query(pq)
             .build()
             .ok()
     }
 
     fn set_forwarded_headers(&self, req: &mut Request<RequestBody<Incoming>>) {
-        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         let headers = req.headers_mut();
-        if let Some(host) = &host
-            && !headers.contains_key(header::HOST)
-        {
+        if !headers.contains_key(header::HOST) {
             // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need Host.
-            headers.insert(header::HOST, host.clone());
+            if let Some(host) = host.as_ref().or(self.shared.upstream_host.as_ref()) {
+                headers.insert(header::HOST, host.clone());
+            }
         }
-        let trusted = self.trust_forwarded;
+        let trusted = self.shared.trust_forwarded;
+        let client = self.conn.client_ip.as_ref();
         let forwarded_for = match (client, trusted, headers.get(&X_FORWARDED_FOR)) {
-            (Some(ip), true, Some(prior)) => prior
-                .to_str()
-                .ok()
-                .and_then(|p| HeaderValue::from_str(&format!("{p}, {ip}")).ok()),
-            (Some(ip), _, _) => HeaderValue::from_str(&ip.to_string()).ok(),
+            (Some(ip), true, Some(prior)) => {
+                let mut joined = Vec::with_capacity(prior.len() + 2 + ip.len());
+                joined.extend_from_slice(prior.as_bytes());
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(ip.as_bytes());
+                HeaderValue::from_bytes(&joined).ok()
+            }
+            (Some(ip), _, _) => Some(ip.clone()),
             (None, _, _) => None,
         };
         match forwarded_for {
@@ -180,6 +472,46 @@ impl Forwarder {
                 Some(host) => headers.insert(X_FORWARDED_HOST, host),
                 None => headers.remove(X_FORWARDED_HOST),
             };
+        }
+    }
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("upstream", &self.shared.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends `req` on a connection of the client connection's, or of the shared
+/// pool, or a new one. A reused connection may have been closed by the
+/// upstream meanwhile: a request it did not take is sent again.
+async fn send_plain(
+    pool: &Pool,
+    conn: Arc<ClientConnection>,
+    mut req: Request<RequestBody<Incoming>>,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    loop {
+        let reused = conn.checkout().or_else(|| pool.checkout());
+        let (mut sender, was_reused) = match reused {
+            Some(sender) => (sender, true),
+            None => (pool.connect().await?, false),
+        };
+        if let Err(e) = sender.ready().await {
+            if was_reused {
+                continue;
+            }
+            return Err(UpstreamError::Http(e));
+        }
+        match sender.try_send_request(req).await {
+            Ok(response) => {
+                return Ok(response.map(|body| UpstreamBody::new(body, sender, conn)));
+            }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if was_reused => req = unsent,
+                _ => return Err(UpstreamError::Http(e.into_error())),
+            },
         }
     }
 }
@@ -232,12 +564,7 @@ impl Service<Request<RequestBody<Incoming>>> for Forwarder {
     }
 
     fn call(&mut self, mut req: Request<RequestBody<Incoming>>) -> Self::Future {
-        // The server classified the request; token endpoint errors are JSON.
-        let endpoint = req
-            .extensions()
-            .get::<Endpoint>()
-            .copied()
-            .unwrap_or(Endpoint::Other);
+        let endpoint = self.endpoint;
         let Some(uri) = self.upstream_uri(req.uri()) else {
             return Box::pin(async move { Ok(upstream_error(StatusCode::BAD_GATEWAY, endpoint)) });
         };
@@ -245,12 +572,27 @@ impl Service<Request<RequestBody<Incoming>>> for Forwarder {
         remove_hop_by_hop(req.headers_mut());
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
-        let client = self.client.clone();
-        let timeout = self.response_timeout;
-        let metrics = self.metrics.clone();
+        let shared = self.shared.clone();
+        let conn = self.conn.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let result = tokio::time::timeout(timeout, client.request(req)).await;
+            let timeout = shared.response_timeout;
+            let result = match &shared.transport {
+                Transport::Plain(pool) => {
+                    tokio::time::timeout(timeout, send_plain(pool, conn, req)).await
+                }
+                Transport::Tls(client) => {
+                    tokio::time::timeout(timeout, async {
+                        client
+                            .request(req)
+                            .await
+                            .map(|r| r.map(UpstreamBody::unpooled))
+                            .map_err(UpstreamError::Client)
+                    })
+                    .await
+                }
+            };
+            let metrics = &shared.metrics;
             metrics.observe_upstream(endpoint, started.elapsed());
             match result {
                 Ok(Ok(response)) => {
@@ -282,6 +624,15 @@ impl Service<Request<RequestBody<Incoming>>> for Forwarder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quick_check_knows_every_hop_by_hop_header() {
+        for name in HOP_BY_HOP.iter().chain([&header::TRANSFER_ENCODING]) {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        assert!(!is_hop_by_hop(&header::TRAILER));
+        assert!(!is_hop_by_hop(&header::HOST));
+    }
 
     #[test]
     fn hop_by_hop_headers_go() {

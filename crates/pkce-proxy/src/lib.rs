@@ -79,7 +79,7 @@ pub fn cli() -> ExitCode {
             }
             Err(e) => usage_error(e),
         },
-        Some(Command::Demo) => with_runtime(async {
+        Some(Command::Demo) => with_runtime(0, async {
             match demo::run().await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -98,7 +98,7 @@ fn run_proxy(settings: &RawSettings) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging(config.log_format);
-    with_runtime(async move {
+    with_runtime(config.runtime_threads(), async move {
         match server::run(config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -110,11 +110,22 @@ fn run_proxy(settings: &RawSettings) -> ExitCode {
     })
 }
 
-fn with_runtime(job: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// Runs `job` on a Tokio runtime with `threads` workers (0: Tokio's
+/// default). One worker gets the single-threaded runtime: a proxy pinned to
+/// one CPU then pays for no work stealing or cross-thread wake-ups.
+fn with_runtime(threads: usize, job: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let built = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            builder.worker_threads(threads);
+        }
+        builder.enable_all().build()
+    };
+    match built {
         Ok(runtime) => runtime.block_on(job),
         Err(e) => {
             eprintln!("pkce-proxy: cannot start the async runtime: {e}");

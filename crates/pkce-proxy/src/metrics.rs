@@ -3,19 +3,42 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tower_pkce::{Endpoint, Rejection};
 
+const ENDPOINTS: [Endpoint; 4] = [
+    Endpoint::Authorize,
+    Endpoint::Token,
+    Endpoint::Metadata,
+    Endpoint::Other,
+];
+const OUTCOMES: [&str; 5] = ["rejected", "5xx", "4xx", "3xx", "2xx"];
+
+fn endpoint_index(endpoint: Endpoint) -> usize {
+    match endpoint {
+        Endpoint::Authorize => 0,
+        Endpoint::Token => 1,
+        Endpoint::Metadata => 2,
+        Endpoint::Other => 3,
+    }
+}
+
 /// The proxy's metrics.
+///
+/// The series counted on every request are looked up once, at start:
+/// a label lookup hashes the label values under a lock.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
     rejections: IntCounterVec,
     entries: IntGaugeVec,
-    upstream_latency: HistogramVec,
     upstream_failures: IntCounterVec,
+    /// By endpoint, then outcome (as in `OUTCOMES`).
+    requests: [[IntCounter; 5]; 4],
+    /// By endpoint.
+    upstream_latency: [Histogram; 4],
 }
 
 impl Metrics {
@@ -70,13 +93,15 @@ impl Metrics {
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(upstream_failures.clone()))?;
+        let latency = |e: Endpoint| upstream_latency.with_label_values(&[e.as_str()]);
+        let counters = |e: Endpoint| OUTCOMES.map(|o| requests.with_label_values(&[e.as_str(), o]));
         Ok(Self {
             registry,
-            requests,
             rejections,
             entries,
-            upstream_latency,
             upstream_failures,
+            requests: ENDPOINTS.map(counters),
+            upstream_latency: ENDPOINTS.map(latency),
         })
     }
 
@@ -88,15 +113,15 @@ impl Metrics {
         rejection: Option<Rejection>,
     ) {
         let outcome = match rejection {
-            Some(_) => "rejected",
-            None if status.is_server_error() => "5xx",
-            None if status.is_client_error() => "4xx",
-            None if status.is_redirection() => "3xx",
-            None => "2xx",
+            Some(_) => 0,
+            None if status.is_server_error() => 1,
+            None if status.is_client_error() => 2,
+            None if status.is_redirection() => 3,
+            None => 4,
         };
-        self.requests
-            .with_label_values(&[endpoint.as_str(), outcome])
-            .inc();
+        if let Some(counter) = self.requests[endpoint_index(endpoint)].get(outcome) {
+            counter.inc();
+        }
         if let Some(rejection) = rejection {
             self.rejections
                 .with_label_values(&[rejection.as_str()])
@@ -105,9 +130,7 @@ impl Metrics {
     }
 
     pub(crate) fn observe_upstream(&self, endpoint: Endpoint, elapsed: Duration) {
-        self.upstream_latency
-            .with_label_values(&[endpoint.as_str()])
-            .observe(elapsed.as_secs_f64());
+        self.upstream_latency[endpoint_index(endpoint)].observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn upstream_failure(&self, kind: &str) {

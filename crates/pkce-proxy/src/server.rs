@@ -18,10 +18,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 use tower_pkce::store::Store;
-use tower_pkce::{Pkce, PkceLayer, Rejection, ResponseBody};
+use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody};
 
 use crate::config::{Config, Upstream};
-use crate::forward::{ClientAddr, Forwarder, ProxyBody};
+use crate::forward::{Forwarder, ProxyBody};
 use crate::metrics::Metrics;
 use crate::store::ProxyStore;
 
@@ -133,15 +133,14 @@ where
 type ProxyService = Pkce<Forwarder, ProxyStore>;
 
 async fn handle(
-    pkce: ProxyService,
-    layer: Arc<PkceLayer<ProxyStore>>,
+    mut pkce: ProxyService,
     metrics: Arc<Metrics>,
-    peer: SocketAddr,
-    mut req: Request<Incoming>,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
 ) -> Result<Response<ResponseBody<ProxyBody>>, Infallible> {
-    let endpoint = layer.endpoint(req.uri().path());
-    req.extensions_mut().insert(ClientAddr(peer));
-    req.extensions_mut().insert(endpoint);
+    // The forwarder learns the endpoint from the server, which classified
+    // the request already (for the metrics).
+    pkce.get_mut().set_endpoint(endpoint);
     let response = pkce.oneshot(req).await?;
     metrics.request(
         endpoint,
@@ -186,11 +185,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config.drain_timeout,
             "proxy",
             move |peer| {
-                let pkce = pkce.clone();
+                // Each client connection gets its own forwarder: it keeps
+                // the upstream connections that connection's requests use.
+                let mut pkce = pkce.clone();
+                let forwarder = pkce.get_ref().for_connection(peer);
+                *pkce.get_mut() = forwarder;
                 let layer = layer.clone();
                 let metrics = metrics.clone();
-                hyper::service::service_fn(move |req| {
-                    handle(pkce.clone(), layer.clone(), metrics.clone(), peer, req)
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let endpoint = layer.endpoint(req.uri().path());
+                    handle(pkce.clone(), metrics.clone(), endpoint, req)
                 })
             },
         )
@@ -229,34 +233,68 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 ///
 /// [`StartError`] when the proxy cannot start.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    // Watch the signals before the "listening" line goes out: a SIGTERM sent
+    // as soon as it appears must drain, not meet the default disposition.
+    let signals = ShutdownSignals::watch();
     let running = start(config).await?;
-    shutdown_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down: draining requests in flight");
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, watched from the moment this is made.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn watch() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let watch = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch {name}");
+                    None
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the proxy");
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            Self {
+                term: watch(SignalKind::terminate(), "SIGTERM"),
+                int: watch(SignalKind::interrupt(), "SIGINT"),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.term) => {}
+                () = next(self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! that slips past the middleware is a complete PKCE bypass, so paths are
 //! normalised before they are compared, erring on the side of matching.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// How many rounds of percent-decoding are applied, for servers that decode
@@ -16,7 +17,45 @@ const DECODE_ROUNDS: usize = 3;
 /// only unreserved ones), `\` read as `/`, `;params` removed from every
 /// segment, empty and `.` segments dropped, `..` applied, lower-cased, with
 /// no trailing slash. The root is `/`.
-pub(crate) fn normalize(raw: &str) -> String {
+///
+/// Most request paths are canonical already; they are borrowed, not copied.
+pub(crate) fn normalize(raw: &str) -> Cow<'_, str> {
+    if is_canonical(raw) {
+        Cow::Borrowed(raw)
+    } else {
+        Cow::Owned(rewrite(raw))
+    }
+}
+
+/// Whether [`rewrite`] would give `raw` back unchanged: nothing to decode,
+/// no `\` or `;`, no upper case, and no empty, `.` or `..` segment.
+fn is_canonical(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    // One pass over the bytes; `dots` counts a segment's bytes while they
+    // are all dots, and is `None` once another byte is seen.
+    let mut dots = Some(0_usize);
+    for &b in rest.as_bytes() {
+        match b {
+            b'%' | b'\\' | b';' | b'A'..=b'Z' => return false,
+            b'/' => {
+                if matches!(dots, Some(0..=2)) {
+                    return false;
+                }
+                dots = Some(0);
+            }
+            b'.' => dots = dots.map(|n| n + 1),
+            _ => dots = None,
+        }
+    }
+    !matches!(dots, Some(0..=2))
+}
+
+fn rewrite(raw: &str) -> String {
     let mut bytes = raw.as_bytes().to_vec();
     for _ in 0..DECODE_ROUNDS {
         if !bytes.contains(&b'%') {
@@ -86,6 +125,9 @@ pub(crate) fn hex(b: u8) -> Option<u8> {
 /// `.well-known/oauth-authorization-server` on any prefix, and the RFC 8414
 /// §3.1 form with the issuer's path after it.
 pub(crate) fn is_metadata_path(normalized: &str) -> bool {
+    if !normalized.contains("/.well-known/") {
+        return false;
+    }
     let mut segments = normalized.split('/');
     while let Some(segment) = segments.next() {
         if segment == ".well-known" {
@@ -126,7 +168,7 @@ impl PathPattern {
         if path.contains(['?', '#']) {
             return Err(PathError::HasQuery);
         }
-        Ok(Self(normalize(path)))
+        Ok(Self(normalize(path).into_owned()))
     }
 
     pub(crate) fn root() -> Self {
@@ -175,6 +217,43 @@ mod tests {
         ] {
             assert_eq!(normalize(alias), "/token", "{alias}");
         }
+    }
+
+    #[test]
+    fn canonical_paths_are_borrowed_and_agree_with_the_rewrite() {
+        for path in [
+            "/",
+            "",
+            "/token",
+            "/a/b",
+            "/a/b.json",
+            "/oauth/token",
+            "/é/x",
+            "/a-b_c~d",
+            "/token/",
+            "//token",
+            "/Token",
+            "/%74oken",
+            "/a/./b",
+            "/a/../b",
+            "/.",
+            "/..",
+            "/a;b",
+            "\\token",
+            "/a\\b",
+            "token",
+            "/.well-known/openid-configuration",
+            "/...",
+            "/a..b",
+            "/.x",
+        ] {
+            assert_eq!(normalize(path), rewrite(path), "{path:?}");
+            if is_canonical(path) {
+                assert_eq!(rewrite(path), path, "{path:?}");
+                assert!(matches!(normalize(path), Cow::Borrowed(_)), "{path:?}");
+            }
+        }
+        assert!(is_canonical("/token") && is_canonical("/") && !is_canonical("/token/"));
     }
 
     #[test]

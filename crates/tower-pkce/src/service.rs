@@ -302,15 +302,20 @@ where
     }
 }
 
+/// Whether a response is an HTML page: its media type, before any
+/// parameter, is `text/html` or `application/xhtml+xml`, in any case.
+/// Every response passes here, so this reads bytes and allocates nothing.
 fn is_html(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let essence = ct.split(';').next().unwrap_or("").trim();
-            essence.eq_ignore_ascii_case("text/html")
-                || essence.eq_ignore_ascii_case("application/xhtml+xml")
-        })
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let bytes = v.as_bytes();
+        let essence = bytes
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        essence.eq_ignore_ascii_case(b"text/html")
+            || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
+    })
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
