@@ -179,6 +179,19 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     r
 }
 
+/// A successful token response, with a refresh token when one is issued.
+fn issued(refresh_token: Option<String>) -> Response<Full<Bytes>> {
+    let mut body = serde_json::json!({
+        "access_token": random_token(),
+        "token_type": "Bearer",
+        "expires_in": 3600,
+    });
+    if let Some(refresh) = refresh_token {
+        body["refresh_token"] = refresh.into();
+    }
+    json(StatusCode::OK, &body)
+}
+
 fn random_token() -> String {
     CodeVerifier::generate().secret().to_owned()
 }
@@ -355,15 +368,7 @@ impl State {
                 if let Ok(mut r) = self.refresh_tokens.lock() {
                     r.insert(refresh.clone(), client);
                 }
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({
-                        "access_token": random_token(),
-                        "token_type": "Bearer",
-                        "expires_in": 3600,
-                        "refresh_token": refresh,
-                    }),
-                )
+                issued(Some(refresh))
             }
             Some("refresh_token") => {
                 let known = param(form, "refresh_token")
@@ -371,14 +376,7 @@ impl State {
                 if !known {
                     return invalid("invalid_grant");
                 }
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({
-                        "access_token": random_token(),
-                        "token_type": "Bearer",
-                        "expires_in": 3600,
-                    }),
-                )
+                issued(None)
             }
             _ => invalid("unsupported_grant_type"),
         }
