@@ -496,3 +496,27 @@ pub async fn walk(svc: &Service, flavor: Flavor, query: &str) -> Answer {
         }
     }
 }
+
+/// A body of frames that are all ready at once, with no known length: a
+/// client sends it chunked, as if it streamed.
+#[derive(Debug)]
+pub struct ReadyFrames(pub std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl ReadyFrames {
+    /// Data frames, one per chunk.
+    pub fn data(chunks: impl IntoIterator<Item = Bytes>) -> Self {
+        Self(chunks.into_iter().map(http_body::Frame::data).collect())
+    }
+}
+
+impl http_body::Body for ReadyFrames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}

@@ -18,6 +18,7 @@ use pkce_proxy::config::{Config, RawSettings};
 use pkce_proxy::demo::HttpClient;
 use pkce_proxy::legacy::{LegacyServer, encode, parse_form};
 use pkce_proxy::server::{Running, start};
+use tests::ReadyFrames;
 use tokio::net::TcpListener;
 use tower_pkce::{ChallengeMethod, CodeChallenge, CodeVerifier};
 
@@ -71,21 +72,6 @@ type UpBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 fn full(body: impl Into<Bytes>) -> UpBody {
     Full::new(body.into()).map_err(|e| match e {}).boxed()
-}
-
-/// A request body sent in chunks, with no length: it streams.
-struct Chunks(std::collections::VecDeque<Bytes>);
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
-    }
 }
 
 fn challenge_query(verifier: &CodeVerifier, extra: &str) -> String {
@@ -325,12 +311,8 @@ async fn five_megabytes_stream_through_both_ways() {
     })
     .await;
     let proxy = proxy(settings(&format!("http://{up}"))).await;
-    let body = Chunks(
-        (0..80)
-            .map(|i| Bytes::from(vec![(i % 251) as u8; SIZE / 80]))
-            .collect(),
-    );
-    let client: Client<_, Chunks> = Client::builder(TokioExecutor::new()).build_http();
+    let body = ReadyFrames::data((0..80).map(|i| Bytes::from(vec![(i % 251) as u8; SIZE / 80])));
+    let client: Client<_, ReadyFrames> = Client::builder(TokioExecutor::new()).build_http();
     let req = Request::post(format!("http://{}/upload", proxy.addr))
         .header("x-tag", "t-1")
         .body(body)

@@ -1,13 +1,15 @@
 //! Forwarding to the upstream: the proxy headers, the upstream connections,
 //! and 502/504 answers when the upstream fails.
 //!
-//! A plain-HTTP upstream is reached over HTTP/1.1 connections that stay with
-//! the client connection that opened them: a request takes an idle one of
-//! its own connection's, and gives it back when the response body has been
-//! read, so the hot path takes no shared lock and spawns no task. When a
-//! client connection closes, its idle upstream connections go to a shared
-//! pool that new client connections draw from. An HTTPS upstream is reached
-//! through hyper-util's pooled client (rustls; HTTP/1.1 or HTTP/2 by ALPN).
+//! A plain-HTTP upstream is reached over HTTP/1.1 connections of the
+//! proxy's own (see `upstream`), driven by the request that uses them, that
+//! stay with the client connection that opened them: a request takes an
+//! idle one of its own connection's, and gives it back when the response
+//! body has been read, so the hot path takes no shared lock and spawns no
+//! task. When a client connection closes, its idle upstream connections go
+//! to a shared pool that new client connections draw from. An HTTPS
+//! upstream is reached through hyper-util's pooled client (rustls; HTTP/1.1
+//! or HTTP/2 by ALPN).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,27 +22,26 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tower_pkce::{Endpoint, RequestBody};
 use tower_service::Service;
 
 use crate::config::{Config, Upstream};
 use crate::metrics::Metrics;
+use crate::upstream::{self, Connection, HeaderOverrides, Http1Error, Keep};
+pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 
 /// The body of a forwarded response: the upstream's, streamed, or the
 /// proxy's own error.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody<Incoming>>;
-type Sender = http1::SendRequest<RequestBody<Incoming>>;
 
 /// Idle upstream connections kept in the shared pool, at most.
 const MAX_SHARED_IDLE: usize = 1024;
@@ -140,35 +141,35 @@ struct Pool {
     host: String,
     port: u16,
     connect_timeout: Duration,
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<Vec<(Connection, Instant)>>,
 }
 
 /// What one client connection keeps: its peer's address, ready to be an
 /// `X-Forwarded-For` value, and its idle upstream connections.
 struct ClientConnection {
     client_ip: Option<HeaderValue>,
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<Connection>>,
     shared: Option<Arc<Shared>>,
 }
 
 impl ClientConnection {
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = idle.pop() {
+            if conn.is_usable() {
+                return Some(conn);
             }
         }
         None
     }
+}
 
-    fn give_back(&self, sender: Sender) {
-        if !sender.is_closed() {
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(sender);
-        }
+impl Keep for ClientConnection {
+    fn keep(&self, conn: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
     }
 }
 
@@ -183,26 +184,26 @@ impl Drop for ClientConnection {
         }
         let now = Instant::now();
         let mut shared = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        for sender in idle {
-            if shared.len() < MAX_SHARED_IDLE && !sender.is_closed() {
-                shared.push((sender, now));
+        for conn in idle {
+            if shared.len() < MAX_SHARED_IDLE && conn.is_usable() {
+                shared.push((conn, now));
             }
         }
     }
 }
 
 impl Pool {
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+        while let Some((conn, since)) = idle.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && conn.is_usable() {
+                return Some(conn);
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<Sender, UpstreamError> {
+    async fn connect(&self) -> Result<Connection, UpstreamError> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect((self.host.as_str(), self.port)),
@@ -211,15 +212,7 @@ impl Pool {
         .map_err(|_| UpstreamError::ConnectTimeout)?
         .map_err(UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection closed with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Connection::new(stream))
     }
 }
 
@@ -228,7 +221,7 @@ impl Pool {
 enum UpstreamError {
     Connect(std::io::Error),
     ConnectTimeout,
-    Http(hyper::Error),
+    Exchange(Http1Error),
     Client(hyper_util::client::legacy::Error),
 }
 
@@ -237,7 +230,7 @@ impl std::fmt::Display for UpstreamError {
         match self {
             Self::Connect(e) => write!(f, "cannot connect: {e}"),
             Self::ConnectTimeout => f.write_str("connect timed out"),
-            Self::Http(e) => write!(f, "{e}"),
+            Self::Exchange(e) => write!(f, "{e}"),
             Self::Client(e) => write!(f, "{e}"),
         }
     }
@@ -248,78 +241,9 @@ impl std::error::Error for UpstreamError {
         match self {
             Self::Connect(e) => Some(e),
             Self::ConnectTimeout => None,
-            Self::Http(e) => std::error::Error::source(e),
+            Self::Exchange(e) => std::error::Error::source(e),
             Self::Client(e) => std::error::Error::source(e),
         }
-    }
-}
-
-/// A response body from the upstream. When it has been read to the end,
-/// the connection it came on goes back to its client connection for the
-/// next request.
-pub struct UpstreamBody {
-    body: Incoming,
-    give_back: Option<(Sender, Arc<ClientConnection>)>,
-}
-
-impl std::fmt::Debug for UpstreamBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody").finish_non_exhaustive()
-    }
-}
-
-impl UpstreamBody {
-    fn new(body: Incoming, sender: Sender, conn: Arc<ClientConnection>) -> Self {
-        let mut this = Self {
-            body,
-            give_back: Some((sender, conn)),
-        };
-        if this.body.is_end_stream() {
-            this.release();
-        }
-        this
-    }
-
-    fn unpooled(body: Incoming) -> Self {
-        Self {
-            body,
-            give_back: None,
-        }
-    }
-
-    fn release(&mut self) {
-        if let Some((sender, conn)) = self.give_back.take() {
-            conn.give_back(sender);
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            // A connection that failed half-way is not used again.
-            Poll::Ready(Some(Err(_))) => this.give_back = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -429,17 +353,21 @@ impl Forwarder {
             .ok()
     }
 
-    fn set_forwarded_headers(&self, req: &mut Request<RequestBody<Incoming>>) {
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+    /// The proxy's own header fields for `req`: `Host` when it has none,
+    /// and the `X-Forwarded-*` fields, which replace the client's unless
+    /// the client is trusted.
+    fn forwarded_headers(&self, req: &Request<RequestBody<Incoming>>) -> HeaderOverrides {
+        let headers = req.headers();
+        let mut overrides = HeaderOverrides::default();
+        let host = headers.get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let headers = req.headers_mut();
         if !headers.contains_key(header::HOST) {
             // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need Host.
             if let Some(host) = host.as_ref().or(self.shared.upstream_host.as_ref()) {
-                headers.insert(header::HOST, host.clone());
+                overrides.set(header::HOST, Some(host.clone()));
             }
         }
         let trusted = self.shared.trust_forwarded;
@@ -455,24 +383,16 @@ impl Forwarder {
             (Some(ip), _, _) => Some(ip.clone()),
             (None, _, _) => None,
         };
-        match forwarded_for {
-            Some(v) => {
-                headers.insert(X_FORWARDED_FOR, v);
-            }
-            None if !trusted => {
-                headers.remove(X_FORWARDED_FOR);
-            }
-            None => {}
+        if forwarded_for.is_some() || !trusted {
+            overrides.set(X_FORWARDED_FOR, forwarded_for);
         }
         if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            overrides.set(X_FORWARDED_PROTO, Some(HeaderValue::from_static("http")));
         }
         if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-            match host {
-                Some(host) => headers.insert(X_FORWARDED_HOST, host),
-                None => headers.remove(X_FORWARDED_HOST),
-            };
+            overrides.set(X_FORWARDED_HOST, host);
         }
+        overrides
     }
 }
 
@@ -486,32 +406,23 @@ impl std::fmt::Debug for Forwarder {
 
 /// Sends `req` on a connection of the client connection's, or of the shared
 /// pool, or a new one. A reused connection may have been closed by the
-/// upstream meanwhile: a request it did not take is sent again.
+/// upstream meanwhile: a request that can be sent again is.
 async fn send_plain(
     pool: &Pool,
     conn: Arc<ClientConnection>,
     mut req: Request<RequestBody<Incoming>>,
+    overrides: HeaderOverrides,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     loop {
         let reused = conn.checkout().or_else(|| pool.checkout());
-        let (mut sender, was_reused) = match reused {
-            Some(sender) => (sender, true),
+        let (upstream, was_reused) = match reused {
+            Some(upstream) => (upstream, true),
             None => (pool.connect().await?, false),
         };
-        if let Err(e) = sender.ready().await {
-            if was_reused {
-                continue;
-            }
-            return Err(UpstreamError::Http(e));
-        }
-        match sender.try_send_request(req).await {
-            Ok(response) => {
-                return Ok(response.map(|body| UpstreamBody::new(body, sender, conn)));
-            }
-            Err(mut e) => match e.take_message() {
-                Some(unsent) if was_reused => req = unsent,
-                _ => return Err(UpstreamError::Http(e.into_error())),
-            },
+        match upstream::exchange(upstream, req, &overrides, conn.clone()).await {
+            Ok(response) => return Ok(response),
+            Err((_, Some(again))) if was_reused => req = again,
+            Err((e, _)) => return Err(UpstreamError::Exchange(e)),
         }
     }
 }
@@ -568,25 +479,27 @@ impl Service<Request<RequestBody<Incoming>>> for Forwarder {
         let Some(uri) = self.upstream_uri(req.uri()) else {
             return Box::pin(async move { Ok(upstream_error(StatusCode::BAD_GATEWAY, endpoint)) });
         };
-        self.set_forwarded_headers(&mut req);
+        let overrides = self.forwarded_headers(&req);
         remove_hop_by_hop(req.headers_mut());
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         let shared = self.shared.clone();
         let conn = self.conn.clone();
+        let mut req = req;
         Box::pin(async move {
             let started = Instant::now();
             let timeout = shared.response_timeout;
             let result = match &shared.transport {
                 Transport::Plain(pool) => {
-                    tokio::time::timeout(timeout, send_plain(pool, conn, req)).await
+                    tokio::time::timeout(timeout, send_plain(pool, conn, req, overrides)).await
                 }
                 Transport::Tls(client) => {
+                    overrides.apply(req.headers_mut());
                     tokio::time::timeout(timeout, async {
                         client
                             .request(req)
                             .await
-                            .map(|r| r.map(UpstreamBody::unpooled))
+                            .map(|r| r.map(UpstreamBody::pooled))
                             .map_err(UpstreamError::Client)
                     })
                     .await

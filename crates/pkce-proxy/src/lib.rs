@@ -27,6 +27,7 @@ pub mod legacy;
 pub mod metrics;
 pub mod server;
 pub mod store;
+mod upstream;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,439 @@
+//! The proxy's HTTP/1.1 client against an upstream scripted byte by byte:
+//! framing (length, chunked with trailers, until close, no body), interim
+//! responses, malformed answers, and when an upstream connection is kept.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pkce_proxy::config::{Config, RawSettings};
+use pkce_proxy::server::{Running, start};
+use tests::ReadyFrames;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the scripted upstream saw: each request's raw bytes, and how many
+/// connections it accepted.
+#[derive(Default)]
+struct Seen {
+    requests: Vec<Vec<u8>>,
+    connections: usize,
+}
+
+/// An upstream that answers the n-th request (over all connections) with
+/// `answers[n]`: the raw bytes to write, and whether to close afterwards.
+async fn scripted(answers: Vec<(&'static [u8], bool)>) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let answers = Arc::new(Mutex::new(VecDeque::from(answers)));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            record.lock().unwrap().connections += 1;
+            let (record, answers) = (record.clone(), answers.clone());
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let mut buf = Vec::new();
+                loop {
+                    let Some(request) = read_request(&mut stream, &mut buf).await else {
+                        return;
+                    };
+                    record.lock().unwrap().requests.push(request);
+                    let Some((answer, close)) = answers.lock().unwrap().pop_front() else {
+                        return;
+                    };
+                    if stream.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one whole request (head and body, by its framing) off `stream`.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !fill(stream, buf).await {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse::<usize>().unwrap());
+    let mut end = head_end;
+    if head.contains("transfer-encoding: chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(&buf[end..], b"\r\n") {
+                    break end + i;
+                }
+                if !fill(stream, buf).await {
+                    return None;
+                }
+            };
+            let line = String::from_utf8_lossy(&buf[end..line_end]).to_string();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+            end = line_end + 2;
+            if size == 0 {
+                // Trailers, up to an empty line.
+                loop {
+                    let line_end = loop {
+                        if let Some(i) = find(&buf[end..], b"\r\n") {
+                            break end + i;
+                        }
+                        if !fill(stream, buf).await {
+                            return None;
+                        }
+                    };
+                    let empty = line_end == end;
+                    end = line_end + 2;
+                    if empty {
+                        break;
+                    }
+                }
+                break;
+            }
+            while buf.len() < end + size + 2 {
+                if !fill(stream, buf).await {
+                    return None;
+                }
+            }
+            end += size + 2;
+        }
+    } else if let Some(n) = length {
+        while buf.len() < head_end + n {
+            if !fill(stream, buf).await {
+                return None;
+            }
+        }
+        end = head_end + n;
+    }
+    let request = buf[..end].to_vec();
+    buf.drain(..end);
+    Some(request)
+}
+
+async fn proxy(upstream: SocketAddr) -> Running {
+    let settings = RawSettings {
+        upstream: Some(format!("http://{upstream}")),
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        response_timeout: Some("3".into()),
+        ..RawSettings::default()
+    };
+    start(Config::resolve(&settings).unwrap()).await.unwrap()
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn empty() -> TestBody {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+async fn get(
+    proxy: &Running,
+    method: Method,
+    path: &str,
+) -> (StatusCode, HeaderMap, Result<Bytes, String>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", proxy.addr))
+        .body(empty())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .expect("the proxy answers in time")
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
+    (parts.status, parts.headers, body)
+}
+
+#[tokio::test]
+async fn a_body_delimited_by_close_is_passed_whole_and_the_connection_not_reused() {
+    let (up, seen) = scripted(vec![
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end",
+            true,
+        ),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+    ])
+    .await;
+    let proxy = proxy(up).await;
+    let (status, _, body) = get(&proxy, Method::GET, "/a").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.unwrap(), "until the end");
+    let (_, _, body) = get(&proxy, Method::GET, "/b").await;
+    assert_eq!(body.unwrap(), "ok");
+    assert_eq!(seen.lock().unwrap().connections, 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodiless_answers_keep_the_connection() {
+    let (up, seen) = scripted(vec![
+        // HEAD: the length describes the GET's body, which is not sent.
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+        (b"HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n", false),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", false),
+    ])
+    .await;
+    let proxy = proxy(up).await;
+    let (status, headers, body) = get(&proxy, Method::HEAD, "/h").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_LENGTH], "5");
+    assert_eq!(body.unwrap(), "");
+    let (status, _, body) = get(&proxy, Method::GET, "/n").await;
+    assert_eq!(
+        (status, body.unwrap()),
+        (StatusCode::NO_CONTENT, Bytes::new())
+    );
+    let (status, _, _) = get(&proxy, Method::GET, "/m").await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    let (_, _, body) = get(&proxy, Method::GET, "/g").await;
+    assert_eq!(body.unwrap(), "hello");
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(
+        seen.connections, 1,
+        "every answer was complete: one connection"
+    );
+    assert!(seen.requests[0].starts_with(b"HEAD /h HTTP/1.1\r\n"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped() {
+    let (up, _) = scripted(vec![(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\ndone",
+        false,
+    )])
+    .await;
+    let proxy = proxy(up).await;
+    let (status, _, body) = get(&proxy, Method::GET, "/x").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body.unwrap(), "done");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn chunked_answers_with_extensions_and_trailers() {
+    let (up, seen) = scripted(vec![
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n",
+            false,
+        ),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+    ])
+    .await;
+    let proxy = proxy(up).await;
+    let req = Request::get(format!("http://{}/c", proxy.addr))
+        .header(header::TE, "trailers")
+        .body(empty())
+        .unwrap();
+    let collected = client()
+        .request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-sum"], "42");
+    assert_eq!(collected.to_bytes(), "hello world");
+    let (_, _, body) = get(&proxy, Method::GET, "/d").await;
+    assert_eq!(body.unwrap(), "ok");
+    assert_eq!(seen.lock().unwrap().connections, 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http_1_0_answer_is_not_reused() {
+    let (up, seen) = scripted(vec![
+        (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+        (
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        ),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+    ])
+    .await;
+    let proxy = proxy(up).await;
+    for path in ["/1", "/2", "/3"] {
+        let (status, headers, body) = get(&proxy, Method::GET, path).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            !headers.contains_key(header::CONNECTION) || headers[header::CONNECTION] != "close"
+        );
+        assert_eq!(body.unwrap(), "ok");
+    }
+    assert_eq!(seen.lock().unwrap().connections, 3);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_answers_get_502() {
+    let answers: [&'static [u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 2000 Odd\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n",
+    ];
+    for answer in answers {
+        let (up, _) = scripted(vec![(answer, false)]).await;
+        let proxy = proxy(up).await;
+        let (status, _, _) = get(&proxy, Method::GET, "/bad").await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_GATEWAY,
+            "{}",
+            String::from_utf8_lossy(answer)
+        );
+        proxy.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_head_too_large_gets_502() {
+    let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..3000 {
+        answer.extend_from_slice(format!("x-filler-{i}: {}\r\n", "v".repeat(20)).as_bytes());
+    }
+    answer.extend_from_slice(b"content-length: 0\r\n\r\n");
+    let (up, _) = scripted(vec![(answer.leak(), false)]).await;
+    let proxy = proxy(up).await;
+    let (status, _, _) = get(&proxy, Method::GET, "/big").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_mid_body_fails_the_body() {
+    let (up, _) = scripted(vec![(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+        true,
+    )])
+    .await;
+    let proxy = proxy(up).await;
+    let req = Request::get(format!("http://{}/cut", proxy.addr))
+        .body(empty())
+        .unwrap();
+    // The client sees an error: on the response, or on its body.
+    let outcome = match client().request(req).await {
+        Ok(response) => response
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(
+        outcome.is_err(),
+        "a short body must not look complete: {outcome:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_bodies_are_framed_by_the_proxy() {
+    let (up, seen) = scripted(vec![
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na", false),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb", false),
+    ])
+    .await;
+    let proxy = proxy(up).await;
+    // A body of known length goes with Content-Length.
+    let req = Request::post(format!("http://{}/len", proxy.addr))
+        .body(
+            Full::new(Bytes::from_static(b"0123456789"))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .unwrap();
+    let response = client().request(req).await.unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "a"
+    );
+    // A streamed body, with trailers, goes chunked.
+    let frames = ReadyFrames(VecDeque::from([
+        Frame::data(Bytes::from_static(b"part one, ")),
+        Frame::data(Bytes::from_static(b"part two")),
+        Frame::trailers({
+            let mut t = HeaderMap::new();
+            t.insert("x-digest", "d1".parse().unwrap());
+            t
+        }),
+    ]));
+    let req = Request::post(format!("http://{}/chunked", proxy.addr))
+        .header(header::TRAILER, "x-digest")
+        .body(frames.map_err(|e| match e {}).boxed())
+        .unwrap();
+    let response = client().request(req).await.unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "b"
+    );
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(seen.connections, 1);
+    let first = String::from_utf8_lossy(&seen.requests[0]).to_ascii_lowercase();
+    assert!(first.contains("content-length: 10\r\n"), "{first}");
+    assert!(!first.contains("transfer-encoding"), "{first}");
+    assert!(first.ends_with("\r\n\r\n0123456789"), "{first}");
+    let second = String::from_utf8_lossy(&seen.requests[1]).to_ascii_lowercase();
+    assert!(
+        second.contains("transfer-encoding: chunked\r\n"),
+        "{second}"
+    );
+    assert!(!second.contains("content-length"), "{second}");
+    assert!(second.contains("part one, "), "{second}");
+    assert!(second.contains("part two"), "{second}");
+    assert!(second.ends_with("0\r\nx-digest: d1\r\n\r\n"), "{second}");
+    proxy.shutdown().await;
+}
