@@ -32,6 +32,12 @@ pub(crate) struct RawPair<'a> {
     pub(crate) raw: &'a str,
     pub(crate) name: &'a str,
     pub(crate) value: &'a str,
+    /// Where `raw` starts in the input.
+    pub(crate) start: usize,
+    /// The name holds no byte that decoding or folding would change.
+    plain_name: bool,
+    /// The value holds no byte that decoding would change.
+    plain_value: bool,
 }
 
 /// What separates pairs.
@@ -44,25 +50,97 @@ pub(crate) enum Separators {
 }
 
 impl Separators {
-    fn matches(self, c: char) -> bool {
-        c == '&' || (self == Self::AmpersandOrSemicolon && c == ';')
+    /// The byte classes that end a pair.
+    fn mask(self) -> u8 {
+        match self {
+            Self::Ampersand => AMPERSAND,
+            Self::AmpersandOrSemicolon => AMPERSAND | SEMICOLON,
+        }
     }
 }
 
+// Byte classes for the one pass that splits a pair and learns whether its
+// name and value need decoding or folding.
+const AMPERSAND: u8 = 1;
+const SEMICOLON: u8 = 2;
+const EQUALS: u8 = 4;
+/// `%` and `+`, which [`decode`] rewrites.
+const ESCAPE: u8 = 8;
+/// Upper case, ` `, `.` and `[`, which [`fold`] rewrites in a name.
+const FOLDED: u8 = 16;
+
+static CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'&' => AMPERSAND,
+            b';' => SEMICOLON,
+            b'=' => EQUALS,
+            b'%' | b'+' => ESCAPE,
+            b'A'..=b'Z' | b' ' | b'.' | b'[' => FOLDED,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
 /// The non-empty pairs of `input`, undecoded. A pair without `=` has an
 /// empty value.
-pub(crate) fn raw_pairs(input: &str, separators: Separators) -> impl Iterator<Item = RawPair<'_>> {
-    input
-        .split(move |c| separators.matches(c))
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (name, value) = p.split_once('=').unwrap_or((p, ""));
-            RawPair {
-                raw: p,
-                name,
-                value,
+pub(crate) fn raw_pairs(input: &str, separators: Separators) -> RawPairs<'_> {
+    RawPairs {
+        input,
+        at: 0,
+        separators,
+    }
+}
+
+/// The iterator of [`raw_pairs`]. It reads each byte once; the separators
+/// and `=` are ASCII, so every cut falls on a character boundary.
+#[derive(Debug, Clone)]
+pub(crate) struct RawPairs<'a> {
+    input: &'a str,
+    at: usize,
+    separators: Separators,
+}
+
+impl<'a> Iterator for RawPairs<'a> {
+    type Item = RawPair<'a>;
+
+    fn next(&mut self) -> Option<RawPair<'a>> {
+        let ends_pair = self.separators.mask();
+        loop {
+            let start = self.at;
+            let rest = self.input.as_bytes().get(start..)?;
+            if rest.is_empty() {
+                return None;
             }
-        })
+            let len = rest
+                .iter()
+                .position(|&b| CLASSES[usize::from(b)] & ends_pair != 0)
+                .unwrap_or(rest.len());
+            self.at = start + len + 1;
+            let Some(raw) = rest.get(..len).filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            let name_len = raw.iter().position(|&b| b == b'=').unwrap_or(len);
+            let (name, value) = raw.split_at(name_len);
+            let value = value.get(1..).unwrap_or_default();
+            let classes =
+                |part: &[u8]| part.iter().fold(0, |acc, &b| acc | CLASSES[usize::from(b)]);
+            let end = start + len;
+            return Some(RawPair {
+                raw: self.input.get(start..end).unwrap_or_default(),
+                name: self.input.get(start..start + name_len).unwrap_or_default(),
+                value: self.input.get(end - value.len()..end).unwrap_or_default(),
+                start,
+                plain_name: classes(name) & (ESCAPE | FOLDED) == 0,
+                plain_value: classes(value) & ESCAPE == 0,
+            });
+        }
+    }
 }
 
 /// Decodes one form component: `+` is a space and `%XX` a byte.
@@ -72,29 +150,31 @@ pub(crate) fn raw_pairs(input: &str, separators: Separators) -> impl Iterator<It
 /// [`FormError::Malformed`] for a `%` not followed by two hex digits, or a
 /// result that is not UTF-8.
 pub(crate) fn decode(raw: &str) -> Result<Cow<'_, str>, FormError> {
-    if !raw.contains(['%', '+']) {
-        return Ok(Cow::Borrowed(raw));
-    }
     let bytes = raw.as_bytes();
+    let Some(first) = bytes.iter().position(|&b| b == b'%' || b == b'+') else {
+        return Ok(Cow::Borrowed(raw));
+    };
     let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'+' => out.push(b' '),
+    out.extend_from_slice(bytes.get(..first).unwrap_or_default());
+    let mut nul = false;
+    let mut rest = bytes.get(first..).unwrap_or_default().iter();
+    while let Some(&b) = rest.next() {
+        let decoded = match b {
+            b'+' => b' ',
             b'%' => {
-                let hi = bytes.get(i + 1).and_then(|h| hex(*h));
-                let lo = bytes.get(i + 2).and_then(|l| hex(*l));
+                let hi = rest.next().and_then(|h| hex(*h));
+                let lo = rest.next().and_then(|l| hex(*l));
                 let (Some(hi), Some(lo)) = (hi, lo) else {
                     return Err(FormError::Malformed);
                 };
-                out.push(hi << 4 | lo);
-                i += 2;
+                hi << 4 | lo
             }
-            b => out.push(b),
-        }
-        i += 1;
+            b => b,
+        };
+        nul |= decoded == 0;
+        out.push(decoded);
     }
-    if out.contains(&0) {
+    if nul {
         return Err(FormError::Malformed);
     }
     String::from_utf8(out)
@@ -119,15 +199,31 @@ pub(crate) fn fold(name: &str) -> Cow<'_, str> {
     )
 }
 
-/// The folded, decoded name of a pair.
-pub(crate) fn name_of(pair: RawPair<'_>) -> Result<String, FormError> {
-    Ok(fold(&decode(pair.name)?).into_owned())
+/// The folded, decoded name of a pair, borrowed from the input when it
+/// needs neither decoding nor folding (the common case).
+pub(crate) fn name_of(pair: RawPair<'_>) -> Result<Cow<'_, str>, FormError> {
+    if pair.plain_name {
+        return Ok(Cow::Borrowed(pair.name));
+    }
+    Ok(match decode(pair.name)? {
+        Cow::Borrowed(name) => fold(name),
+        Cow::Owned(name) => Cow::Owned(fold(&name).into_owned()),
+    })
+}
+
+/// The decoded value of a pair, borrowed from the input when it needs no
+/// decoding.
+pub(crate) fn value_of(pair: RawPair<'_>) -> Result<Cow<'_, str>, FormError> {
+    if pair.plain_value {
+        return Ok(Cow::Borrowed(pair.value));
+    }
+    decode(pair.value)
 }
 
 /// Encodes a value for a query or form: every byte but the RFC 3986
 /// unreserved characters is percent-encoded.
 pub(crate) fn encode(value: &str) -> Cow<'_, str> {
-    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    let unreserved = crate::pkce::is_unreserved;
     if value.bytes().all(unreserved) {
         return Cow::Borrowed(value);
     }
@@ -157,23 +253,118 @@ pub(crate) fn collect<'a, const N: usize>(
     names: [&'static str; N],
     separators: Separators,
 ) -> Result<[Option<Cow<'a, str>>; N], FormError> {
-    let mut found: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+    collect_placed(input, names, separators).map(|parsed| parsed.values)
+}
+
+/// What [`collect_placed`] read: the values, and where they stand.
+#[derive(Debug)]
+pub(crate) struct Placed<'a, const N: usize> {
+    /// The decoded values of the names asked for.
+    pub(crate) values: [Option<Cow<'a, str>>; N],
+    /// Where they stand.
+    pub(crate) layout: Layout<N>,
+}
+
+/// Where the parameters [`collect_placed`] read stand in its input.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout<const N: usize> {
+    places: [Option<Place>; N],
+    /// The input has no empty pair and no `;` separator: joining the pairs
+    /// with `&` gives the input back.
+    compact: bool,
+}
+
+/// Where one pair stands in the input.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    start: usize,
+    name_len: usize,
+    len: usize,
+}
+
+/// [`collect`], also noting where each parameter stands, so that
+/// [`set_placed`] can rewrite one without reading the input again.
+///
+/// # Errors
+///
+/// As [`collect`].
+pub(crate) fn collect_placed<'a, const N: usize>(
+    input: &'a str,
+    names: [&'static str; N],
+    separators: Separators,
+) -> Result<Placed<'a, N>, FormError> {
+    let mut values: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+    let mut places: [Option<Place>; N] = [None; N];
+    let mut pairs = 0usize;
+    let mut pair_bytes = 0usize;
     for pair in raw_pairs(input, separators) {
-        let decoded = decode(pair.name)?;
-        let name = fold(&decoded);
-        let value = decode(pair.value)?;
+        pairs += 1;
+        pair_bytes += pair.raw.len();
+        let name = name_of(pair)?;
+        let value = value_of(pair)?;
         let Some(i) = names.iter().position(|n| *n == name) else {
             continue;
         };
-        let (Some(slot), Some(&name)) = (found.get_mut(i), names.get(i)) else {
+        let (Some(slot), Some(place), Some(&name)) =
+            (values.get_mut(i), places.get_mut(i), names.get(i))
+        else {
             continue;
         };
         if slot.is_some() {
             return Err(FormError::Repeated(name));
         }
         *slot = Some(value);
+        *place = Some(Place {
+            start: pair.start,
+            name_len: pair.name.len(),
+            len: pair.raw.len(),
+        });
     }
-    Ok(found)
+    // Joined with `&`, as edit writes them: a `;` that separated pairs
+    // would become `&`.
+    let compact = pair_bytes + pairs.saturating_sub(1) == input.len()
+        && (separators == Separators::Ampersand || !input.contains(';'));
+    Ok(Placed {
+        values,
+        layout: Layout { places, compact },
+    })
+}
+
+/// `input` with the parameter `index` of a [`collect_placed`] reading set
+/// to `value` under `name`, exactly as [`edit`] with `set` and nothing to
+/// remove writes it: the value replaced where the parameter stands, or the
+/// parameter appended when absent. `None` when the input has an empty pair,
+/// which only [`edit`] drops.
+pub(crate) fn set_placed<const N: usize>(
+    input: &str,
+    layout: &Layout<N>,
+    index: usize,
+    name: &str,
+    value: &str,
+) -> Option<String> {
+    if !layout.compact {
+        return None;
+    }
+    let value = encode(value);
+    let mut out = String::with_capacity(input.len() + name.len() + value.len() + 2);
+    match layout.places.get(index).copied().flatten() {
+        Some(place) => {
+            out.push_str(input.get(..place.start + place.name_len)?);
+            out.push('=');
+            out.push_str(&value);
+            out.push_str(input.get(place.start + place.len..)?);
+        }
+        None => {
+            out.push_str(input);
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(&encode(name));
+            out.push('=');
+            out.push_str(&value);
+        }
+    }
+    Some(out)
 }
 
 /// Rewrites `input`: the parameter `set.0` gets the value `set.1` (where it
@@ -193,14 +384,14 @@ pub(crate) fn edit(
     let mut placed = false;
     for pair in raw_pairs(input, separators) {
         let name = name_of(pair)?;
-        if remove.contains(&name.as_str()) {
+        if remove.contains(&name.as_ref()) {
             continue;
         }
         if !out.is_empty() {
             out.push('&');
         }
         match set {
-            Some((set_name, value)) if name.as_str() == set_name => {
+            Some((set_name, value)) if name == set_name => {
                 if placed {
                     // A repeat of the parameter being set: drop it so that
                     // only the new value remains.
@@ -373,6 +564,34 @@ mod tests {
     fn nul_is_malformed() {
         assert_eq!(decode("a%00b"), Err(FormError::Malformed));
         assert_eq!(collect("%00code=x", ["code"], A), Err(FormError::Malformed));
+    }
+
+    #[test]
+    fn set_placed_writes_what_edit_writes() {
+        let names = ["state", "client_id"];
+        for input in [
+            "response_type=code&state=client%20s&scope=a+b&flag",
+            "state=x",
+            "state",
+            "st%61te=x&client_id=c",
+            "client_id=c",
+            "client_id=c&STATE=x",
+            "a=1&empty=",
+            "",
+            "client_id=c&state=",
+        ] {
+            let placed = collect_placed(input, names, A).unwrap();
+            for (i, name) in names.into_iter().enumerate() {
+                let want = edit(input, Some((name, "pkce.X y")), &[], A).unwrap();
+                let got = set_placed(input, &placed.layout, i, name, "pkce.X y").unwrap();
+                assert_eq!(got, want, "{input} {name}");
+            }
+        }
+        for input in ["a=1&&state=x", "&state=x", "state=x&", "a=1;state=x"] {
+            let placed = collect_placed(input, names, S).unwrap();
+            assert!(!placed.layout.compact, "{input}");
+            assert_eq!(set_placed(input, &placed.layout, 0, "state", "h"), None);
+        }
     }
 
     #[test]

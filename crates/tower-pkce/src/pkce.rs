@@ -89,7 +89,7 @@ impl std::error::Error for PkceError {}
 
 /// RFC 3986 unreserved characters, as a table: the check runs on every
 /// token request.
-const UNRESERVED: [bool; 256] = {
+static UNRESERVED: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
@@ -100,7 +100,8 @@ const UNRESERVED: [bool; 256] = {
     table
 };
 
-fn is_unreserved(b: u8) -> bool {
+/// Whether `b` is an RFC 3986 unreserved character.
+pub(crate) fn is_unreserved(b: u8) -> bool {
     UNRESERVED[usize::from(b)]
 }
 

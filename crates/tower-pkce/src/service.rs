@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -627,6 +628,7 @@ const REQUEST: usize = 6;
 const PKCE_PARAMS: [&str; 2] = ["code_challenge", "code_challenge_method"];
 
 type Params<'a> = [Option<Cow<'a, str>>; 7];
+type AuthorizeLayout = form::Layout<7>;
 
 /// Merges query and body parameters; a parameter in both must agree.
 fn merge<'a>(query: Params<'a>, body: Option<Params<'a>>) -> Result<Params<'a>, Rejection> {
@@ -699,12 +701,18 @@ async fn check_authorization<St: Store>(
     body: Option<&str>,
 ) -> Result<Authorized, Rejection> {
     let config = &shared.config;
-    let from_query =
-        form::collect(query, AUTHORIZE_PARAMS, form::Separators::Ampersand).map_err(form_error)?;
-    let from_body = body
-        .map(|b| form::collect(b, AUTHORIZE_PARAMS, form::Separators::Ampersand))
-        .transpose()
+    let form::Placed {
+        values: from_query,
+        layout: query_layout,
+    } = form::collect_placed(query, AUTHORIZE_PARAMS, form::Separators::Ampersand)
         .map_err(form_error)?;
+    let (from_body, body_layout) = match body
+        .map(|b| form::collect_placed(b, AUTHORIZE_PARAMS, form::Separators::Ampersand))
+    {
+        Some(Ok(placed)) => (Some(placed.values), Some(placed.layout)),
+        Some(Err(e)) => return Err(form_error(e)),
+        None => (None, None),
+    };
     let client_in_body = from_body
         .as_ref()
         .is_some_and(|b| b.get(CLIENT_ID).is_some_and(Option::is_some));
@@ -777,7 +785,16 @@ async fn check_authorization<St: Store>(
     let no_state = !state_in_query && !state_in_body;
     let put_in_query = state_in_query || (no_state && client_in_query);
     let put_in_body = state_in_body || (no_state && client_in_body);
-    let edit = |input: &str, set: bool| {
+    let edit = |input: &str, layout: Option<&AuthorizeLayout>, set: bool| {
+        // Setting the handle alone is a splice where the state stands,
+        // found while reading; anything else is a rewrite.
+        if set
+            && remove.is_empty()
+            && let Some(out) =
+                layout.and_then(|l| form::set_placed(input, l, STATE, "state", &handle))
+        {
+            return Ok(out);
+        }
         form::edit(
             input,
             set.then_some(("state", handle.as_str())),
@@ -787,26 +804,30 @@ async fn check_authorization<St: Store>(
         .map_err(form_error)
     };
     let query = if put_in_query || !remove.is_empty() {
-        Some(edit(query, put_in_query)?)
+        Some(edit(query, Some(&query_layout), put_in_query)?)
     } else {
         None
     };
     let body = match body {
-        Some(b) if put_in_body || !remove.is_empty() => Some(edit(b, put_in_body)?),
+        Some(b) if put_in_body || !remove.is_empty() => {
+            Some(edit(b, body_layout.as_ref(), put_in_body)?)
+        }
         _ => None,
     };
     Ok(Authorized::Rewritten { query, body })
 }
 
 fn with_query(uri: &Uri, query: &str) -> Option<Uri> {
-    let mut parts = uri.clone().into_parts();
     let path = uri.path();
-    let pq = if query.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{query}")
-    };
-    parts.path_and_query = Some(pq.parse().ok()?);
+    let mut pq = String::with_capacity(path.len() + 1 + query.len());
+    pq.push_str(path);
+    if !query.is_empty() {
+        pq.push('?');
+        pq.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    // From the String's own buffer: no copy.
+    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok()?);
     Uri::from_parts(parts).ok()
 }
 
@@ -1011,7 +1032,7 @@ async fn check_token<St: Store>(
     if let Some(query) = query {
         for pair in form::raw_pairs(query, TOKEN_SEPARATORS) {
             let name = form::name_of(pair).map_err(|_| Rejection::MalformedParameters)?;
-            if TOKEN_QUERY_PARAMS.contains(&name.as_str()) {
+            if TOKEN_QUERY_PARAMS.contains(&name.as_ref()) {
                 return Err(Rejection::TokenParametersInQuery);
             }
         }
