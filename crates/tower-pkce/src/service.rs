@@ -19,7 +19,7 @@ use crate::cors::Origins;
 use crate::error::Rejection;
 use crate::form::{self, FormError};
 use crate::layer::{Config, Endpoint, PkceLayer, Requirement};
-use crate::pkce::{ChallengeMethod, CodeChallenge};
+use crate::pkce::ChallengeMethod;
 use crate::store::{
     Challenge, CodeBinding, MemoryStore, PendingAuthorization, Redemption, Store, StoreError,
     StoreKey, fingerprint,
@@ -299,7 +299,7 @@ where
         response: Response<B>,
         wants_json: bool,
     ) -> BoxFuture<Response<ResponseBody<B>>> {
-        Box::pin(async move { self.inspect_response(response, wants_json).await })
+        Box::pin(async move { self.inspect_response(response, wants_json, None).await })
     }
 }
 
@@ -454,13 +454,19 @@ impl<St: Store> Shared<St> {
     }
 
     /// Binds the code (if any) to the pending authorization behind `handle`,
-    /// and returns the client's original state.
+    /// and returns the client's original state. The key of the handle this
+    /// request minted, if any, is known already.
     async fn complete_transaction(
         &self,
         handle: &str,
         code: Option<&str>,
+        minted: Option<&Minted>,
     ) -> Result<Option<Box<str>>, Rejection> {
-        let pending = match self.store.take_pending(&StoreKey::of(handle)).await {
+        let key = match minted {
+            Some(minted) if minted.handle == handle => minted.key,
+            _ => StoreKey::of(handle),
+        };
+        let pending = match self.store.take_pending(&key).await {
             Ok(Some(pending)) => pending,
             Ok(None) => {
                 tracing::warn!(
@@ -509,25 +515,27 @@ impl<St: Store> Shared<St> {
         &self,
         response: Response<B>,
         wants_json: bool,
+        minted: Option<&Minted>,
     ) -> Response<ResponseBody<B>>
     where
         B: Body<Data = Bytes> + Send + 'static,
     {
         let (mut parts, body) = response.into_parts();
         if parts.status.is_redirection() {
-            let hit = parts
-                .headers
-                .get(header::LOCATION)
+            // A clone of the header shares its bytes; the headers stay free
+            // to change.
+            let location_value = parts.headers.get(header::LOCATION).cloned();
+            let hit = location_value
+                .as_ref()
                 .and_then(|l| l.to_str().ok())
                 .and_then(|l| location::find_code_redirect(l, handle::is_handle).map(|h| (l, h)));
             if let Some((loc, hit)) = hit {
-                let loc = loc.to_owned();
                 return match self
-                    .complete_transaction(&hit.handle, hit.code.as_deref())
+                    .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
                     .await
                 {
                     Ok(state) => {
-                        let restored = location::restore_state(&loc, &hit, state.as_deref());
+                        let restored = location::restore_state(loc, &hit, state.as_deref());
                         match HeaderValue::try_from(restored) {
                             Ok(value) => {
                                 parts.headers.insert(header::LOCATION, value);
@@ -589,7 +597,7 @@ impl<St: Store> Shared<St> {
             );
         };
         match self
-            .complete_transaction(&hit.handle, hit.code.as_deref())
+            .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
             .await
         {
             Ok(state) => {
@@ -677,12 +685,9 @@ fn challenge_of(
     if method == ChallengeMethod::Plain && !config.allow_plain {
         return Err(Rejection::PlainNotAllowed);
     }
-    let challenge =
-        CodeChallenge::new(value.to_owned(), method).map_err(|_| Rejection::MalformedChallenge)?;
-    Ok(Some(Challenge {
-        method,
-        digest: challenge.digest(),
-    }))
+    let digest =
+        crate::pkce::challenge_digest(value, method).map_err(|_| Rejection::MalformedChallenge)?;
+    Ok(Some(Challenge { method, digest }))
 }
 
 enum Authorized {
@@ -692,7 +697,15 @@ enum Authorized {
     Rewritten {
         query: Option<String>,
         body: Option<String>,
+        minted: Minted,
     },
+}
+
+/// The handle an authorization request was given, with its store key, so
+/// that the response that carries it back needs no second hash.
+struct Minted {
+    handle: String,
+    key: StoreKey,
 }
 
 async fn check_authorization<St: Store>(
@@ -757,11 +770,8 @@ async fn check_authorization<St: Store>(
         redirect_uri: get(&params, REDIRECT_URI).map(fingerprint),
         state: get(&params, STATE).map(Into::into),
     };
-    match shared
-        .store
-        .insert_pending(&StoreKey::of(&handle), record, config.ttl)
-        .await
-    {
+    let key = StoreKey::of(&handle);
+    match shared.store.insert_pending(&key, record, config.ttl).await {
         Ok(()) => {}
         Err(StoreError::Full) => return Err(Rejection::StoreFull),
         Err(e) => {
@@ -814,7 +824,11 @@ async fn check_authorization<St: Store>(
         }
         _ => None,
     };
-    Ok(Authorized::Rewritten { query, body })
+    Ok(Authorized::Rewritten {
+        query,
+        body,
+        minted: Minted { handle, key },
+    })
 }
 
 fn with_query(uri: &Uri, query: &str) -> Option<Uri> {
@@ -870,15 +884,16 @@ where
         Ok(outcome) => outcome,
         Err(rejection) => return Ok(reject_authorize(rejection, json)),
     };
-    let body = match outcome {
+    let (body, minted) = match outcome {
         Authorized::Forward => match (data, body) {
-            (Some(d), _) => RequestBody::buffered(d),
-            (None, Some(b)) => RequestBody::inner(b),
-            (None, None) => RequestBody::buffered(Bytes::new()),
+            (Some(d), _) => (RequestBody::buffered(d), None),
+            (None, Some(b)) => (RequestBody::inner(b), None),
+            (None, None) => (RequestBody::buffered(Bytes::new()), None),
         },
         Authorized::Rewritten {
             query,
             body: new_body,
+            minted,
         } => {
             if let Some(q) = query {
                 match with_query(&parts.uri, &q) {
@@ -886,7 +901,7 @@ where
                     None => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
                 }
             }
-            match (new_body, data, body) {
+            let body = match (new_body, data, body) {
                 (Some(nb), _, _) => {
                     set_content_length(&mut parts.headers, nb.len());
                     RequestBody::buffered(Bytes::from(nb))
@@ -894,11 +909,14 @@ where
                 (None, Some(d), _) => RequestBody::buffered(d),
                 (None, None, Some(b)) => RequestBody::inner(b),
                 (None, None, None) => RequestBody::buffered(Bytes::new()),
-            }
+            };
+            (body, Some(minted))
         }
     };
     let response = inner.call(Request::from_parts(parts, body)).await?;
-    Ok(shared.inspect_response(response, json).await)
+    Ok(shared
+        .inspect_response(response, json, minted.as_ref())
+        .await)
 }
 
 fn reject_authorize<B: Body>(rejection: Rejection, json: bool) -> Response<ResponseBody<B>> {
