@@ -14,7 +14,10 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::body::{Collected, RequestBody, ResponseBody, collect_bounded, frames_of};
+use crate::body::{
+    Collected, RequestBody, RequestBodyError, ResponseBody, collect_bounded, collect_request,
+    frames_of,
+};
 use crate::cors::Origins;
 use crate::error::Rejection;
 use crate::form::{self, FormError};
@@ -354,18 +357,30 @@ fn is_form(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let mut parts = ct.split(';');
-    let essence = parts.next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    // A header value that passed to_str is visible ASCII, spaces and tabs:
+    // the byte-wise trims below trim what str::trim would.
+    let mut parts = ct.as_bytes().split(|&b| b == b';');
+    let essence = parts.next().unwrap_or_default().trim_ascii();
+    if !essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
         return false;
     }
     parts.all(|param| {
-        let (name, value) = param.split_once('=').unwrap_or((param, ""));
-        !name.trim().eq_ignore_ascii_case("charset")
-            || matches!(
-                value.trim().trim_matches('"').to_ascii_lowercase().as_str(),
-                "utf-8" | "utf8" | "us-ascii"
-            )
+        let (name, value) = match param.iter().position(|&b| b == b'=') {
+            Some(eq) => param.split_at(eq),
+            None => (param, &b""[..]),
+        };
+        let value = value.get(1..).unwrap_or_default().trim_ascii();
+        // Every quote at either end goes, as str::trim_matches('"') does.
+        let start = value.iter().position(|&b| b != b'"').unwrap_or(value.len());
+        let end = value
+            .iter()
+            .rposition(|&b| b != b'"')
+            .map_or(start, |i| i + 1);
+        let value = value.get(start..end).unwrap_or_default();
+        !name.trim_ascii().eq_ignore_ascii_case(b"charset")
+            || [&b"utf-8"[..], b"utf8", b"us-ascii"]
+                .iter()
+                .any(|c| value.eq_ignore_ascii_case(c))
     })
 }
 
@@ -427,11 +442,10 @@ async fn read_body<B: Body<Data = Bytes>>(
     if content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(Rejection::BodyTooLarge);
     }
-    match collect_bounded(body, limit).await {
-        Collected::Complete { data, .. } => Ok(data),
-        Collected::Over { .. } => Err(Rejection::BodyTooLarge),
-        Collected::Failed { .. } => Err(Rejection::BodyUnreadable),
-    }
+    collect_request(body, limit).await.map_err(|e| match e {
+        RequestBodyError::TooLarge => Rejection::BodyTooLarge,
+        RequestBodyError::Unreadable => Rejection::BodyUnreadable,
+    })
 }
 
 fn form_error(e: FormError) -> Rejection {
@@ -1350,5 +1364,70 @@ where
             parts,
             ResponseBody::replay(frames_of(data, trailers), None, None),
         )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// `is_form` as it was written over `str`, to hold the byte-wise one to.
+    fn is_form_by_str(headers: &HeaderMap) -> bool {
+        let coded = headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+        let Some(ct) = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| !coded)
+        else {
+            return false;
+        };
+        let mut parts = ct.split(';');
+        let essence = parts.next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return false;
+        }
+        parts.all(|param| {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            !name.trim().eq_ignore_ascii_case("charset")
+                || matches!(
+                    value.trim().trim_matches('"').to_ascii_lowercase().as_str(),
+                    "utf-8" | "utf8" | "us-ascii"
+                )
+        })
+    }
+
+    #[test]
+    fn form_content_types() {
+        for ct in [
+            "application/x-www-form-urlencoded",
+            " Application/X-WWW-Form-URLEncoded ",
+            "application/x-www-form-urlencoded;charset=UTF-8",
+            "application/x-www-form-urlencoded; charset=\"utf8\"",
+            "application/x-www-form-urlencoded; charset=\"\"us-ascii\"\"",
+            "application/x-www-form-urlencoded; charset=\t\"UTF-8\" ",
+            "application/x-www-form-urlencoded; charset",
+            "application/x-www-form-urlencoded; charset=",
+            "application/x-www-form-urlencoded; charset=latin1",
+            "application/x-www-form-urlencoded; charset=utf-8; charset=latin1",
+            "application/x-www-form-urlencoded; x=1; CHARSET = utf-8",
+            "application/x-www-form-urlencoded; charset=\"utf-8",
+            "application/x-www-form-urlencoded;;",
+            "application/x-www-form-urlencoded=; a",
+            "application/json",
+            "multipart/form-data; boundary=x",
+            "",
+            ";",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            assert_eq!(is_form(&headers), is_form_by_str(&headers), "{ct:?}");
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            assert!(!is_form(&headers), "{ct:?}");
+        }
+        assert!(!is_form(&HeaderMap::new()));
     }
 }
