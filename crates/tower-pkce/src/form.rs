@@ -97,8 +97,9 @@ pub(crate) fn raw_pairs(input: &str, separators: Separators) -> RawPairs<'_> {
     }
 }
 
-/// The iterator of [`raw_pairs`]. It reads each byte once; the separators
-/// and `=` are ASCII, so every cut falls on a character boundary.
+/// The iterator of [`raw_pairs`]. It reads each byte once, a word at a
+/// time through values; the separators and `=` are ASCII, so every cut
+/// falls on a character boundary.
 #[derive(Debug, Clone)]
 pub(crate) struct RawPairs<'a> {
     input: &'a str,
@@ -106,38 +107,79 @@ pub(crate) struct RawPairs<'a> {
     separators: Separators,
 }
 
+/// Whether any byte of `word` is `byte`: the zero-byte test on the word
+/// with `byte` cancelled out, exact for the question "any?".
+fn has_byte(word: u64, byte: u8) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
 impl<'a> Iterator for RawPairs<'a> {
     type Item = RawPair<'a>;
 
     fn next(&mut self) -> Option<RawPair<'a>> {
         let ends_pair = self.separators.mask();
+        let semicolons = self.separators == Separators::AmpersandOrSemicolon;
+        let bytes = self.input.as_bytes();
         loop {
             let start = self.at;
-            let rest = self.input.as_bytes().get(start..)?;
-            if rest.is_empty() {
+            if start >= bytes.len() {
                 return None;
             }
-            let len = rest
-                .iter()
-                .position(|&b| CLASSES[usize::from(b)] & ends_pair != 0)
-                .unwrap_or(rest.len());
-            self.at = start + len + 1;
-            let Some(raw) = rest.get(..len).filter(|r| !r.is_empty()) else {
+            // The name: up to the first `=` or the end of the pair.
+            let mut at = start;
+            let mut name_classes = 0;
+            let mut equals = false;
+            while let Some(&b) = bytes.get(at) {
+                let class = CLASSES[usize::from(b)];
+                if class & (ends_pair | EQUALS) != 0 {
+                    equals = class & EQUALS != 0;
+                    break;
+                }
+                name_classes |= class;
+                at += 1;
+            }
+            let name_end = at;
+            // The value: eight bytes a step while no separator is among
+            // them, then byte by byte to the end of the pair.
+            let mut value_escapes = false;
+            if equals {
+                at += 1;
+                while let Some(word) = bytes
+                    .get(at..at + 8)
+                    .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                {
+                    let word = u64::from_ne_bytes(word);
+                    if has_byte(word, b'&') || (semicolons && has_byte(word, b';')) {
+                        break;
+                    }
+                    value_escapes |= has_byte(word, b'%') | has_byte(word, b'+');
+                    at += 8;
+                }
+                while let Some(&b) = bytes.get(at) {
+                    let class = CLASSES[usize::from(b)];
+                    if class & ends_pair != 0 {
+                        break;
+                    }
+                    value_escapes |= class & ESCAPE != 0;
+                    at += 1;
+                }
+            }
+            let end = at;
+            self.at = end + 1;
+            if end == start {
                 continue;
-            };
-            let name_len = raw.iter().position(|&b| b == b'=').unwrap_or(len);
-            let (name, value) = raw.split_at(name_len);
-            let value = value.get(1..).unwrap_or_default();
-            let classes =
-                |part: &[u8]| part.iter().fold(0, |acc, &b| acc | CLASSES[usize::from(b)]);
-            let end = start + len;
+            }
+            let value_start = if equals { name_end + 1 } else { end };
             return Some(RawPair {
                 raw: self.input.get(start..end).unwrap_or_default(),
-                name: self.input.get(start..start + name_len).unwrap_or_default(),
-                value: self.input.get(end - value.len()..end).unwrap_or_default(),
+                name: self.input.get(start..name_end).unwrap_or_default(),
+                value: self.input.get(value_start..end).unwrap_or_default(),
                 start,
-                plain_name: classes(name) & (ESCAPE | FOLDED) == 0,
-                plain_value: classes(value) & ESCAPE == 0,
+                plain_name: name_classes & (ESCAPE | FOLDED) == 0,
+                plain_value: !value_escapes,
             });
         }
     }
@@ -591,6 +633,56 @@ mod tests {
             let placed = collect_placed(input, names, S).unwrap();
             assert!(!placed.layout.compact, "{input}");
             assert_eq!(set_placed(input, &placed.layout, 0, "state", "h"), None);
+        }
+    }
+
+    /// The pairs and their flags, found the slow and obvious way.
+    fn reference_pairs(input: &str, separators: Separators) -> Vec<RawPair<'_>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let is_separator =
+            |c: char| c == '&' || (separators == Separators::AmpersandOrSemicolon && c == ';');
+        for raw in input.split(is_separator) {
+            if !raw.is_empty() {
+                let (name, value) = raw.split_once('=').unwrap_or((raw, ""));
+                out.push(RawPair {
+                    raw,
+                    name,
+                    value,
+                    start,
+                    plain_name: matches!(decode(name), Ok(Cow::Borrowed(_)))
+                        && matches!(fold(name), Cow::Borrowed(n) if n == name),
+                    plain_value: !value.contains(['%', '+']),
+                });
+            }
+            start += raw.len() + 1;
+        }
+        out
+    }
+
+    #[test]
+    fn raw_pairs_match_the_obvious_split() {
+        let long = "abcdefgh".repeat(5);
+        let mut inputs = vec![
+            String::new(),
+            "&".to_owned(),
+            "==&;=".to_owned(),
+            "a=1&b=2;c=3&&d".to_owned(),
+            "Grant.Type=x&st%61te=a+b&x=%zz&é=ü;é".to_owned(),
+            "redirect_uri=https%3A%2F%2Fclient.example%2Fcb&code=abc".to_owned(),
+        ];
+        for (i, special) in ["", "&", ";", "%", "+", "=", "A", "é"].iter().enumerate() {
+            for at in 0..long.len() {
+                let mut value = long.clone();
+                value.insert_str(at, special);
+                inputs.push(format!("n{i}={value}&next={value};last={value}"));
+            }
+        }
+        for input in &inputs {
+            for separators in [A, S] {
+                let got: Vec<_> = raw_pairs(input, separators).collect();
+                assert_eq!(got, reference_pairs(input, separators), "{input:?}");
+            }
         }
     }
 
