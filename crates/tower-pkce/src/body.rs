@@ -283,6 +283,55 @@ pub(crate) async fn collect_bounded<B: Body<Data = Bytes>>(body: B, limit: usize
     Collected::Complete { data, trailers }
 }
 
+/// Why [`collect_request`] gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestBodyError {
+    /// More than the bound arrived.
+    TooLarge,
+    /// The body failed.
+    Unreadable,
+}
+
+/// Reads a request body's data until it ends, up to `limit` bytes. It reads
+/// as [`collect_bounded`] does, but keeps nothing to hand on after a
+/// failure, so it needs no box and no frame queue; trailers are dropped.
+pub(crate) async fn collect_request<B: Body<Data = Bytes>>(
+    body: B,
+    limit: usize,
+) -> Result<Bytes, RequestBodyError> {
+    use http_body_util::BodyExt;
+
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<Vec<u8>> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame = frame.map_err(|_| RequestBodyError::Unreadable)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len = len.saturating_add(data.len());
+        if len > limit {
+            return Err(RequestBodyError::TooLarge);
+        }
+        match (&mut joined, first.take()) {
+            (Some(all), _) => all.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(earlier)) => {
+                let mut all = Vec::with_capacity(len);
+                all.extend_from_slice(&earlier);
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+        }
+    }
+    Ok(match (joined, first) {
+        (Some(all), _) => Bytes::from(all),
+        (None, Some(data)) => data,
+        (None, None) => Bytes::new(),
+    })
+}
+
 /// A complete body handed on as frames: its data, then its trailers.
 pub(crate) fn frames_of(data: Bytes, trailers: Option<HeaderMap>) -> VecDeque<Frame<Bytes>> {
     let mut frames = VecDeque::with_capacity(2);

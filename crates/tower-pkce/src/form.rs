@@ -32,6 +32,12 @@ pub(crate) struct RawPair<'a> {
     pub(crate) raw: &'a str,
     pub(crate) name: &'a str,
     pub(crate) value: &'a str,
+    /// Where `raw` starts in the input.
+    pub(crate) start: usize,
+    /// The name holds no byte that decoding or folding would change.
+    plain_name: bool,
+    /// The value holds no byte that decoding would change.
+    plain_value: bool,
 }
 
 /// What separates pairs.
@@ -44,25 +50,139 @@ pub(crate) enum Separators {
 }
 
 impl Separators {
-    fn matches(self, c: char) -> bool {
-        c == '&' || (self == Self::AmpersandOrSemicolon && c == ';')
+    /// The byte classes that end a pair.
+    fn mask(self) -> u8 {
+        match self {
+            Self::Ampersand => AMPERSAND,
+            Self::AmpersandOrSemicolon => AMPERSAND | SEMICOLON,
+        }
     }
 }
 
+// Byte classes for the one pass that splits a pair and learns whether its
+// name and value need decoding or folding.
+const AMPERSAND: u8 = 1;
+const SEMICOLON: u8 = 2;
+const EQUALS: u8 = 4;
+/// `%` and `+`, which [`decode`] rewrites.
+const ESCAPE: u8 = 8;
+/// Upper case, ` `, `.` and `[`, which [`fold`] rewrites in a name.
+const FOLDED: u8 = 16;
+
+static CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'&' => AMPERSAND,
+            b';' => SEMICOLON,
+            b'=' => EQUALS,
+            b'%' | b'+' => ESCAPE,
+            b'A'..=b'Z' | b' ' | b'.' | b'[' => FOLDED,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
 /// The non-empty pairs of `input`, undecoded. A pair without `=` has an
 /// empty value.
-pub(crate) fn raw_pairs(input: &str, separators: Separators) -> impl Iterator<Item = RawPair<'_>> {
-    input
-        .split(move |c| separators.matches(c))
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (name, value) = p.split_once('=').unwrap_or((p, ""));
-            RawPair {
-                raw: p,
-                name,
-                value,
+pub(crate) fn raw_pairs(input: &str, separators: Separators) -> RawPairs<'_> {
+    RawPairs {
+        input,
+        at: 0,
+        separators,
+    }
+}
+
+/// The iterator of [`raw_pairs`]. It reads each byte once, a word at a
+/// time through values; the separators and `=` are ASCII, so every cut
+/// falls on a character boundary.
+#[derive(Debug, Clone)]
+pub(crate) struct RawPairs<'a> {
+    input: &'a str,
+    at: usize,
+    separators: Separators,
+}
+
+/// Whether any byte of `word` is `byte`: the zero-byte test on the word
+/// with `byte` cancelled out, exact for the question "any?".
+fn has_byte(word: u64, byte: u8) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
+impl<'a> Iterator for RawPairs<'a> {
+    type Item = RawPair<'a>;
+
+    fn next(&mut self) -> Option<RawPair<'a>> {
+        let ends_pair = self.separators.mask();
+        let semicolons = self.separators == Separators::AmpersandOrSemicolon;
+        let bytes = self.input.as_bytes();
+        loop {
+            let start = self.at;
+            if start >= bytes.len() {
+                return None;
             }
-        })
+            // The name: up to the first `=` or the end of the pair.
+            let mut at = start;
+            let mut name_classes = 0;
+            let mut equals = false;
+            while let Some(&b) = bytes.get(at) {
+                let class = CLASSES[usize::from(b)];
+                if class & (ends_pair | EQUALS) != 0 {
+                    equals = class & EQUALS != 0;
+                    break;
+                }
+                name_classes |= class;
+                at += 1;
+            }
+            let name_end = at;
+            // The value: eight bytes a step while no separator is among
+            // them, then byte by byte to the end of the pair.
+            let mut value_escapes = false;
+            if equals {
+                at += 1;
+                while let Some(word) = bytes
+                    .get(at..at + 8)
+                    .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                {
+                    let word = u64::from_ne_bytes(word);
+                    if has_byte(word, b'&') || (semicolons && has_byte(word, b';')) {
+                        break;
+                    }
+                    value_escapes |= has_byte(word, b'%') | has_byte(word, b'+');
+                    at += 8;
+                }
+                while let Some(&b) = bytes.get(at) {
+                    let class = CLASSES[usize::from(b)];
+                    if class & ends_pair != 0 {
+                        break;
+                    }
+                    value_escapes |= class & ESCAPE != 0;
+                    at += 1;
+                }
+            }
+            let end = at;
+            self.at = end + 1;
+            if end == start {
+                continue;
+            }
+            let value_start = if equals { name_end + 1 } else { end };
+            return Some(RawPair {
+                raw: self.input.get(start..end).unwrap_or_default(),
+                name: self.input.get(start..name_end).unwrap_or_default(),
+                value: self.input.get(value_start..end).unwrap_or_default(),
+                start,
+                plain_name: name_classes & (ESCAPE | FOLDED) == 0,
+                plain_value: !value_escapes,
+            });
+        }
+    }
 }
 
 /// Decodes one form component: `+` is a space and `%XX` a byte.
@@ -72,29 +192,31 @@ pub(crate) fn raw_pairs(input: &str, separators: Separators) -> impl Iterator<It
 /// [`FormError::Malformed`] for a `%` not followed by two hex digits, or a
 /// result that is not UTF-8.
 pub(crate) fn decode(raw: &str) -> Result<Cow<'_, str>, FormError> {
-    if !raw.contains(['%', '+']) {
-        return Ok(Cow::Borrowed(raw));
-    }
     let bytes = raw.as_bytes();
+    let Some(first) = bytes.iter().position(|&b| b == b'%' || b == b'+') else {
+        return Ok(Cow::Borrowed(raw));
+    };
     let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'+' => out.push(b' '),
+    out.extend_from_slice(bytes.get(..first).unwrap_or_default());
+    let mut nul = false;
+    let mut rest = bytes.get(first..).unwrap_or_default().iter();
+    while let Some(&b) = rest.next() {
+        let decoded = match b {
+            b'+' => b' ',
             b'%' => {
-                let hi = bytes.get(i + 1).and_then(|h| hex(*h));
-                let lo = bytes.get(i + 2).and_then(|l| hex(*l));
+                let hi = rest.next().and_then(|h| hex(*h));
+                let lo = rest.next().and_then(|l| hex(*l));
                 let (Some(hi), Some(lo)) = (hi, lo) else {
                     return Err(FormError::Malformed);
                 };
-                out.push(hi << 4 | lo);
-                i += 2;
+                hi << 4 | lo
             }
-            b => out.push(b),
-        }
-        i += 1;
+            b => b,
+        };
+        nul |= decoded == 0;
+        out.push(decoded);
     }
-    if out.contains(&0) {
+    if nul {
         return Err(FormError::Malformed);
     }
     String::from_utf8(out)
@@ -119,15 +241,31 @@ pub(crate) fn fold(name: &str) -> Cow<'_, str> {
     )
 }
 
-/// The folded, decoded name of a pair.
-pub(crate) fn name_of(pair: RawPair<'_>) -> Result<String, FormError> {
-    Ok(fold(&decode(pair.name)?).into_owned())
+/// The folded, decoded name of a pair, borrowed from the input when it
+/// needs neither decoding nor folding (the common case).
+pub(crate) fn name_of(pair: RawPair<'_>) -> Result<Cow<'_, str>, FormError> {
+    if pair.plain_name {
+        return Ok(Cow::Borrowed(pair.name));
+    }
+    Ok(match decode(pair.name)? {
+        Cow::Borrowed(name) => fold(name),
+        Cow::Owned(name) => Cow::Owned(fold(&name).into_owned()),
+    })
+}
+
+/// The decoded value of a pair, borrowed from the input when it needs no
+/// decoding.
+pub(crate) fn value_of(pair: RawPair<'_>) -> Result<Cow<'_, str>, FormError> {
+    if pair.plain_value {
+        return Ok(Cow::Borrowed(pair.value));
+    }
+    decode(pair.value)
 }
 
 /// Encodes a value for a query or form: every byte but the RFC 3986
 /// unreserved characters is percent-encoded.
 pub(crate) fn encode(value: &str) -> Cow<'_, str> {
-    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    let unreserved = crate::pkce::is_unreserved;
     if value.bytes().all(unreserved) {
         return Cow::Borrowed(value);
     }
@@ -157,23 +295,118 @@ pub(crate) fn collect<'a, const N: usize>(
     names: [&'static str; N],
     separators: Separators,
 ) -> Result<[Option<Cow<'a, str>>; N], FormError> {
-    let mut found: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+    collect_placed(input, names, separators).map(|parsed| parsed.values)
+}
+
+/// What [`collect_placed`] read: the values, and where they stand.
+#[derive(Debug)]
+pub(crate) struct Placed<'a, const N: usize> {
+    /// The decoded values of the names asked for.
+    pub(crate) values: [Option<Cow<'a, str>>; N],
+    /// Where they stand.
+    pub(crate) layout: Layout<N>,
+}
+
+/// Where the parameters [`collect_placed`] read stand in its input.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout<const N: usize> {
+    places: [Option<Place>; N],
+    /// The input has no empty pair and no `;` separator: joining the pairs
+    /// with `&` gives the input back.
+    compact: bool,
+}
+
+/// Where one pair stands in the input.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    start: usize,
+    name_len: usize,
+    len: usize,
+}
+
+/// [`collect`], also noting where each parameter stands, so that
+/// [`set_placed`] can rewrite one without reading the input again.
+///
+/// # Errors
+///
+/// As [`collect`].
+pub(crate) fn collect_placed<'a, const N: usize>(
+    input: &'a str,
+    names: [&'static str; N],
+    separators: Separators,
+) -> Result<Placed<'a, N>, FormError> {
+    let mut values: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+    let mut places: [Option<Place>; N] = [None; N];
+    let mut pairs = 0usize;
+    let mut pair_bytes = 0usize;
     for pair in raw_pairs(input, separators) {
-        let decoded = decode(pair.name)?;
-        let name = fold(&decoded);
-        let value = decode(pair.value)?;
+        pairs += 1;
+        pair_bytes += pair.raw.len();
+        let name = name_of(pair)?;
+        let value = value_of(pair)?;
         let Some(i) = names.iter().position(|n| *n == name) else {
             continue;
         };
-        let (Some(slot), Some(&name)) = (found.get_mut(i), names.get(i)) else {
+        let (Some(slot), Some(place), Some(&name)) =
+            (values.get_mut(i), places.get_mut(i), names.get(i))
+        else {
             continue;
         };
         if slot.is_some() {
             return Err(FormError::Repeated(name));
         }
         *slot = Some(value);
+        *place = Some(Place {
+            start: pair.start,
+            name_len: pair.name.len(),
+            len: pair.raw.len(),
+        });
     }
-    Ok(found)
+    // Joined with `&`, as edit writes them: a `;` that separated pairs
+    // would become `&`.
+    let compact = pair_bytes + pairs.saturating_sub(1) == input.len()
+        && (separators == Separators::Ampersand || !input.contains(';'));
+    Ok(Placed {
+        values,
+        layout: Layout { places, compact },
+    })
+}
+
+/// `input` with the parameter `index` of a [`collect_placed`] reading set
+/// to `value` under `name`, exactly as [`edit`] with `set` and nothing to
+/// remove writes it: the value replaced where the parameter stands, or the
+/// parameter appended when absent. `None` when the input has an empty pair,
+/// which only [`edit`] drops.
+pub(crate) fn set_placed<const N: usize>(
+    input: &str,
+    layout: &Layout<N>,
+    index: usize,
+    name: &str,
+    value: &str,
+) -> Option<String> {
+    if !layout.compact {
+        return None;
+    }
+    let value = encode(value);
+    let mut out = String::with_capacity(input.len() + name.len() + value.len() + 2);
+    match layout.places.get(index).copied().flatten() {
+        Some(place) => {
+            out.push_str(input.get(..place.start + place.name_len)?);
+            out.push('=');
+            out.push_str(&value);
+            out.push_str(input.get(place.start + place.len..)?);
+        }
+        None => {
+            out.push_str(input);
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(&encode(name));
+            out.push('=');
+            out.push_str(&value);
+        }
+    }
+    Some(out)
 }
 
 /// Rewrites `input`: the parameter `set.0` gets the value `set.1` (where it
@@ -193,14 +426,14 @@ pub(crate) fn edit(
     let mut placed = false;
     for pair in raw_pairs(input, separators) {
         let name = name_of(pair)?;
-        if remove.contains(&name.as_str()) {
+        if remove.contains(&name.as_ref()) {
             continue;
         }
         if !out.is_empty() {
             out.push('&');
         }
         match set {
-            Some((set_name, value)) if name.as_str() == set_name => {
+            Some((set_name, value)) if name == set_name => {
                 if placed {
                     // A repeat of the parameter being set: drop it so that
                     // only the new value remains.
@@ -373,6 +606,84 @@ mod tests {
     fn nul_is_malformed() {
         assert_eq!(decode("a%00b"), Err(FormError::Malformed));
         assert_eq!(collect("%00code=x", ["code"], A), Err(FormError::Malformed));
+    }
+
+    #[test]
+    fn set_placed_writes_what_edit_writes() {
+        let names = ["state", "client_id"];
+        for input in [
+            "response_type=code&state=client%20s&scope=a+b&flag",
+            "state=x",
+            "state",
+            "st%61te=x&client_id=c",
+            "client_id=c",
+            "client_id=c&STATE=x",
+            "a=1&empty=",
+            "",
+            "client_id=c&state=",
+        ] {
+            let placed = collect_placed(input, names, A).unwrap();
+            for (i, name) in names.into_iter().enumerate() {
+                let want = edit(input, Some((name, "pkce.X y")), &[], A).unwrap();
+                let got = set_placed(input, &placed.layout, i, name, "pkce.X y").unwrap();
+                assert_eq!(got, want, "{input} {name}");
+            }
+        }
+        for input in ["a=1&&state=x", "&state=x", "state=x&", "a=1;state=x"] {
+            let placed = collect_placed(input, names, S).unwrap();
+            assert!(!placed.layout.compact, "{input}");
+            assert_eq!(set_placed(input, &placed.layout, 0, "state", "h"), None);
+        }
+    }
+
+    /// The pairs and their flags, found the slow and obvious way.
+    fn reference_pairs(input: &str, separators: Separators) -> Vec<RawPair<'_>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let is_separator =
+            |c: char| c == '&' || (separators == Separators::AmpersandOrSemicolon && c == ';');
+        for raw in input.split(is_separator) {
+            if !raw.is_empty() {
+                let (name, value) = raw.split_once('=').unwrap_or((raw, ""));
+                out.push(RawPair {
+                    raw,
+                    name,
+                    value,
+                    start,
+                    plain_name: matches!(decode(name), Ok(Cow::Borrowed(_)))
+                        && matches!(fold(name), Cow::Borrowed(n) if n == name),
+                    plain_value: !value.contains(['%', '+']),
+                });
+            }
+            start += raw.len() + 1;
+        }
+        out
+    }
+
+    #[test]
+    fn raw_pairs_match_the_obvious_split() {
+        let long = "abcdefgh".repeat(5);
+        let mut inputs = vec![
+            String::new(),
+            "&".to_owned(),
+            "==&;=".to_owned(),
+            "a=1&b=2;c=3&&d".to_owned(),
+            "Grant.Type=x&st%61te=a+b&x=%zz&é=ü;é".to_owned(),
+            "redirect_uri=https%3A%2F%2Fclient.example%2Fcb&code=abc".to_owned(),
+        ];
+        for (i, special) in ["", "&", ";", "%", "+", "=", "A", "é"].iter().enumerate() {
+            for at in 0..long.len() {
+                let mut value = long.clone();
+                value.insert_str(at, special);
+                inputs.push(format!("n{i}={value}&next={value};last={value}"));
+            }
+        }
+        for input in &inputs {
+            for separators in [A, S] {
+                let got: Vec<_> = raw_pairs(input, separators).collect();
+                assert_eq!(got, reference_pairs(input, separators), "{input:?}");
+            }
+        }
     }
 
     #[test]

@@ -19,7 +19,16 @@ pub(crate) fn mint() -> Result<String, getrandom::Error> {
     getrandom::fill(&mut bytes)?;
     let mut handle = String::with_capacity(PREFIX.len() + ENCODED_LEN);
     handle.push_str(PREFIX);
-    URL_SAFE_NO_PAD.encode_string(bytes, &mut handle);
+    // Encoded into a buffer of the exact size: no streaming encoder.
+    let mut encoded = [0u8; ENCODED_LEN];
+    let written = URL_SAFE_NO_PAD.encode_slice(bytes, &mut encoded);
+    match written
+        .ok()
+        .and_then(|n| std::str::from_utf8(encoded.get(..n)?).ok())
+    {
+        Some(text) => handle.push_str(text),
+        None => URL_SAFE_NO_PAD.encode_string(bytes, &mut handle),
+    }
     Ok(handle)
 }
 

@@ -1,10 +1,11 @@
 //! The `Location` of a redirect: where a code leaves in its query (the
 //! default `response_mode`) or its fragment (`response_mode=fragment`).
 
+use std::borrow::Cow;
 use std::ops::Range;
 
-use crate::form::{decode, encode};
-use crate::handle::{Hit, splice};
+use crate::form::{Separators, decode, encode, raw_pairs, value_of};
+use crate::handle::Hit;
 
 /// Finds a `state` that is one of our handles, with a `code` or an `error`
 /// beside it in the same component (query or fragment) of `location`.
@@ -28,77 +29,55 @@ pub(crate) fn find_code_redirect(location: &str, is_handle: impl Fn(&str) -> boo
         .find_map(|component| find_in(location, component, &is_handle))
 }
 
-/// One `name=value` pair of a component, with its place in the whole string.
-struct Pair {
-    whole: Range<usize>,
-    value: Range<usize>,
-}
-
-fn pairs(input: &str, component: Range<usize>) -> Vec<Pair> {
-    let mut out = Vec::new();
-    let mut start = component.start;
-    while start <= component.end {
-        let end = input
-            .get(start..component.end)
-            .and_then(|s| s.find('&'))
-            .map_or(component.end, |i| start + i);
-        if end > start {
-            let eq = input.get(start..end).and_then(|s| s.find('='));
-            let value = eq.map_or(end..end, |i| start + i + 1..end);
-            out.push(Pair {
-                whole: start..end,
-                value,
-            });
-        }
-        start = end + 1;
-    }
-    out
-}
-
 fn find_in(input: &str, component: Range<usize>, is_handle: &impl Fn(&str) -> bool) -> Option<Hit> {
-    let pairs = pairs(input, component);
-    let name_of = |p: &Pair| {
-        let raw = input.get(p.whole.start..p.value.start)?;
-        decode(raw.strip_suffix('=').unwrap_or(raw)).ok()
-    };
-    let value_of = |p: &Pair| decode(input.get(p.value.clone())?).ok();
-    let mut state = None;
+    let offset = component.start;
+    let text = input.get(component)?;
+    // The last state that is a handle: its pair's ordinal, place and value.
+    let mut state: Option<(usize, Range<usize>, Range<usize>, String)> = None;
     let mut code = None;
     let mut error = false;
-    for (i, pair) in pairs.iter().enumerate() {
-        let Some(name) = name_of(pair) else { continue };
+    let mut pairs = 0;
+    for pair in raw_pairs(text, Separators::Ampersand) {
+        let i = pairs;
+        pairs += 1;
+        let Ok(name) = decode(pair.name) else {
+            continue;
+        };
         match name.as_ref() {
             "state" => {
-                if let Some(v) = value_of(pair).filter(|v| is_handle(v)) {
-                    state = Some((i, v.into_owned()));
+                if let Some(v) = value_of(pair).ok().filter(|v| is_handle(v)) {
+                    let end = offset + pair.start + pair.raw.len();
+                    let whole = offset + pair.start..end;
+                    let value = end - pair.value.len()..end;
+                    state = Some((i, whole, value, v.into_owned()));
                 }
             }
             "code" => {
                 code = value_of(pair)
+                    .ok()
                     .filter(|v| !v.is_empty())
                     .map(|v| v.into_owned())
             }
-            "error" => error |= value_of(pair).is_some_and(|v| !v.is_empty()),
+            "error" => error |= value_of(pair).is_ok_and(|v| !v.is_empty()),
             _ => {}
         }
     }
-    let (i, handle) = state?;
+    let (i, whole, value, handle) = state?;
     if code.is_none() && !error {
         return None;
     }
-    let pair = pairs.get(i)?;
     // Cut the parameter with one of the `&` around it.
-    let whole = if i + 1 < pairs.len() {
-        pair.whole.start..pair.whole.end + 1
+    let whole = if i + 1 < pairs {
+        whole.start..whole.end + 1
     } else if i > 0 {
-        pair.whole.start - 1..pair.whole.end
+        whole.start - 1..whole.end
     } else {
-        pair.whole.clone()
+        whole
     };
     Some(Hit {
         handle,
         code,
-        value: pair.value.clone(),
+        value,
         whole,
         bare: false,
     })
@@ -108,12 +87,19 @@ fn find_in(input: &str, component: Range<usize>, is_handle: &impl Fn(&str) -> bo
 /// `state` parameter removed when the client sent none. Nothing else
 /// changes.
 pub(crate) fn restore_state(location: &str, hit: &Hit, state: Option<&str>) -> String {
-    let bytes = match state {
-        Some(state) => splice(location.as_bytes(), &hit.value, encode(state).as_bytes()),
-        None => splice(location.as_bytes(), &hit.whole, b""),
+    let (cut, with) = match state {
+        Some(state) => (&hit.value, encode(state)),
+        None => (&hit.whole, Cow::Borrowed("")),
     };
-    // Only ASCII is spliced in at ASCII boundaries, so this never loses data.
-    String::from_utf8(bytes).unwrap_or_default()
+    // The cut falls on ASCII boundaries, so both sides are whole strings.
+    let (Some(head), Some(tail)) = (location.get(..cut.start), location.get(cut.end..)) else {
+        return String::new();
+    };
+    let mut out = String::with_capacity(head.len() + with.len() + tail.len());
+    out.push_str(head);
+    out.push_str(&with);
+    out.push_str(tail);
+    out
 }
 
 #[cfg(test)]

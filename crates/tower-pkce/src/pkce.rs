@@ -89,7 +89,7 @@ impl std::error::Error for PkceError {}
 
 /// RFC 3986 unreserved characters, as a table: the check runs on every
 /// token request.
-const UNRESERVED: [bool; 256] = {
+static UNRESERVED: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
@@ -100,7 +100,8 @@ const UNRESERVED: [bool; 256] = {
     table
 };
 
-fn is_unreserved(b: u8) -> bool {
+/// Whether `b` is an RFC 3986 unreserved character.
+pub(crate) fn is_unreserved(b: u8) -> bool {
     UNRESERVED[usize::from(b)]
 }
 
@@ -207,15 +208,7 @@ impl CodeChallenge {
     pub fn new(value: String, method: ChallengeMethod) -> Result<Self, PkceError> {
         match method {
             ChallengeMethod::S256 => {
-                if value.len() != S256_CHALLENGE_LEN || !value.bytes().all(is_base64url) {
-                    return Err(PkceError::S256Format);
-                }
-                // 43 characters carry 258 bits; the last one must leave the
-                // two spare bits zero, or it is not a canonical encoding of
-                // 32 bytes.
-                if URL_SAFE_NO_PAD.decode(value.as_bytes()).is_err() {
-                    return Err(PkceError::S256Format);
-                }
+                s256_challenge_digest(&value).ok_or(PkceError::S256Format)?;
             }
             ChallengeMethod::Plain => check_unreserved(&value)?,
         }
@@ -246,17 +239,41 @@ impl CodeChallenge {
     /// for plain (so that both methods compare digests in constant time).
     pub fn digest(&self) -> [u8; 32] {
         match self.method {
-            ChallengeMethod::S256 => {
-                let mut out = [0u8; 32];
-                match URL_SAFE_NO_PAD.decode_slice(self.value.as_bytes(), &mut out) {
-                    Ok(32) => out,
-                    // `new` and `from_verifier` only build canonical 32-byte
-                    // encodings; a digest no verifier can produce is the safe
-                    // answer if that ever fails.
-                    _ => [0u8; 32],
-                }
-            }
+            // `new` and `from_verifier` only build canonical 32-byte
+            // encodings; a digest no verifier can produce is the safe answer
+            // if that ever fails.
+            ChallengeMethod::S256 => s256_challenge_digest(&self.value).unwrap_or([0u8; 32]),
             ChallengeMethod::Plain => sha256(self.value.as_bytes()),
+        }
+    }
+}
+
+/// The digest an S256 challenge encodes, or `None` unless it is exactly 43
+/// characters of base64url without padding. 43 characters carry 258 bits;
+/// the last one must leave the two spare bits zero, or it is not a
+/// canonical encoding of 32 bytes.
+fn s256_challenge_digest(value: &str) -> Option<[u8; 32]> {
+    if value.len() != S256_CHALLENGE_LEN || !value.bytes().all(is_base64url) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    match URL_SAFE_NO_PAD.decode_slice(value.as_bytes(), &mut out) {
+        Ok(32) => Some(out),
+        _ => None,
+    }
+}
+
+/// Checks a received challenge as [`CodeChallenge::new`] does and returns
+/// the digest [`CodeChallenge::digest`] would, without copying the value.
+pub(crate) fn challenge_digest(
+    value: &str,
+    method: ChallengeMethod,
+) -> Result<[u8; 32], PkceError> {
+    match method {
+        ChallengeMethod::S256 => s256_challenge_digest(value).ok_or(PkceError::S256Format),
+        ChallengeMethod::Plain => {
+            check_unreserved(value)?;
+            Ok(sha256(value.as_bytes()))
         }
     }
 }

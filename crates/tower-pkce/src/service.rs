@@ -8,17 +8,21 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::body::{Collected, RequestBody, ResponseBody, collect_bounded, frames_of};
+use crate::body::{
+    Collected, RequestBody, RequestBodyError, ResponseBody, collect_bounded, collect_request,
+    frames_of,
+};
 use crate::cors::Origins;
 use crate::error::Rejection;
 use crate::form::{self, FormError};
 use crate::layer::{Config, Endpoint, PkceLayer, Requirement};
-use crate::pkce::{ChallengeMethod, CodeChallenge};
+use crate::pkce::ChallengeMethod;
 use crate::store::{
     Challenge, CodeBinding, MemoryStore, PendingAuthorization, Redemption, Store, StoreError,
     StoreKey, fingerprint,
@@ -298,7 +302,7 @@ where
         response: Response<B>,
         wants_json: bool,
     ) -> BoxFuture<Response<ResponseBody<B>>> {
-        Box::pin(async move { self.inspect_response(response, wants_json).await })
+        Box::pin(async move { self.inspect_response(response, wants_json, None).await })
     }
 }
 
@@ -353,18 +357,30 @@ fn is_form(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let mut parts = ct.split(';');
-    let essence = parts.next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    // A header value that passed to_str is visible ASCII, spaces and tabs:
+    // the byte-wise trims below trim what str::trim would.
+    let mut parts = ct.as_bytes().split(|&b| b == b';');
+    let essence = parts.next().unwrap_or_default().trim_ascii();
+    if !essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
         return false;
     }
     parts.all(|param| {
-        let (name, value) = param.split_once('=').unwrap_or((param, ""));
-        !name.trim().eq_ignore_ascii_case("charset")
-            || matches!(
-                value.trim().trim_matches('"').to_ascii_lowercase().as_str(),
-                "utf-8" | "utf8" | "us-ascii"
-            )
+        let (name, value) = match param.iter().position(|&b| b == b'=') {
+            Some(eq) => param.split_at(eq),
+            None => (param, &b""[..]),
+        };
+        let value = value.get(1..).unwrap_or_default().trim_ascii();
+        // Every quote at either end goes, as str::trim_matches('"') does.
+        let start = value.iter().position(|&b| b != b'"').unwrap_or(value.len());
+        let end = value
+            .iter()
+            .rposition(|&b| b != b'"')
+            .map_or(start, |i| i + 1);
+        let value = value.get(start..end).unwrap_or_default();
+        !name.trim_ascii().eq_ignore_ascii_case(b"charset")
+            || [&b"utf-8"[..], b"utf8", b"us-ascii"]
+                .iter()
+                .any(|c| value.eq_ignore_ascii_case(c))
     })
 }
 
@@ -426,11 +442,10 @@ async fn read_body<B: Body<Data = Bytes>>(
     if content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(Rejection::BodyTooLarge);
     }
-    match collect_bounded(body, limit).await {
-        Collected::Complete { data, .. } => Ok(data),
-        Collected::Over { .. } => Err(Rejection::BodyTooLarge),
-        Collected::Failed { .. } => Err(Rejection::BodyUnreadable),
-    }
+    collect_request(body, limit).await.map_err(|e| match e {
+        RequestBodyError::TooLarge => Rejection::BodyTooLarge,
+        RequestBodyError::Unreadable => Rejection::BodyUnreadable,
+    })
 }
 
 fn form_error(e: FormError) -> Rejection {
@@ -453,13 +468,19 @@ impl<St: Store> Shared<St> {
     }
 
     /// Binds the code (if any) to the pending authorization behind `handle`,
-    /// and returns the client's original state.
+    /// and returns the client's original state. The key of the handle this
+    /// request minted, if any, is known already.
     async fn complete_transaction(
         &self,
         handle: &str,
         code: Option<&str>,
+        minted: Option<&Minted>,
     ) -> Result<Option<Box<str>>, Rejection> {
-        let pending = match self.store.take_pending(&StoreKey::of(handle)).await {
+        let key = match minted {
+            Some(minted) if minted.handle == handle => minted.key,
+            _ => StoreKey::of(handle),
+        };
+        let pending = match self.store.take_pending(&key).await {
             Ok(Some(pending)) => pending,
             Ok(None) => {
                 tracing::warn!(
@@ -508,25 +529,27 @@ impl<St: Store> Shared<St> {
         &self,
         response: Response<B>,
         wants_json: bool,
+        minted: Option<&Minted>,
     ) -> Response<ResponseBody<B>>
     where
         B: Body<Data = Bytes> + Send + 'static,
     {
         let (mut parts, body) = response.into_parts();
         if parts.status.is_redirection() {
-            let hit = parts
-                .headers
-                .get(header::LOCATION)
+            // A clone of the header shares its bytes; the headers stay free
+            // to change.
+            let location_value = parts.headers.get(header::LOCATION).cloned();
+            let hit = location_value
+                .as_ref()
                 .and_then(|l| l.to_str().ok())
                 .and_then(|l| location::find_code_redirect(l, handle::is_handle).map(|h| (l, h)));
             if let Some((loc, hit)) = hit {
-                let loc = loc.to_owned();
                 return match self
-                    .complete_transaction(&hit.handle, hit.code.as_deref())
+                    .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
                     .await
                 {
                     Ok(state) => {
-                        let restored = location::restore_state(&loc, &hit, state.as_deref());
+                        let restored = location::restore_state(loc, &hit, state.as_deref());
                         match HeaderValue::try_from(restored) {
                             Ok(value) => {
                                 parts.headers.insert(header::LOCATION, value);
@@ -588,7 +611,7 @@ impl<St: Store> Shared<St> {
             );
         };
         match self
-            .complete_transaction(&hit.handle, hit.code.as_deref())
+            .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
             .await
         {
             Ok(state) => {
@@ -627,6 +650,7 @@ const REQUEST: usize = 6;
 const PKCE_PARAMS: [&str; 2] = ["code_challenge", "code_challenge_method"];
 
 type Params<'a> = [Option<Cow<'a, str>>; 7];
+type AuthorizeLayout = form::Layout<7>;
 
 /// Merges query and body parameters; a parameter in both must agree.
 fn merge<'a>(query: Params<'a>, body: Option<Params<'a>>) -> Result<Params<'a>, Rejection> {
@@ -675,12 +699,9 @@ fn challenge_of(
     if method == ChallengeMethod::Plain && !config.allow_plain {
         return Err(Rejection::PlainNotAllowed);
     }
-    let challenge =
-        CodeChallenge::new(value.to_owned(), method).map_err(|_| Rejection::MalformedChallenge)?;
-    Ok(Some(Challenge {
-        method,
-        digest: challenge.digest(),
-    }))
+    let digest =
+        crate::pkce::challenge_digest(value, method).map_err(|_| Rejection::MalformedChallenge)?;
+    Ok(Some(Challenge { method, digest }))
 }
 
 enum Authorized {
@@ -690,7 +711,15 @@ enum Authorized {
     Rewritten {
         query: Option<String>,
         body: Option<String>,
+        minted: Minted,
     },
+}
+
+/// The handle an authorization request was given, with its store key, so
+/// that the response that carries it back needs no second hash.
+struct Minted {
+    handle: String,
+    key: StoreKey,
 }
 
 async fn check_authorization<St: Store>(
@@ -699,12 +728,18 @@ async fn check_authorization<St: Store>(
     body: Option<&str>,
 ) -> Result<Authorized, Rejection> {
     let config = &shared.config;
-    let from_query =
-        form::collect(query, AUTHORIZE_PARAMS, form::Separators::Ampersand).map_err(form_error)?;
-    let from_body = body
-        .map(|b| form::collect(b, AUTHORIZE_PARAMS, form::Separators::Ampersand))
-        .transpose()
+    let form::Placed {
+        values: from_query,
+        layout: query_layout,
+    } = form::collect_placed(query, AUTHORIZE_PARAMS, form::Separators::Ampersand)
         .map_err(form_error)?;
+    let (from_body, body_layout) = match body
+        .map(|b| form::collect_placed(b, AUTHORIZE_PARAMS, form::Separators::Ampersand))
+    {
+        Some(Ok(placed)) => (Some(placed.values), Some(placed.layout)),
+        Some(Err(e)) => return Err(form_error(e)),
+        None => (None, None),
+    };
     let client_in_body = from_body
         .as_ref()
         .is_some_and(|b| b.get(CLIENT_ID).is_some_and(Option::is_some));
@@ -749,11 +784,8 @@ async fn check_authorization<St: Store>(
         redirect_uri: get(&params, REDIRECT_URI).map(fingerprint),
         state: get(&params, STATE).map(Into::into),
     };
-    match shared
-        .store
-        .insert_pending(&StoreKey::of(&handle), record, config.ttl)
-        .await
-    {
+    let key = StoreKey::of(&handle);
+    match shared.store.insert_pending(&key, record, config.ttl).await {
         Ok(()) => {}
         Err(StoreError::Full) => return Err(Rejection::StoreFull),
         Err(e) => {
@@ -777,7 +809,16 @@ async fn check_authorization<St: Store>(
     let no_state = !state_in_query && !state_in_body;
     let put_in_query = state_in_query || (no_state && client_in_query);
     let put_in_body = state_in_body || (no_state && client_in_body);
-    let edit = |input: &str, set: bool| {
+    let edit = |input: &str, layout: Option<&AuthorizeLayout>, set: bool| {
+        // Setting the handle alone is a splice where the state stands,
+        // found while reading; anything else is a rewrite.
+        if set
+            && remove.is_empty()
+            && let Some(out) =
+                layout.and_then(|l| form::set_placed(input, l, STATE, "state", &handle))
+        {
+            return Ok(out);
+        }
         form::edit(
             input,
             set.then_some(("state", handle.as_str())),
@@ -787,26 +828,34 @@ async fn check_authorization<St: Store>(
         .map_err(form_error)
     };
     let query = if put_in_query || !remove.is_empty() {
-        Some(edit(query, put_in_query)?)
+        Some(edit(query, Some(&query_layout), put_in_query)?)
     } else {
         None
     };
     let body = match body {
-        Some(b) if put_in_body || !remove.is_empty() => Some(edit(b, put_in_body)?),
+        Some(b) if put_in_body || !remove.is_empty() => {
+            Some(edit(b, body_layout.as_ref(), put_in_body)?)
+        }
         _ => None,
     };
-    Ok(Authorized::Rewritten { query, body })
+    Ok(Authorized::Rewritten {
+        query,
+        body,
+        minted: Minted { handle, key },
+    })
 }
 
 fn with_query(uri: &Uri, query: &str) -> Option<Uri> {
-    let mut parts = uri.clone().into_parts();
     let path = uri.path();
-    let pq = if query.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{query}")
-    };
-    parts.path_and_query = Some(pq.parse().ok()?);
+    let mut pq = String::with_capacity(path.len() + 1 + query.len());
+    pq.push_str(path);
+    if !query.is_empty() {
+        pq.push('?');
+        pq.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    // From the String's own buffer: no copy.
+    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(pq)).ok()?);
     Uri::from_parts(parts).ok()
 }
 
@@ -849,15 +898,16 @@ where
         Ok(outcome) => outcome,
         Err(rejection) => return Ok(reject_authorize(rejection, json)),
     };
-    let body = match outcome {
+    let (body, minted) = match outcome {
         Authorized::Forward => match (data, body) {
-            (Some(d), _) => RequestBody::buffered(d),
-            (None, Some(b)) => RequestBody::inner(b),
-            (None, None) => RequestBody::buffered(Bytes::new()),
+            (Some(d), _) => (RequestBody::buffered(d), None),
+            (None, Some(b)) => (RequestBody::inner(b), None),
+            (None, None) => (RequestBody::buffered(Bytes::new()), None),
         },
         Authorized::Rewritten {
             query,
             body: new_body,
+            minted,
         } => {
             if let Some(q) = query {
                 match with_query(&parts.uri, &q) {
@@ -865,7 +915,7 @@ where
                     None => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
                 }
             }
-            match (new_body, data, body) {
+            let body = match (new_body, data, body) {
                 (Some(nb), _, _) => {
                     set_content_length(&mut parts.headers, nb.len());
                     RequestBody::buffered(Bytes::from(nb))
@@ -873,11 +923,14 @@ where
                 (None, Some(d), _) => RequestBody::buffered(d),
                 (None, None, Some(b)) => RequestBody::inner(b),
                 (None, None, None) => RequestBody::buffered(Bytes::new()),
-            }
+            };
+            (body, Some(minted))
         }
     };
     let response = inner.call(Request::from_parts(parts, body)).await?;
-    Ok(shared.inspect_response(response, json).await)
+    Ok(shared
+        .inspect_response(response, json, minted.as_ref())
+        .await)
 }
 
 fn reject_authorize<B: Body>(rejection: Rejection, json: bool) -> Response<ResponseBody<B>> {
@@ -1011,7 +1064,7 @@ async fn check_token<St: Store>(
     if let Some(query) = query {
         for pair in form::raw_pairs(query, TOKEN_SEPARATORS) {
             let name = form::name_of(pair).map_err(|_| Rejection::MalformedParameters)?;
-            if TOKEN_QUERY_PARAMS.contains(&name.as_str()) {
+            if TOKEN_QUERY_PARAMS.contains(&name.as_ref()) {
                 return Err(Rejection::TokenParametersInQuery);
             }
         }
@@ -1311,5 +1364,70 @@ where
             parts,
             ResponseBody::replay(frames_of(data, trailers), None, None),
         )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// `is_form` as it was written over `str`, to hold the byte-wise one to.
+    fn is_form_by_str(headers: &HeaderMap) -> bool {
+        let coded = headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"));
+        let Some(ct) = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| !coded)
+        else {
+            return false;
+        };
+        let mut parts = ct.split(';');
+        let essence = parts.next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return false;
+        }
+        parts.all(|param| {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            !name.trim().eq_ignore_ascii_case("charset")
+                || matches!(
+                    value.trim().trim_matches('"').to_ascii_lowercase().as_str(),
+                    "utf-8" | "utf8" | "us-ascii"
+                )
+        })
+    }
+
+    #[test]
+    fn form_content_types() {
+        for ct in [
+            "application/x-www-form-urlencoded",
+            " Application/X-WWW-Form-URLEncoded ",
+            "application/x-www-form-urlencoded;charset=UTF-8",
+            "application/x-www-form-urlencoded; charset=\"utf8\"",
+            "application/x-www-form-urlencoded; charset=\"\"us-ascii\"\"",
+            "application/x-www-form-urlencoded; charset=\t\"UTF-8\" ",
+            "application/x-www-form-urlencoded; charset",
+            "application/x-www-form-urlencoded; charset=",
+            "application/x-www-form-urlencoded; charset=latin1",
+            "application/x-www-form-urlencoded; charset=utf-8; charset=latin1",
+            "application/x-www-form-urlencoded; x=1; CHARSET = utf-8",
+            "application/x-www-form-urlencoded; charset=\"utf-8",
+            "application/x-www-form-urlencoded;;",
+            "application/x-www-form-urlencoded=; a",
+            "application/json",
+            "multipart/form-data; boundary=x",
+            "",
+            ";",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            assert_eq!(is_form(&headers), is_form_by_str(&headers), "{ct:?}");
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            assert!(!is_form(&headers), "{ct:?}");
+        }
+        assert!(!is_form(&HeaderMap::new()));
     }
 }

@@ -79,11 +79,12 @@ impl Inner {
         u32::try_from(ticks).unwrap_or(u32::MAX)
     }
 
-    fn expiry(&self, ttl: Duration) -> u32 {
+    /// When a record written at `now` with `ttl` expires.
+    fn expiry(now: u32, ttl: Duration) -> u32 {
         let ttl_ticks = (ttl.as_millis() as u64 * TICKS_PER_SECOND).div_ceil(1000);
         // At least one whole tick, so that a record outlives its TTL rather
         // than dying early through rounding.
-        let ticks = u64::from(self.now()) + ttl_ticks.max(1) + 1;
+        let ticks = u64::from(now) + ttl_ticks.max(1) + 1;
         u32::try_from(ticks).unwrap_or(u32::MAX)
     }
 
@@ -278,7 +279,7 @@ impl MemoryStore {
         let now = inner.now();
         let timed = Timed {
             value: record,
-            expires: inner.expiry(ttl),
+            expires: Inner::expiry(now, ttl),
         };
         match inner.pending.entry(*key) {
             Entry::Occupied(mut e) if e.get().expires <= now => {
@@ -316,7 +317,7 @@ impl MemoryStore {
         let now = inner.now();
         let timed = Timed {
             value: Slot::Live(binding),
-            expires: inner.expiry(ttl),
+            expires: Inner::expiry(now, ttl),
         };
         match inner.bindings.entry(*key) {
             Entry::Occupied(mut e) if e.get().expires <= now => {
