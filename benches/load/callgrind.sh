@@ -39,15 +39,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pick_port() {
-  local p
-  for _ in $(seq 1 100); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    if port_free "$p"; then echo "$p"; return; fi
-  done
-  echo "callgrind.sh: no free port" >&2; exit 1
-}
+# shellcheck source=ports.sh
+source "$here/ports.sh"
 wait_port() {
   for _ in $(seq 1 150); do
     if ! port_free "$1"; then return; fi

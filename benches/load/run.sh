@@ -115,18 +115,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() {
-  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-pick_port() {
-  local p
-  for _ in $(seq 1 100); do
-    p=$(( 20000 + RANDOM % 30000 ))
-    if port_free "$p"; then echo "$p"; return; fi
-  done
-  echo "run.sh: no free port found" >&2
-  exit 1
-}
+# shellcheck source=ports.sh
+source "$here/ports.sh"
 wait_port() {
   local what=$1 port=$2 pid=$3
   for _ in $(seq 1 100); do

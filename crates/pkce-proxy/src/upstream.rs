@@ -275,17 +275,11 @@ fn encode_head(
         if name == header::TRANSFER_ENCODING || overrides.replaces(name) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        encode_field(out, name, value);
     }
     for (name, value) in overrides.iter() {
         if let Some(value) = value {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            encode_field(out, name, value);
         }
     }
     let chunked = match request_length(&parts.method, body, had_length) {
@@ -301,6 +295,14 @@ fn encode_head(
     };
     out.extend_from_slice(b"\r\n");
     chunked
+}
+
+/// Appends one header (or trailer) field line.
+fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends a data frame to `out` in the request's framing.
@@ -321,10 +323,7 @@ fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
 fn encode_end(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        encode_field(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -596,9 +595,7 @@ pub(crate) async fn exchange(
             if let Some(e) = write_error.take() {
                 return Poll::Ready(Err(e));
             }
-            if ready!(conn.poll_fill(cx, MAX_HEAD))? == 0 {
-                return Poll::Ready(Err(Http1Error::Closed));
-            }
+            ready!(poll_more(&mut conn, cx, MAX_HEAD))?;
         }
     })
     .await;
