@@ -23,7 +23,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,6 +32,7 @@ use tower_pkce::{Endpoint, RequestBody};
 use tower_service::Service;
 
 use crate::config::{Config, Upstream};
+pub use crate::http1::{ClientBody, ClientBodyError};
 use crate::metrics::Metrics;
 use crate::upstream::{self, Connection, HeaderOverrides, Http1Error, Keep};
 pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
@@ -41,7 +41,7 @@ pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 /// proxy's own error.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody<Incoming>>;
+type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody<ClientBody>>;
 
 /// Idle upstream connections kept in the shared pool, at most.
 const MAX_SHARED_IDLE: usize = 1024;
@@ -356,7 +356,7 @@ impl Forwarder {
     /// The proxy's own header fields for `req`: `Host` when it has none,
     /// and the `X-Forwarded-*` fields, which replace the client's unless
     /// the client is trusted.
-    fn forwarded_headers(&self, req: &Request<RequestBody<Incoming>>) -> HeaderOverrides {
+    fn forwarded_headers(&self, req: &Request<RequestBody<ClientBody>>) -> HeaderOverrides {
         let headers = req.headers();
         let mut overrides = HeaderOverrides::default();
         let host = headers.get(header::HOST).cloned().or_else(|| {
@@ -410,7 +410,7 @@ impl std::fmt::Debug for Forwarder {
 async fn send_plain(
     pool: &Pool,
     conn: Arc<ClientConnection>,
-    mut req: Request<RequestBody<Incoming>>,
+    mut req: Request<RequestBody<ClientBody>>,
     overrides: HeaderOverrides,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     loop {
@@ -465,7 +465,7 @@ pub(crate) fn upstream_error(status: StatusCode, endpoint: Endpoint) -> Response
     response
 }
 
-impl Service<Request<RequestBody<Incoming>>> for Forwarder {
+impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -474,7 +474,7 @@ impl Service<Request<RequestBody<Incoming>>> for Forwarder {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<RequestBody<Incoming>>) -> Self::Future {
+    fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> Self::Future {
         let endpoint = self.endpoint;
         let Some(uri) = self.upstream_uri(req.uri()) else {
             return Box::pin(async move { Ok(upstream_error(StatusCode::BAD_GATEWAY, endpoint)) });

@@ -23,11 +23,13 @@
 pub mod config;
 pub mod demo;
 pub mod forward;
+mod http1;
 pub mod legacy;
 pub mod metrics;
 pub mod server;
 pub mod store;
 mod upstream;
+mod wire;
 
 use std::process::ExitCode;
 

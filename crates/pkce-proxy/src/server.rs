@@ -1,5 +1,6 @@
-//! The listeners: the proxy itself and the admin endpoints, served with
-//! hyper-util's auto (HTTP/1.1 and HTTP/2) builder and shut down gracefully.
+//! The listeners, shut down gracefully: the proxy's client connections,
+//! served by `http1` (HTTP/1.1 of its own, HTTP/2 through hyper), and the
+//! admin endpoints, served with hyper-util's auto builder.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +22,8 @@ use tower_pkce::store::Store;
 use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody};
 
 use crate::config::{Config, Upstream};
-use crate::forward::{Forwarder, ProxyBody};
+use crate::forward::{ClientBody, Forwarder, ProxyBody};
+use crate::http1;
 use crate::metrics::Metrics;
 use crate::store::ProxyStore;
 
@@ -130,24 +132,88 @@ where
     })
 }
 
+/// How long a client has to send a request head; also the idle limit of a
+/// keep-alive connection.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts client connections on `listener` and serves each with the
+/// handler `make` builds for its peer (see `http1`), until `stop` turns
+/// true; then drains.
+fn serve_clients<M, H, F, B>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+    make: M,
+) -> JoinHandle<()>
+where
+    M: Fn(SocketAddr) -> H + Send + 'static,
+    H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
+    let settings = http1::Settings {
+        head_timeout: HEAD_TIMEOUT,
+    };
+    tokio::spawn(async move {
+        let shutdown = Arc::new(http1::Shutdown::default());
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(http1::serve_connection(
+                            stream,
+                            make(peer),
+                            shutdown.clone(),
+                            settings,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(listener = "proxy", error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        shutdown.begin();
+        tokio::select! {
+            () = shutdown.drained() => tracing::info!(listener = "proxy", "drained"),
+            () = tokio::time::sleep(drain) => {
+                tracing::warn!(listener = "proxy", ?drain, "drain timed out; closing the remaining connections");
+            }
+        }
+    })
+}
+
 type ProxyService = Pkce<Forwarder, ProxyStore>;
 
 async fn handle(
     mut pkce: ProxyService,
     metrics: Arc<Metrics>,
     endpoint: Endpoint,
-    req: Request<Incoming>,
-) -> Result<Response<ResponseBody<ProxyBody>>, Infallible> {
+    req: Request<ClientBody>,
+) -> Response<ResponseBody<ProxyBody>> {
     // The forwarder learns the endpoint from the server, which classified
     // the request already (for the metrics).
     pkce.get_mut().set_endpoint(endpoint);
-    let response = pkce.oneshot(req).await?;
+    let response = match pkce.oneshot(req).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
     metrics.request(
         endpoint,
         response.status(),
         response.extensions().get::<Rejection>().copied(),
     );
-    Ok(response)
+    response
 }
 
 /// Binds both listeners and starts serving. Everything in `config` is
@@ -179,11 +245,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let proxy_task = {
         let layer = layer.clone();
         let metrics = metrics.clone();
-        serve(
+        serve_clients(
             listener,
             stop_rx.clone(),
             config.drain_timeout,
-            "proxy",
             move |peer| {
                 // Each client connection gets its own forwarder: it keeps
                 // the upstream connections that connection's requests use.
@@ -192,10 +257,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 *pkce.get_mut() = forwarder;
                 let layer = layer.clone();
                 let metrics = metrics.clone();
-                hyper::service::service_fn(move |req: Request<Incoming>| {
+                move |req: Request<ClientBody>| {
                     let endpoint = layer.endpoint(req.uri().path());
                     handle(pkce.clone(), metrics.clone(), endpoint, req)
-                })
+                }
             },
         )
     };

@@ -23,18 +23,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_pkce::RequestBody;
 
-/// The request body the forwarder sends.
-pub(crate) type OutgoingBody = RequestBody<Incoming>;
+use crate::http1::ClientBody;
+use crate::wire::{self, Framing, Inbox, MAX_HEAD, encode_data, encode_end, encode_field};
 
-/// The read buffer's size; a response head may grow it up to [`MAX_HEAD`].
-const READ_BUFFER: usize = 8 * 1024;
-/// The largest response head (or trailer section) taken from the upstream.
-const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields in a response head or trailer section.
+/// The request body the forwarder sends.
+pub(crate) type OutgoingBody = RequestBody<ClientBody>;
+
+/// The most header fields in a response head.
 const MAX_HEADERS: usize = 128;
 /// Request bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -51,7 +49,17 @@ pub(crate) enum Http1Error {
     /// The upstream's response breaks HTTP/1.1.
     Malformed(&'static str),
     /// The client's request body failed while it was being sent.
-    RequestBody(hyper::Error),
+    RequestBody(crate::http1::ClientBodyError),
+}
+
+impl From<wire::WireError> for Http1Error {
+    fn from(e: wire::WireError) -> Self {
+        match e {
+            wire::WireError::Io(e) => Self::Io(e),
+            wire::WireError::Closed => Self::Closed,
+            wire::WireError::Malformed(why) => Self::Malformed(why),
+        }
+    }
 }
 
 impl std::fmt::Display for Http1Error {
@@ -71,7 +79,7 @@ impl std::error::Error for Http1Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Io(e) => Some(e),
-            Self::RequestBody(e) => Some(e),
+            Self::RequestBody(e) => Some(&**e),
             Self::Closed | Self::Malformed(_) => None,
         }
     }
@@ -80,11 +88,7 @@ impl std::error::Error for Http1Error {
 /// An open HTTP/1.1 connection to the upstream, with its buffers.
 pub(crate) struct Connection {
     stream: TcpStream,
-    /// Zeroed once, so reads need no initialisation; `buf[start..end]` holds
-    /// what was read and not yet used.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    inbox: Inbox,
     out: Vec<u8>,
     written: usize,
 }
@@ -93,9 +97,7 @@ impl Connection {
     pub(crate) fn new(stream: TcpStream) -> Self {
         Self {
             stream,
-            buf: vec![0; READ_BUFFER],
-            start: 0,
-            end: 0,
+            inbox: Inbox::default(),
             out: Vec::with_capacity(1024),
             written: 0,
         }
@@ -105,7 +107,7 @@ impl Connection {
     /// closed it nor sent anything since its last response. A connection
     /// with no readable event pending needs no system call to tell.
     pub(crate) fn is_usable(&self) -> bool {
-        if self.start != self.end {
+        if !self.inbox.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -119,65 +121,23 @@ impl Connection {
         }
     }
 
-    fn buffered(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Reads more from the upstream; `Ok(0)` at end of stream. Room is made
-    /// by moving unread bytes to the front, then by growing up to `limit`.
-    fn poll_fill(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Result<usize, Http1Error>> {
-        if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else if self.buf.len() < limit {
-                let grown = (self.buf.len() * 2).min(limit);
-                self.buf.resize(grown, 0);
-            } else {
-                return Poll::Ready(Err(Http1Error::Malformed(
-                    "a response line or head is too large",
-                )));
-            }
-        }
-        let mut read = ReadBuf::new(&mut self.buf[self.end..]);
-        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read)).map_err(Http1Error::Io)?;
-        let n = read.filled().len();
-        self.end += n;
-        Poll::Ready(Ok(n))
+    /// Reads more for a response that is not complete.
+    fn poll_more(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Result<(), Http1Error>> {
+        self.inbox
+            .poll_more(&self.stream, cx, limit)
+            .map_err(Http1Error::from)
     }
 
     /// Writes what is in the output buffer.
     fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.out.len() {
-            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.out[self.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
-        }
-        self.out.clear();
-        self.written = 0;
-        Poll::Ready(Ok(()))
+        wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written)
     }
 
     fn finish_exchange(&mut self) {
         if self.out.capacity() > WRITE_BUFFER_KEPT {
             self.out = Vec::with_capacity(1024);
         }
-        if self.buf.len() > READ_BUFFER && self.start == self.end {
-            self.buf = vec![0; READ_BUFFER];
-            self.start = 0;
-            self.end = 0;
-        }
+        self.inbox.shrink();
     }
 }
 
@@ -297,37 +257,6 @@ fn encode_head(
     chunked
 }
 
-/// Appends one header (or trailer) field line.
-fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends a data frame to `out` in the request's framing.
-fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
-    if data.is_empty() {
-        return;
-    }
-    if chunked {
-        let _ = write!(out, "{:x}\r\n", data.len());
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(data);
-    }
-}
-
-/// Appends the end of a chunked body, with its trailers.
-fn encode_end(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
-    out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
-        encode_field(out, name, value);
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Moves the request along: takes what the body has ready, and writes.
 /// `Ready(Ok(()))` once the whole request is written; the request is then
 /// dropped from `outgoing`.
@@ -379,25 +308,6 @@ fn poll_send(
     }
 }
 
-/// How the rest of the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// This many bytes are left.
-    Length(u64),
-    /// Chunked: the next thing is a chunk-size line.
-    ChunkSize,
-    /// Chunked: this many bytes are left in the current chunk.
-    ChunkData(u64),
-    /// Chunked: the CRLF after a chunk's data.
-    ChunkEnd,
-    /// Chunked: the trailer section after the last chunk.
-    Trailers,
-    /// Until the upstream closes the connection.
-    UntilClose,
-    /// The body is complete.
-    Done,
-}
-
 /// A response head, and what is needed to read its body.
 struct Head {
     status: StatusCode,
@@ -410,20 +320,20 @@ struct Head {
 /// Parses a response head at the front of `conn`'s buffer: `None` when more
 /// bytes are needed.
 fn parse_head(conn: &mut Connection, method: &Method) -> Result<Option<Head>, Http1Error> {
-    if conn.start == conn.end {
+    if conn.inbox.is_empty() {
         return Ok(None);
     }
     // Most heads are small: a short array first, which is cheap to set up.
     let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
-    let parsed = match parse_head_with(conn.buffered(), method, &mut few) {
+    let parsed = match parse_head_with(conn.inbox.buffered(), method, &mut few) {
         Err(Http1Error::Malformed(TOO_MANY_HEADERS)) => {
             let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            parse_head_with(conn.buffered(), method, &mut many)
+            parse_head_with(conn.inbox.buffered(), method, &mut many)
         }
         parsed => parsed,
     };
     Ok(parsed?.map(|(head, len)| {
-        conn.consume(len);
+        conn.inbox.consume(len);
         head
     }))
 }
@@ -470,7 +380,8 @@ fn parse_head_with<'b>(
         let value = HeaderValue::from_maybe_shared(head.slice(offset..offset + field.value.len()))
             .map_err(|_| Http1Error::Malformed("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
-            let n = parse_length(value.as_bytes())?;
+            let n = wire::parse_length(value.as_bytes())
+                .ok_or(Http1Error::Malformed("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Http1Error::Malformed("conflicting Content-Length values"));
             }
@@ -478,16 +389,9 @@ fn parse_head_with<'b>(
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
             // Only the last coding decides: `chunked` must come last.
-            chunked = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = wire::ends_chunked(value.as_bytes());
         } else if name == header::CONNECTION {
-            close |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= wire::has_token(value.as_bytes(), b"close");
         }
         headers.append(name, value);
     }
@@ -507,11 +411,7 @@ fn parse_head_with<'b>(
             Framing::UntilClose
         }
     } else if let Some(n) = length {
-        if n == 0 {
-            Framing::Done
-        } else {
-            Framing::Length(n)
-        }
+        Framing::length(n)
     } else {
         Framing::UntilClose
     };
@@ -526,19 +426,6 @@ fn parse_head_with<'b>(
         },
         len,
     )))
-}
-
-fn parse_length(value: &[u8]) -> Result<u64, Http1Error> {
-    let invalid = || Http1Error::Malformed("invalid Content-Length");
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return Err(invalid());
-    }
-    value
-        .iter()
-        .try_fold(0u64, |n, &d| {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
-        .ok_or_else(invalid)
 }
 
 /// Where a connection goes when its exchange ended cleanly.
@@ -595,14 +482,14 @@ pub(crate) async fn exchange(
             if let Some(e) = write_error.take() {
                 return Poll::Ready(Err(e));
             }
-            ready!(poll_more(&mut conn, cx, MAX_HEAD))?;
+            ready!(conn.poll_more(cx, MAX_HEAD))?;
         }
     })
     .await;
     let head = match head {
         Ok(head) => head,
         Err(e) => {
-            let nothing_received = conn.start == conn.end;
+            let nothing_received = conn.inbox.is_empty();
             let again = match spare {
                 Some(body)
                     if nothing_received && matches!(e, Http1Error::Io(_) | Http1Error::Closed) =>
@@ -655,7 +542,7 @@ impl ResponseStream {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if self.keep_alive && self.outgoing.is_none() && conn.start == conn.end {
+        if self.keep_alive && self.outgoing.is_none() && conn.inbox.is_empty() {
             conn.finish_exchange();
             if let Some(home) = home {
                 home.keep(conn);
@@ -681,7 +568,12 @@ impl ResponseStream {
                 }
             }
         }
-        match ready!(read_frame(conn, &mut self.framing, cx)) {
+        match ready!(wire::read_frame(
+            &mut conn.inbox,
+            &conn.stream,
+            &mut self.framing,
+            cx
+        )) {
             Ok(frame) => {
                 self.release_if_done();
                 Poll::Ready(frame.map(Ok))
@@ -690,115 +582,7 @@ impl ResponseStream {
                 self.conn = None;
                 self.outgoing = None;
                 self.framing = Framing::Done;
-                Poll::Ready(Some(Err(e)))
-            }
-        }
-    }
-}
-
-/// Reads more into `conn` for a body that is not complete: the end of the
-/// stream is an error there.
-fn poll_more(
-    conn: &mut Connection,
-    cx: &mut Context<'_>,
-    limit: usize,
-) -> Poll<Result<(), Http1Error>> {
-    match ready!(conn.poll_fill(cx, limit))? {
-        0 => Poll::Ready(Err(Http1Error::Closed)),
-        _ => Poll::Ready(Ok(())),
-    }
-}
-
-/// The next frame of the body framed as `framing`: `None` at its end.
-fn read_frame(
-    conn: &mut Connection,
-    framing: &mut Framing,
-    cx: &mut Context<'_>,
-) -> Poll<Result<Option<Frame<Bytes>>, Http1Error>> {
-    loop {
-        match *framing {
-            Framing::Done => return Poll::Ready(Ok(None)),
-            Framing::Length(0) => *framing = Framing::Done,
-            Framing::Length(left) | Framing::ChunkData(left) => {
-                if conn.start == conn.end {
-                    ready!(poll_more(conn, cx, READ_BUFFER))?;
-                }
-                let available = conn.buffered();
-                let n = usize::try_from(left).map_or(available.len(), |l| l.min(available.len()));
-                let data = Bytes::copy_from_slice(&available[..n]);
-                conn.consume(n);
-                let left = left - n as u64;
-                *framing = match *framing {
-                    Framing::Length(_) if left == 0 => Framing::Done,
-                    Framing::Length(_) => Framing::Length(left),
-                    _ if left == 0 => Framing::ChunkEnd,
-                    _ => Framing::ChunkData(left),
-                };
-                return Poll::Ready(Ok(Some(Frame::data(data))));
-            }
-            Framing::ChunkSize => match httparse::parse_chunk_size(conn.buffered()) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    conn.consume(used);
-                    *framing = if size == 0 {
-                        Framing::Trailers
-                    } else {
-                        Framing::ChunkData(size)
-                    };
-                }
-                Ok(httparse::Status::Partial) => ready!(poll_more(conn, cx, READ_BUFFER))?,
-                Err(_) => return Poll::Ready(Err(Http1Error::Malformed("invalid chunk size"))),
-            },
-            Framing::ChunkEnd => {
-                let available = conn.buffered();
-                if available.len() < 2 {
-                    ready!(poll_more(conn, cx, READ_BUFFER))?;
-                } else if available.starts_with(b"\r\n") {
-                    conn.consume(2);
-                    *framing = Framing::ChunkSize;
-                } else {
-                    return Poll::Ready(Err(Http1Error::Malformed("chunk data too long")));
-                }
-            }
-            Framing::Trailers => {
-                let available = conn.buffered();
-                if available.starts_with(b"\r\n") {
-                    conn.consume(2);
-                    *framing = Framing::Done;
-                    continue;
-                }
-                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::parse_headers(available, &mut fields) {
-                    Ok(httparse::Status::Complete((used, parsed))) => {
-                        let mut trailers = HeaderMap::with_capacity(parsed.len());
-                        for field in parsed {
-                            let (Ok(name), Ok(value)) = (
-                                HeaderName::from_bytes(field.name.as_bytes()),
-                                HeaderValue::from_bytes(field.value),
-                            ) else {
-                                return Poll::Ready(Err(Http1Error::Malformed(
-                                    "invalid trailer field",
-                                )));
-                            };
-                            trailers.append(name, value);
-                        }
-                        conn.consume(used);
-                        *framing = Framing::Done;
-                        return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
-                    }
-                    Ok(httparse::Status::Partial) => ready!(poll_more(conn, cx, MAX_HEAD))?,
-                    Err(_) => {
-                        return Poll::Ready(Err(Http1Error::Malformed("invalid trailer section")));
-                    }
-                }
-            }
-            Framing::UntilClose => {
-                if conn.start == conn.end && ready!(conn.poll_fill(cx, READ_BUFFER))? == 0 {
-                    *framing = Framing::Done;
-                    return Poll::Ready(Ok(None));
-                }
-                let data = Bytes::copy_from_slice(conn.buffered());
-                conn.consume(data.len());
-                return Poll::Ready(Ok(Some(Frame::data(data))));
+                Poll::Ready(Some(Err(e.into())))
             }
         }
     }

@@ -1,0 +1,1409 @@
+//! Client connections: HTTP/1.1 served by the proxy itself, HTTP/2 (with
+//! prior knowledge) handed to hyper.
+//!
+//! An HTTP/1.1 connection is one task that reads a request head, calls the
+//! handler, and writes the response, then waits for the next head. The
+//! request body is read from the same socket by whoever polls it (the
+//! upstream client, in the same task), so nothing is spawned and nothing
+//! goes through a channel. What the connection does:
+//!
+//! - Heads: at most [`MAX_HEAD`] bytes (431 beyond) and [`MAX_FIELDS`]
+//!   fields, within the head timeout, which also bounds an idle keep-alive
+//!   connection. A malformed head gets 400.
+//! - Request framing (RFC 9112 §6): `Content-Length`, or `chunked` as the
+//!   only transfer coding (501 for others). Both at once, conflicting
+//!   lengths, or `Transfer-Encoding` in HTTP/1.0 get 400: each is a way to
+//!   smuggle a request past a proxy.
+//! - `Expect: 100-continue`: the interim answer goes out when the body is
+//!   first read, never after the final response has started.
+//! - Responses: `Content-Length` when the size is known, `chunked`
+//!   otherwise (close-delimited for an HTTP/1.0 client), trailers when the
+//!   client sent `TE: trailers`, no body after HEAD, 1xx, 204 and 304, and
+//!   `Date` when the response has none.
+//! - Keep-alive as RFC 9112 §9.3 has it; the connection closes after a
+//!   response whose request body was not read to its end. A closing
+//!   connection shuts its write side and reads what the client still sends
+//!   for a while (a "lingering close"), so that the client receives the
+//!   response instead of a reset.
+//! - Shutdown: idle connections close at once, a request in flight gets its
+//!   response (with `Connection: close`).
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::io::{self, Write as _};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+use crate::wire::{
+    self, Framing, Inbox, MAX_HEAD, WireError, encode_data, encode_end, encode_field,
+};
+
+/// The most header fields in a request head.
+pub(crate) const MAX_FIELDS: usize = 100;
+/// Header fields parsed on the first try; a head with more is parsed again.
+const FEW_FIELDS: usize = 32;
+/// Response bytes gathered before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+/// A write buffer that grew past this is shrunk after its response.
+const WRITE_BUFFER_KEPT: usize = 16 * 1024;
+/// How long a closing connection reads what the client still sends, at
+/// most, and after how long a pause it stops.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_PAUSE: Duration = Duration::from_secs(1);
+/// The start of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// How client connections are served.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// How long a client has to send a request head, counted from when the
+    /// connection starts waiting for it; this also closes idle keep-alive
+    /// connections.
+    pub(crate) head_timeout: Duration,
+}
+
+/// Tells connections to finish, and counts those still open.
+#[derive(Debug, Default)]
+pub(crate) struct Shutdown {
+    stopping: AtomicBool,
+    stop: Notify,
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+impl Shutdown {
+    /// Asks every connection to finish: idle ones close now, busy ones
+    /// after their response.
+    pub(crate) fn begin(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when no connection is open.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let mut closed = pin!(self.closed.notified());
+            closed.as_mut().enable();
+            if self.open.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> OpenConnection {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(self.clone())
+    }
+}
+
+/// Counts one connection as open while it lives.
+struct OpenConnection(Arc<Shutdown>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// The body of a client's request: read from the connection as it is
+/// polled, or already whole, or from hyper for HTTP/2.
+pub struct ClientBody(BodyKind);
+
+enum BodyKind {
+    Full(Option<Bytes>),
+    Stream(Arc<Mutex<Inbound>>),
+    H2(Incoming),
+}
+
+/// An error while a client's request body was read.
+pub type ClientBodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl ClientBody {
+    /// A body with nothing in it.
+    pub fn empty() -> Self {
+        Self(BodyKind::Full(None))
+    }
+
+    /// A body that is already whole.
+    pub fn full(data: Bytes) -> Self {
+        Self(BodyKind::Full((!data.is_empty()).then_some(data)))
+    }
+
+    pub(crate) fn h2(body: Incoming) -> Self {
+        Self(BodyKind::H2(body))
+    }
+}
+
+impl std::fmt::Debug for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBody").finish_non_exhaustive()
+    }
+}
+
+/// A request body still on the wire, shared by the body and its
+/// connection, which takes the read buffer back when the body has ended.
+struct Inbound {
+    stream: Arc<TcpStream>,
+    inbox: Inbox,
+    framing: Framing,
+    /// How much of `100 Continue` is written, while it is owed.
+    interim: Option<usize>,
+    /// The final response has started: no interim response may follow.
+    answered: bool,
+    failed: bool,
+}
+
+fn lock(inbound: &Mutex<Inbound>) -> MutexGuard<'_, Inbound> {
+    inbound.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a client's request body could not be read.
+#[derive(Debug)]
+struct RequestBodyError(WireError);
+
+impl std::fmt::Display for RequestBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client's request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for RequestBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl Inbound {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        if let Some(written) = self.interim.as_mut() {
+            if !self.answered {
+                while *written < CONTINUE.len() {
+                    match self.stream.try_write(&CONTINUE[*written..]) {
+                        Ok(n) => *written += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if let Err(e) = ready!(self.stream.poll_write_ready(cx)) {
+                                self.failed = true;
+                                return Poll::Ready(Some(Err(WireError::Io(e))));
+                            }
+                        }
+                        Err(e) => {
+                            self.failed = true;
+                            return Poll::Ready(Some(Err(WireError::Io(e))));
+                        }
+                    }
+                }
+            }
+            self.interim = None;
+        }
+        match ready!(wire::read_frame(
+            &mut self.inbox,
+            &self.stream,
+            &mut self.framing,
+            cx
+        )) {
+            Ok(frame) => Poll::Ready(frame.map(Ok)),
+            Err(e) => {
+                self.failed = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.framing == Framing::Done && !self.failed
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match &mut self.get_mut().0 {
+            BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyKind::Stream(inbound) => lock(inbound)
+                .poll_frame(cx)
+                .map_err(|e| RequestBodyError(e).into()),
+            BodyKind::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            BodyKind::Full(data) => data.is_none(),
+            BodyKind::Stream(inbound) => {
+                let inbound = lock(inbound);
+                inbound.framing == Framing::Done || inbound.failed
+            }
+            BodyKind::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            BodyKind::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            BodyKind::Stream(inbound) => match lock(inbound).framing {
+                Framing::Done => SizeHint::with_exact(0),
+                Framing::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+            BodyKind::H2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A request head, parsed, and what the connection needs to know of it.
+struct Head {
+    request: Request<()>,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+    trailers_ok: bool,
+}
+
+/// A request the connection answers itself, and then closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal(StatusCode, &'static str);
+
+const TOO_MANY_FIELDS: Refusal = Refusal(
+    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    "too many header fields",
+);
+
+/// Parses a request head at the front of `buffered`: with its length, or
+/// `None` when more bytes are needed.
+fn parse_head(buffered: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
+    let mut few = [httparse::EMPTY_HEADER; FEW_FIELDS];
+    match parse_head_with(buffered, &mut few) {
+        Err(TOO_MANY_FIELDS) => {
+            let mut many = [httparse::EMPTY_HEADER; MAX_FIELDS];
+            parse_head_with(buffered, &mut many)
+        }
+        parsed => parsed,
+    }
+}
+
+fn parse_head_with<'b>(
+    buffered: &'b [u8],
+    fields: &mut [httparse::Header<'b>],
+) -> Result<Option<(Head, usize)>, Refusal> {
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    let mut parsed = httparse::Request::new(fields);
+    let len = match parsed.parse(buffered) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(TOO_MANY_FIELDS),
+        Err(_) => return Err(Refusal(BAD, "malformed request head")),
+    };
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(Refusal(BAD, "malformed request head"));
+    };
+    let method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| Refusal(BAD, "invalid method"))?;
+    let http10 = minor == 0;
+    // Header values and the target share one copy of the head.
+    let head = Bytes::copy_from_slice(&buffered[..len]);
+    let base = buffered.as_ptr() as usize;
+    let slice = |part: &[u8]| {
+        let offset = part.as_ptr() as usize - base;
+        head.slice(offset..offset + part.len())
+    };
+    let uri = Uri::from_maybe_shared(slice(target.as_bytes()))
+        .map_err(|_| Refusal(BAD, "invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut length: Option<u64> = None;
+    let mut codings = 0;
+    let mut chunked = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut expect_continue = false;
+    let mut trailers_ok = false;
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Refusal(BAD, "invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(slice(field.value))
+            .map_err(|_| Refusal(BAD, "invalid header value"))?;
+        let bytes = value.as_bytes();
+        match name {
+            header::CONTENT_LENGTH => {
+                let n = wire::parse_length(bytes).ok_or(Refusal(BAD, "invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Refusal(BAD, "conflicting Content-Length values"));
+                }
+                length = Some(n);
+            }
+            header::TRANSFER_ENCODING => {
+                codings += 1;
+                chunked = bytes.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                if !chunked && wire::ends_chunked(bytes) {
+                    return Err(Refusal(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "only the chunked transfer coding is supported",
+                    ));
+                }
+            }
+            header::CONNECTION => {
+                close |= wire::has_token(bytes, b"close");
+                keep_alive |= wire::has_token(bytes, b"keep-alive");
+            }
+            header::EXPECT => {
+                expect_continue |= bytes.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            }
+            header::TE => trailers_ok |= wire::has_token(bytes, b"trailers"),
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    let framing = if codings > 0 {
+        if http10 || length.is_some() || codings > 1 || !chunked {
+            return Err(Refusal(BAD, "ambiguous or invalid request framing"));
+        }
+        Framing::ChunkSize
+    } else {
+        length.map_or(Framing::Done, Framing::length)
+    };
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *request.headers_mut() = headers;
+    Ok(Some((
+        Head {
+            request,
+            framing,
+            keep_alive: if http10 { keep_alive && !close } else { !close },
+            expect_continue: expect_continue && !http10,
+            trailers_ok,
+        },
+        len,
+    )))
+}
+
+/// What waiting for a request head ended with.
+// Made once per request and moved once: a box would cost more than the size.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Request(Head),
+    Http2,
+    Refuse(Refusal),
+    Close,
+}
+
+/// One client connection, between requests.
+struct Connection {
+    stream: Arc<TcpStream>,
+    inbox: Inbox,
+    out: Vec<u8>,
+    written: usize,
+    settings: Settings,
+    shutdown: Arc<Shutdown>,
+    /// Fires at the head timeout; re-armed lazily (see `poll_head`).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the shutdown notice will wake this task.
+    watching: bool,
+}
+
+impl Connection {
+    /// Waits for the next request head. `first`: an HTTP/2 preface may
+    /// come instead.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        stop: Pin<&mut tokio::sync::futures::Notified<'_>>,
+        first: bool,
+        since: &mut Option<Instant>,
+    ) -> Poll<Next> {
+        loop {
+            let buffered = self.inbox.buffered();
+            let n = buffered.len().min(H2_PREFACE.len());
+            if first && buffered[..n] == H2_PREFACE[..n] {
+                // The start of an HTTP/2 preface, or all of it.
+                if n == H2_PREFACE.len() {
+                    return Poll::Ready(Next::Http2);
+                }
+            } else if !buffered.is_empty() {
+                match parse_head(buffered) {
+                    Ok(Some((head, len))) => {
+                        self.inbox.consume(len);
+                        return Poll::Ready(Next::Request(head));
+                    }
+                    Ok(None) => {}
+                    Err(refusal) => return Poll::Ready(Next::Refuse(refusal)),
+                }
+            }
+            if self.inbox.is_empty() && self.shutdown.is_stopping() {
+                return Poll::Ready(Next::Close);
+            }
+            match self.inbox.poll_fill(&self.stream, cx, MAX_HEAD) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Next::Close),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(WireError::Malformed(_))) => {
+                    return Poll::Ready(Next::Refuse(Refusal(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "the request head is too large",
+                    )));
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Next::Close),
+                Poll::Pending => {}
+            }
+            // Nothing to read yet: the shutdown notice and the timer must
+            // be able to wake this task.
+            if !self.watching {
+                self.watching = true;
+                if stop.poll(cx).is_ready() && self.inbox.is_empty() {
+                    return Poll::Ready(Next::Close);
+                }
+            }
+            let deadline = *since.get_or_insert_with(Instant::now) + self.settings.head_timeout;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            // One timer per connection: when it fires for an earlier wait,
+            // it is moved to this wait's deadline.
+            while timer.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= deadline {
+                    tracing::debug!("no request head within the timeout; closing");
+                    return Poll::Ready(Next::Close);
+                }
+                timer.as_mut().reset(deadline);
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Writes `out` to the client.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+}
+
+/// The `Date` value for now, formatted once a second per thread.
+fn http_date() -> [u8; 29] {
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let (at, value) = cached.get();
+        if at == second {
+            return value;
+        }
+        let mut value = [0u8; 29];
+        let _ = write!(&mut value[..], "{}", httpdate::HttpDate::from(now));
+        cached.set((second, value));
+        value
+    })
+}
+
+fn encode_status(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn encode_date(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&http_date());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, length unknown).
+    UntilClose,
+}
+
+/// What the connection knows of the request it answers.
+struct Exchange {
+    head_request: bool,
+    http10: bool,
+    keep_alive: bool,
+    trailers_ok: bool,
+}
+
+/// Writes the response head into `out`; returns how the body goes out and
+/// whether the connection closes after it.
+fn encode_response_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    hint: SizeHint,
+    exchange: &Exchange,
+    closing: bool,
+) -> (Outgoing, bool) {
+    let status = parts.status;
+    encode_status(out, status);
+    let bodiless = exchange.head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // A HEAD or 304 response keeps the length of the body it stands for.
+    let keeps_length = exchange.head_request || status == StatusCode::NOT_MODIFIED;
+    let mut declared = None;
+    let mut close = !exchange.keep_alive || closing;
+    for (name, value) in &parts.headers {
+        match *name {
+            header::CONTENT_LENGTH if !keeps_length => {
+                declared = wire::parse_length(value.as_bytes());
+                continue;
+            }
+            header::TRANSFER_ENCODING => continue,
+            header::CONNECTION => {
+                close |= wire::has_token(value.as_bytes(), b"close");
+                continue;
+            }
+            _ if name.as_str() == "keep-alive" => continue,
+            _ => {}
+        }
+        encode_field(out, name, value);
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        encode_date(out);
+    }
+    let outgoing = if bodiless {
+        Outgoing::None
+    } else {
+        match hint.exact().or(declared) {
+            Some(n) => {
+                let _ = write!(out, "content-length: {n}\r\n");
+                Outgoing::Length(n)
+            }
+            None if exchange.http10 => {
+                close = true;
+                Outgoing::UntilClose
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Outgoing::Chunked
+            }
+        }
+    };
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if exchange.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (outgoing, close)
+}
+
+/// Writes `response` after its head is in `conn.out`. `Ok(true)`: the body
+/// went out whole, as framed.
+async fn write_body<B>(
+    conn: &mut Connection,
+    body: B,
+    outgoing: Outgoing,
+    trailers_ok: bool,
+) -> io::Result<bool>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    if outgoing == Outgoing::None {
+        drop(body);
+        conn.flush().await?;
+        return Ok(true);
+    }
+    let mut body = pin!(body);
+    let mut left = match outgoing {
+        Outgoing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut ended = false;
+    let mut whole = true;
+    poll_fn(|cx| {
+        loop {
+            if !ended && conn.out.len() - conn.written < WRITE_BATCH {
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        match frame.into_data() {
+                            Ok(data) => {
+                                let mut data = &data[..];
+                                if data.len() as u64 > left {
+                                    // More than the length said: the rest
+                                    // is cut, and the connection closes.
+                                    data = &data[..usize::try_from(left).unwrap_or(data.len())];
+                                    whole = false;
+                                    ended = true;
+                                }
+                                left -= data.len() as u64;
+                                encode_data(&mut conn.out, data, outgoing == Outgoing::Chunked);
+                            }
+                            Err(frame) => {
+                                if outgoing == Outgoing::Chunked {
+                                    let trailers = frame.trailers_ref().filter(|_| trailers_ok);
+                                    encode_end(&mut conn.out, trailers);
+                                }
+                                ended = true;
+                            }
+                        }
+                        continue;
+                    }
+                    Poll::Ready(None) => {
+                        match outgoing {
+                            Outgoing::Chunked => encode_end(&mut conn.out, None),
+                            Outgoing::Length(_) if left > 0 => whole = false,
+                            _ => {}
+                        }
+                        ended = true;
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "the response body failed; closing the connection");
+                        return Poll::Ready(Err(io::Error::other("the response body failed")));
+                    }
+                    Poll::Pending if conn.written == conn.out.len() => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+            }
+            ready!(conn.poll_flush(cx))?;
+            if ended {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    })
+    .await?;
+    Ok(whole)
+}
+
+/// Serves one client connection until it closes.
+pub(crate) async fn serve_connection<H, F, B>(
+    stream: TcpStream,
+    handler: H,
+    shutdown: Arc<Shutdown>,
+    settings: Settings,
+) where
+    H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ClientBodyError> + std::fmt::Display,
+{
+    let open = shutdown.enter();
+    let notify = shutdown.clone();
+    let mut stop = pin!(notify.stop.notified());
+    let mut conn = Connection {
+        stream: Arc::new(stream),
+        inbox: Inbox::default(),
+        out: Vec::with_capacity(1024),
+        written: 0,
+        settings,
+        shutdown,
+        timer: None,
+        watching: false,
+    };
+    let mut first = true;
+    let linger = loop {
+        let mut since = None;
+        let next = poll_fn(|cx| conn.poll_head(cx, stop.as_mut(), first, &mut since)).await;
+        let head = match next {
+            Next::Request(head) => head,
+            Next::Http2 => {
+                serve_h2(conn, handler, open).await;
+                return;
+            }
+            Next::Refuse(Refusal(status, why)) => {
+                tracing::debug!(%status, why, "refused a request head");
+                refuse(&mut conn, status, why).await;
+                break true;
+            }
+            Next::Close => break false,
+        };
+        first = false;
+        let Head {
+            request,
+            framing,
+            keep_alive,
+            expect_continue,
+            trailers_ok,
+        } = head;
+        let exchange = Exchange {
+            head_request: request.method() == Method::HEAD,
+            http10: request.version() == Version::HTTP_10,
+            keep_alive,
+            trailers_ok,
+        };
+        let mut inbound = None;
+        let body = match framing {
+            Framing::Done => ClientBody::empty(),
+            Framing::Length(n) if n <= conn.inbox.buffered().len() as u64 => {
+                let n = n as usize;
+                let data = Bytes::copy_from_slice(&conn.inbox.buffered()[..n]);
+                conn.inbox.consume(n);
+                ClientBody::full(data)
+            }
+            framing => {
+                let shared = Arc::new(Mutex::new(Inbound {
+                    stream: conn.stream.clone(),
+                    inbox: conn.inbox.take(),
+                    framing,
+                    interim: expect_continue.then_some(0),
+                    answered: false,
+                    failed: false,
+                }));
+                inbound = Some(shared.clone());
+                ClientBody(BodyKind::Stream(shared))
+            }
+        };
+        let response = handler(request.map(|()| body)).await;
+        let (parts, body) = response.into_parts();
+        // A request body not read to its end by now may never be: the
+        // connection closes after this response, and says so.
+        let unread = inbound.as_ref().is_some_and(|inbound| {
+            let mut inbound = lock(inbound);
+            inbound.answered = true;
+            !inbound.is_complete()
+        });
+        let (outgoing, mut close) = encode_response_head(
+            &mut conn.out,
+            &parts,
+            body.size_hint(),
+            &exchange,
+            unread || conn.shutdown.is_stopping(),
+        );
+        drop(parts);
+        match write_body(&mut conn, body, outgoing, exchange.trailers_ok).await {
+            Ok(whole) => close |= !whole,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing the response failed");
+                break false;
+            }
+        }
+        if let Some(inbound) = inbound {
+            let mut inbound = lock(&inbound);
+            if inbound.is_complete() {
+                conn.inbox = inbound.inbox.take();
+            } else {
+                break true;
+            }
+        }
+        if close {
+            break !conn.inbox.is_empty();
+        }
+        if conn.out.capacity() > WRITE_BUFFER_KEPT {
+            conn.out = Vec::with_capacity(1024);
+        }
+        conn.inbox.shrink();
+    };
+    drop(open);
+    close(&conn.stream, linger).await;
+}
+
+/// Answers a request the connection refuses, and closes.
+async fn refuse(conn: &mut Connection, status: StatusCode, why: &str) {
+    conn.out.clear();
+    conn.written = 0;
+    encode_status(&mut conn.out, status);
+    encode_date(&mut conn.out);
+    let _ = write!(
+        conn.out,
+        "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}\n",
+        why.len() + 1,
+        why
+    );
+    let _ = conn.flush().await;
+}
+
+/// Closes the connection: the write side first, then, when `linger` (the
+/// client may still be sending), what it sends is read and dropped until
+/// it pauses or a few seconds pass, so that closing with unread data does
+/// not reset the connection before the client has read the response.
+async fn close(stream: &TcpStream, linger: bool) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    if !linger {
+        return;
+    }
+    let drain = async {
+        let mut scratch = vec![0u8; 16 * 1024];
+        loop {
+            let read = poll_fn(|cx| wire::poll_read(stream, cx, &mut scratch));
+            if !matches!(tokio::time::timeout(LINGER_PAUSE, read).await, Ok(Ok(1..))) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Hands the connection to hyper's HTTP/2 server; what was read so far is
+/// read again first.
+async fn serve_h2<H, F, B>(conn: Connection, handler: H, open: OpenConnection)
+where
+    H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ClientBodyError> + std::fmt::Display,
+{
+    let Connection {
+        stream,
+        inbox,
+        shutdown,
+        ..
+    } = conn;
+    let Ok(stream) = Arc::try_unwrap(stream) else {
+        return;
+    };
+    let io = TokioIo::new(Prefixed {
+        prefix: Bytes::copy_from_slice(inbox.buffered()),
+        stream,
+    });
+    let handler = Arc::new(handler);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let answer = (*handler)(req.map(ClientBody::h2));
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service);
+    let mut served = pin!(served);
+    let stop = shutdown.stop.notified();
+    let mut stop = pin!(stop);
+    stop.as_mut().enable();
+    let result = if shutdown.is_stopping() {
+        served.as_mut().graceful_shutdown();
+        served.await
+    } else {
+        tokio::select! {
+            result = served.as_mut() => result,
+            () = stop => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP/2 connection closed with an error");
+    }
+    drop(open);
+}
+
+/// A stream with bytes already read from it in front.
+struct Prefixed {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A body of ready frames whose size is not known in advance.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn frames(data: &[&'static str], trailer: Option<(&'static str, &'static str)>) -> Frames {
+        let mut frames: VecDeque<_> = data
+            .iter()
+            .map(|d| Frame::data(Bytes::from_static(d.as_bytes())))
+            .collect();
+        if let Some((name, value)) = trailer {
+            let mut trailers = HeaderMap::new();
+            trailers.insert(name, HeaderValue::from_static(value));
+            frames.push_back(Frame::trailers(trailers));
+        }
+        Frames(frames)
+    }
+
+    /// What the test server answers, by path.
+    async fn answer(req: Request<ClientBody>) -> Response<Frames> {
+        let path = req.uri().path().to_owned();
+        let mut response = Response::new(frames(&[], None));
+        match path.as_str() {
+            "/echo" => {
+                let collected = req.into_body().collect().await;
+                let Ok(collected) = collected else {
+                    *response.status_mut() = StatusCode::BAD_REQUEST;
+                    return response;
+                };
+                let trailer = collected
+                    .trailers()
+                    .and_then(|t| t.get("x-t"))
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let body = collected.to_bytes();
+                response = Response::new(Frames(VecDeque::from([Frame::data(body.clone())])));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, body.len().into());
+                if let Some(t) = trailer {
+                    response
+                        .headers_mut()
+                        .insert("x-trailer", t.parse().unwrap());
+                }
+            }
+            "/ignore" => *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE,
+            "/stream" => response = Response::new(frames(&["ab", "cd"], Some(("x-sum", "9")))),
+            "/nocontent" => *response.status_mut() = StatusCode::NO_CONTENT,
+            "/overlong" => {
+                response = Response::new(frames(&["hello"], None));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+            }
+            "/slow" => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                response = Response::new(frames(&["late"], None));
+            }
+            _ => {
+                response = Response::new(frames(&["ok"], None));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+            }
+        }
+        response
+    }
+
+    async fn server(head_timeout: Duration) -> (SocketAddr, Arc<Shutdown>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Arc::new(Shutdown::default());
+        let connections = shutdown.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(
+                    stream,
+                    answer,
+                    connections.clone(),
+                    Settings { head_timeout },
+                ));
+            }
+        });
+        (addr, shutdown)
+    }
+
+    async fn connect(addr: SocketAddr) -> TcpStream {
+        TcpStream::connect(addr).await.unwrap()
+    }
+
+    /// Reads until `want` responses have arrived whole (by Content-Length,
+    /// chunked or, for `connection: close`, the end of the stream), or the
+    /// connection closes, or a second passes.
+    async fn read_for(stream: &mut TcpStream, until: &str) -> String {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains(until) {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Whether the server closed the connection (within two seconds).
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn settings() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        s.write_all(
+            b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let got = read_for(&mut s, "\r\n\r\nok\x00").await;
+        let answers: Vec<&str> = got.matches("HTTP/1.1 200 OK").collect();
+        assert_eq!(answers.len(), 3, "{got}");
+        let hello = got.find("hello").unwrap();
+        assert!(
+            got.find("ok").unwrap() < hello && got.rfind("ok").unwrap() > hello,
+            "{got}"
+        );
+        assert!(got.contains("date: "), "{got}");
+        assert!(!got.contains("connection: close"), "{got}");
+        // Still open for more.
+        s.write_all(b"GET /c HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(read_for(&mut s, "ok").await.contains("200 OK"));
+    }
+
+    #[tokio::test]
+    async fn a_chunked_request_body_is_read_with_its_trailers() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n",
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"6\r\n world\r\n0\r\nx-t: tail\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_for(&mut s, "hello world").await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(got.contains("content-length: 11\r\n"), "{got}");
+        assert!(got.contains("x-trailer: tail\r\n"), "{got}");
+        // The connection is kept: the body was read to its end.
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(read_for(&mut s, "ok").await.contains("200 OK"));
+    }
+
+    #[tokio::test]
+    async fn expect_continue_gets_the_interim_answer_when_the_body_is_read() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        s.write_all(b"POST /echo HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n")
+            .await
+            .unwrap();
+        let interim = read_for(&mut s, "\r\n\r\n").await;
+        assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+        s.write_all(b"ping").await.unwrap();
+        let got = read_for(&mut s, "ping").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("ping"),
+            "{got}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_left_unread_gets_no_interim_answer_and_the_connection_closes() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        s.write_all(
+            b"POST /ignore HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 100000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let got = read_for(&mut s, "\r\n\r\n").await;
+        assert!(
+            got.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{got}"
+        );
+        assert!(!got.contains("100 Continue"), "{got}");
+        assert!(got.contains("connection: close\r\n"), "{got}");
+        // The client may send the body anyway: it is read and dropped, and
+        // the connection ends with a clean close.
+        s.write_all(&vec![b'a'; 100_000]).await.unwrap();
+        assert!(closed(&mut s).await);
+    }
+
+    #[tokio::test]
+    async fn smuggling_shapes_and_bad_heads_are_refused() {
+        let (addr, _) = server(settings()).await;
+        let cases: [(&[u8], &str); 9] = [
+            (
+                b"POST /echo HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+                "400",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+                "400",
+            ),
+            (b"POST /echo HTTP/1.1\r\ncontent-length: -1\r\n\r\n", "400"),
+            (b"POST /echo HTTP/1.1\r\ncontent-length: 1,1\r\n\r\n", "400"),
+            (
+                b"POST /echo HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+                "400",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked, identity\r\n\r\n",
+                "400",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                "501",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+                "400",
+            ),
+            (b"GET /a b HTTP/1.1\r\n\r\n", "400"),
+        ];
+        for (request, status) in cases {
+            let mut s = connect(addr).await;
+            s.write_all(request).await.unwrap();
+            let got = read_for(&mut s, "\n\n").await;
+            assert!(
+                got.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{}: {got}",
+                String::from_utf8_lossy(request)
+            );
+            assert!(got.contains("connection: close\r\n"), "{got}");
+            assert!(closed(&mut s).await);
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_too_large_or_with_too_many_fields_get_431() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        let big = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
+        s.write_all(big.as_bytes()).await.unwrap();
+        let got = read_for(&mut s, "\n\n").await;
+        assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
+
+        let mut s = connect(addr).await;
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_FIELDS {
+            many.push_str(&format!("x-f{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        s.write_all(many.as_bytes()).await.unwrap();
+        let got = read_for(&mut s, "\n\n").await;
+        assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
+
+        // Forty fields are fine: the second, larger parse takes them.
+        let mut s = connect(addr).await;
+        let mut forty = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..40 {
+            forty.push_str(&format!("x-f{i}: v\r\n"));
+        }
+        forty.push_str("\r\n");
+        s.write_all(forty.as_bytes()).await.unwrap();
+        assert!(read_for(&mut s, "ok").await.starts_with("HTTP/1.1 200 OK"));
+    }
+
+    #[tokio::test]
+    async fn the_head_timeout_closes_slow_and_idle_connections() {
+        let (addr, _) = server(Duration::from_millis(300)).await;
+        // A head that never ends.
+        let mut slow = connect(addr).await;
+        slow.write_all(b"GET / HTTP/1.1\r\nx-a: 1\r\n")
+            .await
+            .unwrap();
+        // A connection that answered once and then idles.
+        let mut idle = connect(addr).await;
+        idle.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(read_for(&mut idle, "ok").await.contains("200 OK"));
+        // A busy one: each head comes within the timeout, so it stays.
+        let mut busy = connect(addr).await;
+        let started = Instant::now();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            busy.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            assert!(read_for(&mut busy, "ok").await.contains("200 OK"));
+        }
+        assert!(started.elapsed() > Duration::from_millis(500));
+        assert!(closed(&mut slow).await);
+        assert!(closed(&mut idle).await);
+    }
+
+    #[tokio::test]
+    async fn http_1_0_clients_get_keep_alive_only_when_they_ask() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let got = read_for(&mut s, "ok").await;
+        assert!(got.contains("connection: close\r\n"), "{got}");
+        assert!(closed(&mut s).await);
+
+        let mut s = connect(addr).await;
+        s.write_all(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_for(&mut s, "ok").await;
+        assert!(got.contains("connection: keep-alive\r\n"), "{got}");
+        // A body of unknown length ends with the connection for HTTP/1.0.
+        s.write_all(b"GET /stream HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_for(&mut s, "\u{0}").await;
+        assert!(got.contains("connection: close\r\n"), "{got}");
+        assert!(!got.contains("transfer-encoding"), "{got}");
+        assert!(got.ends_with("\r\n\r\nabcd"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn bodies_are_framed_by_what_is_known() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        // Unknown length: chunked; trailers only for a client that takes them.
+        s.write_all(b"GET /stream HTTP/1.1\r\n\r\n").await.unwrap();
+        let got = read_for(&mut s, "0\r\n\r\n").await;
+        assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
+        assert!(
+            got.ends_with("\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"),
+            "{got}"
+        );
+        s.write_all(b"GET /stream HTTP/1.1\r\nte: trailers\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_for(&mut s, "x-sum: 9\r\n\r\n").await;
+        assert!(got.ends_with("0\r\nx-sum: 9\r\n\r\n"), "{got}");
+        // HEAD: the head only, with the length the GET would have.
+        s.write_all(b"HEAD / HTTP/1.1\r\n\r\n").await.unwrap();
+        let got = read_for(&mut s, "\r\n\r\n").await;
+        assert!(
+            got.contains("content-length: 2\r\n") && got.ends_with("\r\n\r\n"),
+            "{got}"
+        );
+        // 204: no body, no length.
+        s.write_all(b"GET /nocontent HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_for(&mut s, "\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 204 No Content\r\n"), "{got}");
+        assert!(
+            !got.contains("content-length") && !got.contains("transfer-encoding"),
+            "{got}"
+        );
+        // Still in step: the next answer is whole and alone.
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let got = read_for(&mut s, "ok").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nok"),
+            "{got}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_its_length_is_cut_and_the_connection_closed() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        s.write_all(b"GET /overlong HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_for(&mut s, "\u{0}").await;
+        assert!(got.contains("content-length: 3\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\nhel"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_and_lets_busy_ones_finish() {
+        let (addr, shutdown) = server(settings()).await;
+        let mut idle = connect(addr).await;
+        idle.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(read_for(&mut idle, "ok").await.contains("200 OK"));
+        let mut busy = connect(addr).await;
+        busy.write_all(b"GET /slow HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shutdown.begin();
+        assert!(closed(&mut idle).await);
+        let got = read_for(&mut busy, "late").await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(got.contains("connection: close\r\n"), "{got}");
+        tokio::time::timeout(Duration::from_secs(2), shutdown.drained())
+            .await
+            .expect("every connection closed");
+    }
+}

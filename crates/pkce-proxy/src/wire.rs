@@ -1,0 +1,411 @@
+//! HTTP/1.1 message bodies on the wire (RFC 9112), shared by the proxy's
+//! two sides: the request bodies it reads from clients, and the response
+//! bodies it reads from the upstream. Reading and writing go through
+//! `&TcpStream`, so that a body and its connection can share the socket.
+
+use std::io::{self, Read as _, Write as _};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body::Frame;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// The read buffer's usual size.
+pub(crate) const READ_BUFFER: usize = 8 * 1024;
+/// The largest head (or trailer section) taken from a peer.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// The most fields in a trailer section.
+const MAX_TRAILERS: usize = 128;
+
+/// Why a message could not be read.
+#[derive(Debug)]
+pub(crate) enum WireError {
+    /// Reading from the socket failed.
+    Io(io::Error),
+    /// The peer closed the connection before the message ended.
+    Closed,
+    /// The message breaks HTTP/1.1.
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Closed => f.write_str("the connection closed before the message ended"),
+            Self::Malformed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for WireError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io(e) => Some(e),
+            Self::Closed | Self::Malformed(_) => None,
+        }
+    }
+}
+
+/// Bytes read from a socket and not yet used: `buf[start..end]`. The
+/// buffer is zeroed once, so reads need no initialisation.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Self {
+            buf: vec![0; READ_BUFFER],
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl Inbox {
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start >= self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more from `stream`; `Ok(0)` at end of stream. Room is made by
+    /// moving unread bytes to the front, then by growing up to `limit`.
+    pub(crate) fn poll_fill(
+        &mut self,
+        stream: &TcpStream,
+        cx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<Result<usize, WireError>> {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.buf.len() < limit {
+                let grown = (self.buf.len() * 2).clamp(READ_BUFFER, limit.max(READ_BUFFER));
+                self.buf.resize(grown, 0);
+            } else {
+                return Poll::Ready(Err(WireError::Malformed("a head or line is too large")));
+            }
+        }
+        let n = ready!(poll_read(stream, cx, &mut self.buf[self.end..])).map_err(WireError::Io)?;
+        self.end += n;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Reads more for a message that is not complete: the end of the
+    /// stream is an error there.
+    pub(crate) fn poll_more(
+        &mut self,
+        stream: &TcpStream,
+        cx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<Result<(), WireError>> {
+        match ready!(self.poll_fill(stream, cx, limit))? {
+            0 => Poll::Ready(Err(WireError::Closed)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Takes the buffer, leaving one that allocates nothing until it is
+    /// read into.
+    pub(crate) fn take(&mut self) -> Self {
+        std::mem::replace(
+            self,
+            Self {
+                buf: Vec::new(),
+                start: 0,
+                end: 0,
+            },
+        )
+    }
+
+    /// Shrinks a buffer that grew for a large head, once it is empty.
+    pub(crate) fn shrink(&mut self) {
+        if self.buf.len() > READ_BUFFER && self.is_empty() {
+            *self = Self::default();
+        }
+    }
+}
+
+/// Reads into `buf` from a shared stream.
+///
+/// A read that returns less than `buf` holds has emptied the socket's
+/// receive queue, so the socket's readiness is cleared then, as tokio's own
+/// `poll_read` does: the next read waits for the next readiness event
+/// instead of costing a system call that finds nothing. (Returning
+/// `WouldBlock` from `try_io` is how readiness is cleared; the bytes read
+/// are kept aside.)
+pub(crate) fn poll_read(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    loop {
+        let mut short = None;
+        let result = stream.try_io(Interest::READABLE, || {
+            let n = (&*socket2::SockRef::from(stream)).read(buf)?;
+            if n > 0 && n < buf.len() {
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        if let Some(n) = short {
+            return Poll::Ready(Ok(n));
+        }
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready!(stream.poll_read_ready(cx))?;
+            }
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+/// Writes `out[*written..]` to a shared stream; clears `out` when it is
+/// all written.
+pub(crate) fn poll_write_all(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    out: &mut Vec<u8>,
+    written: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *written < out.len() {
+        match stream.try_write(&out[*written..]) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready!(stream.poll_write_ready(cx))?;
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    out.clear();
+    *written = 0;
+    Poll::Ready(Ok(()))
+}
+
+/// How the rest of a body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked: the next thing is a chunk-size line.
+    ChunkSize,
+    /// Chunked: this many bytes are left in the current chunk.
+    ChunkData(u64),
+    /// Chunked: the CRLF after a chunk's data.
+    ChunkEnd,
+    /// Chunked: the trailer section after the last chunk.
+    Trailers,
+    /// Until the peer closes the connection (responses only).
+    UntilClose,
+    /// The body is complete.
+    Done,
+}
+
+impl Framing {
+    /// A body of `n` bytes.
+    pub(crate) fn length(n: u64) -> Self {
+        if n == 0 { Self::Done } else { Self::Length(n) }
+    }
+}
+
+/// The next frame of the body framed as `framing`, read from `inbox` and
+/// then `stream`: `None` at its end.
+pub(crate) fn read_frame(
+    inbox: &mut Inbox,
+    stream: &TcpStream,
+    framing: &mut Framing,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<Frame<Bytes>>, WireError>> {
+    loop {
+        match *framing {
+            Framing::Done => return Poll::Ready(Ok(None)),
+            Framing::Length(0) => *framing = Framing::Done,
+            Framing::Length(left) | Framing::ChunkData(left) => {
+                if inbox.is_empty() {
+                    ready!(inbox.poll_more(stream, cx, READ_BUFFER))?;
+                }
+                let available = inbox.buffered();
+                let n = usize::try_from(left).map_or(available.len(), |l| l.min(available.len()));
+                let data = Bytes::copy_from_slice(&available[..n]);
+                inbox.consume(n);
+                let left = left - n as u64;
+                *framing = match *framing {
+                    Framing::Length(_) if left == 0 => Framing::Done,
+                    Framing::Length(_) => Framing::Length(left),
+                    _ if left == 0 => Framing::ChunkEnd,
+                    _ => Framing::ChunkData(left),
+                };
+                return Poll::Ready(Ok(Some(Frame::data(data))));
+            }
+            Framing::ChunkSize => match httparse::parse_chunk_size(inbox.buffered()) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    inbox.consume(used);
+                    *framing = if size == 0 {
+                        Framing::Trailers
+                    } else {
+                        Framing::ChunkData(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) => ready!(inbox.poll_more(stream, cx, READ_BUFFER))?,
+                Err(_) => return Poll::Ready(Err(WireError::Malformed("invalid chunk size"))),
+            },
+            Framing::ChunkEnd => {
+                let available = inbox.buffered();
+                if available.len() < 2 {
+                    ready!(inbox.poll_more(stream, cx, READ_BUFFER))?;
+                } else if available.starts_with(b"\r\n") {
+                    inbox.consume(2);
+                    *framing = Framing::ChunkSize;
+                } else {
+                    return Poll::Ready(Err(WireError::Malformed("chunk data too long")));
+                }
+            }
+            Framing::Trailers => {
+                let available = inbox.buffered();
+                if available.starts_with(b"\r\n") {
+                    inbox.consume(2);
+                    *framing = Framing::Done;
+                    continue;
+                }
+                let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+                match httparse::parse_headers(available, &mut fields) {
+                    Ok(httparse::Status::Complete((used, parsed))) => {
+                        let mut trailers = HeaderMap::with_capacity(parsed.len());
+                        for field in parsed {
+                            let (Ok(name), Ok(value)) = (
+                                HeaderName::from_bytes(field.name.as_bytes()),
+                                HeaderValue::from_bytes(field.value),
+                            ) else {
+                                return Poll::Ready(Err(WireError::Malformed(
+                                    "invalid trailer field",
+                                )));
+                            };
+                            trailers.append(name, value);
+                        }
+                        inbox.consume(used);
+                        *framing = Framing::Done;
+                        return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        ready!(inbox.poll_more(stream, cx, MAX_HEAD))?;
+                    }
+                    Err(_) => {
+                        return Poll::Ready(Err(WireError::Malformed("invalid trailer section")));
+                    }
+                }
+            }
+            Framing::UntilClose => {
+                if inbox.is_empty() && ready!(inbox.poll_fill(stream, cx, READ_BUFFER))? == 0 {
+                    *framing = Framing::Done;
+                    return Poll::Ready(Ok(None));
+                }
+                let data = Bytes::copy_from_slice(inbox.buffered());
+                inbox.consume(data.len());
+                return Poll::Ready(Ok(Some(Frame::data(data))));
+            }
+        }
+    }
+}
+
+/// A `Content-Length` value: digits only, no sign, no list.
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether the last transfer coding in a `Transfer-Encoding` value is
+/// `chunked`: only then is the message's end known (RFC 9112 §6.3).
+pub(crate) fn ends_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Appends one header (or trailer) field line.
+pub(crate) fn encode_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a data frame, as a chunk when `chunked`.
+pub(crate) fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Appends the end of a chunked body, with its trailers.
+pub(crate) fn encode_end(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        encode_field(out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"1234"), Some(1234));
+        assert_eq!(parse_length(b"18446744073709551615"), None);
+        for bad in [&b""[..], b"-1", b"+1", b"1,1", b" 1", b"0x10"] {
+            assert_eq!(parse_length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn codings() {
+        assert!(ends_chunked(b"chunked"));
+        assert!(ends_chunked(b"gzip, Chunked "));
+        assert!(!ends_chunked(b"chunked, gzip"));
+        assert!(!ends_chunked(b"identity"));
+        assert!(has_token(b"keep-alive, Close", b"close"));
+        assert!(!has_token(b"closed", b"close"));
+    }
+}
