@@ -105,7 +105,11 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if trailers_ok {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    headers.remove(header::TRANSFER_ENCODING);
+    // A transfer coding overrides any length (RFC 9112 §6.3); the message
+    // is framed again on the other side, by its size or as chunked.
+    if headers.remove(header::TRANSFER_ENCODING).is_some() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
 }
 
 /// Sends requests to the upstream.
@@ -562,6 +566,7 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("100"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");

@@ -111,14 +111,17 @@ impl Shutdown {
         }
     }
 
-    fn enter(self: &Arc<Self>) -> OpenConnection {
+    /// Counts a connection as open until the guard is dropped: taken at
+    /// accept, so that a connection not yet served holds the drain.
+    pub(crate) fn enter(self: &Arc<Self>) -> OpenConnection {
         self.open.fetch_add(1, Ordering::SeqCst);
         OpenConnection(self.clone())
     }
 }
 
 /// Counts one connection as open while it lives.
-struct OpenConnection(Arc<Shutdown>);
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Arc<Shutdown>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -166,7 +169,8 @@ impl std::fmt::Debug for ClientBody {
 /// A request body still on the wire, shared by the body and its
 /// connection, which takes the read buffer back when the body has ended.
 struct Inbound {
-    stream: Arc<TcpStream>,
+    /// `None` once the connection has let go of the body (see `detach`).
+    stream: Option<Arc<TcpStream>>,
     inbox: Inbox,
     framing: Framing,
     /// How much of `100 Continue` is written, while it is owed.
@@ -174,6 +178,8 @@ struct Inbound {
     /// The final response has started: no interim response may follow.
     answered: bool,
     failed: bool,
+    /// Who waits for more of the body: woken when the connection lets go.
+    waker: Option<std::task::Waker>,
 }
 
 fn lock(inbound: &Mutex<Inbound>) -> MutexGuard<'_, Inbound> {
@@ -201,45 +207,85 @@ impl Inbound {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
-        if self.failed {
-            return Poll::Ready(None);
+        let result = self.poll_frame_inner(cx);
+        match &result {
+            Poll::Pending => {
+                if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    self.waker = Some(cx.waker().clone());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.failed = true,
+            Poll::Ready(_) => {}
         }
+        result
+    }
+
+    fn poll_frame_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
+        // Once failed, always failed: a body cut short never looks whole.
+        if self.failed {
+            return Poll::Ready(Some(Err(WireError::Malformed(
+                "the request body failed earlier",
+            ))));
+        }
+        let Some(stream) = self.stream.as_deref() else {
+            return Poll::Ready(Some(Err(WireError::Closed)));
+        };
         if let Some(written) = self.interim.as_mut() {
             if !self.answered {
                 while *written < CONTINUE.len() {
-                    match self.stream.try_write(&CONTINUE[*written..]) {
+                    match stream.try_write(&CONTINUE[*written..]) {
+                        Ok(0) => {
+                            return Poll::Ready(Some(Err(WireError::Io(
+                                io::ErrorKind::WriteZero.into(),
+                            ))));
+                        }
                         Ok(n) => *written += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if let Err(e) = ready!(self.stream.poll_write_ready(cx)) {
-                                self.failed = true;
+                            if let Err(e) = ready!(stream.poll_write_ready(cx)) {
                                 return Poll::Ready(Some(Err(WireError::Io(e))));
                             }
                         }
-                        Err(e) => {
-                            self.failed = true;
-                            return Poll::Ready(Some(Err(WireError::Io(e))));
-                        }
+                        Err(e) => return Poll::Ready(Some(Err(WireError::Io(e)))),
                     }
                 }
             }
             self.interim = None;
         }
-        match ready!(wire::read_frame(
-            &mut self.inbox,
-            &self.stream,
-            &mut self.framing,
-            cx
-        )) {
-            Ok(frame) => Poll::Ready(frame.map(Ok)),
-            Err(e) => {
-                self.failed = true;
-                Poll::Ready(Some(Err(e)))
-            }
-        }
+        wire::read_frame(&mut self.inbox, stream, &mut self.framing, cx)
+            .map(|frame| frame.transpose())
     }
 
     fn is_complete(&self) -> bool {
         self.framing == Framing::Done && !self.failed
+    }
+
+    /// The final response starts: what is owed of an interim response
+    /// already begun must go out first, whole (an interim response cut
+    /// short would corrupt the final one), and none may start after.
+    fn answer(&mut self, out: &mut Vec<u8>) {
+        self.answered = true;
+        if let Some(written) = self.interim.take()
+            && written > 0
+        {
+            out.extend_from_slice(&CONTINUE[written..]);
+        }
+    }
+
+    /// The connection is done with the socket: whoever still reads this
+    /// body (hyper's client, for an HTTPS upstream, in a task of its own)
+    /// gets an error instead of reading from a socket the connection
+    /// closes, and is woken to see it.
+    fn detach(&mut self) {
+        self.stream = None;
+        if !self.is_complete() {
+            self.failed = true;
+        }
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
     }
 }
 
@@ -353,6 +399,7 @@ fn parse_head_with<'b>(
     let mut keep_alive = false;
     let mut expect_continue = false;
     let mut trailers_ok = false;
+    let mut hosts = 0;
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Refusal(BAD, "invalid header name"))?;
@@ -385,9 +432,15 @@ fn parse_head_with<'b>(
                 expect_continue |= bytes.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             }
             header::TE => trailers_ok |= wire::has_token(bytes, b"trailers"),
+            header::HOST => hosts += 1,
             _ => {}
         }
         headers.append(name, value);
+    }
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1, never two. The proxy
+    // and the upstream must not read different hosts from one request.
+    if hosts > 1 || (hosts == 0 && !http10) {
+        return Err(Refusal(BAD, "a request needs exactly one Host header"));
     }
     let framing = if codings > 0 {
         if http10 || length.is_some() || codings > 1 || !chunked {
@@ -440,6 +493,8 @@ struct Connection {
     timer: Option<Pin<Box<Sleep>>>,
     /// Whether the shutdown notice will wake this task.
     watching: bool,
+    /// How much of a partial head has been searched for its end.
+    scanned: usize,
 }
 
 impl Connection {
@@ -460,15 +515,22 @@ impl Connection {
                 if n == H2_PREFACE.len() {
                     return Poll::Ready(Next::Http2);
                 }
-            } else if !buffered.is_empty() {
+            } else if !buffered.is_empty()
+                && (self.scanned == 0 || ends_head(&buffered[self.scanned.saturating_sub(3)..]))
+            {
+                // A head that came in pieces is parsed again only once its
+                // blank line is there: no quadratic work for a slow client.
                 match parse_head(buffered) {
                     Ok(Some((head, len))) => {
+                        self.scanned = 0;
                         self.inbox.consume(len);
                         return Poll::Ready(Next::Request(head));
                     }
-                    Ok(None) => {}
+                    Ok(None) => self.scanned = buffered.len(),
                     Err(refusal) => return Poll::Ready(Next::Refuse(refusal)),
                 }
+            } else if !buffered.is_empty() {
+                self.scanned = buffered.len();
             }
             if self.inbox.is_empty() && self.shutdown.is_stopping() {
                 return Poll::Ready(Next::Close);
@@ -518,6 +580,14 @@ impl Connection {
     async fn flush(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_flush(cx)).await
     }
+}
+
+/// Whether `bytes` holds the blank line that ends a head (httparse takes
+/// a bare LF as a line end too).
+fn ends_head(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'\n' && matches!(bytes.get(i + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..]))
+    })
 }
 
 /// The `Date` value for now, formatted once a second per thread.
@@ -681,9 +751,14 @@ where
                                 encode_data(&mut conn.out, data, outgoing == Outgoing::Chunked);
                             }
                             Err(frame) => {
-                                if outgoing == Outgoing::Chunked {
-                                    let trailers = frame.trailers_ref().filter(|_| trailers_ok);
-                                    encode_end(&mut conn.out, trailers);
+                                match outgoing {
+                                    Outgoing::Chunked => {
+                                        let trailers =
+                                            frame.trailers_ref().filter(|_| trailers_ok);
+                                        encode_end(&mut conn.out, trailers);
+                                    }
+                                    Outgoing::Length(_) if left > 0 => whole = false,
+                                    _ => {}
                                 }
                                 ended = true;
                             }
@@ -721,7 +796,7 @@ where
 pub(crate) async fn serve_connection<H, F, B>(
     stream: TcpStream,
     handler: H,
-    shutdown: Arc<Shutdown>,
+    open: OpenConnection,
     settings: Settings,
 ) where
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
@@ -730,7 +805,7 @@ pub(crate) async fn serve_connection<H, F, B>(
     B::Data: Send,
     B::Error: Into<ClientBodyError> + std::fmt::Display,
 {
-    let open = shutdown.enter();
+    let shutdown = open.0.clone();
     let notify = shutdown.clone();
     let mut stop = pin!(notify.stop.notified());
     let mut conn = Connection {
@@ -742,8 +817,11 @@ pub(crate) async fn serve_connection<H, F, B>(
         shutdown,
         timer: None,
         watching: false,
+        scanned: 0,
     };
     let mut first = true;
+    // The body of the request being answered, while it is on the wire.
+    let mut inbound: Option<Arc<Mutex<Inbound>>> = None;
     let linger = loop {
         let mut since = None;
         let next = poll_fn(|cx| conn.poll_head(cx, stop.as_mut(), first, &mut since)).await;
@@ -774,7 +852,6 @@ pub(crate) async fn serve_connection<H, F, B>(
             keep_alive,
             trailers_ok,
         };
-        let mut inbound = None;
         let body = match framing {
             Framing::Done => ClientBody::empty(),
             Framing::Length(n) if n <= conn.inbox.buffered().len() as u64 => {
@@ -785,12 +862,13 @@ pub(crate) async fn serve_connection<H, F, B>(
             }
             framing => {
                 let shared = Arc::new(Mutex::new(Inbound {
-                    stream: conn.stream.clone(),
+                    stream: Some(conn.stream.clone()),
                     inbox: conn.inbox.take(),
                     framing,
                     interim: expect_continue.then_some(0),
                     answered: false,
                     failed: false,
+                    waker: None,
                 }));
                 inbound = Some(shared.clone());
                 ClientBody(BodyKind::Stream(shared))
@@ -802,7 +880,7 @@ pub(crate) async fn serve_connection<H, F, B>(
         // connection closes after this response, and says so.
         let unread = inbound.as_ref().is_some_and(|inbound| {
             let mut inbound = lock(inbound);
-            inbound.answered = true;
+            inbound.answer(&mut conn.out);
             !inbound.is_complete()
         });
         let (outgoing, mut close) = encode_response_head(
@@ -820,13 +898,14 @@ pub(crate) async fn serve_connection<H, F, B>(
                 break false;
             }
         }
-        if let Some(inbound) = inbound {
-            let mut inbound = lock(&inbound);
-            if inbound.is_complete() {
-                conn.inbox = inbound.inbox.take();
-            } else {
+        if let Some(shared) = &inbound {
+            let mut body = lock(shared);
+            if !body.is_complete() {
                 break true;
             }
+            conn.inbox = body.inbox.take();
+            drop(body);
+            inbound = None;
         }
         if close {
             break !conn.inbox.is_empty();
@@ -836,6 +915,9 @@ pub(crate) async fn serve_connection<H, F, B>(
         }
         conn.inbox.shrink();
     };
+    if let Some(shared) = inbound {
+        lock(&shared).detach();
+    }
     drop(open);
     close(&conn.stream, linger).await;
 }
@@ -1054,6 +1136,12 @@ mod tests {
                     .headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
             }
+            "/short-trailers" => {
+                response = Response::new(frames(&["abc"], Some(("x-sum", "1"))));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+            }
             "/slow" => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 response = Response::new(frames(&["late"], None));
@@ -1078,7 +1166,7 @@ mod tests {
                 tokio::spawn(serve_connection(
                     stream,
                     answer,
-                    connections.clone(),
+                    connections.enter(),
                     Settings { head_timeout },
                 ));
             }
@@ -1142,7 +1230,9 @@ mod tests {
         assert!(got.contains("date: "), "{got}");
         assert!(!got.contains("connection: close"), "{got}");
         // Still open for more.
-        s.write_all(b"GET /c HTTP/1.1\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /c HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert!(read_for(&mut s, "ok").await.contains("200 OK"));
     }
 
@@ -1151,7 +1241,7 @@ mod tests {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
         s.write_all(
-            b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n",
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n",
         )
         .await
         .unwrap();
@@ -1164,7 +1254,9 @@ mod tests {
         assert!(got.contains("content-length: 11\r\n"), "{got}");
         assert!(got.contains("x-trailer: tail\r\n"), "{got}");
         // The connection is kept: the body was read to its end.
-        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert!(read_for(&mut s, "ok").await.contains("200 OK"));
     }
 
@@ -1172,9 +1264,11 @@ mod tests {
     async fn expect_continue_gets_the_interim_answer_when_the_body_is_read() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
-        s.write_all(b"POST /echo HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+        )
+        .await
+        .unwrap();
         let interim = read_for(&mut s, "\r\n\r\n").await;
         assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
         s.write_all(b"ping").await.unwrap();
@@ -1190,7 +1284,7 @@ mod tests {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
         s.write_all(
-            b"POST /ignore HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 100000\r\n\r\n",
+            b"POST /ignore HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 100000\r\n\r\n",
         )
         .await
         .unwrap();
@@ -1210,34 +1304,36 @@ mod tests {
     #[tokio::test]
     async fn smuggling_shapes_and_bad_heads_are_refused() {
         let (addr, _) = server(settings()).await;
-        let cases: [(&[u8], &str); 9] = [
+        let cases: [(&[u8], &str); 11] = [
+            (b"GET / HTTP/1.1\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", "400"),
             (
-                b"POST /echo HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
                 "400",
             ),
             (
-                b"POST /echo HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
                 "400",
             ),
-            (b"POST /echo HTTP/1.1\r\ncontent-length: -1\r\n\r\n", "400"),
-            (b"POST /echo HTTP/1.1\r\ncontent-length: 1,1\r\n\r\n", "400"),
+            (b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n", "400"),
+            (b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1,1\r\n\r\n", "400"),
             (
                 b"POST /echo HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
                 "400",
             ),
             (
-                b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked, identity\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, identity\r\n\r\n",
                 "400",
             ),
             (
-                b"POST /echo HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
                 "501",
             ),
             (
-                b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
                 "400",
             ),
-            (b"GET /a b HTTP/1.1\r\n\r\n", "400"),
+            (b"GET /a b HTTP/1.1\r\nhost: x\r\n\r\n", "400"),
         ];
         for (request, status) in cases {
             let mut s = connect(addr).await;
@@ -1257,13 +1353,16 @@ mod tests {
     async fn heads_too_large_or_with_too_many_fields_get_431() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
-        let big = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
+        let big = format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+            "a".repeat(70 * 1024)
+        );
         s.write_all(big.as_bytes()).await.unwrap();
         let got = read_for(&mut s, "\n\n").await;
         assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
 
         let mut s = connect(addr).await;
-        let mut many = String::from("GET / HTTP/1.1\r\n");
+        let mut many = String::from("GET / HTTP/1.1\r\nhost: x\r\n");
         for i in 0..=MAX_FIELDS {
             many.push_str(&format!("x-f{i}: v\r\n"));
         }
@@ -1274,7 +1373,7 @@ mod tests {
 
         // Forty fields are fine: the second, larger parse takes them.
         let mut s = connect(addr).await;
-        let mut forty = String::from("GET / HTTP/1.1\r\n");
+        let mut forty = String::from("GET / HTTP/1.1\r\nhost: x\r\n");
         for i in 0..40 {
             forty.push_str(&format!("x-f{i}: v\r\n"));
         }
@@ -1288,19 +1387,23 @@ mod tests {
         let (addr, _) = server(Duration::from_millis(300)).await;
         // A head that never ends.
         let mut slow = connect(addr).await;
-        slow.write_all(b"GET / HTTP/1.1\r\nx-a: 1\r\n")
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n")
             .await
             .unwrap();
         // A connection that answered once and then idles.
         let mut idle = connect(addr).await;
-        idle.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert!(read_for(&mut idle, "ok").await.contains("200 OK"));
         // A busy one: each head comes within the timeout, so it stays.
         let mut busy = connect(addr).await;
         let started = Instant::now();
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            busy.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            busy.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
             assert!(read_for(&mut busy, "ok").await.contains("200 OK"));
         }
         assert!(started.elapsed() > Duration::from_millis(500));
@@ -1338,27 +1441,31 @@ mod tests {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
         // Unknown length: chunked; trailers only for a client that takes them.
-        s.write_all(b"GET /stream HTTP/1.1\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         let got = read_for(&mut s, "0\r\n\r\n").await;
         assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
         assert!(
             got.ends_with("\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"),
             "{got}"
         );
-        s.write_all(b"GET /stream HTTP/1.1\r\nte: trailers\r\n\r\n")
+        s.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\nte: trailers\r\n\r\n")
             .await
             .unwrap();
         let got = read_for(&mut s, "x-sum: 9\r\n\r\n").await;
         assert!(got.ends_with("0\r\nx-sum: 9\r\n\r\n"), "{got}");
         // HEAD: the head only, with the length the GET would have.
-        s.write_all(b"HEAD / HTTP/1.1\r\n\r\n").await.unwrap();
+        s.write_all(b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         let got = read_for(&mut s, "\r\n\r\n").await;
         assert!(
             got.contains("content-length: 2\r\n") && got.ends_with("\r\n\r\n"),
             "{got}"
         );
         // 204: no body, no length.
-        s.write_all(b"GET /nocontent HTTP/1.1\r\n\r\n")
+        s.write_all(b"GET /nocontent HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .unwrap();
         let got = read_for(&mut s, "\r\n\r\n").await;
@@ -1368,7 +1475,9 @@ mod tests {
             "{got}"
         );
         // Still in step: the next answer is whole and alone.
-        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         let got = read_for(&mut s, "ok").await;
         assert!(
             got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nok"),
@@ -1380,7 +1489,7 @@ mod tests {
     async fn a_body_longer_than_its_length_is_cut_and_the_connection_closed() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
-        s.write_all(b"GET /overlong HTTP/1.1\r\n\r\n")
+        s.write_all(b"GET /overlong HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .unwrap();
         let got = read_for(&mut s, "\u{0}").await;
@@ -1392,10 +1501,14 @@ mod tests {
     async fn shutdown_closes_idle_connections_and_lets_busy_ones_finish() {
         let (addr, shutdown) = server(settings()).await;
         let mut idle = connect(addr).await;
-        idle.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert!(read_for(&mut idle, "ok").await.contains("200 OK"));
         let mut busy = connect(addr).await;
-        busy.write_all(b"GET /slow HTTP/1.1\r\n\r\n").await.unwrap();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.begin();
         assert!(closed(&mut idle).await);
@@ -1405,5 +1518,106 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(2), shutdown.drained())
             .await
             .expect("every connection closed");
+    }
+
+    #[tokio::test]
+    async fn a_lenient_chunk_line_is_refused_and_nothing_is_smuggled() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2;\nxx\r\n4c\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let got = read_for(&mut s, "\u{0}").await;
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+        assert_eq!(got.matches("HTTP/1.1").count(), 1, "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_length_with_trailers_closes_the_connection() {
+        let (addr, _) = server(settings()).await;
+        let mut s = connect(addr).await;
+        s.write_all(b"GET /short-trailers HTTP/1.1\r\nhost: x\r\nte: trailers\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_for(&mut s, "\u{0}").await;
+        assert!(
+            got.contains("content-length: 10\r\n") && got.ends_with("\r\n\r\nabc"),
+            "{got}"
+        );
+        assert!(closed(&mut s).await);
+    }
+
+    #[tokio::test]
+    async fn a_body_read_elsewhere_fails_when_the_connection_lets_go() {
+        // The body is read by another task, as hyper's client does for an
+        // HTTPS upstream, and outlives the exchange.
+        let (verdicts, mut verdict) = tokio::sync::mpsc::unbounded_channel();
+        let handler = move |req: Request<ClientBody>| {
+            let verdicts = verdicts.clone();
+            async move {
+                tokio::spawn(async move {
+                    let _ = verdicts.send(req.into_body().collect().await.is_ok());
+                });
+                Response::new(frames(&["taken"], None))
+            }
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Arc::new(Shutdown::default());
+        let open = shutdown.enter();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            serve_connection(
+                stream,
+                handler,
+                open,
+                Settings {
+                    head_timeout: settings(),
+                },
+            )
+            .await;
+        });
+        // The body never comes whole: the connection answers and closes,
+        // and the reader gets an error rather than waiting on a socket that
+        // is gone.
+        let mut s = connect(addr).await;
+        s.write_all(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\npart")
+            .await
+            .unwrap();
+        let got = read_for(&mut s, "taken").await;
+        assert!(got.contains("connection: close\r\n"), "{got}");
+        let read = tokio::time::timeout(Duration::from_secs(2), verdict.recv()).await;
+        assert_eq!(read.unwrap(), Some(false));
+        tokio::time::timeout(Duration::from_secs(3), shutdown.drained())
+            .await
+            .expect("the connection closed");
+    }
+
+    #[test]
+    fn an_interim_answer_begun_is_finished_before_the_final_one() {
+        let mut inbound = Inbound {
+            stream: None,
+            inbox: Inbox::default(),
+            framing: Framing::Length(3),
+            interim: Some(10),
+            answered: false,
+            failed: false,
+            waker: None,
+        };
+        let mut out = Vec::new();
+        inbound.answer(&mut out);
+        assert_eq!(out, &CONTINUE[10..]);
+        assert!(inbound.answered && inbound.interim.is_none());
+        // Not begun: nothing is owed.
+        let mut inbound = Inbound {
+            interim: Some(0),
+            answered: false,
+            ..inbound
+        };
+        let mut out = Vec::new();
+        inbound.answer(&mut out);
+        assert!(out.is_empty());
     }
 }

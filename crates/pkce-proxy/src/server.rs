@@ -166,7 +166,7 @@ where
                         tokio::spawn(http1::serve_connection(
                             stream,
                             make(peer),
-                            shutdown.clone(),
+                            shutdown.enter(),
                             settings,
                         ));
                     }

@@ -145,6 +145,19 @@ impl Inbox {
     }
 }
 
+/// Whether the readiness events come from epoll or kqueue: a short read
+/// then means the receive queue is empty (see [`poll_read`]).
+const EDGE_TRIGGERED: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+));
+
 /// Reads into `buf` from a shared stream.
 ///
 /// A read that returns less than `buf` holds has emptied the socket's
@@ -162,7 +175,8 @@ pub(crate) fn poll_read(
         let mut short = None;
         let result = stream.try_io(Interest::READABLE, || {
             let n = (&*socket2::SockRef::from(stream)).read(buf)?;
-            if n > 0 && n < buf.len() {
+            // Only where readiness comes from epoll or kqueue, as in tokio.
+            if EDGE_TRIGGERED && n > 0 && n < buf.len() {
                 short = Some(n);
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -258,8 +272,8 @@ pub(crate) fn read_frame(
                 };
                 return Poll::Ready(Ok(Some(Frame::data(data))));
             }
-            Framing::ChunkSize => match httparse::parse_chunk_size(inbox.buffered()) {
-                Ok(httparse::Status::Complete((used, size))) => {
+            Framing::ChunkSize => match parse_chunk_size(inbox.buffered()) {
+                Ok(Some((used, size))) => {
                     inbox.consume(used);
                     *framing = if size == 0 {
                         Framing::Trailers
@@ -267,8 +281,8 @@ pub(crate) fn read_frame(
                         Framing::ChunkData(size)
                     };
                 }
-                Ok(httparse::Status::Partial) => ready!(inbox.poll_more(stream, cx, READ_BUFFER))?,
-                Err(_) => return Poll::Ready(Err(WireError::Malformed("invalid chunk size"))),
+                Ok(None) => ready!(inbox.poll_more(stream, cx, READ_BUFFER))?,
+                Err(why) => return Poll::Ready(Err(WireError::Malformed(why))),
             },
             Framing::ChunkEnd => {
                 let available = inbox.buffered();
@@ -325,6 +339,71 @@ pub(crate) fn read_frame(
                 return Poll::Ready(Ok(Some(Frame::data(data))));
             }
         }
+    }
+}
+
+/// The longest chunk-size line taken, extensions included.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// Parses a chunk-size line (RFC 9112 §7.1) at the front of `buffered`:
+/// the bytes it takes and the size, or `None` when the line is not all
+/// there yet. Strict, because a lenient reading is a way to smuggle a
+/// request past a proxy in front that reads the line differently: at least
+/// one hex digit, extensions only after `;` (with optional blanks before
+/// it), no control characters in them, and the line ends with CRLF, never
+/// a bare LF.
+pub(crate) fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+    let digits = buffered
+        .iter()
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    if digits == 0 {
+        return if buffered.is_empty() {
+            Ok(None)
+        } else {
+            Err("invalid chunk size")
+        };
+    }
+    if digits > 16 {
+        return Err("chunk size too large");
+    }
+    let mut size = 0u64;
+    for &b in &buffered[..digits] {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        };
+        size = (size << 4) | u64::from(digit);
+    }
+    let rest = &buffered[digits..];
+    let Some(cr) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
+        return if buffered.len() > MAX_CHUNK_LINE {
+            Err("chunk size line too long")
+        } else {
+            Ok(None)
+        };
+    };
+    if digits + cr > MAX_CHUNK_LINE {
+        return Err("chunk size line too long");
+    }
+    let (extensions, end) = rest.split_at(cr);
+    let blanks = extensions
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let extensions = &extensions[blanks..];
+    if !(extensions.is_empty() || extensions[0] == b';')
+        || extensions
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return Err("invalid chunk extension");
+    }
+    match end {
+        [b'\r', b'\n', ..] => Ok(Some((digits + cr + 2, size))),
+        [b'\r'] => Ok(None),
+        _ => Err("a chunk size line must end with CRLF"),
     }
 }
 
@@ -397,6 +476,35 @@ mod tests {
         for bad in [&b""[..], b"-1", b"+1", b"1,1", b" 1", b"0x10"] {
             assert_eq!(parse_length(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn chunk_size_lines_are_read_strictly() {
+        assert_eq!(parse_chunk_size(b"1a\r\nxx"), Ok(Some((4, 26))));
+        assert_eq!(parse_chunk_size(b"0\r\n\r\n"), Ok(Some((3, 0))));
+        assert_eq!(parse_chunk_size(b"5 ; name=\"v\"\r\n"), Ok(Some((14, 5))));
+        assert_eq!(parse_chunk_size(b"5;a=b"), Ok(None));
+        assert_eq!(parse_chunk_size(b"5\r"), Ok(None));
+        assert_eq!(parse_chunk_size(b""), Ok(None));
+        assert_eq!(
+            parse_chunk_size(b"ffffffffffffffff\r\n"),
+            Ok(Some((18, u64::MAX)))
+        );
+        for bad in [
+            &b"\r\n"[..],
+            b";x\r\n",
+            b"2;\nxx\r\n",
+            b"2\n",
+            b"2x\r\n",
+            b"2;a\x00b\r\n",
+            b"2\r\r\n",
+            b"10000000000000000\r\n",
+            b"-1\r\n",
+        ] {
+            assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
+        }
+        let long = [b"1;".as_slice(), &[b'a'; MAX_CHUNK_LINE]].concat();
+        assert!(parse_chunk_size(&long).is_err());
     }
 
     #[test]
