@@ -383,13 +383,8 @@ fn parse_head_with<'b>(
         Method::from_bytes(method.as_bytes()).map_err(|_| Refusal(BAD, "invalid method"))?;
     let http10 = minor == 0;
     // Header values and the target share one copy of the head.
-    let head = Bytes::copy_from_slice(&buffered[..len]);
-    let base = buffered.as_ptr() as usize;
-    let slice = |part: &[u8]| {
-        let offset = part.as_ptr() as usize - base;
-        head.slice(offset..offset + part.len())
-    };
-    let uri = Uri::from_maybe_shared(slice(target.as_bytes()))
+    let head = wire::HeadCopy::new(buffered, len);
+    let uri = Uri::from_maybe_shared(head.share(target.as_bytes()))
         .map_err(|_| Refusal(BAD, "invalid request target"))?;
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let mut length: Option<u64> = None;
@@ -403,7 +398,7 @@ fn parse_head_with<'b>(
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Refusal(BAD, "invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(slice(field.value))
+        let value = HeaderValue::from_maybe_shared(head.share(field.value))
             .map_err(|_| Refusal(BAD, "invalid header value"))?;
         let bytes = value.as_bytes();
         match name {
@@ -1194,6 +1189,12 @@ mod tests {
         String::from_utf8_lossy(&got).into_owned()
     }
 
+    /// Sends `request`, then reads as [`read_for`] does.
+    async fn ask(stream: &mut TcpStream, request: &[u8], until: &str) -> String {
+        stream.write_all(request).await.unwrap();
+        read_for(stream, until).await
+    }
+
     /// Whether the server closed the connection (within two seconds).
     async fn closed(stream: &mut TcpStream) -> bool {
         let mut buf = [0u8; 256];
@@ -1214,12 +1215,7 @@ mod tests {
     async fn pipelined_requests_are_answered_in_order_on_one_connection() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
-        s.write_all(
-            b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nhost: x\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let got = read_for(&mut s, "\r\n\r\nok\x00").await;
+        let got = ask(&mut s, b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nhost: x\r\n\r\n", "\r\n\r\nok\x00").await;
         let answers: Vec<&str> = got.matches("HTTP/1.1 200 OK").collect();
         assert_eq!(answers.len(), 3, "{got}");
         let hello = got.find("hello").unwrap();
@@ -1230,10 +1226,11 @@ mod tests {
         assert!(got.contains("date: "), "{got}");
         assert!(!got.contains("connection: close"), "{got}");
         // Still open for more.
-        s.write_all(b"GET /c HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_for(&mut s, "ok").await.contains("200 OK"));
+        assert!(
+            ask(&mut s, b"GET /c HTTP/1.1\r\nhost: x\r\n\r\n", "ok")
+                .await
+                .contains("200 OK")
+        );
     }
 
     #[tokio::test]
@@ -1246,33 +1243,35 @@ mod tests {
         .await
         .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        s.write_all(b"6\r\n world\r\n0\r\nx-t: tail\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "hello world").await;
+        let got = ask(
+            &mut s,
+            b"6\r\n world\r\n0\r\nx-t: tail\r\n\r\n",
+            "hello world",
+        )
+        .await;
         assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
         assert!(got.contains("content-length: 11\r\n"), "{got}");
         assert!(got.contains("x-trailer: tail\r\n"), "{got}");
         // The connection is kept: the body was read to its end.
-        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_for(&mut s, "ok").await.contains("200 OK"));
+        assert!(
+            ask(&mut s, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", "ok")
+                .await
+                .contains("200 OK")
+        );
     }
 
     #[tokio::test]
     async fn expect_continue_gets_the_interim_answer_when_the_body_is_read() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
-        s.write_all(
+        let interim = ask(
+            &mut s,
             b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+            "\r\n\r\n",
         )
-        .await
-        .unwrap();
-        let interim = read_for(&mut s, "\r\n\r\n").await;
+        .await;
         assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
-        s.write_all(b"ping").await.unwrap();
-        let got = read_for(&mut s, "ping").await;
+        let got = ask(&mut s, b"ping", "ping").await;
         assert!(
             got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("ping"),
             "{got}"
@@ -1283,12 +1282,7 @@ mod tests {
     async fn a_body_left_unread_gets_no_interim_answer_and_the_connection_closes() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
-        s.write_all(
-            b"POST /ignore HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 100000\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let got = read_for(&mut s, "\r\n\r\n").await;
+        let got = ask(&mut s, b"POST /ignore HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 100000\r\n\r\n", "\r\n\r\n").await;
         assert!(
             got.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
             "{got}"
@@ -1337,8 +1331,7 @@ mod tests {
         ];
         for (request, status) in cases {
             let mut s = connect(addr).await;
-            s.write_all(request).await.unwrap();
-            let got = read_for(&mut s, "\n\n").await;
+            let got = ask(&mut s, request, "\n\n").await;
             assert!(
                 got.starts_with(&format!("HTTP/1.1 {status} ")),
                 "{}: {got}",
@@ -1357,8 +1350,7 @@ mod tests {
             "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
             "a".repeat(70 * 1024)
         );
-        s.write_all(big.as_bytes()).await.unwrap();
-        let got = read_for(&mut s, "\n\n").await;
+        let got = ask(&mut s, big.as_bytes(), "\n\n").await;
         assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
 
         let mut s = connect(addr).await;
@@ -1367,8 +1359,7 @@ mod tests {
             many.push_str(&format!("x-f{i}: v\r\n"));
         }
         many.push_str("\r\n");
-        s.write_all(many.as_bytes()).await.unwrap();
-        let got = read_for(&mut s, "\n\n").await;
+        let got = ask(&mut s, many.as_bytes(), "\n\n").await;
         assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
 
         // Forty fields are fine: the second, larger parse takes them.
@@ -1378,8 +1369,11 @@ mod tests {
             forty.push_str(&format!("x-f{i}: v\r\n"));
         }
         forty.push_str("\r\n");
-        s.write_all(forty.as_bytes()).await.unwrap();
-        assert!(read_for(&mut s, "ok").await.starts_with("HTTP/1.1 200 OK"));
+        assert!(
+            ask(&mut s, forty.as_bytes(), "ok")
+                .await
+                .starts_with("HTTP/1.1 200 OK")
+        );
     }
 
     #[tokio::test]
@@ -1392,19 +1386,21 @@ mod tests {
             .unwrap();
         // A connection that answered once and then idles.
         let mut idle = connect(addr).await;
-        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_for(&mut idle, "ok").await.contains("200 OK"));
+        assert!(
+            ask(&mut idle, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", "ok")
+                .await
+                .contains("200 OK")
+        );
         // A busy one: each head comes within the timeout, so it stays.
         let mut busy = connect(addr).await;
         let started = Instant::now();
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            busy.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-                .await
-                .unwrap();
-            assert!(read_for(&mut busy, "ok").await.contains("200 OK"));
+            assert!(
+                ask(&mut busy, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", "ok")
+                    .await
+                    .contains("200 OK")
+            );
         }
         assert!(started.elapsed() > Duration::from_millis(500));
         assert!(closed(&mut slow).await);
@@ -1415,22 +1411,25 @@ mod tests {
     async fn http_1_0_clients_get_keep_alive_only_when_they_ask() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-        let got = read_for(&mut s, "ok").await;
+        let got = ask(&mut s, b"GET / HTTP/1.0\r\n\r\n", "ok").await;
         assert!(got.contains("connection: close\r\n"), "{got}");
         assert!(closed(&mut s).await);
 
         let mut s = connect(addr).await;
-        s.write_all(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "ok").await;
+        let got = ask(
+            &mut s,
+            b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+            "ok",
+        )
+        .await;
         assert!(got.contains("connection: keep-alive\r\n"), "{got}");
         // A body of unknown length ends with the connection for HTTP/1.0.
-        s.write_all(b"GET /stream HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "\u{0}").await;
+        let got = ask(
+            &mut s,
+            b"GET /stream HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+            "\u{0}",
+        )
+        .await;
         assert!(got.contains("connection: close\r\n"), "{got}");
         assert!(!got.contains("transfer-encoding"), "{got}");
         assert!(got.ends_with("\r\n\r\nabcd"), "{got}");
@@ -1441,44 +1440,44 @@ mod tests {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
         // Unknown length: chunked; trailers only for a client that takes them.
-        s.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "0\r\n\r\n").await;
+        let got = ask(
+            &mut s,
+            b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n",
+            "0\r\n\r\n",
+        )
+        .await;
         assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
         assert!(
             got.ends_with("\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"),
             "{got}"
         );
-        s.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\nte: trailers\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "x-sum: 9\r\n\r\n").await;
+        let got = ask(
+            &mut s,
+            b"GET /stream HTTP/1.1\r\nhost: x\r\nte: trailers\r\n\r\n",
+            "x-sum: 9\r\n\r\n",
+        )
+        .await;
         assert!(got.ends_with("0\r\nx-sum: 9\r\n\r\n"), "{got}");
         // HEAD: the head only, with the length the GET would have.
-        s.write_all(b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "\r\n\r\n").await;
+        let got = ask(&mut s, b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n", "\r\n\r\n").await;
         assert!(
             got.contains("content-length: 2\r\n") && got.ends_with("\r\n\r\n"),
             "{got}"
         );
         // 204: no body, no length.
-        s.write_all(b"GET /nocontent HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "\r\n\r\n").await;
+        let got = ask(
+            &mut s,
+            b"GET /nocontent HTTP/1.1\r\nhost: x\r\n\r\n",
+            "\r\n\r\n",
+        )
+        .await;
         assert!(got.starts_with("HTTP/1.1 204 No Content\r\n"), "{got}");
         assert!(
             !got.contains("content-length") && !got.contains("transfer-encoding"),
             "{got}"
         );
         // Still in step: the next answer is whole and alone.
-        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "ok").await;
+        let got = ask(&mut s, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", "ok").await;
         assert!(
             got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nok"),
             "{got}"
@@ -1489,10 +1488,12 @@ mod tests {
     async fn a_body_longer_than_its_length_is_cut_and_the_connection_closed() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
-        s.write_all(b"GET /overlong HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "\u{0}").await;
+        let got = ask(
+            &mut s,
+            b"GET /overlong HTTP/1.1\r\nhost: x\r\n\r\n",
+            "\u{0}",
+        )
+        .await;
         assert!(got.contains("content-length: 3\r\n"), "{got}");
         assert!(got.ends_with("\r\n\r\nhel"), "{got}");
     }
@@ -1501,10 +1502,11 @@ mod tests {
     async fn shutdown_closes_idle_connections_and_lets_busy_ones_finish() {
         let (addr, shutdown) = server(settings()).await;
         let mut idle = connect(addr).await;
-        idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_for(&mut idle, "ok").await.contains("200 OK"));
+        assert!(
+            ask(&mut idle, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", "ok")
+                .await
+                .contains("200 OK")
+        );
         let mut busy = connect(addr).await;
         busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
@@ -1538,10 +1540,12 @@ mod tests {
     async fn a_body_shorter_than_its_length_with_trailers_closes_the_connection() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;
-        s.write_all(b"GET /short-trailers HTTP/1.1\r\nhost: x\r\nte: trailers\r\n\r\n")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "\u{0}").await;
+        let got = ask(
+            &mut s,
+            b"GET /short-trailers HTTP/1.1\r\nhost: x\r\nte: trailers\r\n\r\n",
+            "\u{0}",
+        )
+        .await;
         assert!(
             got.contains("content-length: 10\r\n") && got.ends_with("\r\n\r\nabc"),
             "{got}"
@@ -1583,10 +1587,12 @@ mod tests {
         // and the reader gets an error rather than waiting on a socket that
         // is gone.
         let mut s = connect(addr).await;
-        s.write_all(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\npart")
-            .await
-            .unwrap();
-        let got = read_for(&mut s, "taken").await;
+        let got = ask(
+            &mut s,
+            b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\npart",
+            "taken",
+        )
+        .await;
         assert!(got.contains("connection: close\r\n"), "{got}");
         let read = tokio::time::timeout(Duration::from_secs(2), verdict.recv()).await;
         assert_eq!(read.unwrap(), Some(false));

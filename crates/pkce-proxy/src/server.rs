@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
@@ -71,11 +71,58 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|e| StartError(format!("cannot listen for {what} on {addr}: {e}")))
 }
 
-/// Accepts connections on `listener` and serves each with the service that
-/// `make` builds for its peer, until `stop` turns true; then drains.
-pub(crate) fn serve<F, S, B>(
+/// Hands each connection accepted on `listener` to `connection`, until
+/// `stop` turns true; then closes the listener. What both listeners share;
+/// each brings its own server.
+async fn accept_until_stopped(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
+    name: &'static str,
+    mut connection: impl FnMut(TcpStream, SocketAddr),
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connection(stream, peer);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then go on.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+}
+
+/// Waits for the connections to finish (`drained`), at most `drain`.
+async fn drain_within(
+    drain: Duration,
+    name: &'static str,
+    drained: impl std::future::Future<Output = ()>,
+) {
+    tokio::select! {
+        () = drained => tracing::info!(listener = name, "drained"),
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!(listener = name, ?drain, "drain timed out; closing the remaining connections");
+        }
+    }
+}
+
+/// Serves `listener` with hyper-util's auto (HTTP/1.1 and HTTP/2) builder,
+/// each connection with the service `make` builds for its peer, until
+/// `stop` turns true; then drains.
+pub(crate) fn serve<F, S, B>(
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
     drain: Duration,
     name: &'static str,
     make: F,
@@ -94,41 +141,20 @@ where
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
+            .header_read_timeout(HEAD_TIMEOUT);
         let graceful = GracefulShutdown::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let conn = builder.serve_connection(TokioIo::new(stream), make(peer));
-                        let conn = graceful.watch(conn.into_owned());
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "connection closed with an error");
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, then go on.
-                        tracing::warn!(listener = name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        break;
-                    }
+        let watcher = &graceful;
+        let connection = move |stream: TcpStream, peer| {
+            let conn = builder.serve_connection(TokioIo::new(stream), make(peer));
+            let conn = watcher.watch(conn.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection closed with an error");
                 }
-            }
-        }
-        drop(listener);
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!(listener = name, "drained"),
-            () = tokio::time::sleep(drain) => {
-                tracing::warn!(listener = name, ?drain, "drain timed out; closing the remaining connections");
-            }
-        }
+            });
+        };
+        accept_until_stopped(listener, stop, name, connection).await;
+        drain_within(drain, name, graceful.shutdown()).await;
     })
 }
 
@@ -136,12 +162,12 @@ where
 /// keep-alive connection.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Accepts client connections on `listener` and serves each with the
-/// handler `make` builds for its peer (see `http1`), until `stop` turns
-/// true; then drains.
+/// Serves the proxy's clients on `listener` (see `http1`), each connection
+/// with the handler `make` builds for its peer, until `stop` turns true;
+/// then drains.
 fn serve_clients<M, H, F, B>(
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     drain: Duration,
     make: M,
 ) -> JoinHandle<()>
@@ -158,38 +184,18 @@ where
     };
     tokio::spawn(async move {
         let shutdown = Arc::new(http1::Shutdown::default());
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        tokio::spawn(http1::serve_connection(
-                            stream,
-                            make(peer),
-                            shutdown.enter(),
-                            settings,
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::warn!(listener = "proxy", error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        break;
-                    }
-                }
-            }
-        }
-        drop(listener);
+        let connections = shutdown.clone();
+        let connection = move |stream, peer| {
+            tokio::spawn(http1::serve_connection(
+                stream,
+                make(peer),
+                connections.enter(),
+                settings,
+            ));
+        };
+        accept_until_stopped(listener, stop, "proxy", connection).await;
         shutdown.begin();
-        tokio::select! {
-            () = shutdown.drained() => tracing::info!(listener = "proxy", "drained"),
-            () = tokio::time::sleep(drain) => {
-                tracing::warn!(listener = "proxy", ?drain, "drain timed out; closing the remaining connections");
-            }
-        }
+        drain_within(drain, "proxy", shutdown.drained()).await;
     })
 }
 

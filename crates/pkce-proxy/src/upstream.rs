@@ -365,9 +365,7 @@ fn parse_head_with<'b>(
     } else {
         Version::HTTP_11
     };
-    // Header values share one copy of the head instead of one each.
-    let head = Bytes::copy_from_slice(&buffered[..len]);
-    let base = buffered.as_ptr() as usize;
+    let head = wire::HeadCopy::new(buffered, len);
     let mut headers = HeaderMap::with_capacity(response.headers.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -376,8 +374,7 @@ fn parse_head_with<'b>(
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Http1Error::Malformed("invalid header name"))?;
-        let offset = field.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(head.slice(offset..offset + field.value.len()))
+        let value = HeaderValue::from_maybe_shared(head.share(field.value))
             .map_err(|_| Http1Error::Malformed("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
             let n = wire::parse_length(value.as_bytes())

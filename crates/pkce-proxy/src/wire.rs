@@ -417,6 +417,29 @@ pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// One copy of a parsed head, which the target and header values share
+/// instead of one copy each.
+pub(crate) struct HeadCopy<'b> {
+    buffered: &'b [u8],
+    copy: Bytes,
+}
+
+impl<'b> HeadCopy<'b> {
+    /// Copies the first `len` bytes of `buffered`: the head httparse parsed.
+    pub(crate) fn new(buffered: &'b [u8], len: usize) -> Self {
+        Self {
+            buffered,
+            copy: Bytes::copy_from_slice(&buffered[..len]),
+        }
+    }
+
+    /// The bytes of `part` (a slice httparse took from the head) in the copy.
+    pub(crate) fn share(&self, part: &[u8]) -> Bytes {
+        let offset = part.as_ptr() as usize - self.buffered.as_ptr() as usize;
+        self.copy.slice(offset..offset + part.len())
+    }
+}
+
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
