@@ -46,11 +46,15 @@ impl ProxyStore {
     }
 }
 
+/// Calls the configured store. The Redis future is boxed: it is large, and
+/// every caller's future would otherwise carry its size for the memory
+/// store too, and copy it at every move. One allocation is nothing beside a
+/// round trip to Redis.
 macro_rules! each {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
-            ProxyStore::Memory($store) => $call,
-            ProxyStore::Redis($store) => $call,
+            ProxyStore::Memory($store) => $call.await,
+            ProxyStore::Redis($store) => Box::pin($call).await,
         }
     };
 }
@@ -62,18 +66,18 @@ impl Store for ProxyStore {
         record: PendingAuthorization,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        each!(self, s => s.insert_pending(key, record, ttl).await)
+        each!(self, s => s.insert_pending(key, record, ttl))
     }
 
     async fn contains_pending(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        each!(self, s => s.contains_pending(key).await)
+        each!(self, s => s.contains_pending(key))
     }
 
     async fn take_pending(
         &self,
         key: &StoreKey,
     ) -> Result<Option<PendingAuthorization>, StoreError> {
-        each!(self, s => s.take_pending(key).await)
+        each!(self, s => s.take_pending(key))
     }
 
     async fn insert_binding(
@@ -82,22 +86,25 @@ impl Store for ProxyStore {
         binding: CodeBinding,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        each!(self, s => s.insert_binding(key, binding, ttl).await)
+        each!(self, s => s.insert_binding(key, binding, ttl))
     }
 
     async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
-        each!(self, s => s.redeem(key).await)
+        each!(self, s => s.redeem(key))
     }
 
     async fn restore(&self, key: &StoreKey, binding: CodeBinding) -> Result<(), StoreError> {
-        each!(self, s => s.restore(key, binding).await)
+        each!(self, s => s.restore(key, binding))
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        each!(self, s => s.stats().await)
+        each!(self, s => s.stats())
     }
 
     fn start_maintenance(&self) {
-        each!(self, s => s.start_maintenance());
+        match self {
+            Self::Memory(s) => s.start_maintenance(),
+            Self::Redis(s) => s.start_maintenance(),
+        }
     }
 }
