@@ -105,10 +105,6 @@ pub(crate) fn is_unreserved(b: u8) -> bool {
     UNRESERVED[usize::from(b)]
 }
 
-fn is_base64url(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')
-}
-
 /// Checks the RFC 7636 §4.1 rules shared by verifiers and plain challenges.
 pub(crate) fn check_unreserved(value: &str) -> Result<(), PkceError> {
     if !(MIN_LEN..=MAX_LEN).contains(&value.len()) {
@@ -253,15 +249,47 @@ impl CodeChallenge {
 /// the last one must leave the two spare bits zero, or it is not a
 /// canonical encoding of 32 bytes.
 fn s256_challenge_digest(value: &str) -> Option<[u8; 32]> {
-    if value.len() != S256_CHALLENGE_LEN || !value.bytes().all(is_base64url) {
+    let chars: &[u8; S256_CHALLENGE_LEN] = value.as_bytes().try_into().ok()?;
+    let sextet = |c: u8| match BASE64URL[usize::from(c)] {
+        INVALID => None,
+        v => Some(u32::from(v)),
+    };
+    let mut out = [0u8; 32];
+    // Ten groups of four characters make 30 bytes; the last three make 2
+    // bytes and the two spare bits.
+    for (group, bytes) in chars.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
+        let mut word = 0u32;
+        for &c in group {
+            word = word << 6 | sextet(c)?;
+        }
+        bytes.copy_from_slice(&word.to_be_bytes()[1..]);
+    }
+    let [.., a, b, c] = *chars;
+    let word = sextet(a)? << 12 | sextet(b)? << 6 | sextet(c)?;
+    if word & 0b11 != 0 {
         return None;
     }
-    let mut out = [0u8; 32];
-    match URL_SAFE_NO_PAD.decode_slice(value.as_bytes(), &mut out) {
-        Ok(32) => Some(out),
-        _ => None,
-    }
+    let [_, _, hi, lo] = (word >> 2).to_be_bytes();
+    out[30] = hi;
+    out[31] = lo;
+    Some(out)
 }
+
+/// Marks a byte that is not in the base64url alphabet in [`BASE64URL`].
+const INVALID: u8 = 0xff;
+
+/// The value of each base64url character (RFC 4648 §5), [`INVALID`] for
+/// every other byte.
+static BASE64URL: [u8; 256] = {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < alphabet.len() {
+        table[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Checks a received challenge as [`CodeChallenge::new`] does and returns
 /// the digest [`CodeChallenge::digest`] would, without copying the value.
@@ -447,6 +475,44 @@ mod tests {
             CodeChallenge::new(format!("{short}N"), m).unwrap_err(),
             PkceError::S256Format
         );
+    }
+
+    /// The table decoder agrees with the base64 crate's strict decoder on
+    /// every last character, every bad byte in every place, and random
+    /// digests.
+    #[test]
+    fn s256_digest_matches_the_reference_decoder() {
+        let reference = |value: &str| {
+            let mut out = [0u8; 32];
+            match URL_SAFE_NO_PAD.decode_slice(value.as_bytes(), &mut out) {
+                Ok(32) if value.len() == S256_CHALLENGE_LEN => Some(out),
+                _ => None,
+            }
+        };
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut accepted = 0;
+        for last in alphabet.chars() {
+            let value = format!("{}{last}", &RFC_CHALLENGE[..42]);
+            let ours = s256_challenge_digest(&value);
+            assert_eq!(ours, reference(&value), "{value}");
+            accepted += usize::from(ours.is_some());
+        }
+        assert_eq!(accepted, 16, "one last character in four is canonical");
+        for at in 0..S256_CHALLENGE_LEN {
+            for bad in [b'=', b'+', b'/', b'.', b'~', b' ', 0, 0x80] {
+                let mut bytes = RFC_CHALLENGE.as_bytes().to_vec();
+                bytes[at] = bad;
+                let value = String::from_utf8_lossy(&bytes).into_owned();
+                assert_eq!(s256_challenge_digest(&value), None, "{at} {bad}");
+            }
+        }
+        for _ in 0..2000 {
+            let verifier = CodeVerifier::generate();
+            let challenge = s256(verifier.secret());
+            let digest = s256_challenge_digest(&challenge);
+            assert_eq!(digest, Some(sha256(verifier.secret().as_bytes())));
+            assert_eq!(digest, reference(&challenge));
+        }
     }
 
     #[test]
