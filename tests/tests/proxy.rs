@@ -386,6 +386,66 @@ async fn upstream_down_gets_502_and_slow_gets_504() {
     proxy.shutdown().await;
 }
 
+/// Sends `GET path` on `stream` and reads the answer's status, with its
+/// body (the upstreams here send a length).
+async fn get_on(stream: &mut tokio::net::TcpStream, path: &str) -> StatusCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: proxy.test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + length {
+                return head[9..12].parse::<u16>().unwrap().try_into().unwrap();
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the proxy closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Each request on a client connection gets the whole response timeout,
+/// counted from its own start: the connection's timer is moved, not kept
+/// at an earlier request's deadline, and still fires for a slow one.
+#[tokio::test]
+async fn every_request_on_a_connection_gets_its_own_response_timeout() {
+    let slow = upstream(|req: Request<Incoming>| async move {
+        let wait = if req.uri().path() == "/slow" {
+            5000
+        } else {
+            350
+        };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        Response::new(full("answer"))
+    })
+    .await;
+    let mut s = settings(&format!("http://{slow}"));
+    s.response_timeout = Some("0.6".into());
+    let proxy = self::proxy(s).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // Two answers of 0.35 s each: a deadline left at the first request's
+    // start would expire during the second.
+    assert_eq!(get_on(&mut stream, "/a").await, StatusCode::OK);
+    assert_eq!(get_on(&mut stream, "/b").await, StatusCode::OK);
+    let started = Instant::now();
+    assert_eq!(
+        get_on(&mut stream, "/slow").await,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(550), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(get_on(&mut stream, "/c").await, StatusCode::OK);
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn two_megabyte_token_body_is_refused_unread() {
     let hits = Arc::new(AtomicUsize::new(0));

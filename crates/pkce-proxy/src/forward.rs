@@ -28,6 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tower_pkce::{Endpoint, RequestBody};
 use tower_service::Service;
 
@@ -154,6 +155,77 @@ struct ClientConnection {
     client_ip: Option<HeaderValue>,
     idle: Mutex<Vec<Connection>>,
     shared: Option<Arc<Shared>>,
+    /// A response timer that outlives its request, lent to the next one.
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
+}
+
+impl ClientConnection {
+    /// A timer that fires at `deadline`: the connection's own when no other
+    /// request holds it, else a new one. Moving a registered timer's
+    /// deadline later costs an atomic store, where a new timer is an
+    /// insertion into the runtime's wheel and a removal after.
+    fn response_timer(self: &Arc<Self>, deadline: tokio::time::Instant) -> ResponseTimer {
+        let lent = self
+            .timer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let sleep = match lent {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        ResponseTimer {
+            sleep: Some(sleep),
+            home: self.clone(),
+        }
+    }
+}
+
+/// A response timer lent by a [`ClientConnection`]; it goes back when
+/// dropped.
+struct ResponseTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    home: Arc<ClientConnection>,
+}
+
+impl ResponseTimer {
+    fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.sleep.as_mut() {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ResponseTimer {
+    fn drop(&mut self) {
+        if let Some(sleep) = self.sleep.take() {
+            let mut slot = self
+                .home
+                .timer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(sleep);
+            }
+        }
+    }
+}
+
+/// `future`'s output, or `None` once `timer` fires. The future is polled
+/// first: an answer that is ready never registers the timer.
+async fn within<F: Future>(mut timer: ResponseTimer, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        timer.poll_elapsed(cx).map(|()| None)
+    })
+    .await
 }
 
 impl ClientConnection {
@@ -303,6 +375,7 @@ impl Forwarder {
                 client_ip: None,
                 idle: Mutex::new(Vec::new()),
                 shared: Some(shared.clone()),
+                timer: Mutex::new(None),
             }),
             shared,
             endpoint: Endpoint::Other,
@@ -319,6 +392,7 @@ impl Forwarder {
                 client_ip: HeaderValue::try_from(peer.ip().to_string()).ok(),
                 idle: Mutex::new(Vec::new()),
                 shared: Some(self.shared.clone()),
+                timer: Mutex::new(None),
             }),
             endpoint: Endpoint::Other,
         }
@@ -491,15 +565,16 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
         let conn = self.conn.clone();
         let mut req = req;
         Box::pin(async move {
-            let started = Instant::now();
+            let started = tokio::time::Instant::now();
             let timeout = shared.response_timeout;
+            let timer = conn.response_timer(started + timeout);
             let result = match &shared.transport {
                 Transport::Plain(pool) => {
-                    tokio::time::timeout(timeout, send_plain(pool, conn, req, overrides)).await
+                    within(timer, send_plain(pool, conn, req, overrides)).await
                 }
                 Transport::Tls(client) => {
                     overrides.apply(req.headers_mut());
-                    tokio::time::timeout(timeout, async {
+                    within(timer, async {
                         client
                             .request(req)
                             .await
@@ -512,12 +587,12 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
             let metrics = &shared.metrics;
             metrics.observe_upstream(endpoint, started.elapsed());
             match result {
-                Ok(Ok(response)) => {
+                Some(Ok(response)) => {
                     let mut response = response.map(Either::Left);
                     remove_hop_by_hop(response.headers_mut());
                     Ok(response)
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     tracing::warn!(
                         endpoint = endpoint.as_str(),
                         error = %e,
@@ -527,7 +602,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
                     metrics.upstream_failure("unreachable");
                     Ok(upstream_error(StatusCode::BAD_GATEWAY, endpoint))
                 }
-                Err(_) => {
+                None => {
                     tracing::warn!(endpoint = endpoint.as_str(), ?timeout, "upstream timed out");
                     metrics.upstream_failure("timeout");
                     Ok(upstream_error(StatusCode::GATEWAY_TIMEOUT, endpoint))
