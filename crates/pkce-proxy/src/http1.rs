@@ -681,7 +681,7 @@ fn encode_response_head(
     } else {
         match hint.exact().or(declared) {
             Some(n) => {
-                let _ = write!(out, "content-length: {n}\r\n");
+                wire::encode_content_length(out, n);
                 Outgoing::Length(n)
             }
             None if exchange.http10 => {

@@ -13,7 +13,7 @@
 //! connection is kept for the next request only when both messages were
 //! complete and the upstream spoke HTTP/1.1 without `Connection: close`.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -245,7 +245,7 @@ fn encode_head(
     let chunked = match request_length(&parts.method, body, had_length) {
         None => None,
         Some(Some(n)) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            wire::encode_content_length(out, n);
             Some(false)
         }
         Some(None) => {
