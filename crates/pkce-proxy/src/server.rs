@@ -17,7 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tower_pkce::store::Store;
 use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody};
 
@@ -210,8 +210,13 @@ async fn handle(
     // The forwarder learns the endpoint from the server, which classified
     // the request already (for the metrics).
     pkce.get_mut().set_endpoint(endpoint);
-    let response = match pkce.oneshot(req).await {
-        Ok(response) => response,
+    // Readied, then called: the request goes straight into the call, where
+    // a oneshot would carry it in its own state first.
+    let response = match pkce.ready().await {
+        Ok(ready) => match ready.call(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
         Err(never) => match never {},
     };
     metrics.request(
