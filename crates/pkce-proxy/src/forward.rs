@@ -160,75 +160,6 @@ struct ClientConnection {
 }
 
 impl ClientConnection {
-    /// A timer that fires at `deadline`: the connection's own when no other
-    /// request holds it, else a new one. Moving a registered timer's
-    /// deadline later costs an atomic store, where a new timer is an
-    /// insertion into the runtime's wheel and a removal after.
-    fn response_timer(self: &Arc<Self>, deadline: tokio::time::Instant) -> ResponseTimer {
-        let lent = self
-            .timer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let sleep = match lent {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
-        ResponseTimer {
-            sleep: Some(sleep),
-            home: self.clone(),
-        }
-    }
-}
-
-/// A response timer lent by a [`ClientConnection`]; it goes back when
-/// dropped.
-struct ResponseTimer {
-    sleep: Option<Pin<Box<Sleep>>>,
-    home: Arc<ClientConnection>,
-}
-
-impl ResponseTimer {
-    fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        match self.sleep.as_mut() {
-            Some(sleep) => sleep.as_mut().poll(cx),
-            None => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for ResponseTimer {
-    fn drop(&mut self) {
-        if let Some(sleep) = self.sleep.take() {
-            let mut slot = self
-                .home
-                .timer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if slot.is_none() {
-                *slot = Some(sleep);
-            }
-        }
-    }
-}
-
-/// `future`'s output, or `None` once `timer` fires. The future is polled
-/// first: an answer that is ready never registers the timer.
-async fn within<F: Future>(mut timer: ResponseTimer, future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(move |cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        timer.poll_elapsed(cx).map(|()| None)
-    })
-    .await
-}
-
-impl ClientConnection {
     fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(conn) = idle.pop() {
@@ -238,6 +169,47 @@ impl ClientConnection {
         }
         None
     }
+
+    /// A timer that fires at `deadline`: the connection's own when no other
+    /// request holds it, else a new one. Moving a registered timer's
+    /// deadline later costs an atomic store, where a new timer is an
+    /// insertion into the runtime's wheel and a removal after.
+    fn response_timer(&self, deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
+        let lent = self
+            .timer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match lent {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// Keeps `timer` for the next request, unless another one came back
+    /// first. A request that is dropped half-way drops its timer instead.
+    fn give_back(&self, timer: Pin<Box<Sleep>>) {
+        let mut slot = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(timer);
+        }
+    }
+}
+
+/// `future`'s output, or `None` once `timer` fires. The future is polled
+/// first: an answer that is ready never registers the timer.
+async fn within<F: Future>(timer: &mut Pin<Box<Sleep>>, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 impl Keep for ClientConnection {
@@ -487,7 +459,7 @@ impl std::fmt::Debug for Forwarder {
 /// upstream meanwhile: a request that can be sent again is.
 async fn send_plain(
     pool: &Pool,
-    conn: Arc<ClientConnection>,
+    conn: &Arc<ClientConnection>,
     mut req: Request<RequestBody<ClientBody>>,
     overrides: HeaderOverrides,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
@@ -567,14 +539,14 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
         Box::pin(async move {
             let started = tokio::time::Instant::now();
             let timeout = shared.response_timeout;
-            let timer = conn.response_timer(started + timeout);
+            let mut timer = conn.response_timer(started + timeout);
             let result = match &shared.transport {
                 Transport::Plain(pool) => {
-                    within(timer, send_plain(pool, conn, req, overrides)).await
+                    within(&mut timer, send_plain(pool, &conn, req, overrides)).await
                 }
                 Transport::Tls(client) => {
                     overrides.apply(req.headers_mut());
-                    within(timer, async {
+                    within(&mut timer, async {
                         client
                             .request(req)
                             .await
@@ -584,6 +556,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
                     .await
                 }
             };
+            conn.give_back(timer);
             let metrics = &shared.metrics;
             metrics.observe_upstream(endpoint, started.elapsed());
             match result {
