@@ -201,8 +201,12 @@ impl ClientConnection {
 
 /// `future`'s output, or `None` once `timer` fires. The future is polled
 /// first: an answer that is ready never registers the timer.
-async fn within<F: Future>(timer: &mut Pin<Box<Sleep>>, future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
+/// The caller pins the future where it stands, so that it is not moved
+/// into this one's state.
+async fn within<F: Future>(
+    timer: &mut Pin<Box<Sleep>>,
+    mut future: Pin<&mut F>,
+) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
         if let Poll::Ready(output) = future.as_mut().poll(cx) {
             return Poll::Ready(Some(output));
@@ -461,7 +465,7 @@ async fn send_plain(
     pool: &Pool,
     conn: &Arc<ClientConnection>,
     mut req: Request<RequestBody<ClientBody>>,
-    overrides: HeaderOverrides,
+    overrides: &HeaderOverrides,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     loop {
         let reused = conn.checkout().or_else(|| pool.checkout());
@@ -469,7 +473,7 @@ async fn send_plain(
             Some(upstream) => (upstream, true),
             None => (pool.connect().await?, false),
         };
-        match upstream::exchange(upstream, req, &overrides, conn.clone()).await {
+        match upstream::exchange(upstream, req, overrides, conn.clone()).await {
             Ok(response) => return Ok(response),
             Err((_, Some(again))) if was_reused => req = again,
             Err((e, _)) => return Err(UpstreamError::Exchange(e)),
@@ -542,18 +546,19 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
             let mut timer = conn.response_timer(started + timeout);
             let result = match &shared.transport {
                 Transport::Plain(pool) => {
-                    within(&mut timer, send_plain(pool, &conn, req, overrides)).await
+                    let sending = std::pin::pin!(send_plain(pool, &conn, req, &overrides));
+                    within(&mut timer, sending).await
                 }
                 Transport::Tls(client) => {
                     overrides.apply(req.headers_mut());
-                    within(&mut timer, async {
+                    let sending = std::pin::pin!(async {
                         client
                             .request(req)
                             .await
                             .map(|r| r.map(UpstreamBody::pooled))
                             .map_err(UpstreamError::Client)
-                    })
-                    .await
+                    });
+                    within(&mut timer, sending).await
                 }
             };
             conn.give_back(timer);
