@@ -386,7 +386,7 @@ fn parse_head_with<'b>(
     let head = wire::HeadCopy::new(buffered, len);
     let uri = Uri::from_maybe_shared(head.share(target.as_bytes()))
         .map_err(|_| Refusal(BAD, "invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + wire::HEADER_ROOM);
     let mut length: Option<u64> = None;
     let mut codings = 0;
     let mut chunked = false;

@@ -366,7 +366,7 @@ fn parse_head_with<'b>(
         Version::HTTP_11
     };
     let head = wire::HeadCopy::new(buffered, len);
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    let mut headers = HeaderMap::with_capacity(response.headers.len() + wire::HEADER_ROOM);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;

@@ -16,6 +16,11 @@ use tokio::net::TcpStream;
 pub(crate) const READ_BUFFER: usize = 8 * 1024;
 /// The largest head (or trailer section) taken from a peer.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Room for header fields that the PKCE layer sets on a parsed message
+/// (`Location`, `Content-Length`, `Accept-Encoding`). A map built for
+/// exactly the fields it holds grows on its next insert, even one that
+/// replaces a field.
+pub(crate) const HEADER_ROOM: usize = 2;
 /// The most fields in a trailer section.
 const MAX_TRAILERS: usize = 128;
 
