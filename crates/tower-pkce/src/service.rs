@@ -722,12 +722,25 @@ struct Minted {
     key: StoreKey,
 }
 
-async fn check_authorization<St: Store>(
-    shared: &Shared<St>,
-    query: &str,
-    body: Option<&str>,
-) -> Result<Authorized, Rejection> {
-    let config = &shared.config;
+/// What an authorization request needs from the store, decided before
+/// the store is asked, so that the parsed parameters are not held while it
+/// answers.
+enum Plan {
+    /// Forward the request as it is.
+    Forward,
+    /// The state is a handle: forward when its transaction is pending.
+    Continuation(StoreKey),
+    /// Record the transaction, then forward the rewritten request.
+    Record {
+        key: StoreKey,
+        record: PendingAuthorization,
+        query: Option<String>,
+        body: Option<String>,
+        handle: String,
+    },
+}
+
+fn plan_authorization(config: &Config, query: &str, body: Option<&str>) -> Result<Plan, Rejection> {
     let form::Placed {
         values: from_query,
         layout: query_layout,
@@ -751,17 +764,7 @@ async fn check_authorization<St: Store>(
     let params = merge(from_query, from_body)?;
 
     if let Some(state) = get(&params, STATE).filter(|s| handle::is_handle(s)) {
-        return match shared.store.contains_pending(&StoreKey::of(state)).await {
-            Ok(true) => {
-                tracing::debug!(endpoint = "authorize", "continuation forwarded");
-                Ok(Authorized::Forward)
-            }
-            Ok(false) => Err(Rejection::TransactionExpired),
-            Err(e) => {
-                tracing::error!(error = %e, "store failed while checking a transaction");
-                Err(Rejection::StoreUnavailable)
-            }
-        };
+        return Ok(Plan::Continuation(StoreKey::of(state)));
     }
 
     let client_id = get(&params, CLIENT_ID);
@@ -769,7 +772,7 @@ async fn check_authorization<St: Store>(
     if get(&params, REQUEST_URI).is_some() || get(&params, REQUEST).is_some() {
         return match requirement {
             Requirement::Required => Err(Rejection::RequestObjectUnsupported),
-            Requirement::Optional => Ok(Authorized::Forward),
+            Requirement::Optional => Ok(Plan::Forward),
         };
     }
     let Some(client_id) = client_id else {
@@ -785,19 +788,6 @@ async fn check_authorization<St: Store>(
         state: get(&params, STATE).map(Into::into),
     };
     let key = StoreKey::of(&handle);
-    match shared.store.insert_pending(&key, record, config.ttl).await {
-        Ok(()) => {}
-        Err(StoreError::Full) => return Err(Rejection::StoreFull),
-        Err(e) => {
-            tracing::error!(error = %e, "store failed while recording an authorization");
-            return Err(Rejection::StoreUnavailable);
-        }
-    }
-    tracing::info!(
-        endpoint = "authorize",
-        method = challenge.map_or("none", |c| c.method.as_str()),
-        "challenge recorded"
-    );
 
     let remove: &[&str] = if config.strip_pkce_params {
         &PKCE_PARAMS
@@ -838,6 +828,58 @@ async fn check_authorization<St: Store>(
         }
         _ => None,
     };
+    Ok(Plan::Record {
+        key,
+        record,
+        query,
+        body,
+        handle,
+    })
+}
+
+async fn check_authorization<St: Store>(
+    shared: &Shared<St>,
+    query: &str,
+    body: Option<&str>,
+) -> Result<Authorized, Rejection> {
+    let (key, record, query, body, handle) = match plan_authorization(&shared.config, query, body)?
+    {
+        Plan::Forward => return Ok(Authorized::Forward),
+        Plan::Continuation(key) => {
+            return match shared.store.contains_pending(&key).await {
+                Ok(true) => {
+                    tracing::debug!(endpoint = "authorize", "continuation forwarded");
+                    Ok(Authorized::Forward)
+                }
+                Ok(false) => Err(Rejection::TransactionExpired),
+                Err(e) => {
+                    tracing::error!(error = %e, "store failed while checking a transaction");
+                    Err(Rejection::StoreUnavailable)
+                }
+            };
+        }
+        Plan::Record {
+            key,
+            record,
+            query,
+            body,
+            handle,
+        } => (key, record, query, body, handle),
+    };
+    let method = record.challenge.map_or("none", |c| c.method.as_str());
+    match shared
+        .store
+        .insert_pending(&key, record, shared.config.ttl)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Full) => return Err(Rejection::StoreFull),
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while recording an authorization");
+            return Err(Rejection::StoreUnavailable);
+        }
+    }
+    tracing::info!(endpoint = "authorize", method, "challenge recorded");
     Ok(Authorized::Rewritten {
         query,
         body,
