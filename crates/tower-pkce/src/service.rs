@@ -732,11 +732,10 @@ enum Plan {
     Continuation(StoreKey),
     /// Record the transaction, then forward the rewritten request.
     Record {
-        key: StoreKey,
         record: PendingAuthorization,
         query: Option<String>,
         body: Option<String>,
-        handle: String,
+        minted: Minted,
     },
 }
 
@@ -829,11 +828,10 @@ fn plan_authorization(config: &Config, query: &str, body: Option<&str>) -> Resul
         _ => None,
     };
     Ok(Plan::Record {
-        key,
         record,
         query,
         body,
-        handle,
+        minted: Minted { handle, key },
     })
 }
 
@@ -842,49 +840,46 @@ async fn check_authorization<St: Store>(
     query: &str,
     body: Option<&str>,
 ) -> Result<Authorized, Rejection> {
-    let (key, record, query, body, handle) = match plan_authorization(&shared.config, query, body)?
-    {
-        Plan::Forward => return Ok(Authorized::Forward),
-        Plan::Continuation(key) => {
-            return match shared.store.contains_pending(&key).await {
-                Ok(true) => {
-                    tracing::debug!(endpoint = "authorize", "continuation forwarded");
-                    Ok(Authorized::Forward)
-                }
-                Ok(false) => Err(Rejection::TransactionExpired),
-                Err(e) => {
-                    tracing::error!(error = %e, "store failed while checking a transaction");
-                    Err(Rejection::StoreUnavailable)
-                }
-            };
-        }
+    match plan_authorization(&shared.config, query, body)? {
+        Plan::Forward => Ok(Authorized::Forward),
+        Plan::Continuation(key) => match shared.store.contains_pending(&key).await {
+            Ok(true) => {
+                tracing::debug!(endpoint = "authorize", "continuation forwarded");
+                Ok(Authorized::Forward)
+            }
+            Ok(false) => Err(Rejection::TransactionExpired),
+            Err(e) => {
+                tracing::error!(error = %e, "store failed while checking a transaction");
+                Err(Rejection::StoreUnavailable)
+            }
+        },
         Plan::Record {
-            key,
             record,
             query,
             body,
-            handle,
-        } => (key, record, query, body, handle),
-    };
-    let method = record.challenge.map_or("none", |c| c.method.as_str());
-    match shared
-        .store
-        .insert_pending(&key, record, shared.config.ttl)
-        .await
-    {
-        Ok(()) => {}
-        Err(StoreError::Full) => return Err(Rejection::StoreFull),
-        Err(e) => {
-            tracing::error!(error = %e, "store failed while recording an authorization");
-            return Err(Rejection::StoreUnavailable);
+            minted,
+        } => {
+            let method = record.challenge.map_or("none", |c| c.method.as_str());
+            match shared
+                .store
+                .insert_pending(&minted.key, record, shared.config.ttl)
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Full) => return Err(Rejection::StoreFull),
+                Err(e) => {
+                    tracing::error!(error = %e, "store failed while recording an authorization");
+                    return Err(Rejection::StoreUnavailable);
+                }
+            }
+            tracing::info!(endpoint = "authorize", method, "challenge recorded");
+            Ok(Authorized::Rewritten {
+                query,
+                body,
+                minted,
+            })
         }
     }
-    tracing::info!(endpoint = "authorize", method, "challenge recorded");
-    Ok(Authorized::Rewritten {
-        query,
-        body,
-        minted: Minted { handle, key },
-    })
 }
 
 fn with_query(uri: &Uri, query: &str) -> Option<Uri> {
