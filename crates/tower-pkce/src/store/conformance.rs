@@ -235,6 +235,44 @@ pub async fn binding_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usiz
     assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Missing);
 }
 
+pub async fn spent_binding_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
+    let store = make(2).await;
+    let code = fresh_key();
+    store
+        .insert_binding(&code, sample_binding(), SHORT_TTL)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.redeem(&code).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await
+        .unwrap();
+    // The spent code still holds its room until its TTL ends.
+    let full = store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await;
+    assert!(matches!(full, Err(StoreError::Full)), "{full:?}");
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await
+        .unwrap();
+    // Once expired, the code is unknown and may be bound again.
+    assert_eq!(store.redeem(&code).await.unwrap(), Redemption::Missing);
+    store
+        .insert_binding(&code, sample_binding(), TTL)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.redeem(&code).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    assert_eq!(store.redeem(&code).await.unwrap(), Redemption::Spent);
+}
+
 pub async fn capacity_bounds_new_authorizations<S: Store, F: Future<Output = S>>(
     make: impl Fn(usize) -> F,
 ) {
@@ -369,9 +407,19 @@ pub async fn stats_count_both_families<S: Store, F: Future<Output = S>>(make: im
         .insert_binding(&fresh_key(), sample_binding(), TTL)
         .await
         .unwrap();
+    let code = fresh_key();
+    store
+        .insert_binding(&code, sample_binding(), TTL)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.redeem(&code).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
     let after = store.stats().await.unwrap();
     assert_eq!(after.pending - before.pending, 2);
-    assert_eq!(after.bindings - before.bindings, 1);
+    // A spent binding is still counted: it is kept until its TTL ends.
+    assert_eq!(after.bindings - before.bindings, 2);
 }
 
 /// Generates one `#[tokio::test]` per conformance check for a backend.
@@ -386,6 +434,7 @@ macro_rules! store_conformance_tests {
             pending_round_trip, pending_without_state_or_challenge, pending_conflict,
             unknown_keys, families_are_separate, binding_single_use, binding_restore,
             binding_without_challenge, binding_conflict, pending_expires, binding_expires,
+            spent_binding_expires,
             capacity_bounds_new_authorizations, capacity_recovers_after_expiry,
             concurrent_redeem_has_one_winner, concurrent_take_pending_has_one_winner,
             stats_count_both_families);

@@ -1,4 +1,10 @@
-//! The in-memory store: two sharded maps with a TTL and a shared capacity.
+//! The in-memory store: sharded maps with a TTL and a shared capacity.
+//!
+//! A spent code is kept until its TTL ends, so that it keeps being refused,
+//! but all it needs for that is its key and its expiry. Spent codes
+//! therefore live in a map of their own, whose entries are a fifth the size
+//! of a live binding's: a busy server spends most of the codes it binds,
+//! and those fill memory, and every growth of the map, at that size.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -57,14 +63,14 @@ struct Timed<T> {
     expires: u32,
 }
 
-enum Slot {
-    Live(CodeBinding),
-    Spent,
-}
-
 struct Inner {
     pending: DashMap<StoreKey, Timed<PendingAuthorization>, BuildKeyHasher>,
-    bindings: DashMap<StoreKey, Timed<Slot>, BuildKeyHasher>,
+    /// Live bindings.
+    bindings: DashMap<StoreKey, Timed<CodeBinding>, BuildKeyHasher>,
+    /// Spent bindings: the expiry each had. A key is in `bindings` or here,
+    /// never in both; every change that moves one holds the `bindings`
+    /// shard's lock, and takes `spent`'s inside it, never the other way.
+    spent: DashMap<StoreKey, u32, BuildKeyHasher>,
     capacity: usize,
     len: AtomicUsize,
     epoch: Instant,
@@ -105,6 +111,11 @@ impl Inner {
         });
         self.bindings.retain(|_, r| {
             let keep = r.expires > now;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.spent.retain(|_, expires| {
+            let keep = *expires > now;
             removed += usize::from(!keep);
             keep
         });
@@ -186,6 +197,7 @@ impl MemoryStoreBuilder {
             inner: Arc::new(Inner {
                 pending: DashMap::with_hasher(BuildKeyHasher),
                 bindings: DashMap::with_hasher(BuildKeyHasher),
+                spent: DashMap::with_hasher(BuildKeyHasher),
                 capacity: self.capacity,
                 len: AtomicUsize::new(0),
                 epoch: Instant::now(),
@@ -316,7 +328,7 @@ impl MemoryStore {
         let inner = &self.inner;
         let now = inner.now();
         let timed = Timed {
-            value: Slot::Live(binding),
+            value: binding,
             expires: Inner::expiry(now, ttl),
         };
         match inner.bindings.entry(*key) {
@@ -326,6 +338,16 @@ impl MemoryStore {
             }
             Entry::Occupied(_) => Err(StoreError::Conflict),
             Entry::Vacant(e) => {
+                // A spent code may not be bound afresh: it would become
+                // redeemable a second time. An expired one frees its room.
+                if let Entry::Occupied(spent) = inner.spent.entry(*key) {
+                    if *spent.get() > now {
+                        return Err(StoreError::Conflict);
+                    }
+                    spent.remove();
+                    e.insert(timed);
+                    return Ok(());
+                }
                 e.insert(timed);
                 inner.len.fetch_add(1, Ordering::AcqRel);
                 Ok(())
@@ -336,24 +358,30 @@ impl MemoryStore {
     fn redeem_now(&self, key: &StoreKey) -> Redemption {
         let inner = &self.inner;
         let now = inner.now();
-        let Some(mut entry) = inner.bindings.get_mut(key) else {
-            return Redemption::Missing;
-        };
-        if entry.expires <= now {
-            return Redemption::Missing;
-        }
-        match std::mem::replace(&mut entry.value, Slot::Spent) {
-            Slot::Live(binding) => Redemption::Redeemed(binding),
-            Slot::Spent => Redemption::Spent,
+        match inner.bindings.entry(*key) {
+            Entry::Occupied(e) if e.get().expires > now => {
+                let expires = e.get().expires;
+                inner.spent.insert(*key, expires);
+                Redemption::Redeemed(e.remove().value)
+            }
+            Entry::Occupied(_) => Redemption::Missing,
+            Entry::Vacant(_) => match inner.spent.get(key) {
+                Some(expires) if *expires > now => Redemption::Spent,
+                _ => Redemption::Missing,
+            },
         }
     }
 
     fn restore_now(&self, key: &StoreKey, binding: CodeBinding) {
-        let now = self.inner.now();
-        if let Some(mut entry) = self.inner.bindings.get_mut(key)
-            && entry.expires > now
+        let inner = &self.inner;
+        let now = inner.now();
+        if let Entry::Vacant(e) = inner.bindings.entry(*key)
+            && let Some((_, expires)) = inner.spent.remove_if(key, |_, expires| *expires > now)
         {
-            entry.value = Slot::Live(binding);
+            e.insert(Timed {
+                value: binding,
+                expires,
+            });
         }
     }
 }
@@ -401,7 +429,7 @@ impl Store for MemoryStore {
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         Ok(StoreStats {
             pending: self.inner.pending.len() as u64,
-            bindings: self.inner.bindings.len() as u64,
+            bindings: (self.inner.bindings.len() + self.inner.spent.len()) as u64,
         })
     }
 
