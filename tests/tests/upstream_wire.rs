@@ -437,3 +437,72 @@ async fn request_bodies_are_framed_by_the_proxy() {
     assert!(second.ends_with("0\r\nx-digest: d1\r\n\r\n"), "{second}");
     proxy.shutdown().await;
 }
+
+/// Sends `method path` with `body` through `client`, which keeps its
+/// connection to the proxy from one request to the next.
+async fn send_with(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    proxy: &Running,
+    method: Method,
+    path: &str,
+    body: TestBody,
+) -> (StatusCode, Bytes) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", proxy.addr))
+        .body(body)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("the proxy answers in time")
+        .unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+/// The upstream reads the second request on its connection and closes it
+/// unanswered, as a server whose idle timeout fired just then would.
+fn closes_the_reused_connection() -> Vec<(&'static [u8], bool)> {
+    vec![
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst", false),
+        (b"", true),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain", false),
+    ]
+}
+
+#[tokio::test]
+async fn a_request_the_upstream_dropped_on_a_reused_connection_is_sent_again() {
+    let (up, seen) = scripted(closes_the_reused_connection()).await;
+    let proxy = proxy(up).await;
+    let client = client();
+    let first = send_with(&client, &proxy, Method::GET, "/a", empty()).await;
+    assert_eq!(first, (StatusCode::OK, Bytes::from("first")));
+    let second = send_with(&client, &proxy, Method::GET, "/b?x=1", empty()).await;
+    assert_eq!(second, (StatusCode::OK, Bytes::from("again")));
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(seen.connections, 2, "a new connection for the second try");
+    assert_eq!(seen.requests.len(), 3);
+    assert!(seen.requests[1].starts_with(b"GET /b?x=1 HTTP/1.1\r\n"));
+    assert_eq!(seen.requests[1], seen.requests[2], "the same request again");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_not_sent_again() {
+    let (up, seen) = scripted(closes_the_reused_connection()).await;
+    let proxy = proxy(up).await;
+    let client = client();
+    let first = send_with(&client, &proxy, Method::GET, "/a", empty()).await;
+    assert_eq!(first.0, StatusCode::OK);
+    let body = Full::new(Bytes::from_static(b"once"))
+        .map_err(|e| match e {})
+        .boxed();
+    let (status, _) = send_with(&client, &proxy, Method::POST, "/b", body).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!((seen.connections, seen.requests.len()), (1, 2));
+    proxy.shutdown().await;
+}

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,7 +35,7 @@ use tower_service::Service;
 use crate::config::{Config, Upstream};
 pub use crate::http1::{ClientBody, ClientBodyError};
 use crate::metrics::Metrics;
-use crate::upstream::{self, Connection, HeaderOverrides, Http1Error, Keep};
+use crate::upstream::{Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared};
 pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 
 /// The body of a forwarded response: the upstream's, streamed, or the
@@ -199,23 +199,6 @@ impl ClientConnection {
     }
 }
 
-/// `future`'s output, or `None` once `timer` fires. The future is polled
-/// first: an answer that is ready never registers the timer.
-/// The caller pins the future where it stands, so that it is not moved
-/// into this one's state.
-async fn within<F: Future>(
-    timer: &mut Pin<Box<Sleep>>,
-    mut future: Pin<&mut F>,
-) -> Option<F::Output> {
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
-}
-
 impl Keep for ClientConnection {
     fn keep(&self, conn: Connection) {
         self.idle
@@ -255,16 +238,33 @@ impl Pool {
         None
     }
 
-    async fn connect(&self) -> Result<Connection, UpstreamError> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout)?
-        .map_err(UpstreamError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        Ok(Connection::new(stream))
+    /// A new connection to the upstream, in a future of its own: a request
+    /// waits for it in its state, and most requests never do.
+    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<Connection, UpstreamError>> + Send>> {
+        let (host, port, timeout) = (self.host.clone(), self.port, self.connect_timeout);
+        Box::pin(async move {
+            let stream = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
+                .await
+                .map_err(|_| UpstreamError::ConnectTimeout)?
+                .map_err(UpstreamError::Connect)?;
+            let _ = stream.set_nodelay(true);
+            Ok(Connection::new(stream))
+        })
+    }
+
+    /// `request` on an idle connection of `client`'s or of the pool's, else
+    /// on a new one.
+    fn route(&self, client: &ClientConnection, request: Prepared) -> Step {
+        match client.checkout().or_else(|| self.checkout()) {
+            Some(upstream) => Step::Exchanging {
+                exchange: request.send_on(upstream),
+                reused: true,
+            },
+            None => Step::Connecting(Box::new(Connecting {
+                connect: self.connect(),
+                request,
+            })),
+        }
     }
 }
 
@@ -458,29 +458,6 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
-/// Sends `req` on a connection of the client connection's, or of the shared
-/// pool, or a new one. A reused connection may have been closed by the
-/// upstream meanwhile: a request that can be sent again is.
-async fn send_plain(
-    pool: &Pool,
-    conn: &Arc<ClientConnection>,
-    mut req: Request<RequestBody<ClientBody>>,
-    overrides: &HeaderOverrides,
-) -> Result<Response<UpstreamBody>, UpstreamError> {
-    loop {
-        let reused = conn.checkout().or_else(|| pool.checkout());
-        let (upstream, was_reused) = match reused {
-            Some(upstream) => (upstream, true),
-            None => (pool.connect().await?, false),
-        };
-        match upstream::exchange(upstream, req, overrides, conn.clone()).await {
-            Ok(response) => return Ok(response),
-            Err((_, Some(again))) if was_reused => req = again,
-            Err((e, _)) => return Err(UpstreamError::Exchange(e)),
-        }
-    }
-}
-
 /// The proxy's own answer when the upstream fails: JSON at the token
 /// endpoint (RFC 6749 §5.2 shape), plain text elsewhere.
 pub(crate) fn upstream_error(status: StatusCode, endpoint: Endpoint) -> Response<ProxyBody> {
@@ -522,71 +499,243 @@ pub(crate) fn upstream_error(status: StatusCode, endpoint: Endpoint) -> Response
 impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> Self::Future {
+    fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> ResponseFuture {
         let endpoint = self.endpoint;
         let Some(uri) = self.upstream_uri(req.uri()) else {
-            return Box::pin(async move { Ok(upstream_error(StatusCode::BAD_GATEWAY, endpoint)) });
+            return ResponseFuture::ready(upstream_error(StatusCode::BAD_GATEWAY, endpoint));
         };
         let overrides = self.forwarded_headers(&req);
         remove_hop_by_hop(req.headers_mut());
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
-        let shared = self.shared.clone();
-        let conn = self.conn.clone();
-        let mut req = req;
-        Box::pin(async move {
-            let started = tokio::time::Instant::now();
-            let timeout = shared.response_timeout;
-            let mut timer = conn.response_timer(started + timeout);
-            let result = match &shared.transport {
-                Transport::Plain(pool) => {
-                    let sending = std::pin::pin!(send_plain(pool, &conn, req, &overrides));
-                    within(&mut timer, sending).await
-                }
-                Transport::Tls(client) => {
-                    overrides.apply(req.headers_mut());
-                    let sending = std::pin::pin!(async {
-                        client
-                            .request(req)
-                            .await
-                            .map(|r| r.map(UpstreamBody::pooled))
-                            .map_err(UpstreamError::Client)
-                    });
-                    within(&mut timer, sending).await
-                }
-            };
-            conn.give_back(timer);
-            let metrics = &shared.metrics;
-            metrics.observe_upstream(endpoint, started.elapsed());
-            match result {
-                Some(Ok(response)) => {
-                    let mut response = response.map(Either::Left);
-                    remove_hop_by_hop(response.headers_mut());
-                    Ok(response)
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(
-                        endpoint = endpoint.as_str(),
-                        error = %e,
-                        source = ?std::error::Error::source(&e).map(ToString::to_string),
-                        "upstream request failed"
-                    );
-                    metrics.upstream_failure("unreachable");
-                    Ok(upstream_error(StatusCode::BAD_GATEWAY, endpoint))
-                }
-                None => {
-                    tracing::warn!(endpoint = endpoint.as_str(), ?timeout, "upstream timed out");
-                    metrics.upstream_failure("timeout");
-                    Ok(upstream_error(StatusCode::GATEWAY_TIMEOUT, endpoint))
+        let started = tokio::time::Instant::now();
+        let timer = self
+            .conn
+            .response_timer(started + self.shared.response_timeout);
+        let step = match &self.shared.transport {
+            Transport::Plain(pool) => {
+                let home: Arc<dyn Keep> = self.conn.clone();
+                // The request is written into the buffer of the connection
+                // it goes on, which keeps its allocation from request to
+                // request.
+                match self.conn.checkout().or_else(|| pool.checkout()) {
+                    Some(mut upstream) => {
+                        let buf = Exchange::buffer_of(&mut upstream);
+                        Step::Exchanging {
+                            exchange: Prepared::new(buf, req, &overrides, home).send_on(upstream),
+                            reused: true,
+                        }
+                    }
+                    None => Step::Connecting(Box::new(Connecting {
+                        connect: pool.connect(),
+                        request: Prepared::new(Vec::with_capacity(1024), req, &overrides, home),
+                    })),
                 }
             }
-        })
+            Transport::Tls(client) => {
+                overrides.apply(req.headers_mut());
+                let sending = client.request(req);
+                Step::Pooled(Box::pin(async move {
+                    sending
+                        .await
+                        .map(|r| r.map(UpstreamBody::pooled))
+                        .map_err(UpstreamError::Client)
+                }))
+            }
+        };
+        ResponseFuture(State::Forwarding(Forwarding {
+            step,
+            timer: Some(timer),
+            started,
+            shared: self.shared.clone(),
+            conn: self.conn.clone(),
+            endpoint,
+        }))
+    }
+}
+
+/// The future a [`Forwarder`] returns: the upstream's response, or the
+/// proxy's own 502 or 504.
+pub struct ResponseFuture(State);
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+enum State {
+    /// An answer known at once.
+    Ready(Option<Response<ProxyBody>>),
+    Forwarding(Forwarding),
+}
+
+/// A request on its way to the upstream, and its response timer.
+struct Forwarding {
+    step: Step,
+    timer: Option<Pin<Box<Sleep>>>,
+    started: tokio::time::Instant,
+    shared: Arc<Shared>,
+    conn: Arc<ClientConnection>,
+    endpoint: Endpoint,
+}
+
+type Pooled = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send>>;
+
+enum Step {
+    /// Waiting for a new connection, with the request ready for it.
+    Connecting(Box<Connecting>),
+    /// On a connection of the proxy's own; `reused` when it served a
+    /// request before, so that it may have been closed meanwhile.
+    Exchanging { exchange: Exchange, reused: bool },
+    /// Through the pooled client (HTTPS).
+    Pooled(Pooled),
+    /// The answer is out.
+    Done,
+}
+
+struct Connecting {
+    connect: Pin<Box<dyn Future<Output = Result<Connection, UpstreamError>> + Send>>,
+    request: Prepared,
+}
+
+impl ResponseFuture {
+    fn ready(response: Response<ProxyBody>) -> Self {
+        Self(State::Ready(Some(response)))
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            // Polled again after its answer: a 502 rather than a panic.
+            State::Ready(response) => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| upstream_error(StatusCode::BAD_GATEWAY, Endpoint::Other)))),
+            State::Forwarding(forwarding) => forwarding.poll(cx).map(Ok),
+        }
+    }
+}
+
+impl Forwarding {
+    /// The upstream's answer, or `None` once the response timer fires. The
+    /// exchange is polled first: an answer that is ready never registers
+    /// the timer.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Response<ProxyBody>> {
+        let outcome = match self.poll_upstream(cx) {
+            Poll::Ready(result) => Some(result),
+            Poll::Pending => {
+                let fired = self
+                    .timer
+                    .as_mut()
+                    .is_none_or(|timer| timer.as_mut().poll(cx).is_ready());
+                if !fired {
+                    return Poll::Pending;
+                }
+                None
+            }
+        };
+        Poll::Ready(self.finish(outcome))
+    }
+
+    fn poll_upstream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<UpstreamBody>, UpstreamError>> {
+        loop {
+            match &mut self.step {
+                Step::Exchanging { exchange, .. } => {
+                    let result = ready!(exchange.poll_head(cx));
+                    let Step::Exchanging { exchange, reused } =
+                        std::mem::replace(&mut self.step, Step::Done)
+                    else {
+                        return Poll::Ready(Err(UpstreamError::Exchange(Http1Error::Closed)));
+                    };
+                    let e = match result {
+                        Ok(head) => return Poll::Ready(Ok(exchange.into_response(head))),
+                        Err(e) => e,
+                    };
+                    // A reused connection may have been closed by the
+                    // upstream meanwhile: a request that can be sent again is.
+                    let again = if reused {
+                        exchange.into_retry(&e)
+                    } else {
+                        None
+                    };
+                    match (again, &self.shared.transport) {
+                        (Some(request), Transport::Plain(pool)) => {
+                            self.step = pool.route(&self.conn, request);
+                        }
+                        _ => return Poll::Ready(Err(UpstreamError::Exchange(e))),
+                    }
+                }
+                Step::Connecting(connecting) => {
+                    let connected = ready!(connecting.connect.as_mut().poll(cx));
+                    let Step::Connecting(connecting) =
+                        std::mem::replace(&mut self.step, Step::Done)
+                    else {
+                        return Poll::Ready(Err(UpstreamError::Exchange(Http1Error::Closed)));
+                    };
+                    self.step = Step::Exchanging {
+                        exchange: connecting.request.send_on(connected?),
+                        reused: false,
+                    };
+                }
+                Step::Pooled(sending) => {
+                    let result = ready!(sending.as_mut().poll(cx));
+                    self.step = Step::Done;
+                    return Poll::Ready(result);
+                }
+                Step::Done => {
+                    return Poll::Ready(Err(UpstreamError::Exchange(Http1Error::Closed)));
+                }
+            }
+        }
+    }
+
+    /// The response for `outcome` (`None`: the timer fired), with the timer
+    /// given back and the upstream's latency recorded.
+    fn finish(
+        &mut self,
+        outcome: Option<Result<Response<UpstreamBody>, UpstreamError>>,
+    ) -> Response<ProxyBody> {
+        if let Some(timer) = self.timer.take() {
+            self.conn.give_back(timer);
+        }
+        let endpoint = self.endpoint;
+        let metrics = &self.shared.metrics;
+        metrics.observe_upstream(endpoint, self.started.elapsed());
+        match outcome {
+            Some(Ok(response)) => {
+                let mut response = response.map(Either::Left);
+                remove_hop_by_hop(response.headers_mut());
+                response
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    endpoint = endpoint.as_str(),
+                    error = %e,
+                    source = ?std::error::Error::source(&e).map(ToString::to_string),
+                    "upstream request failed"
+                );
+                metrics.upstream_failure("unreachable");
+                upstream_error(StatusCode::BAD_GATEWAY, endpoint)
+            }
+            None => {
+                let timeout = self.shared.response_timeout;
+                tracing::warn!(endpoint = endpoint.as_str(), ?timeout, "upstream timed out");
+                metrics.upstream_failure("timeout");
+                upstream_error(StatusCode::GATEWAY_TIMEOUT, endpoint)
+            }
+        }
     }
 }
 

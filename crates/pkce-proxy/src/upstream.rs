@@ -128,9 +128,13 @@ impl Connection {
             .map_err(Http1Error::from)
     }
 
-    /// Writes what is in the output buffer.
-    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written)
+    /// Writes what is in the output buffer, and empties it unless `keep`.
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>, keep: bool) -> Poll<io::Result<()>> {
+        if keep {
+            wire::poll_write_kept(&self.stream, cx, &self.out, &mut self.written)
+        } else {
+            wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written)
+        }
     }
 
     fn finish_exchange(&mut self) {
@@ -265,6 +269,9 @@ fn poll_send(
     outgoing: &mut Option<Outgoing>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), Http1Error>> {
+    // A request with no body left to stream stays in the buffer once
+    // written, so that it can be sent again on another connection.
+    let keep = outgoing.is_none();
     loop {
         let mut body_pending = false;
         if let Some(request) = outgoing.as_mut() {
@@ -298,7 +305,7 @@ fn poll_send(
             }
         }
         let had_output = conn.written < conn.out.len();
-        ready!(conn.poll_flush_out(cx)).map_err(Http1Error::Io)?;
+        ready!(conn.poll_flush_out(cx, keep)).map_err(Http1Error::Io)?;
         if outgoing.is_none() {
             return Poll::Ready(Ok(()));
         }
@@ -309,7 +316,7 @@ fn poll_send(
 }
 
 /// A response head, and what is needed to read its body.
-struct Head {
+pub(crate) struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
@@ -431,47 +438,100 @@ pub(crate) trait Keep: Send + Sync {
     fn keep(&self, conn: Connection);
 }
 
-/// One request sent and its response read, on `conn`. On failure, gives
-/// the request back when it may be sent again on another connection:
-/// nothing of the response arrived and the request had no body to lose.
-pub(crate) async fn exchange(
-    mut conn: Connection,
-    req: Request<OutgoingBody>,
-    overrides: &HeaderOverrides,
+/// A request encoded for the upstream and not yet on a connection: what
+/// goes on a new connection, or again on another one when a reused
+/// connection turns out to be closed.
+pub(crate) struct Prepared {
+    out: Vec<u8>,
+    outgoing: Option<Outgoing>,
+    method: Method,
     home: Arc<dyn Keep>,
-) -> Result<Response<UpstreamBody>, (Http1Error, Option<Request<OutgoingBody>>)> {
-    let (parts, body) = req.into_parts();
-    conn.out.clear();
-    conn.written = 0;
-    let chunked = encode_head(&mut conn.out, &parts, overrides, &body);
-    // A body known to be empty is kept aside, so that the request can be
-    // sent again; its end (if chunked) goes out with the head.
-    let (mut outgoing, spare) = match chunked {
-        Some(chunked) if !body.is_end_stream() => (Some(Outgoing { body, chunked }), None),
-        Some(chunked) => {
-            if chunked {
-                encode_end(&mut conn.out, None);
+}
+
+impl Prepared {
+    /// `req` written into `buf`, with `overrides`. `home` takes the
+    /// connection back once the exchange is over.
+    pub(crate) fn new(
+        mut buf: Vec<u8>,
+        req: Request<OutgoingBody>,
+        overrides: &HeaderOverrides,
+        home: Arc<dyn Keep>,
+    ) -> Self {
+        let (parts, body) = req.into_parts();
+        buf.clear();
+        let chunked = encode_head(&mut buf, &parts, overrides, &body);
+        // A body known to be empty is not kept: the whole request is in
+        // the buffer, its end too (if chunked), and can be sent again.
+        let outgoing = match chunked {
+            Some(chunked) if !body.is_end_stream() => Some(Outgoing { body, chunked }),
+            Some(true) => {
+                encode_end(&mut buf, None);
+                None
             }
-            (None, Some(body))
+            Some(false) | None => None,
+        };
+        Self {
+            out: buf,
+            outgoing,
+            method: parts.method,
+            home,
         }
-        None => (None, Some(body)),
-    };
-    let mut sent = false;
-    let method = &parts.method;
-    let head = std::future::poll_fn(|cx| {
+    }
+
+    /// Starts the exchange on `conn`.
+    pub(crate) fn send_on(self, mut conn: Connection) -> Exchange {
+        conn.out = self.out;
+        conn.written = 0;
+        Exchange {
+            replayable: self.outgoing.is_none(),
+            conn,
+            outgoing: self.outgoing,
+            sent: false,
+            method: self.method,
+            home: self.home,
+        }
+    }
+}
+
+/// One request being sent on a connection of the proxy's own, and its
+/// response head being read.
+pub(crate) struct Exchange {
+    conn: Connection,
+    outgoing: Option<Outgoing>,
+    /// The whole request is in the connection's buffer: no body streams.
+    replayable: bool,
+    sent: bool,
+    method: Method,
+    home: Arc<dyn Keep>,
+}
+
+impl Exchange {
+    /// Takes a connection's write buffer for the request to be written into,
+    /// so that a reused connection keeps its allocation.
+    pub(crate) fn buffer_of(conn: &mut Connection) -> Vec<u8> {
+        std::mem::take(&mut conn.out)
+    }
+
+    /// Writes the request and reads until the response head is complete.
+    pub(crate) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, Http1Error>> {
         let mut write_error = None;
-        if !sent {
-            match poll_send(&mut conn, &mut outgoing, cx) {
-                Poll::Ready(Ok(())) => sent = true,
+        if !self.sent {
+            match poll_send(&mut self.conn, &mut self.outgoing, cx) {
+                Poll::Ready(Ok(())) => self.sent = true,
                 Poll::Ready(Err(e)) => write_error = Some(e),
                 Poll::Pending => {}
             }
         }
         loop {
-            if let Some(head) = parse_head(&mut conn, method)? {
+            if let Some(head) = parse_head(&mut self.conn, &self.method)? {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
                 {
                     continue;
+                }
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Poll::Ready(Err(Http1Error::Malformed(
+                        "the upstream switched protocols",
+                    )));
                 }
                 return Poll::Ready(Ok(head));
             }
@@ -479,44 +539,42 @@ pub(crate) async fn exchange(
             if let Some(e) = write_error.take() {
                 return Poll::Ready(Err(e));
             }
-            ready!(conn.poll_more(cx, MAX_HEAD))?;
+            ready!(self.conn.poll_more(cx, MAX_HEAD))?;
         }
-    })
-    .await;
-    let head = match head {
-        Ok(head) => head,
-        Err(e) => {
-            let nothing_received = conn.inbox.is_empty();
-            let again = match spare {
-                Some(body)
-                    if nothing_received && matches!(e, Http1Error::Io(_) | Http1Error::Closed) =>
-                {
-                    Some(Request::from_parts(parts, body))
-                }
-                _ => None,
-            };
-            return Err((e, again));
-        }
-    };
-    if head.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err((
-            Http1Error::Malformed("the upstream switched protocols"),
-            None,
-        ));
     }
-    let mut stream = ResponseStream {
-        conn: Some(conn),
-        outgoing: if sent { None } else { outgoing },
-        framing: head.framing,
-        keep_alive: head.keep_alive,
-        home: Some(home),
-    };
-    stream.release_if_done();
-    let mut response = Response::new(UpstreamBody(BodyKind::Direct(stream)));
-    *response.status_mut() = head.status;
-    *response.version_mut() = head.version;
-    *response.headers_mut() = head.headers;
-    Ok(response)
+
+    /// The response that `head` starts; its body is read from the
+    /// connection as it is polled, and the rest of the request written.
+    pub(crate) fn into_response(self, head: Head) -> Response<UpstreamBody> {
+        let mut stream = ResponseStream {
+            conn: Some(self.conn),
+            outgoing: if self.sent { None } else { self.outgoing },
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            home: Some(self.home),
+        };
+        stream.release_if_done();
+        let mut response = Response::new(UpstreamBody(BodyKind::Direct(stream)));
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        response
+    }
+
+    /// After `error`, the request again, for another connection: when
+    /// nothing of the response arrived and the request had no body to lose.
+    pub(crate) fn into_retry(self, error: &Http1Error) -> Option<Prepared> {
+        let nothing_received = self.conn.inbox.is_empty();
+        (self.replayable
+            && nothing_received
+            && matches!(error, Http1Error::Io(_) | Http1Error::Closed))
+        .then(|| Prepared {
+            out: self.conn.out,
+            outgoing: None,
+            method: self.method,
+            home: self.home,
+        })
+    }
 }
 
 /// The upstream's response body on a connection of the proxy's own, read

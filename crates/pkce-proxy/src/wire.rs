@@ -207,8 +207,22 @@ pub(crate) fn poll_write_all(
     out: &mut Vec<u8>,
     written: &mut usize,
 ) -> Poll<io::Result<()>> {
-    while *written < out.len() {
-        match stream.try_write(&out[*written..]) {
+    ready!(poll_write_kept(stream, cx, out, written))?;
+    out.clear();
+    *written = 0;
+    Poll::Ready(Ok(()))
+}
+
+/// Writes `out[*written..]` to `stream`, advancing `written`, and leaves
+/// `out` as it is: the bytes stay for the caller to send again.
+pub(crate) fn poll_write_kept(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    out: &[u8],
+    written: &mut usize,
+) -> Poll<io::Result<()>> {
+    while let Some(rest) = out.get(*written..).filter(|rest| !rest.is_empty()) {
+        match stream.try_write(rest) {
             Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Ok(n) => *written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -217,8 +231,6 @@ pub(crate) fn poll_write_all(
             Err(e) => return Poll::Ready(Err(e)),
         }
     }
-    out.clear();
-    *written = 0;
     Poll::Ready(Ok(()))
 }
 
