@@ -252,17 +252,19 @@ impl Pool {
         })
     }
 
-    /// `request` on an idle connection of `client`'s or of the pool's, else
-    /// on a new one.
-    fn route(&self, client: &ClientConnection, request: Prepared) -> Step {
+    /// A request on an idle connection of `client`'s or of the pool's, else
+    /// on a new one. `prepare` writes the request into the buffer it is
+    /// given: the idle connection's, which keeps its allocation from
+    /// request to request, or a new one.
+    fn route(&self, client: &ClientConnection, prepare: impl FnOnce(Vec<u8>) -> Prepared) -> Step {
         match client.checkout().or_else(|| self.checkout()) {
-            Some(upstream) => Step::Exchanging {
-                exchange: request.send_on(upstream),
+            Some(mut upstream) => Step::Exchanging {
+                exchange: prepare(upstream.take_buffer()).send_on(upstream),
                 reused: true,
             },
             None => Step::Connecting(Box::new(Connecting {
                 connect: self.connect(),
-                request,
+                request: prepare(Vec::with_capacity(1024)),
             })),
         }
     }
@@ -521,22 +523,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
         let step = match &self.shared.transport {
             Transport::Plain(pool) => {
                 let home: Arc<dyn Keep> = self.conn.clone();
-                // The request is written into the buffer of the connection
-                // it goes on, which keeps its allocation from request to
-                // request.
-                match self.conn.checkout().or_else(|| pool.checkout()) {
-                    Some(mut upstream) => {
-                        let buf = Exchange::buffer_of(&mut upstream);
-                        Step::Exchanging {
-                            exchange: Prepared::new(buf, req, &overrides, home).send_on(upstream),
-                            reused: true,
-                        }
-                    }
-                    None => Step::Connecting(Box::new(Connecting {
-                        connect: pool.connect(),
-                        request: Prepared::new(Vec::with_capacity(1024), req, &overrides, home),
-                    })),
-                }
+                pool.route(&self.conn, |buf| Prepared::new(buf, req, &overrides, home))
             }
             Transport::Tls(client) => {
                 overrides.apply(req.headers_mut());
@@ -672,7 +659,9 @@ impl Forwarding {
                     };
                     match (again, &self.shared.transport) {
                         (Some(request), Transport::Plain(pool)) => {
-                            self.step = pool.route(&self.conn, request);
+                            // Its bytes are written already; the buffer
+                            // offered is not needed.
+                            self.step = pool.route(&self.conn, |_| request);
                         }
                         _ => return Poll::Ready(Err(UpstreamError::Exchange(e))),
                     }

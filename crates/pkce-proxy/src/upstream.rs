@@ -103,6 +103,12 @@ impl Connection {
         }
     }
 
+    /// The write buffer, for the next request to be written into: a reused
+    /// connection keeps its allocation.
+    pub(crate) fn take_buffer(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
     /// Whether an idle connection can take a request: the upstream has not
     /// closed it nor sent anything since its last response. A connection
     /// with no readable event pending needs no system call to tell.
@@ -506,12 +512,6 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    /// Takes a connection's write buffer for the request to be written into,
-    /// so that a reused connection keeps its allocation.
-    pub(crate) fn buffer_of(conn: &mut Connection) -> Vec<u8> {
-        std::mem::take(&mut conn.out)
-    }
-
     /// Writes the request and reads until the response head is complete.
     pub(crate) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, Http1Error>> {
         let mut write_error = None;
