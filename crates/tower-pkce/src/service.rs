@@ -1009,20 +1009,20 @@ struct Admitted {
 /// The client a token request speaks for: the body's `client_id`, the HTTP
 /// Basic user (RFC 6749 §2.3.1), or a client assertion's `sub` (RFC 7523
 /// §3). Where more than one is present they must agree.
-fn client_of(
+fn client_of<'p>(
     headers: &HeaderMap,
-    params: &[Option<Cow<'_, str>>; 6],
-) -> Result<Option<String>, Rejection> {
-    let mut client: Option<String> = params
+    params: &'p [Option<Cow<'_, str>>; 6],
+) -> Result<Option<Cow<'p, str>>, Rejection> {
+    let mut client: Option<Cow<'p, str>> = params
         .get(T_CLIENT)
         .and_then(|c| c.as_deref())
-        .map(str::to_owned);
+        .map(Cow::Borrowed);
     let mut agree = |other: String| -> Result<(), Rejection> {
         match &client {
-            Some(c) if *c != other => Err(Rejection::ConflictingClient),
+            Some(c) if **c != *other => Err(Rejection::ConflictingClient),
             Some(_) => Ok(()),
             None => {
-                client = Some(other);
+                client = Some(Cow::Owned(other));
                 Ok(())
             }
         }
