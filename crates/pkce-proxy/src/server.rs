@@ -3,8 +3,11 @@
 //! admin endpoints, served with hyper-util's auto builder.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -200,31 +204,84 @@ where
 }
 
 type ProxyService = Pkce<Forwarder, ProxyStore>;
+type ProxyFuture = <ProxyService as Service<Request<ClientBody>>>::Future;
+type ProxyResponse = Response<ResponseBody<ProxyBody>>;
 
-async fn handle(
+/// The service readied and called at once, so that the request goes
+/// straight into the call and is never held in a future of its own. The
+/// forwarder is always ready; a service that is not gets the request from a
+/// boxed future once it is.
+fn handle(
     mut pkce: ProxyService,
     metrics: Arc<Metrics>,
     endpoint: Endpoint,
     req: Request<ClientBody>,
-) -> Response<ResponseBody<ProxyBody>> {
+) -> Answer {
     // The forwarder learns the endpoint from the server, which classified
     // the request already (for the metrics).
     pkce.get_mut().set_endpoint(endpoint);
-    // Readied, then called: the request goes straight into the call, where
-    // a oneshot would carry it in its own state first.
-    let response = match pkce.ready().await {
-        Ok(ready) => match ready.call(req).await {
-            Ok(response) => response,
-            Err(never) => match never {},
+    let state = match pkce.poll_ready(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(())) => AnswerState::Called {
+            future: pkce.call(req),
         },
-        Err(never) => match never {},
+        Poll::Ready(Err(never)) => match never {},
+        Poll::Pending => AnswerState::Waiting {
+            future: Box::pin(async move {
+                match pkce.ready().await {
+                    Ok(ready) => match ready.call(req).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    },
+                    Err(never) => match never {},
+                }
+            }),
+        },
     };
-    metrics.request(
+    Answer {
+        state,
+        metrics,
         endpoint,
-        response.status(),
-        response.extensions().get::<Rejection>().copied(),
-    );
-    response
+    }
+}
+
+pin_project! {
+    /// One request's answer: the PKCE layer's future, and the metrics that
+    /// record the response once it is ready.
+    struct Answer {
+        #[pin]
+        state: AnswerState,
+        metrics: Arc<Metrics>,
+        endpoint: Endpoint,
+    }
+}
+
+pin_project! {
+    #[project = AnswerProj]
+    enum AnswerState {
+        Called { #[pin] future: ProxyFuture },
+        Waiting { future: Pin<Box<dyn Future<Output = ProxyResponse> + Send>> },
+    }
+}
+
+impl Future for Answer {
+    type Output = ProxyResponse;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ProxyResponse> {
+        let this = self.project();
+        let response = match this.state.project() {
+            AnswerProj::Called { future } => match ready!(future.poll(cx)) {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+            AnswerProj::Waiting { future } => ready!(future.as_mut().poll(cx)),
+        };
+        this.metrics.request(
+            *this.endpoint,
+            response.status(),
+            response.extensions().get::<Rejection>().copied(),
+        );
+        Poll::Ready(response)
+    }
 }
 
 /// Binds both listeners and starts serving. Everything in `config` is
