@@ -146,21 +146,25 @@ struct Pool {
     host: String,
     port: u16,
     connect_timeout: Duration,
-    idle: Mutex<Vec<(Connection, Instant)>>,
+    idle: Mutex<Vec<(Box<Connection>, Instant)>>,
 }
 
 /// What one client connection keeps: its peer's address, ready to be an
 /// `X-Forwarded-For` value, and its idle upstream connections.
 struct ClientConnection {
     client_ip: Option<HeaderValue>,
-    idle: Mutex<Vec<Connection>>,
+    #[expect(
+        clippy::vec_box,
+        reason = "a connection moves between the pool, a request and its response as one pointer"
+    )]
+    idle: Mutex<Vec<Box<Connection>>>,
     shared: Option<Arc<Shared>>,
     /// A response timer that outlives its request, lent to the next one.
     timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl ClientConnection {
-    fn checkout(&self) -> Option<Connection> {
+    fn checkout(&self) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(conn) = idle.pop() {
             if conn.is_usable() {
@@ -200,7 +204,7 @@ impl ClientConnection {
 }
 
 impl Keep for ClientConnection {
-    fn keep(&self, conn: Connection) {
+    fn keep(&self, conn: Box<Connection>) {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -228,7 +232,7 @@ impl Drop for ClientConnection {
 }
 
 impl Pool {
-    fn checkout(&self) -> Option<Connection> {
+    fn checkout(&self) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((conn, since)) = idle.pop() {
             if since.elapsed() < IDLE_TIMEOUT && conn.is_usable() {
@@ -240,7 +244,9 @@ impl Pool {
 
     /// A new connection to the upstream, in a future of its own: a request
     /// waits for it in its state, and most requests never do.
-    fn connect(&self) -> Pin<Box<dyn Future<Output = Result<Connection, UpstreamError>> + Send>> {
+    fn connect(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Box<Connection>, UpstreamError>> + Send>> {
         let (host, port, timeout) = (self.host.clone(), self.port, self.connect_timeout);
         Box::pin(async move {
             let stream = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
@@ -588,7 +594,7 @@ enum Step {
 }
 
 struct Connecting {
-    connect: Pin<Box<dyn Future<Output = Result<Connection, UpstreamError>> + Send>>,
+    connect: Pin<Box<dyn Future<Output = Result<Box<Connection>, UpstreamError>> + Send>>,
     request: Prepared,
 }
 

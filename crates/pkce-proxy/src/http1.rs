@@ -50,7 +50,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::wire::{
-    self, Framing, Inbox, MAX_HEAD, WireError, encode_data, encode_end, encode_field,
+    self, Copies, Framing, Inbox, MAX_HEAD, WireError, encode_data, encode_end, encode_field,
 };
 
 /// The most header fields in a request head.
@@ -172,6 +172,7 @@ struct Inbound {
     /// `None` once the connection has let go of the body (see `detach`).
     stream: Option<Arc<TcpStream>>,
     inbox: Inbox,
+    copies: Copies,
     framing: Framing,
     /// How much of `100 Continue` is written, while it is owed.
     interim: Option<usize>,
@@ -254,8 +255,14 @@ impl Inbound {
             }
             self.interim = None;
         }
-        wire::read_frame(&mut self.inbox, stream, &mut self.framing, cx)
-            .map(|frame| frame.transpose())
+        wire::read_frame(
+            &mut self.inbox,
+            &mut self.copies,
+            stream,
+            &mut self.framing,
+            cx,
+        )
+        .map(|frame| frame.transpose())
     }
 
     fn is_complete(&self) -> bool {
@@ -352,12 +359,12 @@ const TOO_MANY_FIELDS: Refusal = Refusal(
 
 /// Parses a request head at the front of `buffered`: with its length, or
 /// `None` when more bytes are needed.
-fn parse_head(buffered: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
+fn parse_head(buffered: &[u8], copies: &mut Copies) -> Result<Option<(Head, usize)>, Refusal> {
     let mut few = [httparse::EMPTY_HEADER; FEW_FIELDS];
-    match parse_head_with(buffered, &mut few) {
+    match parse_head_with(buffered, &mut few, copies) {
         Err(TOO_MANY_FIELDS) => {
             let mut many = [httparse::EMPTY_HEADER; MAX_FIELDS];
-            parse_head_with(buffered, &mut many)
+            parse_head_with(buffered, &mut many, copies)
         }
         parsed => parsed,
     }
@@ -366,6 +373,7 @@ fn parse_head(buffered: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
 fn parse_head_with<'b>(
     buffered: &'b [u8],
     fields: &mut [httparse::Header<'b>],
+    copies: &mut Copies,
 ) -> Result<Option<(Head, usize)>, Refusal> {
     const BAD: StatusCode = StatusCode::BAD_REQUEST;
     let mut parsed = httparse::Request::new(fields);
@@ -383,7 +391,7 @@ fn parse_head_with<'b>(
         Method::from_bytes(method.as_bytes()).map_err(|_| Refusal(BAD, "invalid method"))?;
     let http10 = minor == 0;
     // Header values and the target share one copy of the head.
-    let head = wire::HeadCopy::new(buffered, len);
+    let head = wire::HeadCopy::new(buffered, len, copies);
     let uri = Uri::from_maybe_shared(head.share(target.as_bytes()))
         .map_err(|_| Refusal(BAD, "invalid request target"))?;
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + wire::HEADER_ROOM);
@@ -480,6 +488,7 @@ enum Next {
 struct Connection {
     stream: Arc<TcpStream>,
     inbox: Inbox,
+    copies: Copies,
     out: Vec<u8>,
     written: usize,
     settings: Settings,
@@ -515,7 +524,7 @@ impl Connection {
             {
                 // A head that came in pieces is parsed again only once its
                 // blank line is there: no quadratic work for a slow client.
-                match parse_head(buffered) {
+                match parse_head(buffered, &mut self.copies) {
                     Ok(Some((head, len))) => {
                         self.scanned = 0;
                         self.inbox.consume(len);
@@ -806,6 +815,7 @@ pub(crate) async fn serve_connection<H, F, B>(
     let mut conn = Connection {
         stream: Arc::new(stream),
         inbox: Inbox::default(),
+        copies: Copies::default(),
         out: Vec::with_capacity(1024),
         written: 0,
         settings,
@@ -851,7 +861,7 @@ pub(crate) async fn serve_connection<H, F, B>(
             Framing::Done => ClientBody::empty(),
             Framing::Length(n) if n <= conn.inbox.buffered().len() as u64 => {
                 let n = n as usize;
-                let data = Bytes::copy_from_slice(&conn.inbox.buffered()[..n]);
+                let data = conn.copies.copy(&conn.inbox.buffered()[..n]);
                 conn.inbox.consume(n);
                 ClientBody::full(data)
             }
@@ -859,6 +869,7 @@ pub(crate) async fn serve_connection<H, F, B>(
                 let shared = Arc::new(Mutex::new(Inbound {
                     stream: Some(conn.stream.clone()),
                     inbox: conn.inbox.take(),
+                    copies: Copies::default(),
                     framing,
                     interim: expect_continue.then_some(0),
                     answered: false,
@@ -1606,6 +1617,7 @@ mod tests {
         let mut inbound = Inbound {
             stream: None,
             inbox: Inbox::default(),
+            copies: Copies::default(),
             framing: Framing::Length(3),
             interim: Some(10),
             answered: false,

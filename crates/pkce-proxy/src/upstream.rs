@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tower_pkce::RequestBody;
 
 use crate::http1::ClientBody;
-use crate::wire::{self, Framing, Inbox, MAX_HEAD, encode_data, encode_end, encode_field};
+use crate::wire::{self, Copies, Framing, Inbox, MAX_HEAD, encode_data, encode_end, encode_field};
 
 /// The request body the forwarder sends.
 pub(crate) type OutgoingBody = RequestBody<ClientBody>;
@@ -89,18 +89,22 @@ impl std::error::Error for Http1Error {
 pub(crate) struct Connection {
     stream: TcpStream,
     inbox: Inbox,
+    copies: Copies,
     out: Vec<u8>,
     written: usize,
 }
 
 impl Connection {
-    pub(crate) fn new(stream: TcpStream) -> Self {
-        Self {
+    /// A connection on `stream`, boxed: it moves from the pool to a request
+    /// and on to its response body, a pointer's worth each time.
+    pub(crate) fn new(stream: TcpStream) -> Box<Self> {
+        Box::new(Self {
             stream,
             inbox: Inbox::default(),
+            copies: Copies::default(),
             out: Vec::with_capacity(1024),
             written: 0,
-        }
+        })
     }
 
     /// The write buffer, for the next request to be written into: a reused
@@ -338,10 +342,10 @@ fn parse_head(conn: &mut Connection, method: &Method) -> Result<Option<Head>, Ht
     }
     // Most heads are small: a short array first, which is cheap to set up.
     let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
-    let parsed = match parse_head_with(conn.inbox.buffered(), method, &mut few) {
+    let parsed = match parse_head_with(conn.inbox.buffered(), method, &mut few, &mut conn.copies) {
         Err(Http1Error::Malformed(TOO_MANY_HEADERS)) => {
             let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            parse_head_with(conn.inbox.buffered(), method, &mut many)
+            parse_head_with(conn.inbox.buffered(), method, &mut many, &mut conn.copies)
         }
         parsed => parsed,
     };
@@ -359,6 +363,7 @@ fn parse_head_with<'b>(
     buffered: &'b [u8],
     method: &Method,
     fields: &mut [httparse::Header<'b>],
+    copies: &mut Copies,
 ) -> Result<Option<(Head, usize)>, Http1Error> {
     let mut response = httparse::Response::new(fields);
     let len = match response.parse(buffered) {
@@ -378,7 +383,7 @@ fn parse_head_with<'b>(
     } else {
         Version::HTTP_11
     };
-    let head = wire::HeadCopy::new(buffered, len);
+    let head = wire::HeadCopy::new(buffered, len, copies);
     let mut headers = HeaderMap::with_capacity(response.headers.len() + wire::HEADER_ROOM);
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -441,7 +446,7 @@ fn parse_head_with<'b>(
 /// Where a connection goes when its exchange ended cleanly.
 pub(crate) trait Keep: Send + Sync {
     /// Takes back a connection ready for another request.
-    fn keep(&self, conn: Connection);
+    fn keep(&self, conn: Box<Connection>);
 }
 
 /// A request encoded for the upstream and not yet on a connection: what
@@ -485,7 +490,7 @@ impl Prepared {
     }
 
     /// Starts the exchange on `conn`.
-    pub(crate) fn send_on(self, mut conn: Connection) -> Exchange {
+    pub(crate) fn send_on(self, mut conn: Box<Connection>) -> Exchange {
         conn.out = self.out;
         conn.written = 0;
         Exchange {
@@ -502,7 +507,7 @@ impl Prepared {
 /// One request being sent on a connection of the proxy's own, and its
 /// response head being read.
 pub(crate) struct Exchange {
-    conn: Connection,
+    conn: Box<Connection>,
     outgoing: Option<Outgoing>,
     /// The whole request is in the connection's buffer: no body streams.
     replayable: bool,
@@ -580,7 +585,7 @@ impl Exchange {
 /// The upstream's response body on a connection of the proxy's own, read
 /// as it is polled; the rest of the request is written meanwhile.
 struct ResponseStream {
-    conn: Option<Connection>,
+    conn: Option<Box<Connection>>,
     outgoing: Option<Outgoing>,
     framing: Framing,
     keep_alive: bool,
@@ -625,6 +630,7 @@ impl ResponseStream {
         }
         match ready!(wire::read_frame(
             &mut conn.inbox,
+            &mut conn.copies,
             &conn.stream,
             &mut self.framing,
             cx

@@ -6,7 +6,7 @@
 use std::io::{self, Read as _};
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 use tokio::io::Interest;
@@ -261,9 +261,10 @@ impl Framing {
 }
 
 /// The next frame of the body framed as `framing`, read from `inbox` and
-/// then `stream`: `None` at its end.
+/// then `stream`, its data copied by `copies`: `None` at its end.
 pub(crate) fn read_frame(
     inbox: &mut Inbox,
+    copies: &mut Copies,
     stream: &TcpStream,
     framing: &mut Framing,
     cx: &mut Context<'_>,
@@ -278,7 +279,7 @@ pub(crate) fn read_frame(
                 }
                 let available = inbox.buffered();
                 let n = usize::try_from(left).map_or(available.len(), |l| l.min(available.len()));
-                let data = Bytes::copy_from_slice(&available[..n]);
+                let data = copies.copy(&available[..n]);
                 inbox.consume(n);
                 let left = left - n as u64;
                 *framing = match *framing {
@@ -351,7 +352,7 @@ pub(crate) fn read_frame(
                     *framing = Framing::Done;
                     return Poll::Ready(Ok(None));
                 }
-                let data = Bytes::copy_from_slice(inbox.buffered());
+                let data = copies.copy(inbox.buffered());
                 inbox.consume(data.len());
                 return Poll::Ready(Ok(Some(Frame::data(data))));
             }
@@ -434,6 +435,32 @@ pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// The largest copy a [`Copies`] takes; a larger one has its own allocation.
+const COPIES_BLOCK: usize = 4 * 1024;
+
+/// A connection's buffer for the bytes its messages hand on (heads, small
+/// bodies). Each copy is cut from one allocation, which is used again once
+/// every copy cut from it is dropped: a connection's messages allocate
+/// nothing for them, where a copy of its own costs an allocation for the
+/// bytes and another for the count of their sharers.
+#[derive(Debug, Default)]
+pub(crate) struct Copies(BytesMut);
+
+impl Copies {
+    /// `bytes`, copied.
+    pub(crate) fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        if bytes.len() > COPIES_BLOCK / 2 {
+            return Bytes::copy_from_slice(bytes);
+        }
+        if self.0.capacity() < bytes.len() {
+            // Takes the allocation back when no copy holds it any more.
+            self.0.reserve(COPIES_BLOCK);
+        }
+        self.0.extend_from_slice(bytes);
+        self.0.split().freeze()
+    }
+}
+
 /// One copy of a parsed head, which the target and header values share
 /// instead of one copy each.
 pub(crate) struct HeadCopy<'b> {
@@ -443,10 +470,10 @@ pub(crate) struct HeadCopy<'b> {
 
 impl<'b> HeadCopy<'b> {
     /// Copies the first `len` bytes of `buffered`: the head httparse parsed.
-    pub(crate) fn new(buffered: &'b [u8], len: usize) -> Self {
+    pub(crate) fn new(buffered: &'b [u8], len: usize, copies: &mut Copies) -> Self {
         Self {
             buffered,
-            copy: Bytes::copy_from_slice(&buffered[..len]),
+            copy: copies.copy(&buffered[..len]),
         }
     }
 
@@ -536,6 +563,37 @@ pub(crate) fn encode_end(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_share_one_allocation_and_reuse_it() {
+        let mut copies = Copies::default();
+        let kept = copies.copy(b"kept");
+        // Copies held elsewhere keep their bytes while new ones are cut,
+        // past the end of the first allocation.
+        let later: Vec<Bytes> = (0..64u8).map(|i| copies.copy(&[i; 100])).collect();
+        assert_eq!(&kept[..], b"kept");
+        for (i, copy) in later.iter().enumerate() {
+            assert_eq!(&copy[..], &[i as u8; 100][..]);
+        }
+        drop((kept, later));
+        // Once nothing holds an allocation, copies come from it again: ten
+        // blocks' worth of copies, each dropped, all come from the first,
+        // whose start is where the first of them was cut.
+        let mut copies = Copies::default();
+        let start = copies.copy(&[1; 100]).as_ptr() as usize;
+        let block = start..start + COPIES_BLOCK;
+        let mut wrapped = false;
+        for _ in 0..10 * COPIES_BLOCK / 100 {
+            let copy = copies.copy(&[7; 100]);
+            assert_eq!(&copy[..], &[7; 100][..]);
+            let at = copy.as_ptr() as usize;
+            assert!(block.contains(&at), "a new allocation");
+            wrapped |= at == start;
+        }
+        assert!(wrapped);
+        let large = copies.copy(&[9; COPIES_BLOCK]);
+        assert_eq!(&large[..], &[9; COPIES_BLOCK][..]);
+    }
 
     #[test]
     fn lengths() {
