@@ -1,6 +1,7 @@
 //! Transaction handles: the opaque values that stand in for the client's
 //! `state` while the upstream handles an authorization request.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use base64::Engine;
@@ -12,24 +13,47 @@ pub(crate) const PREFIX: &str = "pkce.";
 const RANDOM_BYTES: usize = 16;
 const ENCODED_LEN: usize = 22;
 
+const LEN: usize = PREFIX.len() + ENCODED_LEN;
+
+/// A handle this middleware minted. It has a fixed length, so its text is
+/// kept inline, with no allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Handle([u8; LEN]);
+
+impl Handle {
+    pub(crate) fn as_str(&self) -> &str {
+        // Always ASCII: the prefix and base64url.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Handle {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handle([redacted])")
+    }
+}
+
 /// A fresh handle: the prefix and 128 bits from the operating system's
 /// random number generator, base64url-encoded.
-pub(crate) fn mint() -> Result<String, getrandom::Error> {
+pub(crate) fn mint() -> Result<Handle, getrandom::Error> {
     let mut bytes = [0u8; RANDOM_BYTES];
     getrandom::fill(&mut bytes)?;
-    let mut handle = String::with_capacity(PREFIX.len() + ENCODED_LEN);
-    handle.push_str(PREFIX);
-    // Encoded into a buffer of the exact size: no streaming encoder.
-    let mut encoded = [0u8; ENCODED_LEN];
-    let written = URL_SAFE_NO_PAD.encode_slice(bytes, &mut encoded);
-    match written
-        .ok()
-        .and_then(|n| std::str::from_utf8(encoded.get(..n)?).ok())
-    {
-        Some(text) => handle.push_str(text),
-        None => URL_SAFE_NO_PAD.encode_string(bytes, &mut handle),
+    let mut handle = [0u8; LEN];
+    handle[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+    let encoded = &mut handle[PREFIX.len()..];
+    match URL_SAFE_NO_PAD.encode_slice(bytes, encoded) {
+        Ok(ENCODED_LEN) => Ok(Handle(handle)),
+        // 16 bytes always encode to 22 characters.
+        _ => Err(getrandom::Error::UNEXPECTED),
     }
-    Ok(handle)
 }
 
 /// Whether `value` has the exact shape of a handle this middleware mints.
@@ -51,13 +75,14 @@ pub(crate) fn may_contain(bytes: &[u8]) -> bool {
 }
 
 /// A handle found beside a code or an error where a response hands them to
-/// the client (a `Location`, a `form_post` page).
+/// the client (a `Location`, a `form_post` page). The values borrow from
+/// the response unless they had to be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Hit {
+pub(crate) struct Hit<'a> {
     /// The handle, decoded.
-    pub(crate) handle: String,
+    pub(crate) handle: Cow<'a, str>,
     /// The code beside it, or `None` when an `error` stands there instead.
-    pub(crate) code: Option<String>,
+    pub(crate) code: Option<Cow<'a, str>>,
     /// Where the `state` value is written, to put the client's back.
     pub(crate) value: Range<usize>,
     /// What to cut when the client sent no `state`: the whole parameter.
@@ -86,16 +111,17 @@ mod tests {
     fn minted_handles_are_handles_and_unique() {
         let a = mint().unwrap();
         let b = mint().unwrap();
-        assert!(is_handle(&a), "{a}");
+        assert!(is_handle(&a), "{}", a.as_str());
         assert_ne!(a, b);
-        assert!(may_contain(format!("x?state={a}").as_bytes()));
+        assert!(may_contain(format!("x?state={}", a.as_str()).as_bytes()));
+        assert_eq!(format!("{a:?}"), "Handle([redacted])");
     }
 
     #[test]
     fn lookalikes_are_not_handles() {
         let h = mint().unwrap();
         assert!(!is_handle(&h[..h.len() - 1]));
-        assert!(!is_handle(&format!("{h}A")));
+        assert!(!is_handle(&format!("{}A", h.as_str())));
         assert!(!is_handle(&h.replacen("pkce.", "pkce_", 1)));
         assert!(!is_handle(&format!("pkce.{}", "+".repeat(22))));
         assert!(!is_handle("client-state"));

@@ -6,6 +6,7 @@
 //! same form. A login page or an MFA page whose hidden `state` posts the
 //! handle back, and whose `code` field is for the user to type, is no hit.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::handle::{Hit, splice};
@@ -176,7 +177,10 @@ fn input(page: &[u8], tag: Range<usize>, form: usize, attrs: &[Attribute]) -> Op
 
 /// Finds a hidden `state` input holding one of our handles, with a hidden
 /// non-empty `code` or `error` input in the same form.
-pub(crate) fn find_form_post(page: &[u8], is_handle: impl Fn(&str) -> bool) -> Option<Hit> {
+pub(crate) fn find_form_post(
+    page: &[u8],
+    is_handle: impl Fn(&str) -> bool,
+) -> Option<Hit<'static>> {
     let inputs = inputs(page);
     let state = inputs
         .iter()
@@ -186,12 +190,12 @@ pub(crate) fn find_form_post(page: &[u8], is_handle: impl Fn(&str) -> bool) -> O
             .iter()
             .find(|i| i.form == state.form && i.hidden && i.name == name && !i.value.is_empty())
     };
-    let code = beside("code").map(|i| i.value.clone());
+    let code = beside("code").map(|i| Cow::Owned(i.value.clone()));
     if code.is_none() && beside("error").is_none() {
         return None;
     }
     Some(Hit {
-        handle: state.value.clone(),
+        handle: Cow::Owned(state.value.clone()),
         code,
         value: state.value_range.clone(),
         whole: state.tag.clone(),
@@ -201,7 +205,7 @@ pub(crate) fn find_form_post(page: &[u8], is_handle: impl Fn(&str) -> bool) -> O
 
 /// The page with the handle replaced by the client's own `state`, or the
 /// `state` input removed when the client sent none.
-pub(crate) fn restore_state(page: &[u8], hit: &Hit, state: Option<&str>) -> Vec<u8> {
+pub(crate) fn restore_state(page: &[u8], hit: &Hit<'_>, state: Option<&str>) -> Vec<u8> {
     match state {
         Some(state) => {
             let escaped = escape(state);

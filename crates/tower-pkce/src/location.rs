@@ -13,7 +13,10 @@ use crate::handle::Hit;
 /// A `Location` that carries the handle alone (a login page's URL, a
 /// `next=` parameter holding the original request) is no hit: the flow is
 /// still going on.
-pub(crate) fn find_code_redirect(location: &str, is_handle: impl Fn(&str) -> bool) -> Option<Hit> {
+pub(crate) fn find_code_redirect(
+    location: &str,
+    is_handle: impl Fn(&str) -> bool,
+) -> Option<Hit<'_>> {
     let (before_fragment, fragment) = match location.find('#') {
         Some(i) => (i, Some(i + 1)),
         None => (location.len(), None),
@@ -29,11 +32,19 @@ pub(crate) fn find_code_redirect(location: &str, is_handle: impl Fn(&str) -> boo
         .find_map(|component| find_in(location, component, &is_handle))
 }
 
-fn find_in(input: &str, component: Range<usize>, is_handle: &impl Fn(&str) -> bool) -> Option<Hit> {
+/// A `state` pair holding a handle: its index among the pairs, where the
+/// whole pair and its value stand, and the handle.
+type StatePair<'a> = (usize, Range<usize>, Range<usize>, Cow<'a, str>);
+
+fn find_in<'a>(
+    input: &'a str,
+    component: Range<usize>,
+    is_handle: &impl Fn(&str) -> bool,
+) -> Option<Hit<'a>> {
     let offset = component.start;
     let text = input.get(component)?;
     // The last state that is a handle: its pair's ordinal, place and value.
-    let mut state: Option<(usize, Range<usize>, Range<usize>, String)> = None;
+    let mut state: Option<StatePair<'a>> = None;
     let mut code = None;
     let mut error = false;
     let mut pairs = 0;
@@ -49,14 +60,11 @@ fn find_in(input: &str, component: Range<usize>, is_handle: &impl Fn(&str) -> bo
                     let end = offset + pair.start + pair.raw.len();
                     let whole = offset + pair.start..end;
                     let value = end - pair.value.len()..end;
-                    state = Some((i, whole, value, v.into_owned()));
+                    state = Some((i, whole, value, v));
                 }
             }
             "code" => {
-                code = value_of(pair)
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .map(|v| v.into_owned())
+                code = value_of(pair).ok().filter(|v| !v.is_empty());
             }
             "error" => error |= value_of(pair).is_ok_and(|v| !v.is_empty()),
             _ => {}
@@ -86,7 +94,7 @@ fn find_in(input: &str, component: Range<usize>, is_handle: &impl Fn(&str) -> bo
 /// `location` with the handle replaced by the client's own `state`, or the
 /// `state` parameter removed when the client sent none. Nothing else
 /// changes.
-pub(crate) fn restore_state(location: &str, hit: &Hit, state: Option<&str>) -> String {
+pub(crate) fn restore_state(location: &str, hit: &Hit<'_>, state: Option<&str>) -> String {
     let (cut, with) = match state {
         Some(state) => (&hit.value, encode(state)),
         None => (&hit.whole, Cow::Borrowed("")),
@@ -109,7 +117,7 @@ mod tests {
 
     const H: &str = "pkce.AAAAAAAAAAAAAAAAAAAAAA";
 
-    fn restored(location: &str, state: Option<&str>) -> Option<(Hit, String)> {
+    fn restored<'a>(location: &'a str, state: Option<&str>) -> Option<(Hit<'a>, String)> {
         let hit = find_code_redirect(location, is_handle)?;
         let out = restore_state(location, &hit, state);
         Some((hit, out))

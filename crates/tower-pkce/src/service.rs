@@ -477,7 +477,7 @@ impl<St: Store> Shared<St> {
         minted: Option<&Minted>,
     ) -> Result<Option<Box<str>>, Rejection> {
         let key = match minted {
-            Some(minted) if minted.handle == handle => minted.key,
+            Some(minted) if minted.handle.as_str() == handle => minted.key,
             _ => StoreKey::of(handle),
         };
         let pending = match self.store.take_pending(&key).await {
@@ -718,7 +718,7 @@ enum Authorized {
 /// The handle an authorization request was given, with its store key, so
 /// that the response that carries it back needs no second hash.
 struct Minted {
-    handle: String,
+    handle: handle::Handle,
     key: StoreKey,
 }
 
