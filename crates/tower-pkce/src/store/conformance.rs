@@ -52,6 +52,18 @@ pub fn sample_binding() -> CodeBinding {
     sample_pending(None).binding()
 }
 
+/// Binds `key` for `ttl` and redeems it: a spent binding.
+async fn bind_and_redeem<S: Store>(store: &S, key: &StoreKey, ttl: Duration) {
+    store
+        .insert_binding(key, sample_binding(), ttl)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.redeem(key).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+}
+
 pub async fn pending_round_trip<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
     let store = make(ROOMY).await;
     let key = fresh_key();
@@ -219,14 +231,7 @@ pub async fn binding_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usiz
         .insert_binding(&live, sample_binding(), SHORT_TTL)
         .await
         .unwrap();
-    store
-        .insert_binding(&spent, sample_binding(), SHORT_TTL)
-        .await
-        .unwrap();
-    assert!(matches!(
-        store.redeem(&spent).await.unwrap(),
-        Redemption::Redeemed(_)
-    ));
+    bind_and_redeem(&store, &spent, SHORT_TTL).await;
     tokio::time::sleep(PAST_SHORT_TTL).await;
     assert_eq!(store.redeem(&live).await.unwrap(), Redemption::Missing);
     assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Missing);
@@ -238,14 +243,7 @@ pub async fn binding_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usiz
 pub async fn spent_binding_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
     let store = make(2).await;
     let code = fresh_key();
-    store
-        .insert_binding(&code, sample_binding(), SHORT_TTL)
-        .await
-        .unwrap();
-    assert!(matches!(
-        store.redeem(&code).await.unwrap(),
-        Redemption::Redeemed(_)
-    ));
+    bind_and_redeem(&store, &code, SHORT_TTL).await;
     store
         .insert_pending(&fresh_key(), sample_pending(None), TTL)
         .await
@@ -262,14 +260,7 @@ pub async fn spent_binding_expires<S: Store, F: Future<Output = S>>(make: impl F
         .unwrap();
     // Once expired, the code is unknown and may be bound again.
     assert_eq!(store.redeem(&code).await.unwrap(), Redemption::Missing);
-    store
-        .insert_binding(&code, sample_binding(), TTL)
-        .await
-        .unwrap();
-    assert!(matches!(
-        store.redeem(&code).await.unwrap(),
-        Redemption::Redeemed(_)
-    ));
+    bind_and_redeem(&store, &code, TTL).await;
     assert_eq!(store.redeem(&code).await.unwrap(), Redemption::Spent);
 }
 
@@ -408,14 +399,7 @@ pub async fn stats_count_both_families<S: Store, F: Future<Output = S>>(make: im
         .await
         .unwrap();
     let code = fresh_key();
-    store
-        .insert_binding(&code, sample_binding(), TTL)
-        .await
-        .unwrap();
-    assert!(matches!(
-        store.redeem(&code).await.unwrap(),
-        Redemption::Redeemed(_)
-    ));
+    bind_and_redeem(&store, &code, TTL).await;
     let after = store.stats().await.unwrap();
     assert_eq!(after.pending - before.pending, 2);
     // A spent binding is still counted: it is kept until its TTL ends.
