@@ -443,6 +443,13 @@ const COPIES_BLOCK: usize = 4 * 1024;
 /// every copy cut from it is dropped: a connection's messages allocate
 /// nothing for them, where a copy of its own costs an allocation for the
 /// bytes and another for the count of their sharers.
+///
+/// A copy starts at the front of the allocation whenever nothing holds the
+/// earlier ones, which is the usual case (a message is handed on before the
+/// next is read). So a connection keeps writing the same few cache lines,
+/// rather than walking through the whole block and writing to lines that
+/// have long left the cache: with a hundred connections, those misses cost
+/// more than the copies themselves.
 #[derive(Debug, Default)]
 pub(crate) struct Copies(BytesMut);
 
@@ -452,8 +459,10 @@ impl Copies {
         if bytes.len() > COPIES_BLOCK / 2 {
             return Bytes::copy_from_slice(bytes);
         }
-        if self.0.capacity() < bytes.len() {
-            // Takes the allocation back when no copy holds it any more.
+        // Back to the front if no copy holds the allocation any more (one
+        // atomic load); it never allocates.
+        let reclaimed = self.0.try_reclaim(COPIES_BLOCK);
+        if !reclaimed && self.0.capacity() < bytes.len() {
             self.0.reserve(COPIES_BLOCK);
         }
         self.0.extend_from_slice(bytes);
@@ -576,21 +585,23 @@ mod tests {
             assert_eq!(&copy[..], &[i as u8; 100][..]);
         }
         drop((kept, later));
-        // Once nothing holds an allocation, copies come from it again: ten
-        // blocks' worth of copies, each dropped, all come from the first,
-        // whose start is where the first of them was cut.
+        // Once nothing holds an allocation, copies come from its front
+        // again: ten blocks' worth of copies, each dropped before the next,
+        // are all cut where the first was.
         let mut copies = Copies::default();
         let start = copies.copy(&[1; 100]).as_ptr() as usize;
-        let block = start..start + COPIES_BLOCK;
-        let mut wrapped = false;
         for _ in 0..10 * COPIES_BLOCK / 100 {
             let copy = copies.copy(&[7; 100]);
             assert_eq!(&copy[..], &[7; 100][..]);
-            let at = copy.as_ptr() as usize;
-            assert!(block.contains(&at), "a new allocation");
-            wrapped |= at == start;
+            assert_eq!(copy.as_ptr() as usize, start, "not the front of the block");
         }
-        assert!(wrapped);
+        // While one is held, the next is cut after it, in the same block.
+        let held = copies.copy(&[2; 100]);
+        let next = copies.copy(&[3; 100]);
+        assert_eq!(held.as_ptr() as usize, start);
+        assert_eq!(next.as_ptr() as usize, start + 100);
+        assert_eq!((&held[..], &next[..]), (&[2; 100][..], &[3; 100][..]));
+        drop((held, next));
         let large = copies.copy(&[9; COPIES_BLOCK]);
         assert_eq!(&large[..], &[9; COPIES_BLOCK][..]);
     }
