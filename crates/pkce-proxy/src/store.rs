@@ -1,6 +1,11 @@
 //! The store the proxy was configured with: in memory, or Redis.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use pin_project_lite::pin_project;
 
 use tower_pkce::store::{
     CodeBinding, MemoryStore, PendingAuthorization, Redemption, RedisStore, Store, StoreError,
@@ -46,58 +51,94 @@ impl ProxyStore {
     }
 }
 
-/// Calls the configured store. The Redis future is boxed: it is large, and
-/// every caller's future would otherwise carry its size for the memory
-/// store too, and copy it at every move. One allocation is nothing beside a
-/// round trip to Redis.
+pin_project! {
+    /// A call to the configured store. The Redis future is boxed: it is
+    /// large, and every caller's future would otherwise carry its size for
+    /// the memory store too, and copy it at every move. One allocation is
+    /// nothing beside a round trip to Redis.
+    #[project = CallProj]
+    enum StoreCall<M, R> {
+        /// The memory store's future, which is ready at once.
+        Memory {
+            #[pin]
+            future: M,
+        },
+        /// Redis's future.
+        Redis { future: Pin<Box<R>> },
+    }
+}
+
+impl<T, M: Future<Output = T>, R: Future<Output = T>> Future for StoreCall<M, R> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.project() {
+            CallProj::Memory { future } => future.poll(cx),
+            CallProj::Redis { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
 macro_rules! each {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
-            ProxyStore::Memory($store) => $call.await,
-            ProxyStore::Redis($store) => Box::pin($call).await,
+            ProxyStore::Memory($store) => StoreCall::Memory { future: $call },
+            ProxyStore::Redis($store) => StoreCall::Redis {
+                future: Box::pin($call),
+            },
         }
     };
 }
 
 impl Store for ProxyStore {
-    async fn insert_pending(
+    fn insert_pending(
         &self,
         key: &StoreKey,
         record: PendingAuthorization,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         each!(self, s => s.insert_pending(key, record, ttl))
     }
 
-    async fn contains_pending(&self, key: &StoreKey) -> Result<bool, StoreError> {
+    fn contains_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         each!(self, s => s.contains_pending(key))
     }
 
-    async fn take_pending(
+    fn take_pending(
         &self,
         key: &StoreKey,
-    ) -> Result<Option<PendingAuthorization>, StoreError> {
+    ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send {
         each!(self, s => s.take_pending(key))
     }
 
-    async fn insert_binding(
+    fn insert_binding(
         &self,
         key: &StoreKey,
         binding: CodeBinding,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         each!(self, s => s.insert_binding(key, binding, ttl))
     }
 
-    async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
+    fn redeem(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Redemption, StoreError>> + Send {
         each!(self, s => s.redeem(key))
     }
 
-    async fn restore(&self, key: &StoreKey, binding: CodeBinding) -> Result<(), StoreError> {
+    fn restore(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         each!(self, s => s.restore(key, binding))
     }
 
-    async fn stats(&self) -> Result<StoreStats, StoreError> {
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
         each!(self, s => s.stats())
     }
 

@@ -6,6 +6,7 @@
 //! of a live binding's: a busy server spends most of the codes it binds,
 //! and those fill memory, and every growth of the map, at that size.
 
+use std::future::{Future, ready};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -386,51 +387,69 @@ impl MemoryStore {
     }
 }
 
+// Every operation is done when it is called, and its future is ready: it
+// holds only the answer, so the futures of the middleware that await it
+// stay small (an `async fn` would hold its arguments, a whole record, until
+// polled).
 impl Store for MemoryStore {
-    async fn insert_pending(
+    fn insert_pending(
         &self,
         key: &StoreKey,
         record: PendingAuthorization,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.insert_pending_now(key, record, ttl)
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        ready(self.insert_pending_now(key, record, ttl))
     }
 
-    async fn contains_pending(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let now = self.inner.now();
-        Ok(self.inner.pending.get(key).is_some_and(|r| r.expires > now))
-    }
-
-    async fn take_pending(
+    fn contains_pending(
         &self,
         key: &StoreKey,
-    ) -> Result<Option<PendingAuthorization>, StoreError> {
-        Ok(self.take_pending_now(key))
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let now = self.inner.now();
+        ready(Ok(self
+            .inner
+            .pending
+            .get(key)
+            .is_some_and(|r| r.expires > now)))
     }
 
-    async fn insert_binding(
+    fn take_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send {
+        ready(Ok(self.take_pending_now(key)))
+    }
+
+    fn insert_binding(
         &self,
         key: &StoreKey,
         binding: CodeBinding,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.insert_binding_now(key, binding, ttl)
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        ready(self.insert_binding_now(key, binding, ttl))
     }
 
-    async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
-        Ok(self.redeem_now(key))
+    fn redeem(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Redemption, StoreError>> + Send {
+        ready(Ok(self.redeem_now(key)))
     }
 
-    async fn restore(&self, key: &StoreKey, binding: CodeBinding) -> Result<(), StoreError> {
+    fn restore(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.restore_now(key, binding);
-        Ok(())
+        ready(Ok(()))
     }
 
-    async fn stats(&self) -> Result<StoreStats, StoreError> {
-        Ok(StoreStats {
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
+        ready(Ok(StoreStats {
             pending: self.inner.pending.len() as u64,
             bindings: (self.inner.bindings.len() + self.inner.spent.len()) as u64,
-        })
+        }))
     }
 
     fn start_maintenance(&self) {
