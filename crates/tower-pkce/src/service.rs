@@ -525,103 +525,112 @@ impl<St: Store> Shared<St> {
         }
     }
 
-    async fn inspect_response<B>(
-        &self,
+    /// Takes the response apart before the `async` block, as [`authorize`]
+    /// does with the request.
+    fn inspect_response<'a, B>(
+        &'a self,
         response: Response<B>,
         wants_json: bool,
-        minted: Option<&Minted>,
-    ) -> Response<ResponseBody<B>>
+        minted: Option<&'a Minted>,
+    ) -> impl Future<Output = Response<ResponseBody<B>>> + 'a
     where
         B: Body<Data = Bytes> + Send + 'static,
     {
         let (mut parts, body) = response.into_parts();
-        if parts.status.is_redirection() {
-            // A clone of the header shares its bytes; the headers stay free
-            // to change.
-            let location_value = parts.headers.get(header::LOCATION).cloned();
-            let hit = location_value
-                .as_ref()
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| location::find_code_redirect(l, handle::is_handle).map(|h| (l, h)));
-            if let Some((loc, hit)) = hit {
-                return match self
-                    .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
-                    .await
-                {
-                    Ok(state) => {
-                        let restored = location::restore_state(loc, &hit, state.as_deref());
-                        match HeaderValue::try_from(restored) {
-                            Ok(value) => {
-                                parts.headers.insert(header::LOCATION, value);
-                                Response::from_parts(parts, ResponseBody::inner(body))
+        async move {
+            if parts.status.is_redirection() {
+                // A clone of the header shares its bytes; the headers stay free
+                // to change.
+                let location_value = parts.headers.get(header::LOCATION).cloned();
+                let hit = location_value
+                    .as_ref()
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| {
+                        location::find_code_redirect(l, handle::is_handle).map(|h| (l, h))
+                    });
+                if let Some((loc, hit)) = hit {
+                    return match self
+                        .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
+                        .await
+                    {
+                        Ok(state) => {
+                            let restored = location::restore_state(loc, &hit, state.as_deref());
+                            match HeaderValue::try_from(restored) {
+                                Ok(value) => {
+                                    parts.headers.insert(header::LOCATION, value);
+                                    Response::from_parts(parts, ResponseBody::inner(body))
+                                }
+                                Err(_) => page(Rejection::StoreUnavailable, wants_json),
                             }
-                            Err(_) => page(Rejection::StoreUnavailable, wants_json),
                         }
-                    }
-                    Err(rejection) => page(rejection, wants_json),
-                };
+                        Err(rejection) => page(rejection, wants_json),
+                    };
+                }
             }
-        }
-        if !is_html(&parts.headers) {
-            return Response::from_parts(parts, ResponseBody::inner(body));
-        }
-        let limit = self.config.html_scan_limit;
-        if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-            return Response::from_parts(parts, ResponseBody::inner(body));
-        }
-        let (data, trailers) = match collect_bounded(body, limit).await {
-            Collected::Complete { data, trailers } => (data, trailers),
-            Collected::Over { frames, rest } => {
-                return Response::from_parts(parts, ResponseBody::replay(frames, None, Some(rest)));
+            if !is_html(&parts.headers) {
+                return Response::from_parts(parts, ResponseBody::inner(body));
             }
-            Collected::Failed { frames, error } => {
-                return Response::from_parts(
-                    parts,
-                    ResponseBody::replay(frames, Some(error), None),
-                );
+            let limit = self.config.html_scan_limit;
+            if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
+                return Response::from_parts(parts, ResponseBody::inner(body));
             }
-        };
-        let encoding = parts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let decoded: Cow<'_, [u8]> = match &encoding {
-            None => Cow::Borrowed(&data),
-            Some(enc) => match coding::decode_content(enc, &data, limit) {
-                Ok(decoded) => Cow::Owned(decoded),
-                Err(e) => {
-                    tracing::debug!(error = %e, "html response not scanned");
+            let (data, trailers) = match collect_bounded(body, limit).await {
+                Collected::Complete { data, trailers } => (data, trailers),
+                Collected::Over { frames, rest } => {
                     return Response::from_parts(
                         parts,
-                        ResponseBody::replay(frames_of(data, trailers), None, None),
+                        ResponseBody::replay(frames, None, Some(rest)),
                     );
                 }
-            },
-        };
-        let hit = if handle::may_contain(&decoded) {
-            html::find_form_post(&decoded, handle::is_handle)
-        } else {
-            None
-        };
-        let Some(hit) = hit else {
-            return Response::from_parts(
-                parts,
-                ResponseBody::replay(frames_of(data, trailers), None, None),
-            );
-        };
-        match self
-            .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
-            .await
-        {
-            Ok(state) => {
-                let page = html::restore_state(&decoded, &hit, state.as_deref());
-                parts.headers.remove(header::CONTENT_ENCODING);
-                parts.headers.remove(header::ETAG);
-                set_content_length(&mut parts.headers, page.len());
-                Response::from_parts(parts, ResponseBody::full(Bytes::from(page)))
+                Collected::Failed { frames, error } => {
+                    return Response::from_parts(
+                        parts,
+                        ResponseBody::replay(frames, Some(error), None),
+                    );
+                }
+            };
+            let encoding = parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let decoded: Cow<'_, [u8]> = match &encoding {
+                None => Cow::Borrowed(&data),
+                Some(enc) => match coding::decode_content(enc, &data, limit) {
+                    Ok(decoded) => Cow::Owned(decoded),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "html response not scanned");
+                        return Response::from_parts(
+                            parts,
+                            ResponseBody::replay(frames_of(data, trailers), None, None),
+                        );
+                    }
+                },
+            };
+            let hit = if handle::may_contain(&decoded) {
+                html::find_form_post(&decoded, handle::is_handle)
+            } else {
+                None
+            };
+            let Some(hit) = hit else {
+                return Response::from_parts(
+                    parts,
+                    ResponseBody::replay(frames_of(data, trailers), None, None),
+                );
+            };
+            match self
+                .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
+                .await
+            {
+                Ok(state) => {
+                    let page = html::restore_state(&decoded, &hit, state.as_deref());
+                    parts.headers.remove(header::CONTENT_ENCODING);
+                    parts.headers.remove(header::ETAG);
+                    set_content_length(&mut parts.headers, page.len());
+                    Response::from_parts(parts, ResponseBody::full(Bytes::from(page)))
+                }
+                Err(rejection) => page(rejection, wants_json),
             }
-            Err(rejection) => page(rejection, wants_json),
         }
     }
 }
@@ -896,11 +905,14 @@ fn with_query(uri: &Uri, query: &str) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-async fn authorize<S, St, ReqBody, ResBody>(
+/// The request is taken apart before the `async` block, which then holds
+/// the parts alone: an `async fn` would hold the whole request as well, in
+/// a future that is boxed (copied whole) and polled on every request.
+fn authorize<S, St, ReqBody, ResBody>(
     shared: Arc<Shared<St>>,
     mut inner: S,
     req: Request<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     St: Store,
@@ -909,65 +921,67 @@ where
 {
     let json = wants_json(req.headers());
     let (mut parts, body) = req.into_parts();
-    let reads_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-    let (data, body) = if reads_body {
-        match read_body(&parts.headers, body, shared.config.max_authorize_body).await {
-            Ok(data) => (Some(data), None),
+    async move {
+        let reads_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+        let (data, body) = if reads_body {
+            match read_body(&parts.headers, body, shared.config.max_authorize_body).await {
+                Ok(data) => (Some(data), None),
+                Err(rejection) => return Ok(reject_authorize(rejection, json)),
+            }
+        } else {
+            (None, Some(body))
+        };
+        let form_body = match &data {
+            Some(d) if !d.is_empty() => {
+                if !is_form(&parts.headers) {
+                    return Ok(reject_authorize(Rejection::UnsupportedMediaType, json));
+                }
+                match std::str::from_utf8(d) {
+                    Ok(s) => Some(s),
+                    Err(_) => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
+                }
+            }
+            _ => None,
+        };
+        let query = parts.uri.query().unwrap_or("");
+        let outcome = match check_authorization(&shared, query, form_body).await {
+            Ok(outcome) => outcome,
             Err(rejection) => return Ok(reject_authorize(rejection, json)),
-        }
-    } else {
-        (None, Some(body))
-    };
-    let form_body = match &data {
-        Some(d) if !d.is_empty() => {
-            if !is_form(&parts.headers) {
-                return Ok(reject_authorize(Rejection::UnsupportedMediaType, json));
-            }
-            match std::str::from_utf8(d) {
-                Ok(s) => Some(s),
-                Err(_) => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
-            }
-        }
-        _ => None,
-    };
-    let query = parts.uri.query().unwrap_or("");
-    let outcome = match check_authorization(&shared, query, form_body).await {
-        Ok(outcome) => outcome,
-        Err(rejection) => return Ok(reject_authorize(rejection, json)),
-    };
-    let (body, minted) = match outcome {
-        Authorized::Forward => match (data, body) {
-            (Some(d), _) => (RequestBody::buffered(d), None),
-            (None, Some(b)) => (RequestBody::inner(b), None),
-            (None, None) => (RequestBody::buffered(Bytes::new()), None),
-        },
-        Authorized::Rewritten {
-            query,
-            body: new_body,
-            minted,
-        } => {
-            if let Some(q) = query {
-                match with_query(&parts.uri, &q) {
-                    Some(uri) => parts.uri = uri,
-                    None => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
+        };
+        let (body, minted) = match outcome {
+            Authorized::Forward => match (data, body) {
+                (Some(d), _) => (RequestBody::buffered(d), None),
+                (None, Some(b)) => (RequestBody::inner(b), None),
+                (None, None) => (RequestBody::buffered(Bytes::new()), None),
+            },
+            Authorized::Rewritten {
+                query,
+                body: new_body,
+                minted,
+            } => {
+                if let Some(q) = query {
+                    match with_query(&parts.uri, &q) {
+                        Some(uri) => parts.uri = uri,
+                        None => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
+                    }
                 }
+                let body = match (new_body, data, body) {
+                    (Some(nb), _, _) => {
+                        set_content_length(&mut parts.headers, nb.len());
+                        RequestBody::buffered(Bytes::from(nb))
+                    }
+                    (None, Some(d), _) => RequestBody::buffered(d),
+                    (None, None, Some(b)) => RequestBody::inner(b),
+                    (None, None, None) => RequestBody::buffered(Bytes::new()),
+                };
+                (body, Some(minted))
             }
-            let body = match (new_body, data, body) {
-                (Some(nb), _, _) => {
-                    set_content_length(&mut parts.headers, nb.len());
-                    RequestBody::buffered(Bytes::from(nb))
-                }
-                (None, Some(d), _) => RequestBody::buffered(d),
-                (None, None, Some(b)) => RequestBody::inner(b),
-                (None, None, None) => RequestBody::buffered(Bytes::new()),
-            };
-            (body, Some(minted))
-        }
-    };
-    let response = inner.call(Request::from_parts(parts, body)).await?;
-    Ok(shared
-        .inspect_response(response, json, minted.as_ref())
-        .await)
+        };
+        let response = inner.call(Request::from_parts(parts, body)).await?;
+        Ok(shared
+            .inspect_response(response, json, minted.as_ref())
+            .await)
+    }
 }
 
 fn reject_authorize<B: Body>(rejection: Rejection, json: bool) -> Response<ResponseBody<B>> {
@@ -1272,11 +1286,12 @@ impl<St: Store> Drop for RestoreGuard<St> {
     }
 }
 
-async fn token<S, St, ReqBody, ResBody>(
+/// Takes the request apart before the `async` block, as [`authorize`] does.
+fn token<S, St, ReqBody, ResBody>(
     shared: Arc<Shared<St>>,
     mut inner: S,
     req: Request<ReqBody>,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, S::Error>>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     St: Store,
@@ -1284,57 +1299,60 @@ where
     ResBody: Body<Data = Bytes>,
 {
     let origin = req.headers().get(header::ORIGIN).cloned();
-    if req.method() == Method::OPTIONS {
-        let response = inner.call(req.map(RequestBody::inner)).await?;
-        shared.origins.learn(origin.as_ref(), response.headers());
-        return Ok(response.map(ResponseBody::inner));
-    }
-    let reject = |rejection: Rejection| {
-        tracing::info!(
-            endpoint = "token",
-            reason = rejection.as_str(),
-            "request rejected"
-        );
-        Ok(shared
-            .token_rejection(rejection, origin.as_ref())
-            .map(ResponseBody::full))
-    };
     let (mut parts, body) = req.into_parts();
-    if !is_form(&parts.headers) {
-        return reject(Rejection::UnsupportedMediaType);
-    }
-    let data = match read_body(&parts.headers, body, shared.config.max_token_body).await {
-        Ok(data) => data,
-        Err(rejection) => return reject(rejection),
-    };
-    let admitted = match check_token(&shared, &parts.headers, parts.uri.query(), data).await {
-        Ok(admitted) => admitted,
-        Err(rejection) => return reject(rejection),
-    };
-    if admitted.changed {
-        set_content_length(&mut parts.headers, admitted.body.len());
-    }
-    let request = Request::from_parts(parts, RequestBody::buffered(admitted.body));
-    let guard = admitted.redeemed.map(|(key, binding)| RestoreGuard {
-        store: shared.store.clone(),
-        key,
-        binding: Some(binding),
-    });
-    let result = inner.call(request).await;
-    if let Some(guard) = guard {
-        let upstream_failed = match &result {
-            Ok(response) => response.status().is_server_error(),
-            Err(_) => true,
-        };
-        if upstream_failed {
-            guard.restore().await;
-        } else {
-            guard.keep();
+    async move {
+        if parts.method == Method::OPTIONS {
+            let request = Request::from_parts(parts, RequestBody::inner(body));
+            let response = inner.call(request).await?;
+            shared.origins.learn(origin.as_ref(), response.headers());
+            return Ok(response.map(ResponseBody::inner));
         }
+        let reject = |rejection: Rejection| {
+            tracing::info!(
+                endpoint = "token",
+                reason = rejection.as_str(),
+                "request rejected"
+            );
+            Ok(shared
+                .token_rejection(rejection, origin.as_ref())
+                .map(ResponseBody::full))
+        };
+        if !is_form(&parts.headers) {
+            return reject(Rejection::UnsupportedMediaType);
+        }
+        let data = match read_body(&parts.headers, body, shared.config.max_token_body).await {
+            Ok(data) => data,
+            Err(rejection) => return reject(rejection),
+        };
+        let admitted = match check_token(&shared, &parts.headers, parts.uri.query(), data).await {
+            Ok(admitted) => admitted,
+            Err(rejection) => return reject(rejection),
+        };
+        if admitted.changed {
+            set_content_length(&mut parts.headers, admitted.body.len());
+        }
+        let request = Request::from_parts(parts, RequestBody::buffered(admitted.body));
+        let guard = admitted.redeemed.map(|(key, binding)| RestoreGuard {
+            store: shared.store.clone(),
+            key,
+            binding: Some(binding),
+        });
+        let result = inner.call(request).await;
+        if let Some(guard) = guard {
+            let upstream_failed = match &result {
+                Ok(response) => response.status().is_server_error(),
+                Err(_) => true,
+            };
+            if upstream_failed {
+                guard.restore().await;
+            } else {
+                guard.keep();
+            }
+        }
+        let response = result?;
+        shared.origins.learn(origin.as_ref(), response.headers());
+        Ok(response.map(ResponseBody::inner))
     }
-    let response = result?;
-    shared.origins.learn(origin.as_ref(), response.headers());
-    Ok(response.map(ResponseBody::inner))
 }
 
 async fn metadata<S, St, ReqBody, ResBody>(
