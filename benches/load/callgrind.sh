@@ -30,17 +30,9 @@ fi
 (cd "$root" && cargo build --release --locked --quiet -p benches --bin load_upstream)
 
 mkdir -p "$out"
-work="$(mktemp -d "${TMPDIR:-/tmp}/pkce-callgrind.XXXXXX")"
-started=()
-cleanup() {
-  local pid
-  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=ports.sh
 source "$here/ports.sh"
+own_processes pkce-callgrind
 wait_port() {
   for _ in $(seq 1 150); do
     if ! port_free "$1"; then return; fi

@@ -6,9 +6,10 @@
 #
 #   benches/load/run.sh [--rounds N] [--duration SECONDS] [--connections N]
 #                       [--warmup SECONDS] [--workloads LIST] [--no-install]
-#                       [--out DIR] [--compare BIN] [--smoke]
+#                       [--out DIR] [--compare BIN] [--pgo] [--smoke]
 # --compare BIN adds a fourth target, pkce-proxy-before: another pkce-proxy
 # binary (an earlier build), measured in the same rounds.
+# --pgo measures the profile-guided build of load/pgo.sh as pkce-proxy.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -23,9 +24,10 @@ targets=(direct nginx pkce-proxy)
 install=1
 out=""
 compare=""
+pgo=0
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
   exit 64
 }
 
@@ -39,6 +41,7 @@ while [[ $# -gt 0 ]]; do
     --out) out="$2"; shift 2 ;;
     --no-install) install=0; shift ;;
     --compare) compare="$2"; shift 2 ;;
+    --pgo) pgo=1; shift ;;
     --smoke) rounds=1; duration=2; warmup=0; shift ;;
     -h|--help) usage ;;
     *) echo "run.sh: unknown argument $1" >&2; usage ;;
@@ -92,6 +95,18 @@ echo "== building (release)"
 (cd "$root" && cargo build --release --locked --quiet \
   -p pkce-proxy --bin pkce-proxy -p benches --bin load_upstream --bin load_report)
 bin="$root/target/release"
+proxy_bin="$bin/pkce-proxy"
+proxy_build="release build"
+pgo_flag=""
+if [[ $pgo -eq 1 ]]; then
+  pgo_flag=" --pgo"
+  echo "== building the profile-guided pkce-proxy (load/pgo.sh)"
+  pgo_args=()
+  [[ $install -eq 1 ]] || pgo_args+=(--no-install)
+  proxy_bin=$("$here/pgo.sh" "${pgo_args[@]}" | tail -n 1)
+  [[ -x "$proxy_bin" ]] || { echo "run.sh: load/pgo.sh gave no binary" >&2; exit 1; }
+  proxy_build="profile-guided release build (load/pgo.sh)"
+fi
 
 if [[ -z "$out" ]]; then
   out="$root/target/load/$(date -u +%Y%m%dT%H%M%SZ)"
@@ -161,7 +176,7 @@ start_proxy() {
   wait_port "$name" "$port" "$last_pid"
 }
 proxy_port=$(pick_port)
-start_proxy pkce-proxy "$bin/pkce-proxy" "$proxy_port"
+start_proxy pkce-proxy "$proxy_bin" "$proxy_port"
 proxy_pid=$last_pid
 before_port=""
 before_pid=""
@@ -302,7 +317,8 @@ loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   echo "## Load benchmark, $started_at to $finished_at"
   echo
-  echo "- command: \`benches/load/run.sh --rounds $rounds --duration $duration --connections $connections --warmup $warmup --workloads \"$workloads\"${compare:+ --compare $compare}\`"
+  echo "- command: \`benches/load/run.sh --rounds $rounds --duration $duration --connections $connections --warmup $warmup --workloads \"$workloads\"${compare:+ --compare $compare}$pgo_flag\`"
+  echo "- pkce-proxy: $proxy_build"
   echo "- machine: $cpus CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)$(grep -q sha_ni /proc/cpuinfo && echo ' (SHA-NI)'), $(uname -sr)"
   echo "- $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(rustc -V 2>/dev/null || echo rustc unknown)"
   echo "- load average at start: $loadavg_start; at end: $loadavg_end"
