@@ -104,6 +104,20 @@ impl<V> Segments<V> {
     fn len(&self) -> usize {
         self.maps.iter().map(DashMap::len).sum()
     }
+
+    /// Removes the records of segment `index` whose expiry (read by
+    /// `expires`) is not after `now`, and returns how many there were.
+    fn remove_expired(&self, index: usize, now: u32, expires: impl Fn(&V) -> u32) -> usize {
+        let mut removed = 0;
+        if let Some(map) = self.maps.get(index) {
+            map.retain(|_, record| {
+                let keep = expires(record) > now;
+                removed += usize::from(!keep);
+                keep
+            });
+        }
+        removed
+    }
 }
 
 struct Inner {
@@ -145,36 +159,22 @@ impl Inner {
 
     /// Removes every expired record, one segment after the other.
     fn sweep(&self) -> usize {
+        self.mark_sweep();
+        (0..SEGMENTS).map(|i| self.sweep_segment(i)).sum()
+    }
+
+    /// Notes that a sweep starts now (see `MemoryStore::sweep_if_stale`).
+    fn mark_sweep(&self) {
         self.last_sweep
             .store(u64::from(self.now()), Ordering::Relaxed);
-        (0..SEGMENTS).map(|i| self.sweep_segment(i)).sum()
     }
 
     /// Removes the expired records of segment `index` of every family.
     fn sweep_segment(&self, index: usize) -> usize {
         let now = self.now();
-        let mut removed = 0;
-        if let Some(pending) = self.pending.maps.get(index) {
-            pending.retain(|_, r| {
-                let keep = r.expires > now;
-                removed += usize::from(!keep);
-                keep
-            });
-        }
-        if let Some(bindings) = self.bindings.maps.get(index) {
-            bindings.retain(|_, r| {
-                let keep = r.expires > now;
-                removed += usize::from(!keep);
-                keep
-            });
-        }
-        if let Some(spent) = self.spent.maps.get(index) {
-            spent.retain(|_, expires| {
-                let keep = *expires > now;
-                removed += usize::from(!keep);
-                keep
-            });
-        }
+        let removed = self.pending.remove_expired(index, now, |r| r.expires)
+            + self.bindings.remove_expired(index, now, |r| r.expires)
+            + self.spent.remove_expired(index, now, |&expires| expires);
         self.release(removed);
         removed
     }
@@ -305,14 +305,12 @@ impl MemoryStore {
             interval.tick().await;
             loop {
                 interval.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                inner.mark_sweep();
+                drop(inner);
                 let mut removed = 0;
                 for index in 0..SEGMENTS {
                     let Some(inner) = weak.upgrade() else { return };
-                    if index == 0 {
-                        inner
-                            .last_sweep
-                            .store(u64::from(inner.now()), Ordering::Relaxed);
-                    }
                     removed += inner.sweep_segment(index);
                     drop(inner);
                     // Requests run between segments: on a single-threaded
@@ -601,21 +599,15 @@ mod tests {
             store
                 .insert_binding_now(&key("live-long", i), binding(), LONG)
                 .unwrap();
-            store
-                .insert_binding_now(&key("spent-short", i), binding(), SHORT)
-                .unwrap();
-            assert!(matches!(
-                store.redeem_now(&key("spent-short", i)),
-                Redemption::Redeemed(_)
-            ));
-            store
-                .insert_binding_now(&key("spent-long", i), binding(), LONG)
-                .unwrap();
-            assert!(matches!(
-                store.redeem_now(&key("spent-long", i)),
-                Redemption::Redeemed(_)
-            ));
+            spend(store, &key("spent-short", i), SHORT);
+            spend(store, &key("spent-long", i), LONG);
         }
+    }
+
+    /// Binds `key` for `ttl`, then redeems it.
+    fn spend(store: &MemoryStore, key: &StoreKey, ttl: Duration) {
+        store.insert_binding_now(key, binding(), ttl).unwrap();
+        assert!(matches!(store.redeem_now(key), Redemption::Redeemed(_)));
     }
 
     fn assert_only_long_lived_remain(store: &MemoryStore, count: usize) {
