@@ -15,6 +15,9 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
+use tower_pkce::store::{
+    CodeBinding, PendingAuthorization, Redemption, Store, StoreError, StoreKey, StoreStats,
+};
 use tower_pkce::{PkceLayer, RequestBody, ResponseBody};
 
 /// How the fake server gets from `/authorize` to issuing a code.
@@ -111,7 +114,7 @@ impl LegacyServer {
     }
 
     /// The server behind `layer`, as one boxed service.
-    pub fn behind(&self, layer: PkceLayer) -> Service {
+    pub fn behind<St: Store>(&self, layer: PkceLayer<St>) -> Service {
         let server = self.clone();
         let inner = tower::service_fn(move |req: Request<RequestBody<Body>>| {
             let server = server.clone();
@@ -518,5 +521,73 @@ impl http_body::Body for ReadyFrames {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
         std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+/// A store that cannot tell that it is full without asking: it keeps
+/// [`Store::admission_hint`]'s default, so the capacity bound is met only
+/// when a record is written.
+#[derive(Debug, Clone)]
+pub struct Unhinted<S>(pub S);
+
+impl<S: Store> Store for Unhinted<S> {
+    fn insert_pending(
+        &self,
+        key: &StoreKey,
+        record: PendingAuthorization,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.0.insert_pending(key, record, ttl)
+    }
+
+    fn contains_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        self.0.contains_pending(key)
+    }
+
+    fn take_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send {
+        self.0.take_pending(key)
+    }
+
+    fn insert_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.0.insert_binding(key, binding, ttl)
+    }
+
+    fn admit_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.0.admit_binding(key, binding, ttl)
+    }
+
+    fn redeem(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Redemption, StoreError>> + Send {
+        self.0.redeem(key)
+    }
+
+    fn restore(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.0.restore(key, binding)
+    }
+
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
+        self.0.stats()
     }
 }

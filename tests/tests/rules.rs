@@ -12,8 +12,11 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use tests::{
-    Answer, Flavor, LegacyServer, delivered, form, get, post_form, send, token_request, walk,
+    Answer, Flavor, LegacyServer, Unhinted, delivered, form, get, post_form, send, token_request,
+    walk,
 };
+use tower_pkce::RequestBody;
+use tower_pkce::store::{MemoryStore, Store};
 use tower_pkce::{ChallengeMethod, CodeChallenge, CodeVerifier, PkceLayer, Rejection, Requirement};
 
 const RFC_VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -684,6 +687,116 @@ async fn capacity_refuses_new_authorizations_but_not_flows_in_progress() {
         let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
         assert_eq!(ok.status, StatusCode::OK);
     }
+}
+
+#[tokio::test]
+async fn a_code_on_the_authorize_answer_is_bound_without_a_pending_record() {
+    let store = MemoryStore::new();
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict().store(store.clone()));
+    let (code, state) = code_via(&server, &svc, Some("s")).await;
+    assert_eq!(state.as_deref(), Some("s"));
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.bindings), (0, 1), "{stats:?}");
+    let wrong = send(
+        &svc,
+        token_request(&code, "client-a", Some(&"x".repeat(43))),
+    )
+    .await;
+    assert_eq!(wrong.rejection, Some(Rejection::VerifierMismatch));
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+}
+
+#[tokio::test]
+async fn a_login_page_is_answered_only_once_its_transaction_is_recorded() {
+    let store = MemoryStore::new();
+    let server = LegacyServer::new(Flavor::LoginPage);
+    let svc = server.behind(PkceLayer::strict().store(store.clone()));
+    let page = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.bindings), (1, 0), "{stats:?}");
+    let txn = tests::hidden_field(&page.body, "txn").unwrap();
+    let answer = send(&svc, post_form("/login", &form(&[("txn", &txn)]))).await;
+    let (code, state) = delivered(&answer).unwrap();
+    assert_eq!(state.as_deref(), Some("s"));
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.bindings), (0, 1), "{stats:?}");
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_before_the_upstream_sees_the_request() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(PkceLayer::strict().capacity(1));
+    let (code, _) = code_via(&server, &svc, None).await;
+    let full = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(full.rejection, Some(Rejection::StoreFull));
+    assert_eq!(server.state.authorize_requests.load(Ordering::SeqCst), 1);
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+}
+
+/// A store that finds out it is full only when written to (as Redis does):
+/// the refusal comes after the upstream's answer, and neither the code it
+/// issued nor its login page reaches the client.
+#[tokio::test]
+async fn a_store_found_full_after_the_answer_withholds_it() {
+    for flavor in [Flavor::Direct, Flavor::LoginPage] {
+        let server = LegacyServer::new(flavor);
+        let store = Unhinted(MemoryStore::builder().capacity(1).build());
+        let svc = server.behind(PkceLayer::strict().store(store.clone()));
+        let first = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+        assert!(first.rejection.is_none(), "{flavor:?}: {first:?}");
+        let full = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+        assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE, "{flavor:?}");
+        assert_eq!(full.rejection, Some(Rejection::StoreFull), "{flavor:?}");
+        assert!(full.location().is_none(), "{flavor:?}: {full:?}");
+        assert!(!full.body.contains("txn"), "{flavor:?}: {}", full.body);
+        assert_eq!(server.state.authorize_requests.load(Ordering::SeqCst), 2);
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats.pending + stats.bindings, 1, "{flavor:?}: {stats:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_error_on_the_authorize_answer_gets_its_state_back_and_stores_nothing() {
+    let store = MemoryStore::new();
+    let upstream = tower::service_fn(|req: Request<RequestBody<Full<Bytes>>>| async move {
+        let params = tests::parse_form(req.uri().query().unwrap_or_default());
+        let state = params.iter().find(|(n, _)| n == "state").unwrap();
+        let location = format!(
+            "https://client.example/cb?error=access_denied&state={}&iss=x",
+            tests::encode(&state.1)
+        );
+        Ok::<_, std::convert::Infallible>(
+            http::Response::builder()
+                .status(StatusCode::FOUND)
+                .header(header::LOCATION, location)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    });
+    let svc = tower::util::BoxCloneSyncService::new(
+        tower::ServiceBuilder::new()
+            .layer(PkceLayer::strict().store(store.clone()))
+            .service(upstream),
+    );
+    let answer = send(
+        &svc,
+        get(&format!("/authorize?{}", pkce_query(Some("s 1")))),
+    )
+    .await;
+    assert_eq!(
+        answer.location(),
+        Some("https://client.example/cb?error=access_denied&state=s%201&iss=x"),
+        "{answer:?}"
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.bindings), (0, 0), "{stats:?}");
 }
 
 #[tokio::test]

@@ -123,6 +123,15 @@ impl Store for ProxyStore {
         each!(self, s => s.insert_binding(key, binding, ttl))
     }
 
+    fn admit_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        each!(self, s => s.admit_binding(key, binding, ttl))
+    }
+
     fn redeem(
         &self,
         key: &StoreKey,
@@ -140,6 +149,13 @@ impl Store for ProxyStore {
 
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
         each!(self, s => s.stats())
+    }
+
+    fn admission_hint(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(s) => s.admission_hint(),
+            Self::Redis(s) => s.admission_hint(),
+        }
     }
 
     fn start_maintenance(&self) {

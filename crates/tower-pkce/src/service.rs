@@ -468,48 +468,60 @@ impl<St: Store> Shared<St> {
     }
 
     /// Binds the code (if any) to the pending authorization behind `handle`,
-    /// and returns the client's original state. The key of the handle this
-    /// request minted, if any, is known already.
+    /// and returns the client's original state. When `handle` is the one
+    /// this request minted, its record is `minted`'s and is taken from
+    /// there: it was never written to the store.
     async fn complete_transaction(
         &self,
         handle: &str,
         code: Option<&str>,
-        minted: Option<&Minted>,
+        minted: &mut Option<Minted>,
     ) -> Result<Option<Box<str>>, Rejection> {
-        let key = match minted {
-            Some(minted) if minted.handle.as_str() == handle => minted.key,
-            _ => StoreKey::of(handle),
-        };
-        let pending = match self.store.take_pending(&key).await {
-            Ok(Some(pending)) => pending,
-            Ok(None) => {
-                tracing::warn!(
-                    reason = Rejection::TransactionExpired.as_str(),
-                    "upstream answered a transaction that expired; response withheld"
-                );
-                return Err(Rejection::TransactionExpired);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store failed while completing a transaction");
-                return Err(Rejection::StoreUnavailable);
-            }
+        let (pending, holds_room) = match minted.take_if(|m| m.handle.as_str() == handle) {
+            Some(own) => (own.record, false),
+            None => match self.store.take_pending(&StoreKey::of(handle)).await {
+                Ok(Some(pending)) => (pending, true),
+                Ok(None) => {
+                    tracing::warn!(
+                        reason = Rejection::TransactionExpired.as_str(),
+                        "upstream answered a transaction that expired; response withheld"
+                    );
+                    return Err(Rejection::TransactionExpired);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store failed while completing a transaction");
+                    return Err(Rejection::StoreUnavailable);
+                }
+            },
         };
         let Some(code) = code else {
             tracing::info!("upstream answered with an error; state restored");
             return Ok(pending.state);
         };
         let binding = pending.binding();
-        match self
-            .store
-            .insert_binding(&StoreKey::of(code), binding, self.config.ttl)
-            .await
-        {
+        let key = StoreKey::of(code);
+        let ttl = self.config.ttl;
+        // A binding takes over the room of the pending record it replaces;
+        // one whose record was never written must be admitted.
+        let bound = if holds_room {
+            self.store.insert_binding(&key, binding, ttl).await
+        } else {
+            self.store.admit_binding(&key, binding, ttl).await
+        };
+        match bound {
             Ok(()) => {
                 tracing::info!(
                     method = binding.challenge.map_or("none", |c| c.method.as_str()),
                     "code bound"
                 );
                 Ok(pending.state)
+            }
+            Err(StoreError::Full) => {
+                tracing::warn!(
+                    reason = Rejection::StoreFull.as_str(),
+                    "store full when binding a code; response withheld"
+                );
+                Err(Rejection::StoreFull)
             }
             Err(StoreError::Conflict) => {
                 tracing::error!(
@@ -525,110 +537,157 @@ impl<St: Store> Shared<St> {
         }
     }
 
-    /// Takes the response apart before the `async` block, as [`authorize`]
-    /// does with the request.
+    /// Writes the pending authorization of a transaction that the upstream's
+    /// answer did not complete (a login page, a consent form), before that
+    /// answer reaches the client: the requests that go on with the flow find
+    /// it, on this replica or another.
+    async fn record_pending(&self, minted: Minted) -> Result<(), Rejection> {
+        let method = minted
+            .record
+            .challenge
+            .map_or("none", |c| c.method.as_str());
+        let key = StoreKey::of(&minted.handle);
+        match self
+            .store
+            .insert_pending(&key, minted.record, self.config.ttl)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(endpoint = "authorize", method, "challenge recorded");
+                Ok(())
+            }
+            Err(StoreError::Full) => {
+                tracing::warn!(
+                    reason = Rejection::StoreFull.as_str(),
+                    "store full when recording an authorization; response withheld"
+                );
+                Err(Rejection::StoreFull)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store failed while recording an authorization");
+                Err(Rejection::StoreUnavailable)
+            }
+        }
+    }
+
+    /// The upstream's answer to any request, with the code it hands out
+    /// bound and the client's state put back; for an authorization request
+    /// whose transaction goes on (`minted`, not completed by this answer),
+    /// its pending record written. The response is taken apart before the
+    /// `async` block, as [`authorize`] does with the request.
     fn inspect_response<'a, B>(
         &'a self,
         response: Response<B>,
         wants_json: bool,
-        minted: Option<&'a Minted>,
+        minted: Option<Minted>,
     ) -> impl Future<Output = Response<ResponseBody<B>>> + 'a
     where
         B: Body<Data = Bytes> + Send + 'static,
     {
         let (mut parts, body) = response.into_parts();
         async move {
-            if parts.status.is_redirection() {
-                // A clone of the header shares its bytes; the headers stay free
-                // to change.
-                let location_value = parts.headers.get(header::LOCATION).cloned();
-                let hit = location_value
-                    .as_ref()
-                    .and_then(|l| l.to_str().ok())
-                    .and_then(|l| {
-                        location::find_code_redirect(l, handle::is_handle).map(|h| (l, h))
-                    });
-                if let Some((loc, hit)) = hit {
-                    return match self
-                        .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
-                        .await
-                    {
-                        Ok(state) => {
-                            let restored = location::restore_state(loc, &hit, state.as_deref());
-                            match HeaderValue::try_from(restored) {
-                                Ok(value) => {
-                                    parts.headers.insert(header::LOCATION, value);
-                                    Response::from_parts(parts, ResponseBody::inner(body))
+            let mut minted = minted;
+            let minted = &mut minted;
+            let response = 'scan: {
+                if parts.status.is_redirection() {
+                    // A clone of the header shares its bytes; the headers stay free
+                    // to change.
+                    let location_value = parts.headers.get(header::LOCATION).cloned();
+                    let hit = location_value
+                        .as_ref()
+                        .and_then(|l| l.to_str().ok())
+                        .and_then(|l| {
+                            location::find_code_redirect(l, handle::is_handle).map(|h| (l, h))
+                        });
+                    if let Some((loc, hit)) = hit {
+                        break 'scan match self
+                            .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
+                            .await
+                        {
+                            Ok(state) => {
+                                let restored = location::restore_state(loc, &hit, state.as_deref());
+                                match HeaderValue::try_from(restored) {
+                                    Ok(value) => {
+                                        parts.headers.insert(header::LOCATION, value);
+                                        Response::from_parts(parts, ResponseBody::inner(body))
+                                    }
+                                    Err(_) => page(Rejection::StoreUnavailable, wants_json),
                                 }
-                                Err(_) => page(Rejection::StoreUnavailable, wants_json),
                             }
-                        }
-                        Err(rejection) => page(rejection, wants_json),
-                    };
+                            Err(rejection) => page(rejection, wants_json),
+                        };
+                    }
                 }
-            }
-            if !is_html(&parts.headers) {
-                return Response::from_parts(parts, ResponseBody::inner(body));
-            }
-            let limit = self.config.html_scan_limit;
-            if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-                return Response::from_parts(parts, ResponseBody::inner(body));
-            }
-            let (data, trailers) = match collect_bounded(body, limit).await {
-                Collected::Complete { data, trailers } => (data, trailers),
-                Collected::Over { frames, rest } => {
-                    return Response::from_parts(
-                        parts,
-                        ResponseBody::replay(frames, None, Some(rest)),
-                    );
+                if !is_html(&parts.headers) {
+                    break 'scan Response::from_parts(parts, ResponseBody::inner(body));
                 }
-                Collected::Failed { frames, error } => {
-                    return Response::from_parts(
-                        parts,
-                        ResponseBody::replay(frames, Some(error), None),
-                    );
+                let limit = self.config.html_scan_limit;
+                if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
+                    break 'scan Response::from_parts(parts, ResponseBody::inner(body));
                 }
-            };
-            let encoding = parts
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let decoded: Cow<'_, [u8]> = match &encoding {
-                None => Cow::Borrowed(&data),
-                Some(enc) => match coding::decode_content(enc, &data, limit) {
-                    Ok(decoded) => Cow::Owned(decoded),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "html response not scanned");
-                        return Response::from_parts(
+                let (data, trailers) = match collect_bounded(body, limit).await {
+                    Collected::Complete { data, trailers } => (data, trailers),
+                    Collected::Over { frames, rest } => {
+                        break 'scan Response::from_parts(
                             parts,
-                            ResponseBody::replay(frames_of(data, trailers), None, None),
+                            ResponseBody::replay(frames, None, Some(rest)),
                         );
                     }
-                },
-            };
-            let hit = if handle::may_contain(&decoded) {
-                html::find_form_post(&decoded, handle::is_handle)
-            } else {
-                None
-            };
-            let Some(hit) = hit else {
-                return Response::from_parts(
-                    parts,
-                    ResponseBody::replay(frames_of(data, trailers), None, None),
-                );
-            };
-            match self
-                .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
-                .await
-            {
-                Ok(state) => {
-                    let page = html::restore_state(&decoded, &hit, state.as_deref());
-                    parts.headers.remove(header::CONTENT_ENCODING);
-                    parts.headers.remove(header::ETAG);
-                    set_content_length(&mut parts.headers, page.len());
-                    Response::from_parts(parts, ResponseBody::full(Bytes::from(page)))
+                    Collected::Failed { frames, error } => {
+                        break 'scan Response::from_parts(
+                            parts,
+                            ResponseBody::replay(frames, Some(error), None),
+                        );
+                    }
+                };
+                let encoding = parts
+                    .headers
+                    .get(header::CONTENT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let decoded: Cow<'_, [u8]> = match &encoding {
+                    None => Cow::Borrowed(&data),
+                    Some(enc) => match coding::decode_content(enc, &data, limit) {
+                        Ok(decoded) => Cow::Owned(decoded),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "html response not scanned");
+                            break 'scan Response::from_parts(
+                                parts,
+                                ResponseBody::replay(frames_of(data, trailers), None, None),
+                            );
+                        }
+                    },
+                };
+                let hit = if handle::may_contain(&decoded) {
+                    html::find_form_post(&decoded, handle::is_handle)
+                } else {
+                    None
+                };
+                let Some(hit) = hit else {
+                    break 'scan Response::from_parts(
+                        parts,
+                        ResponseBody::replay(frames_of(data, trailers), None, None),
+                    );
+                };
+                match self
+                    .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
+                    .await
+                {
+                    Ok(state) => {
+                        let page = html::restore_state(&decoded, &hit, state.as_deref());
+                        parts.headers.remove(header::CONTENT_ENCODING);
+                        parts.headers.remove(header::ETAG);
+                        set_content_length(&mut parts.headers, page.len());
+                        Response::from_parts(parts, ResponseBody::full(Bytes::from(page)))
+                    }
+                    Err(rejection) => page(rejection, wants_json),
                 }
+            };
+            let Some(own) = minted.take() else {
+                return response;
+            };
+            match self.record_pending(own).await {
+                Ok(()) => response,
                 Err(rejection) => page(rejection, wants_json),
             }
         }
@@ -724,11 +783,13 @@ enum Authorized {
     },
 }
 
-/// The handle an authorization request was given, with its store key, so
-/// that the response that carries it back needs no second hash.
+/// The handle an authorization request was given, and the record of its
+/// transaction. The record is written only once the upstream's answer shows
+/// that the flow goes on (a login page): when the code comes back on that
+/// very answer, it is bound at once, with one store write instead of three.
 struct Minted {
     handle: handle::Handle,
-    key: StoreKey,
+    record: PendingAuthorization,
 }
 
 /// What an authorization request needs from the store, decided before
@@ -739,9 +800,8 @@ enum Plan {
     Forward,
     /// The state is a handle: forward when its transaction is pending.
     Continuation(StoreKey),
-    /// Record the transaction, then forward the rewritten request.
+    /// Forward the rewritten request, with a new transaction.
     Record {
-        record: PendingAuthorization,
         query: Option<String>,
         body: Option<String>,
         minted: Minted,
@@ -795,7 +855,6 @@ fn plan_authorization(config: &Config, query: &str, body: Option<&str>) -> Resul
         redirect_uri: get(&params, REDIRECT_URI).map(fingerprint),
         state: get(&params, STATE).map(Into::into),
     };
-    let key = StoreKey::of(&handle);
 
     let remove: &[&str] = if config.strip_pkce_params {
         &PKCE_PARAMS
@@ -837,10 +896,9 @@ fn plan_authorization(config: &Config, query: &str, body: Option<&str>) -> Resul
         _ => None,
     };
     Ok(Plan::Record {
-        record,
         query,
         body,
-        minted: Minted { handle, key },
+        minted: Minted { handle, record },
     })
 }
 
@@ -863,25 +921,21 @@ async fn check_authorization<St: Store>(
             }
         },
         Plan::Record {
-            record,
             query,
             body,
             minted,
         } => {
-            let method = record.challenge.map_or("none", |c| c.method.as_str());
-            match shared
-                .store
-                .insert_pending(&minted.key, record, shared.config.ttl)
-                .await
-            {
+            // A store that can tell it would refuse (full, or its backend
+            // failed a moment ago) refuses before the upstream does any
+            // work; otherwise the write after the upstream's answer does.
+            match shared.store.admission_hint() {
                 Ok(()) => {}
                 Err(StoreError::Full) => return Err(Rejection::StoreFull),
                 Err(e) => {
-                    tracing::error!(error = %e, "store failed while recording an authorization");
+                    tracing::warn!(error = %e, "store unavailable; authorization refused");
                     return Err(Rejection::StoreUnavailable);
                 }
             }
-            tracing::info!(endpoint = "authorize", method, "challenge recorded");
             Ok(Authorized::Rewritten {
                 query,
                 body,
@@ -978,9 +1032,7 @@ where
             }
         };
         let response = inner.call(Request::from_parts(parts, body)).await?;
-        Ok(shared
-            .inspect_response(response, json, minted.as_ref())
-            .await)
+        Ok(shared.inspect_response(response, json, minted).await)
     }
 }
 

@@ -210,6 +210,116 @@ pub async fn binding_conflict<S: Store, F: Future<Output = S>>(make: impl Fn(usi
     assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Spent);
 }
 
+pub async fn admitted_binding_round_trip<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    let before = store.stats().await.unwrap();
+    store
+        .admit_binding(&key, sample_binding(), TTL)
+        .await
+        .unwrap();
+    let after = store.stats().await.unwrap();
+    assert_eq!(after.bindings - before.bindings, 1);
+    assert_eq!(after.pending, before.pending);
+    // Bound once, whichever way it was written.
+    let again = store.admit_binding(&key, sample_binding(), TTL).await;
+    assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
+    let inserted = store.insert_binding(&key, sample_binding(), TTL).await;
+    assert!(
+        matches!(inserted, Err(StoreError::Conflict)),
+        "{inserted:?}"
+    );
+    assert_eq!(
+        store.redeem(&key).await.unwrap(),
+        Redemption::Redeemed(sample_binding())
+    );
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Spent);
+    let after_use = store.admit_binding(&key, sample_binding(), TTL).await;
+    assert!(
+        matches!(after_use, Err(StoreError::Conflict)),
+        "{after_use:?}"
+    );
+    // Nor is a code that insert_binding bound.
+    let binding_key = fresh_key();
+    store
+        .insert_binding(&binding_key, sample_binding(), TTL)
+        .await
+        .unwrap();
+    let over = store
+        .admit_binding(&binding_key, sample_binding(), TTL)
+        .await;
+    assert!(matches!(over, Err(StoreError::Conflict)), "{over:?}");
+}
+
+pub async fn admission_is_bounded_by_capacity<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(2).await;
+    assert!(store.admission_hint().is_ok());
+    let pending = fresh_key();
+    store
+        .insert_pending(&pending, sample_pending(None), TTL)
+        .await
+        .unwrap();
+    store
+        .admit_binding(&fresh_key(), sample_binding(), TTL)
+        .await
+        .unwrap();
+    // At the bound, neither a new authorization nor an admitted binding.
+    let refused = fresh_key();
+    let over = store.admit_binding(&refused, sample_binding(), TTL).await;
+    assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
+    assert_eq!(store.redeem(&refused).await.unwrap(), Redemption::Missing);
+    let over = store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await;
+    assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
+    // A hint may refuse here, or not know; it never refuses with room.
+    assert!(matches!(
+        store.admission_hint(),
+        Ok(()) | Err(StoreError::Full)
+    ));
+    // A flow in progress still binds its code.
+    let record = store.take_pending(&pending).await.unwrap().unwrap();
+    let code = fresh_key();
+    store
+        .insert_binding(&code, record.binding(), TTL)
+        .await
+        .unwrap();
+    // Spending a code frees no room (it is kept until it expires); a
+    // refused code may be admitted once there is room.
+    assert!(matches!(
+        store.redeem(&code).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
+    let still = store.admit_binding(&refused, sample_binding(), TTL).await;
+    assert!(matches!(still, Err(StoreError::Full)), "{still:?}");
+}
+
+pub async fn admission_hint_refuses_only_a_full_store<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(1).await;
+    assert!(store.admission_hint().is_ok());
+    let key = fresh_key();
+    store
+        .insert_pending(&key, sample_pending(None), TTL)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.admission_hint(),
+        Ok(()) | Err(StoreError::Full)
+    ));
+    store.take_pending(&key).await.unwrap().unwrap();
+    assert!(store.admission_hint().is_ok());
+    store
+        .admit_binding(&fresh_key(), sample_binding(), TTL)
+        .await
+        .unwrap();
+}
+
 pub async fn pending_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
     let store = make(ROOMY).await;
     let key = fresh_key();
@@ -417,7 +527,9 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each $make;
             pending_round_trip, pending_without_state_or_challenge, pending_conflict,
             unknown_keys, families_are_separate, binding_single_use, binding_restore,
-            binding_without_challenge, binding_conflict, pending_expires, binding_expires,
+            binding_without_challenge, binding_conflict, admitted_binding_round_trip,
+            admission_is_bounded_by_capacity, admission_hint_refuses_only_a_full_store,
+            pending_expires, binding_expires,
             spent_binding_expires,
             capacity_bounds_new_authorizations, capacity_recovers_after_expiry,
             concurrent_redeem_has_one_winner, concurrent_take_pending_has_one_winner,

@@ -59,6 +59,13 @@ impl BuildHasher for BuildKeyHasher {
     }
 }
 
+/// Whether a binding took room of its own or an expired record's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    New,
+    Reused,
+}
+
 struct Timed<T> {
     value: T,
     expires: u32,
@@ -348,13 +355,8 @@ impl MemoryStore {
         record: PendingAuthorization,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        self.reserve()?;
         let inner = &self.inner;
-        if !inner.reserve() {
-            self.sweep_if_stale();
-            if !inner.reserve() {
-                return Err(StoreError::Full);
-            }
-        }
         let now = inner.now();
         let timed = Timed {
             value: record,
@@ -392,6 +394,49 @@ impl MemoryStore {
         binding: CodeBinding,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        if self.put_binding(key, binding, ttl)? == Room::New {
+            self.inner.len.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn admit_binding_now(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.reserve()?;
+        let put = self.put_binding(key, binding, ttl);
+        if !matches!(put, Ok(Room::New)) {
+            self.inner.release(1);
+        }
+        put.map(drop)
+    }
+
+    /// Takes one record's room under the capacity bound, sweeping first
+    /// when the store finds itself full.
+    fn reserve(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        if inner.reserve() {
+            return Ok(());
+        }
+        self.sweep_if_stale();
+        if inner.reserve() {
+            Ok(())
+        } else {
+            Err(StoreError::Full)
+        }
+    }
+
+    /// Writes a binding unless the code is bound (live or spent), and says
+    /// whether it took new room or the room of an expired record.
+    fn put_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> Result<Room, StoreError> {
         let inner = &self.inner;
         let now = inner.now();
         let timed = Timed {
@@ -401,7 +446,7 @@ impl MemoryStore {
         match inner.bindings.of(key).entry(*key) {
             Entry::Occupied(mut e) if e.get().expires <= now => {
                 e.insert(timed);
-                Ok(())
+                Ok(Room::Reused)
             }
             Entry::Occupied(_) => Err(StoreError::Conflict),
             Entry::Vacant(e) => {
@@ -413,11 +458,10 @@ impl MemoryStore {
                     }
                     spent.remove();
                     e.insert(timed);
-                    return Ok(());
+                    return Ok(Room::Reused);
                 }
                 e.insert(timed);
-                inner.len.fetch_add(1, Ordering::AcqRel);
-                Ok(())
+                Ok(Room::New)
             }
         }
     }
@@ -499,6 +543,15 @@ impl Store for MemoryStore {
         ready(self.insert_binding_now(key, binding, ttl))
     }
 
+    fn admit_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        ready(self.admit_binding_now(key, binding, ttl))
+    }
+
     fn redeem(
         &self,
         key: &StoreKey,
@@ -520,6 +573,19 @@ impl Store for MemoryStore {
             pending: self.inner.pending.len() as u64,
             bindings: (self.inner.bindings.len() + self.inner.spent.len()) as u64,
         }))
+    }
+
+    fn admission_hint(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        if inner.len.load(Ordering::Acquire) < inner.capacity {
+            return Ok(());
+        }
+        self.sweep_if_stale();
+        if inner.len.load(Ordering::Acquire) < inner.capacity {
+            Ok(())
+        } else {
+            Err(StoreError::Full)
+        }
     }
 
     fn start_maintenance(&self) {
@@ -568,6 +634,52 @@ mod tests {
     const LONG: Duration = Duration::from_secs(3600);
     /// Longer than the shortest lifetime a record gets (two ticks).
     const AFTER_SHORT: Duration = Duration::from_millis(250);
+
+    #[test]
+    fn the_admission_hint_knows_when_the_store_is_full() {
+        let store = MemoryStore::builder().capacity(2).build();
+        assert!(store.admission_hint().is_ok());
+        store
+            .insert_pending_now(&key("p", 0), pending(), LONG)
+            .unwrap();
+        assert!(store.admission_hint().is_ok());
+        store
+            .admit_binding_now(&key("b", 0), binding(), LONG)
+            .unwrap();
+        assert!(matches!(store.admission_hint(), Err(StoreError::Full)));
+        // Failed admissions give their room back.
+        assert!(matches!(
+            store.admit_binding_now(&key("b", 0), binding(), LONG),
+            Err(StoreError::Full)
+        ));
+        assert!(store.take_pending_now(&key("p", 0)).is_some());
+        assert!(store.admission_hint().is_ok());
+        assert!(matches!(
+            store.admit_binding_now(&key("b", 0), binding(), LONG),
+            Err(StoreError::Conflict)
+        ));
+        assert!(store.admission_hint().is_ok());
+        assert_eq!(store.inner.len.load(Ordering::Acquire), 1);
+    }
+
+    #[test]
+    fn an_admitted_binding_takes_the_room_of_an_expired_one() {
+        let store = MemoryStore::builder().capacity(2).build();
+        store
+            .admit_binding_now(&key("b", 0), binding(), SHORT)
+            .unwrap();
+        std::thread::sleep(AFTER_SHORT);
+        store
+            .admit_binding_now(&key("b", 0), binding(), LONG)
+            .unwrap();
+        assert_eq!(store.inner.len.load(Ordering::Acquire), 1);
+        assert!(matches!(
+            store.redeem_now(&key("b", 0)),
+            Redemption::Redeemed(_)
+        ));
+        std::thread::sleep(AFTER_SHORT);
+        assert_eq!(store.inner.len.load(Ordering::Acquire), 1);
+    }
 
     #[test]
     fn keys_spread_over_every_segment() {

@@ -2,12 +2,15 @@
 //!
 //! There are two families of records:
 //!
-//! - a [`PendingAuthorization`] is written when an authorization request
-//!   passes the policy, under the key of the transaction handle that replaces
-//!   the client's `state`;
+//! - a [`PendingAuthorization`] is written when the upstream answers an
+//!   authorization request that passed the policy without completing it (a
+//!   login page), under the key of the transaction handle that replaces the
+//!   client's `state`;
 //! - a [`CodeBinding`] is written when the upstream issues a code for that
 //!   handle, under the key of the code, and is redeemed once at the token
-//!   endpoint.
+//!   endpoint. A code issued on the answer to the authorization request
+//!   itself is bound at once ([`Store::admit_binding`]), with no pending
+//!   record before it.
 //!
 //! Keys are [`StoreKey`]s, truncated SHA-256 digests of the handle or code, so
 //! a dump of the store holds no live code. Both families expire after a TTL
@@ -283,6 +286,24 @@ pub trait Store: Clone + Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Binds a code for which no pending authorization holds room: the
+    /// upstream issued it on the response to the authorization request
+    /// itself, so the middleware never wrote the pending record. The binding
+    /// takes new room, and is admitted under the capacity bound exactly as
+    /// [`insert_pending`](Store::insert_pending) is.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Full`] when the capacity bound is reached (nothing is
+    /// written), [`StoreError::Conflict`] when the code is bound already
+    /// (live or spent), or [`StoreError::Unavailable`].
+    fn admit_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Atomically marks a live binding spent and returns it. Of several
     /// concurrent calls, at most one gets [`Redemption::Redeemed`]. A spent
     /// binding stays until its TTL ends, so that the code keeps being refused.
@@ -311,6 +332,22 @@ pub trait Store: Clone + Send + Sync + 'static {
     ///
     /// [`StoreError::Unavailable`].
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+
+    /// Whether the store can tell, without a round trip, that it would
+    /// refuse a new authorization now: [`StoreError::Full`] at its capacity
+    /// bound, or [`StoreError::Unavailable`] when its backend failed a
+    /// moment ago. The middleware then refuses before the upstream sees the
+    /// request. The default cannot tell and says `Ok`: the answer that
+    /// counts is always that of [`insert_pending`](Store::insert_pending) or
+    /// [`admit_binding`](Store::admit_binding), made after the upstream's
+    /// answer and before it reaches the client.
+    ///
+    /// # Errors
+    ///
+    /// The refusal the store expects.
+    fn admission_hint(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Starts any background maintenance the backend needs (for example the
     /// sweep of expired records), if it is not running yet. Called by the

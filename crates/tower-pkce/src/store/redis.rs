@@ -35,7 +35,7 @@
 //! Redis is back.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -96,6 +96,32 @@ redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[3])
 return 1
 ";
 
+/// Binds a code under the capacity bound, for an authorization that holds
+/// no room yet (see [`Store::admit_binding`]). As in `INSERT_PENDING`, the
+/// count is read before anything is written, and the mark is the first
+/// write.
+///
+/// KEYS: mark key, binding key, pending index, binding index.
+/// ARGV: record, TTL in ms, capacity, index member.
+/// Returns 0 when full, 1 when the code was bound already, 2 when written.
+const ADMIT_BINDING: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+  + redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
+if live >= tonumber(ARGV[3]) then
+  return 0
+end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[4])
+return 2
+";
+
 /// Makes a spent binding live again for what is left of its mark's TTL.
 /// KEYS: mark key, binding key. ARGV: record.
 const RESTORE: &str = r"
@@ -146,11 +172,16 @@ struct Inner {
     /// made afresh.
     failures: AtomicU32,
     renewed: Mutex<Instant>,
+    /// When an operation last failed, in milliseconds after `epoch` plus
+    /// one; 0 once one succeeded since.
+    failed_at: AtomicU64,
+    epoch: Instant,
     keys: Keys,
     capacity: usize,
     timeout: Duration,
     insert_pending: Script,
     insert_binding: Script,
+    admit_binding: Script,
     restore: Script,
     stats: Script,
 }
@@ -231,11 +262,14 @@ impl RedisStoreBuilder {
                 connection: RwLock::new(connection),
                 failures: AtomicU32::new(0),
                 renewed: Mutex::new(Instant::now()),
+                failed_at: AtomicU64::new(0),
+                epoch: Instant::now(),
                 keys: Keys::new(&self.prefix),
                 capacity: self.capacity,
                 timeout: self.timeout,
                 insert_pending: Script::new(INSERT_PENDING),
                 insert_binding: Script::new(INSERT_BINDING),
+                admit_binding: Script::new(ADMIT_BINDING),
                 restore: Script::new(RESTORE),
                 stats: Script::new(STATS),
             }),
@@ -291,14 +325,26 @@ impl RedisStore {
             ))),
         };
         match &outcome {
-            Err(StoreError::Unavailable(_)) => self.failed(),
+            Err(StoreError::Unavailable(_)) => {
+                self.inner
+                    .failed_at
+                    .store(self.millis() + 1, Ordering::Relaxed);
+                self.failed();
+            }
             _ => {
                 if self.inner.failures.load(Ordering::Relaxed) != 0 {
                     self.inner.failures.store(0, Ordering::Relaxed);
                 }
+                if self.inner.failed_at.load(Ordering::Relaxed) != 0 {
+                    self.inner.failed_at.store(0, Ordering::Relaxed);
+                }
             }
         }
         outcome
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     /// The shared connection.
@@ -352,6 +398,10 @@ fn connect(client: &redis::Client, timeout: Duration) -> Result<ConnectionManage
 const FAILURES_BEFORE_RENEWAL: u32 = 3;
 /// And at most this often.
 const RENEWAL_PERIOD: Duration = Duration::from_secs(1);
+/// How long after a failed operation new authorizations are refused without
+/// asking Redis. Past it, the next one asks, so service resumes by itself
+/// even when nothing else talks to Redis.
+const HINT_WINDOW_MILLIS: u64 = 1000;
 
 fn is_out_of_memory(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM")
@@ -484,6 +534,47 @@ impl Store for RedisStore {
         } else {
             Ok(())
         }
+    }
+
+    async fn admit_binding(
+        &self,
+        key: &StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let outcome: i64 = self
+            .bounded(
+                self.inner
+                    .admit_binding
+                    .key(self.inner.keys.record('c', key))
+                    .key(self.inner.keys.record('b', key))
+                    .key(&self.inner.keys.pending_index)
+                    .key(&self.inner.keys.binding_index)
+                    .arg(encode_binding(&binding).as_slice())
+                    .arg(ttl_millis(ttl))
+                    .arg(self.inner.capacity)
+                    .arg(member(key))
+                    .invoke_async(&mut connection),
+            )
+            .await?;
+        match outcome {
+            0 => Err(StoreError::Full),
+            1 => Err(StoreError::Conflict),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses while Redis failed within the last second and nothing
+    /// succeeded since, so that a Redis that is away does not let new
+    /// authorizations reach the upstream only to be refused after its
+    /// answer.
+    fn admission_hint(&self) -> Result<(), StoreError> {
+        let failed_at = self.inner.failed_at.load(Ordering::Relaxed);
+        if failed_at != 0 && (self.millis() + 1).saturating_sub(failed_at) < HINT_WINDOW_MILLIS {
+            return Err(unavailable("Redis failed a moment ago"));
+        }
+        Ok(())
     }
 
     async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
