@@ -524,11 +524,39 @@ impl http_body::Body for ReadyFrames {
     }
 }
 
-/// A store that cannot tell that it is full without asking: it keeps
+/// A store that cannot tell that it would refuse without asking: it keeps
 /// [`Store::admission_hint`]'s default, so the capacity bound is met only
-/// when a record is written.
+/// when a record is written. With `unavailable` set, writes of new records
+/// fail as an unreachable backend's do.
 #[derive(Debug, Clone)]
-pub struct Unhinted<S>(pub S);
+pub struct Unhinted<S> {
+    pub inner: S,
+    pub unavailable: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S> Unhinted<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            unavailable: Arc::default(),
+        }
+    }
+
+    /// `write`, unless new records are refused: then it is never called
+    /// (the memory store writes when called, not when polled).
+    fn write<F: Future<Output = Result<(), StoreError>> + Send>(
+        &self,
+        write: impl FnOnce() -> F,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let write = (!self.unavailable.load(Ordering::SeqCst)).then(write);
+        async move {
+            match write {
+                Some(write) => write.await,
+                None => Err(StoreError::Unavailable("the backend is away".into())),
+            }
+        }
+    }
+}
 
 impl<S: Store> Store for Unhinted<S> {
     fn insert_pending(
@@ -537,21 +565,21 @@ impl<S: Store> Store for Unhinted<S> {
         record: PendingAuthorization,
         ttl: std::time::Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.0.insert_pending(key, record, ttl)
+        self.write(move || self.inner.insert_pending(key, record, ttl))
     }
 
     fn contains_pending(
         &self,
         key: &StoreKey,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.0.contains_pending(key)
+        self.inner.contains_pending(key)
     }
 
     fn take_pending(
         &self,
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send {
-        self.0.take_pending(key)
+        self.inner.take_pending(key)
     }
 
     fn insert_binding(
@@ -560,7 +588,7 @@ impl<S: Store> Store for Unhinted<S> {
         binding: CodeBinding,
         ttl: std::time::Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.0.insert_binding(key, binding, ttl)
+        self.inner.insert_binding(key, binding, ttl)
     }
 
     fn admit_binding(
@@ -569,14 +597,14 @@ impl<S: Store> Store for Unhinted<S> {
         binding: CodeBinding,
         ttl: std::time::Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.0.admit_binding(key, binding, ttl)
+        self.write(move || self.inner.admit_binding(key, binding, ttl))
     }
 
     fn redeem(
         &self,
         key: &StoreKey,
     ) -> impl Future<Output = Result<Redemption, StoreError>> + Send {
-        self.0.redeem(key)
+        self.inner.redeem(key)
     }
 
     fn restore(
@@ -584,10 +612,10 @@ impl<S: Store> Store for Unhinted<S> {
         key: &StoreKey,
         binding: CodeBinding,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.0.restore(key, binding)
+        self.inner.restore(key, binding)
     }
 
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
-        self.0.stats()
+        self.inner.stats()
     }
 }

@@ -747,7 +747,7 @@ async fn a_full_store_refuses_before_the_upstream_sees_the_request() {
 async fn a_store_found_full_after_the_answer_withholds_it() {
     for flavor in [Flavor::Direct, Flavor::LoginPage] {
         let server = LegacyServer::new(flavor);
-        let store = Unhinted(MemoryStore::builder().capacity(1).build());
+        let store = Unhinted::new(MemoryStore::builder().capacity(1).build());
         let svc = server.behind(PkceLayer::strict().store(store.clone()));
         let first = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
         assert!(first.rejection.is_none(), "{flavor:?}: {first:?}");
@@ -759,6 +759,34 @@ async fn a_store_found_full_after_the_answer_withholds_it() {
         assert_eq!(server.state.authorize_requests.load(Ordering::SeqCst), 2);
         let stats = store.stats().await.unwrap();
         assert_eq!(stats.pending + stats.bindings, 1, "{flavor:?}: {stats:?}");
+    }
+}
+
+/// A backend that fails when the upstream has answered: the client gets
+/// 503, and neither the code nor the login page.
+#[tokio::test]
+async fn a_store_failing_after_the_answer_withholds_it() {
+    for flavor in [Flavor::Direct, Flavor::LoginPage] {
+        let server = LegacyServer::new(flavor);
+        let store = Unhinted::new(MemoryStore::new());
+        let svc = server.behind(PkceLayer::strict().store(store.clone()));
+        store.unavailable.store(true, Ordering::SeqCst);
+        let answer = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{flavor:?}");
+        assert_eq!(
+            answer.rejection,
+            Some(Rejection::StoreUnavailable),
+            "{flavor:?}"
+        );
+        assert!(answer.location().is_none(), "{flavor:?}: {answer:?}");
+        assert!(!answer.body.contains("txn"), "{flavor:?}: {}", answer.body);
+        assert_eq!(server.state.authorize_requests.load(Ordering::SeqCst), 1);
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats.pending + stats.bindings, 0, "{flavor:?}: {stats:?}");
+        // Back: the same request goes through.
+        store.unavailable.store(false, Ordering::SeqCst);
+        let answer = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+        assert!(answer.rejection.is_none(), "{flavor:?}: {answer:?}");
     }
 }
 

@@ -123,6 +123,11 @@ async fn a_full_redis_refuses_new_authorizations() {
         )
         .await;
     assert!(matches!(refused, Err(StoreError::Full)), "{refused:?}");
+    // For the next second, new authorizations are refused without asking.
+    assert!(
+        matches!(store.admission_hint(), Err(StoreError::Full)),
+        "the hint knows the store is full"
+    );
     assert!(!store.contains_pending(&key).await.unwrap_or(true));
     // Reads go on: the flow already admitted is still there.
     assert!(store.contains_pending(&admitted).await.unwrap_or(false));

@@ -288,8 +288,7 @@ pub async fn admission_is_bounded_by_capacity<S: Store, F: Future<Output = S>>(
         .insert_binding(&code, record.binding(), TTL)
         .await
         .unwrap();
-    // Spending a code frees no room (it is kept until it expires); a
-    // refused code may be admitted once there is room.
+    // Spending a code frees no room: it is kept until it expires.
     assert!(matches!(
         store.redeem(&code).await.unwrap(),
         Redemption::Redeemed(_)

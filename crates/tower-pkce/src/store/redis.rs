@@ -172,9 +172,7 @@ struct Inner {
     /// made afresh.
     failures: AtomicU32,
     renewed: Mutex<Instant>,
-    /// When an operation last failed, in milliseconds after `epoch` plus
-    /// one; 0 once one succeeded since.
-    failed_at: AtomicU64,
+    refusals: Refusals,
     epoch: Instant,
     keys: Keys,
     capacity: usize,
@@ -262,7 +260,7 @@ impl RedisStoreBuilder {
                 connection: RwLock::new(connection),
                 failures: AtomicU32::new(0),
                 renewed: Mutex::new(Instant::now()),
-                failed_at: AtomicU64::new(0),
+                refusals: Refusals::default(),
                 epoch: Instant::now(),
                 keys: Keys::new(&self.prefix),
                 capacity: self.capacity,
@@ -326,19 +324,31 @@ impl RedisStore {
         };
         match &outcome {
             Err(StoreError::Unavailable(_)) => {
-                self.inner
-                    .failed_at
-                    .store(self.millis() + 1, Ordering::Relaxed);
+                self.inner.refusals.failed.note(self.millis());
                 self.failed();
             }
             _ => {
                 if self.inner.failures.load(Ordering::Relaxed) != 0 {
                     self.inner.failures.store(0, Ordering::Relaxed);
                 }
-                if self.inner.failed_at.load(Ordering::Relaxed) != 0 {
-                    self.inner.failed_at.store(0, Ordering::Relaxed);
-                }
+                self.inner.refusals.failed.clear();
             }
+        }
+        outcome
+    }
+
+    /// The outcome of an admission script, noted for the hint.
+    fn admission(&self, outcome: Result<i64, StoreError>) -> Result<(), StoreError> {
+        let outcome = match outcome {
+            Ok(0) => Err(StoreError::Full),
+            Ok(1) => Err(StoreError::Conflict),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match &outcome {
+            Ok(()) => self.inner.refusals.full.clear(),
+            Err(StoreError::Full) => self.inner.refusals.full.note(self.millis()),
+            Err(_) => {}
         }
         outcome
     }
@@ -398,10 +408,67 @@ fn connect(client: &redis::Client, timeout: Duration) -> Result<ConnectionManage
 const FAILURES_BEFORE_RENEWAL: u32 = 3;
 /// And at most this often.
 const RENEWAL_PERIOD: Duration = Duration::from_secs(1);
-/// How long after a failed operation new authorizations are refused without
-/// asking Redis. Past it, the next one asks, so service resumes by itself
-/// even when nothing else talks to Redis.
+/// How long new authorizations are refused without asking Redis after an
+/// operation failed or an admission found the store full.
 const HINT_WINDOW_MILLIS: u64 = 1000;
+
+/// What recent operations told of Redis, for [`Store::admission_hint`]:
+/// that it failed, or that it was full.
+#[derive(Debug, Default)]
+struct Refusals {
+    failed: Refusal,
+    full: Refusal,
+}
+
+impl Refusals {
+    fn check(&self, now: u64) -> Result<(), StoreError> {
+        if !self.failed.admits(now) {
+            return Err(unavailable("Redis failed a moment ago"));
+        }
+        if !self.full.admits(now) {
+            return Err(StoreError::Full);
+        }
+        Ok(())
+    }
+}
+
+/// When a refusal was last noted, in milliseconds after the store was made,
+/// plus one; 0 when it no longer holds.
+///
+/// For [`HINT_WINDOW_MILLIS`] after it, new authorizations are refused
+/// without asking Redis. Then one of them, the first to claim the next
+/// window, asks; the others are refused until its answer clears the
+/// refusal, or until that window lapses too (its request may have been
+/// dropped). So service resumes by itself, and an outage lets one request
+/// a second through to the upstream.
+#[derive(Debug, Default)]
+struct Refusal(AtomicU64);
+
+impl Refusal {
+    fn note(&self, now: u64) {
+        self.0.store(now.saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        if self.0.load(Ordering::Relaxed) != 0 {
+            self.0.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn admits(&self, now: u64) -> bool {
+        let since = self.0.load(Ordering::Relaxed);
+        if since == 0 {
+            return true;
+        }
+        let stamp = now.saturating_add(1);
+        if stamp.saturating_sub(since) < HINT_WINDOW_MILLIS {
+            return false;
+        }
+        self.0
+            .compare_exchange(since, stamp, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+}
 
 fn is_out_of_memory(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM")
@@ -464,7 +531,7 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection();
-        let outcome: i64 = self
+        let outcome: Result<i64, StoreError> = self
             .bounded(
                 self.inner
                     .insert_pending
@@ -477,12 +544,8 @@ impl Store for RedisStore {
                     .arg(member(key))
                     .invoke_async(&mut connection),
             )
-            .await?;
-        match outcome {
-            0 => Err(StoreError::Full),
-            1 => Err(StoreError::Conflict),
-            _ => Ok(()),
-        }
+            .await;
+        self.admission(outcome)
     }
 
     async fn contains_pending(&self, key: &StoreKey) -> Result<bool, StoreError> {
@@ -543,7 +606,7 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection();
-        let outcome: i64 = self
+        let outcome: Result<i64, StoreError> = self
             .bounded(
                 self.inner
                     .admit_binding
@@ -557,24 +620,17 @@ impl Store for RedisStore {
                     .arg(member(key))
                     .invoke_async(&mut connection),
             )
-            .await?;
-        match outcome {
-            0 => Err(StoreError::Full),
-            1 => Err(StoreError::Conflict),
-            _ => Ok(()),
-        }
+            .await;
+        self.admission(outcome)
     }
 
-    /// Refuses while Redis failed within the last second and nothing
-    /// succeeded since, so that a Redis that is away does not let new
-    /// authorizations reach the upstream only to be refused after its
-    /// answer.
+    /// Refuses for a second after an operation failed or an admission found
+    /// the store full, so that neither a Redis that is away nor a full one
+    /// lets new authorizations reach the upstream only to be refused after
+    /// its answer. A single failed operation refuses them too, for that
+    /// second, on this replica.
     fn admission_hint(&self) -> Result<(), StoreError> {
-        let failed_at = self.inner.failed_at.load(Ordering::Relaxed);
-        if failed_at != 0 && (self.millis() + 1).saturating_sub(failed_at) < HINT_WINDOW_MILLIS {
-            return Err(unavailable("Redis failed a moment ago"));
-        }
-        Ok(())
+        self.inner.refusals.check(self.millis())
     }
 
     async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
@@ -796,6 +852,42 @@ mod tests {
             redirect_uri: redirect.then(|| fingerprint("https://c.example/cb")),
             state: state.map(Box::from),
         }
+    }
+
+    #[test]
+    fn a_refusal_holds_for_its_window_then_lets_one_request_ask() {
+        let refusal = Refusal::default();
+        assert!(refusal.admits(0));
+        refusal.note(5_000);
+        assert!(!refusal.admits(5_000));
+        assert!(!refusal.admits(5_000 + HINT_WINDOW_MILLIS - 1));
+        // The window lapsed: the first request asks Redis, the next ones
+        // wait for its answer.
+        assert!(refusal.admits(5_000 + HINT_WINDOW_MILLIS));
+        assert!(!refusal.admits(5_000 + HINT_WINDOW_MILLIS));
+        assert!(!refusal.admits(5_000 + 2 * HINT_WINDOW_MILLIS - 1));
+        // Its answer was lost: the next window lets another ask.
+        assert!(refusal.admits(5_000 + 2 * HINT_WINDOW_MILLIS));
+        // A success clears the refusal at once.
+        refusal.clear();
+        assert!(refusal.admits(5_000 + 2 * HINT_WINDOW_MILLIS));
+        assert!(refusal.admits(5_000 + 2 * HINT_WINDOW_MILLIS));
+    }
+
+    #[test]
+    fn refusals_name_what_refused() {
+        let refusals = Refusals::default();
+        assert!(refusals.check(0).is_ok());
+        refusals.full.note(10);
+        assert!(matches!(refusals.check(20), Err(StoreError::Full)));
+        refusals.failed.note(30);
+        assert!(matches!(
+            refusals.check(40),
+            Err(StoreError::Unavailable(_))
+        ));
+        refusals.failed.clear();
+        refusals.full.clear();
+        assert!(refusals.check(50).is_ok());
     }
 
     #[test]
