@@ -337,6 +337,33 @@ impl RedisStore {
         outcome
     }
 
+    /// Runs an admission script (`INSERT_PENDING`, `ADMIT_BINDING`): KEYS
+    /// are `records` and then the two indexes, ARGV the record, the TTL, the
+    /// capacity and the index member.
+    async fn admit(
+        &self,
+        script: &Script,
+        records: &[String],
+        record: &[u8],
+        ttl: Duration,
+        key: &StoreKey,
+    ) -> Result<(), StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for name in records {
+            invocation.key(name);
+        }
+        invocation
+            .key(&self.inner.keys.pending_index)
+            .key(&self.inner.keys.binding_index)
+            .arg(record)
+            .arg(ttl_millis(ttl))
+            .arg(self.inner.capacity)
+            .arg(member(key));
+        let mut connection = self.connection();
+        let outcome = self.bounded(invocation.invoke_async(&mut connection)).await;
+        self.admission(outcome)
+    }
+
     /// The outcome of an admission script, noted for the hint.
     fn admission(&self, outcome: Result<i64, StoreError>) -> Result<(), StoreError> {
         let outcome = match outcome {
@@ -530,22 +557,15 @@ impl Store for RedisStore {
         record: PendingAuthorization,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut connection = self.connection();
-        let outcome: Result<i64, StoreError> = self
-            .bounded(
-                self.inner
-                    .insert_pending
-                    .key(self.inner.keys.record('p', key))
-                    .key(&self.inner.keys.pending_index)
-                    .key(&self.inner.keys.binding_index)
-                    .arg(encode_pending(&record))
-                    .arg(ttl_millis(ttl))
-                    .arg(self.inner.capacity)
-                    .arg(member(key))
-                    .invoke_async(&mut connection),
-            )
-            .await;
-        self.admission(outcome)
+        let keys = [self.inner.keys.record('p', key)];
+        self.admit(
+            &self.inner.insert_pending,
+            &keys,
+            &encode_pending(&record),
+            ttl,
+            key,
+        )
+        .await
     }
 
     async fn contains_pending(&self, key: &StoreKey) -> Result<bool, StoreError> {
@@ -605,23 +625,18 @@ impl Store for RedisStore {
         binding: CodeBinding,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut connection = self.connection();
-        let outcome: Result<i64, StoreError> = self
-            .bounded(
-                self.inner
-                    .admit_binding
-                    .key(self.inner.keys.record('c', key))
-                    .key(self.inner.keys.record('b', key))
-                    .key(&self.inner.keys.pending_index)
-                    .key(&self.inner.keys.binding_index)
-                    .arg(encode_binding(&binding).as_slice())
-                    .arg(ttl_millis(ttl))
-                    .arg(self.inner.capacity)
-                    .arg(member(key))
-                    .invoke_async(&mut connection),
-            )
-            .await;
-        self.admission(outcome)
+        let keys = [
+            self.inner.keys.record('c', key),
+            self.inner.keys.record('b', key),
+        ];
+        self.admit(
+            &self.inner.admit_binding,
+            &keys,
+            &encode_binding(&binding),
+            ttl,
+            key,
+        )
+        .await
     }
 
     /// Refuses for a second after an operation failed or an admission found
