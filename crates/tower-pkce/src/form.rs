@@ -478,6 +478,57 @@ mod tests {
         }
     }
 
+    /// Decoding byte by byte, the slow and obvious way.
+    fn reference_decode(raw: &str) -> Result<Cow<'_, str>, FormError> {
+        let bytes = raw.as_bytes();
+        let Some(first) = bytes.iter().position(|&b| b == b'%' || b == b'+') else {
+            return Ok(Cow::Borrowed(raw));
+        };
+        let mut out = bytes[..first].to_vec();
+        let mut i = first;
+        while i < bytes.len() {
+            let b = match bytes[i] {
+                b'+' => b' ',
+                b'%' => {
+                    let pair = bytes.get(i + 1..i + 3).ok_or(FormError::Malformed)?;
+                    let text = std::str::from_utf8(pair).map_err(|_| FormError::Malformed)?;
+                    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(FormError::Malformed);
+                    }
+                    i += 2;
+                    u8::from_str_radix(text, 16).map_err(|_| FormError::Malformed)?
+                }
+                b => b,
+            };
+            if b == 0 {
+                return Err(FormError::Malformed);
+            }
+            out.push(b);
+            i += 1;
+        }
+        String::from_utf8(out)
+            .map(Cow::Owned)
+            .map_err(|_| FormError::Malformed)
+    }
+
+    #[test]
+    fn decode_matches_the_obvious_loop() {
+        let pieces = [
+            "a", "+", "%20", "%2", "%", "%zz", "%00", "\0", "%C3%A9", "%C3", "é", "%e9", "bc",
+        ];
+        let mut inputs = vec![String::new()];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    inputs.push(format!("{a}{b}{c}"));
+                }
+            }
+        }
+        for input in &inputs {
+            assert_eq!(decode(input), reference_decode(input), "{input:?}");
+        }
+    }
+
     #[test]
     fn encodes_all_but_unreserved() {
         assert_eq!(encode("pkce.AZaz09-_~"), "pkce.AZaz09-_~");

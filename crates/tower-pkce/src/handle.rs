@@ -21,6 +21,10 @@ const LEN: usize = PREFIX.len() + ENCODED_LEN;
 pub(crate) struct Handle([u8; LEN]);
 
 impl Handle {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     pub(crate) fn as_str(&self) -> &str {
         // Always ASCII: the prefix and base64url.
         std::str::from_utf8(&self.0).unwrap_or_default()
@@ -102,14 +106,26 @@ pub(crate) fn mint() -> Result<Handle, getrandom::Error> {
     }
 }
 
+/// The base64url alphabet, byte by byte.
+static BASE64URL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = matches!(b as u8, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_');
+        b += 1;
+    }
+    table
+};
+
 /// Whether `value` has the exact shape of a handle this middleware mints.
 pub(crate) fn is_handle(value: &str) -> bool {
-    value.len() == PREFIX.len() + ENCODED_LEN
-        && value.starts_with(PREFIX)
+    value.len() == LEN
         && value
-            .bytes()
-            .skip(PREFIX.len())
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .as_bytes()
+            .split_at_checked(PREFIX.len())
+            .is_some_and(|(prefix, encoded)| {
+                prefix == PREFIX.as_bytes() && encoded.iter().all(|&b| BASE64URL[usize::from(b)])
+            })
 }
 
 /// Whether `bytes` may contain a handle: a fast check before parsing. It

@@ -71,6 +71,7 @@ mod location;
 mod metadata;
 mod path;
 mod pkce;
+mod scan;
 mod service;
 pub mod store;
 

@@ -17,13 +17,13 @@ pub(crate) fn find_code_redirect(
     location: &str,
     is_handle: impl Fn(&str) -> bool,
 ) -> Option<Hit<'_>> {
-    let (before_fragment, fragment) = match location.find('#') {
+    let (before_fragment, fragment) = match crate::scan::find(location.as_bytes(), b'#') {
         Some(i) => (i, Some(i + 1)),
         None => (location.len(), None),
     };
     let query = location
         .get(..before_fragment)
-        .and_then(|s| s.find('?'))
+        .and_then(|s| crate::scan::find(s.as_bytes(), b'?'))
         .map(|i| i + 1..before_fragment);
     let fragment = fragment.map(|start| start..location.len());
     [query, fragment]

@@ -477,7 +477,8 @@ impl<St: Store> Shared<St> {
         code: Option<&str>,
         minted: &mut Option<Minted>,
     ) -> Result<Option<Box<str>>, Rejection> {
-        let (pending, holds_room) = match minted.take_if(|m| m.handle.as_str() == handle) {
+        let own = minted.take_if(|m| m.handle.as_bytes() == handle.as_bytes());
+        let (pending, holds_room) = match own {
             Some(own) => (own.record, false),
             None => match self.store.take_pending(&StoreKey::of(handle)).await {
                 Ok(Some(pending)) => (pending, true),
