@@ -790,29 +790,37 @@ async fn a_store_failing_after_the_answer_withholds_it() {
     }
 }
 
-#[tokio::test]
-async fn an_error_on_the_authorize_answer_gets_its_state_back_and_stores_nothing() {
-    let store = MemoryStore::new();
-    let upstream = tower::service_fn(|req: Request<RequestBody<Full<Bytes>>>| async move {
+/// The strict layer over an upstream that answers every request with a
+/// 302 to `location(state)`, given the `state` it was sent, encoded.
+fn redirecting(store: MemoryStore, location: fn(&str) -> String) -> tests::Service {
+    let upstream = tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| async move {
         let params = tests::parse_form(req.uri().query().unwrap_or_default());
         let state = params.iter().find(|(n, _)| n == "state").unwrap();
-        let location = format!(
-            "https://client.example/cb?error=access_denied&state={}&iss=x",
-            tests::encode(&state.1)
-        );
+        let location = location(&tests::encode(&state.1));
         Ok::<_, std::convert::Infallible>(
             http::Response::builder()
                 .status(StatusCode::FOUND)
-                .header(header::LOCATION, location)
+                .header(
+                    header::LOCATION,
+                    http::HeaderValue::from_bytes(location.as_bytes()).unwrap(),
+                )
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )
     });
-    let svc = tower::util::BoxCloneSyncService::new(
+    tower::util::BoxCloneSyncService::new(
         tower::ServiceBuilder::new()
-            .layer(PkceLayer::strict().store(store.clone()))
+            .layer(PkceLayer::strict().store(store))
             .service(upstream),
-    );
+    )
+}
+
+#[tokio::test]
+async fn an_error_on_the_authorize_answer_gets_its_state_back_and_stores_nothing() {
+    let store = MemoryStore::new();
+    let svc = redirecting(store.clone(), |state| {
+        format!("https://client.example/cb?error=access_denied&state={state}&iss=x")
+    });
     let answer = send(
         &svc,
         get(&format!("/authorize?{}", pkce_query(Some("s 1")))),
@@ -825,6 +833,30 @@ async fn an_error_on_the_authorize_answer_gets_its_state_back_and_stores_nothing
     );
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.pending, stats.bindings), (0, 0), "{stats:?}");
+}
+
+/// A `Location` may carry obs-text (RFC 9110 §5.5): raw UTF-8 in a path,
+/// from a server that does not percent-encode. Its code is bound all the
+/// same, and the rest of its bytes are kept.
+#[tokio::test]
+async fn a_location_with_raw_utf8_has_its_code_bound() {
+    let store = MemoryStore::new();
+    let svc = redirecting(store.clone(), |state| {
+        format!("https://client.example/caf\u{e9}/cb?code=c-utf8&state={state}")
+    });
+    let answer = send(
+        &svc,
+        get(&format!("/authorize?{}", pkce_query(Some("s 1")))),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FOUND, "{answer:?}");
+    assert_eq!(
+        answer.headers[header::LOCATION].as_bytes(),
+        "https://client.example/caf\u{e9}/cb?code=c-utf8&state=s%201".as_bytes(),
+        "{answer:?}"
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.bindings), (0, 1), "{stats:?}");
 }
 
 #[tokio::test]

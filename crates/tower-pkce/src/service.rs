@@ -591,30 +591,29 @@ impl<St: Store> Shared<St> {
             let minted = &mut minted;
             let response = 'scan: {
                 if parts.status.is_redirection() {
-                    // A clone of the header shares its bytes; the headers stay free
-                    // to change.
-                    let location_value = parts.headers.get(header::LOCATION).cloned();
-                    let hit = location_value
-                        .as_ref()
-                        .and_then(|l| l.to_str().ok())
+                    // UTF-8 rather than `to_str`'s visible ASCII: a header's
+                    // bytes are visible ASCII or obs-text already, and the
+                    // value written back is checked again.
+                    let hit = parts
+                        .headers
+                        .get(header::LOCATION)
+                        .and_then(|l| std::str::from_utf8(l.as_bytes()).ok())
                         .and_then(|l| {
                             location::find_code_redirect(l, handle::is_handle).map(|h| (l, h))
                         });
                     if let Some((loc, hit)) = hit {
-                        break 'scan match self
+                        let restored = self
                             .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
                             .await
-                        {
-                            Ok(state) => {
-                                let restored = location::restore_state(loc, &hit, state.as_deref());
-                                match HeaderValue::try_from(restored) {
-                                    Ok(value) => {
-                                        parts.headers.insert(header::LOCATION, value);
-                                        Response::from_parts(parts, ResponseBody::inner(body))
-                                    }
-                                    Err(_) => page(Rejection::StoreUnavailable, wants_json),
+                            .map(|state| location::restore_state(loc, &hit, state.as_deref()));
+                        break 'scan match restored {
+                            Ok(restored) => match HeaderValue::try_from(restored) {
+                                Ok(value) => {
+                                    parts.headers.insert(header::LOCATION, value);
+                                    Response::from_parts(parts, ResponseBody::inner(body))
                                 }
-                            }
+                                Err(_) => page(Rejection::StoreUnavailable, wants_json),
+                            },
                             Err(rejection) => page(rejection, wants_json),
                         };
                     }
