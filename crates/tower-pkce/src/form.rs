@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 
 use crate::path::hex;
+use crate::scan::has_byte;
 
 /// Why a form could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,15 +106,6 @@ pub(crate) struct RawPairs<'a> {
     input: &'a str,
     at: usize,
     separators: Separators,
-}
-
-/// Whether any byte of `word` is `byte`: the zero-byte test on the word
-/// with `byte` cancelled out, exact for the question "any?".
-fn has_byte(word: u64, byte: u8) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let x = word ^ (ONES * u64::from(byte));
-    x.wrapping_sub(ONES) & !x & HIGHS != 0
 }
 
 impl<'a> Iterator for RawPairs<'a> {

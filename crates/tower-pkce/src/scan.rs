@@ -1,6 +1,7 @@
-//! Finding a byte in the short strings of a response (a `Location`), eight
-//! bytes a step. `memchr` is faster on long inputs, but on these its
-//! dispatch costs more than the search, and `str::find` goes byte by byte.
+//! Looking for a byte in the short strings of a request or a response
+//! (form values, a `Location`) eight bytes a step. `memchr` is faster on
+//! long inputs, but on these its dispatch costs more than the search, and
+//! `str::find` goes byte by byte.
 
 const ONES: u64 = u64::from_le_bytes([0x01; 8]);
 const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
@@ -10,6 +11,12 @@ const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
 /// lowest set bit is exact: enough to find the first match.
 fn zero_bytes(word: u64) -> u64 {
     word.wrapping_sub(ONES) & !word & HIGHS
+}
+
+/// Whether any byte of `word` is `byte`. The byte order of `word` does not
+/// matter for the question "any?".
+pub(crate) fn has_byte(word: u64, byte: u8) -> bool {
+    zero_bytes(word ^ (ONES * u64::from(byte))) != 0
 }
 
 /// Where `byte` first stands in `haystack`. The last word is padded with
