@@ -5,9 +5,11 @@
 # multi-thread runtime); the merged profile then guides the final build.
 # See benches/README.md.
 #
-#   benches/load/pgo.sh [--seconds N] [--no-install]
+#   benches/load/pgo.sh [--requests N] [--no-install]
 #
-# --seconds N: how long each workload trains, per runtime (default 3).
+# --requests N: how many responses each workload trains for, per runtime
+# (default 60000). A count, not a time: the profile then weighs every
+# workload and runtime the same whatever the machine's load.
 # The binary is target/pgo/release/pkce-proxy; its path is the last line
 # printed. Needs wrk, and llvm-profdata from rustup's llvm-tools component
 # (added here unless --no-install). Stops only the processes it started.
@@ -16,22 +18,24 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
-seconds=3
+requests=60000
+# The upper bound of one training run, far above what it takes.
+bound=120
 install=1
 usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 64
 }
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --seconds) seconds="$2"; shift 2 ;;
+    --requests) requests="$2"; shift 2 ;;
     --no-install) install=0; shift ;;
     -h|--help) usage ;;
     *) echo "pgo.sh: unknown argument $1" >&2; usage ;;
   esac
 done
-[[ "$seconds" =~ ^[0-9]+$ ]] && (( seconds >= 1 )) \
-  || { echo "pgo.sh: --seconds must be a whole number of at least 1" >&2; exit 64; }
+[[ "$requests" =~ ^[0-9]+$ ]] && (( requests >= 1000 && requests <= 10000000 )) \
+  || { echo "pgo.sh: --requests must be a whole number from 1000 to 10000000" >&2; exit 64; }
 
 for tool in cargo rustc wrk taskset getconf; do
   command -v "$tool" >/dev/null || { echo "pgo.sh: missing $tool (wrk: Debian wrk; taskset: util-linux)" >&2; exit 69; }
@@ -77,15 +81,36 @@ wait_port() {
   echo "pgo.sh: nothing listens on port $port after 10 s" >&2
   exit 1
 }
+# Each training run stops after `requests` responses, counted in the
+# workload's own response handler where it has one. wrk's thread:stop()
+# stops the load but not wrk, which waits out its -d; a file tells this
+# script to interrupt it, on which wrk reports as usual.
 for w in other authorize token flow; do
-  cat "$here/common.lua" "$here/$w.lua" >"$work/$w.lua"
+  cat "$here/common.lua" "$here/$w.lua" - >"$work/$w.lua" <<LUA
+
+local workload_response = response
+local responses = 0
+function response(status, headers, body)
+   if workload_response then
+      workload_response(status, headers, body)
+   end
+   responses = responses + 1
+   if responses == $requests then
+      wrk.thread:stop()
+      local marker = io.open([[$work/$w.done]], "w")
+      if marker then
+         marker:close()
+      end
+   end
+end
+LUA
 done
 
 # One training pass: the upstream and the instrumented proxy under `cpus`
-# (a taskset list), every workload for `seconds`, then SIGTERM, on which the
-# proxy drains, exits and writes its profile.
+# (a taskset list), every workload for `requests` responses, then SIGTERM,
+# on which the proxy drains, exits and writes its profile.
 train() {
-  local cpus=$1 upstream_port proxy_port upstream_pid proxy_pid status
+  local cpus=$1 upstream_port proxy_port upstream_pid proxy_pid status served wrk_pid
   upstream_port=$(pick_port)
   taskset -c "$cpus" "$root/target/release/load_upstream" "127.0.0.1:$upstream_port" \
     >"$work/upstream.log" 2>&1 &
@@ -101,12 +126,24 @@ train() {
   started+=("$proxy_pid")
   wait_port "$proxy_port" "$proxy_pid"
   for w in other authorize token flow; do
-    echo "   CPUs $cpus, $w, ${seconds}s" >&2
-    timeout --signal=KILL $(( seconds + 30 )) wrk -t1 -c64 -d "${seconds}s" \
-      -s "$work/$w.lua" "http://127.0.0.1:$proxy_port" >"$work/wrk.log" 2>&1 \
+    echo "   CPUs $cpus, $w, $requests responses" >&2
+    rm -f "$work/$w.done"
+    timeout --signal=KILL $(( bound + 30 )) wrk -t1 -c64 -d "${bound}s" \
+      -s "$work/$w.lua" "http://127.0.0.1:$proxy_port" >"$work/wrk.log" 2>&1 &
+    wrk_pid=$!
+    started+=("$wrk_pid")
+    while kill -0 "$wrk_pid" 2>/dev/null && [[ ! -e "$work/$w.done" ]]; do
+      sleep 0.05
+    done
+    # timeout passes the interrupt on to wrk.
+    kill -INT "$wrk_pid" 2>/dev/null || true
+    wait "$wrk_pid" \
       || { echo "pgo.sh: wrk failed against the instrumented proxy:" >&2; cat "$work/wrk.log" >&2; exit 1; }
     grep -q ' bad=0 status_errors=0 socket_errors=0' "$work/wrk.log" \
       || { echo "pgo.sh: the instrumented proxy gave bad answers:" >&2; cat "$work/wrk.log" >&2; exit 1; }
+    served=$(sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p' "$work/wrk.log")
+    (( ${served:-0} >= requests )) \
+      || { echo "pgo.sh: the instrumented proxy served ${served:-no} of $requests requests in ${bound}s" >&2; exit 1; }
   done
   kill -TERM "$proxy_pid"
   status=0
