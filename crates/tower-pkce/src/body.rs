@@ -41,6 +41,16 @@ impl<B> RequestBody<B> {
             },
         }
     }
+
+    /// The body's bytes, when the middleware read it whole to check it (a
+    /// token request, an authorization form); `None` for a body that
+    /// streams from the client, and once the bytes have been taken.
+    pub fn as_buffered(&self) -> Option<&Bytes> {
+        match &self.kind {
+            RequestKind::Buffered { data } => data.as_ref(),
+            RequestKind::Inner { .. } => None,
+        }
+    }
 }
 
 impl<B> std::fmt::Debug for RequestBody<B> {

@@ -76,6 +76,24 @@ pub enum Rejection {
     /// A `code_verifier` for a code issued without a challenge: the PKCE
     /// downgrade of RFC 9700 §4.8.2.
     Downgrade,
+    /// A continuation of a transaction (an authorization request whose
+    /// `state` is its handle) with another `client_id`, `redirect_uri` or
+    /// `code_challenge` than the transaction's.
+    ContinuationMismatch,
+    /// A `Connection` header that names a field the checks or the framing
+    /// depend on, which a proxy would remove before the upstream reads it.
+    ConnectionNamesCheckedField,
+    /// Trailer fields on a request whose body the middleware checks.
+    TrailersNotAllowed,
+    /// An upstream response that hands out a code or an error beside a
+    /// transaction handle in a way that cannot be read with certainty
+    /// (several codes or states, unusual separators, an unreadable page):
+    /// withheld, since its code would leave unbound.
+    UncertainDelivery,
+    /// An upstream response that hands out a code or an error beside a
+    /// transaction handle to somewhere other than the transaction's
+    /// `redirect_uri`: withheld.
+    ForeignDelivery,
 }
 
 impl Rejection {
@@ -84,6 +102,7 @@ impl Rejection {
         use Rejection::*;
         match self {
             StoreFull | StoreUnavailable | CodeReissued => "temporarily_unavailable",
+            UncertainDelivery | ForeignDelivery => "server_error",
             UnboundCode | CodeSpent | ClientMismatch | RedirectUriMismatch | VerifierMissing
             | VerifierMalformed | VerifierMismatch | Downgrade => "invalid_grant",
             _ => "invalid_request",
@@ -95,6 +114,7 @@ impl Rejection {
         use Rejection::*;
         match self {
             StoreFull | StoreUnavailable | CodeReissued => StatusCode::SERVICE_UNAVAILABLE,
+            UncertainDelivery | ForeignDelivery => StatusCode::BAD_GATEWAY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             _ => StatusCode::BAD_REQUEST,
@@ -135,6 +155,11 @@ impl Rejection {
             VerifierMalformed => "verifier_malformed",
             VerifierMismatch => "verifier_mismatch",
             Downgrade => "downgrade",
+            ContinuationMismatch => "continuation_mismatch",
+            ConnectionNamesCheckedField => "connection_names_checked_field",
+            TrailersNotAllowed => "trailers_not_allowed",
+            UncertainDelivery => "uncertain_delivery",
+            ForeignDelivery => "foreign_delivery",
         }
     }
 
@@ -185,6 +210,19 @@ impl Rejection {
             VerifierMalformed => "code_verifier is malformed".into(),
             VerifierMismatch => "code_verifier does not match the code_challenge".into(),
             Downgrade => "code_verifier was sent but the authorization request had no code_challenge".into(),
+            ContinuationMismatch => {
+                "this request continues a sign-in that was started with another client_id, redirect_uri or code_challenge".into()
+            }
+            ConnectionNamesCheckedField => {
+                "the Connection header must not name a field the request is checked by".into()
+            }
+            TrailersNotAllowed => "trailer fields are not allowed on this request".into(),
+            UncertainDelivery => {
+                "the authorization server answered in a way that cannot be checked safely; please start the sign-in again".into()
+            }
+            ForeignDelivery => {
+                "the authorization server sent the result somewhere other than the application's redirect_uri".into()
+            }
         }
     }
 
@@ -226,6 +264,10 @@ impl Rejection {
             Rejection::StoreFull | Rejection::StoreUnavailable | Rejection::CodeReissued => {
                 ("Try again", "The sign-in service is busy")
             }
+            Rejection::UncertainDelivery | Rejection::ForeignDelivery => (
+                "Sign-in stopped",
+                "The sign-in could not be completed safely",
+            ),
             _ => (
                 "Invalid sign-in request",
                 "The application sent an invalid sign-in request",

@@ -71,6 +71,7 @@ mod location;
 mod metadata;
 mod path;
 mod pkce;
+mod progress;
 mod scan;
 mod service;
 pub mod store;
@@ -82,4 +83,5 @@ pub use pkce::{
     ChallengeMethod, CodeChallenge, CodeVerifier, MAX_LEN, MIN_LEN, PkceError, S256_CHALLENGE_LEN,
     s256, verify, verify_digest,
 };
+pub use progress::{ForwardProgress, Progress};
 pub use service::{Pkce, ResponseFuture};
