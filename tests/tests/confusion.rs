@@ -11,10 +11,11 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use tests::{
-    Body, Flavor, LegacyServer, Service, delivered, form, get, post_form, send, token_request, walk,
+    Answer, Body, Flavor, LegacyServer, Service, delivered, form, get, post_form, send,
+    token_request, walk,
 };
 use tower::util::BoxCloneSyncService;
-use tower_pkce::{PkceLayer, Rejection, RequestBody, Requirement};
+use tower_pkce::{ForwardProgress, PkceLayer, Rejection, RequestBody, Requirement};
 
 const RFC_VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const RFC_CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
@@ -88,8 +89,19 @@ async fn spellings_a_lenient_upstream_reads_as_a_code_grant_are_checked() {
             "{content_type} {extra:?}"
         );
     }
-    // Token parameters in the query, in any spelling.
-    for query in ["Code=x", "grant.type=authorization_code", "a=1;code=x"] {
+    // Token parameters in the query, in any spelling: whatever a server that
+    // merges the query into the body would read over the checked body.
+    for query in [
+        "Code=x",
+        "grant.type=authorization_code",
+        "a=1;code=x",
+        "code_verifier=x",
+        "redirect_uri=https%3A%2F%2Fevil.example%2Fcb",
+        "Client_ID=client-b",
+        "client_assertion=x.y.z",
+        "client_assertion_type=urn%3Ax",
+        "client.assertion=x.y.z",
+    ] {
         let answer = send(
             &svc,
             post_form(&format!("/token?{query}"), "grant_type=refresh_token"),
@@ -105,6 +117,101 @@ async fn spellings_a_lenient_upstream_reads_as_a_code_grant_are_checked() {
     // The code is still good for its verifier.
     let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
     assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+}
+
+/// A proxy between the layer and the upstream removes what `Connection`
+/// names: the upstream would not get the credentials, host or framing that
+/// were checked (invariant I5).
+#[tokio::test]
+async fn a_connection_header_naming_a_checked_field_is_refused() {
+    let (server, svc, code) =
+        bound_code(PkceLayer::strict().max_failed_attempts(50).unwrap()).await;
+    let body = format!(
+        "grant_type=authorization_code&code={code}&code_verifier={RFC_VERIFIER}&client_id=client-a"
+    );
+    for connection in [
+        "Authorization",
+        "keep-alive, authorization",
+        "HOST",
+        "content-type",
+        "Content-Length",
+        "transfer-encoding",
+        "cookie",
+    ] {
+        let req = post_with(
+            "application/x-www-form-urlencoded",
+            Some(("connection", connection)),
+            body.clone(),
+        );
+        let answer = send(&svc, req).await;
+        assert_eq!(
+            answer.rejection,
+            Some(Rejection::ConnectionNamesCheckedField),
+            "{connection}"
+        );
+        let req = Request::get(format!("/authorize?{}", pkce_query(&[])))
+            .header("connection", connection)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = send(&svc, req).await;
+        assert_eq!(
+            answer.rejection,
+            Some(Rejection::ConnectionNamesCheckedField),
+            "authorize, {connection}"
+        );
+    }
+    assert_eq!(server.token_requests(), 0);
+    // Fields the checks do not read may be named.
+    let req = post_with(
+        "application/x-www-form-urlencoded",
+        Some(("connection", "keep-alive, x-trace")),
+        body,
+    );
+    let ok = send(&svc, req).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+}
+
+/// Trailer fields after a checked body: a server that merges them into the
+/// head would read fields the checks never saw.
+#[tokio::test]
+async fn trailers_on_a_checked_body_are_refused() {
+    use tower::{Layer, ServiceExt};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let inner = tower::service_fn(move |_: Request<RequestBody<tests::ReadyFrames>>| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
+    });
+    let svc = PkceLayer::strict().layer(inner);
+    for (path, body) in [
+        (
+            "/token",
+            "grant_type=refresh_token&refresh_token=rt".to_owned(),
+        ),
+        ("/authorize", pkce_query(&[])),
+    ] {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("client-id", "client-b".parse().unwrap());
+        let frames = tests::ReadyFrames(
+            [
+                http_body::Frame::data(Bytes::from(body)),
+                http_body::Frame::trailers(trailers),
+            ]
+            .into(),
+        );
+        let req = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(frames)
+            .unwrap();
+        let answer = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(
+            answer.extensions().get::<Rejection>(),
+            Some(&Rejection::TrailersNotAllowed),
+            "{path}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was forwarded");
 }
 
 #[tokio::test]
@@ -183,6 +290,9 @@ async fn unknown_client_meets_the_strictest_rule() {
 #[derive(Clone, Default)]
 struct Tricky {
     token_calls: Arc<AtomicUsize>,
+    /// What the first token request reports before it hangs: 0 nothing,
+    /// 1 not sent, 2 sent.
+    first_token_progress: Arc<std::sync::atomic::AtomicU8>,
     last_state: Arc<std::sync::Mutex<String>>,
     accept_encoding: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -217,6 +327,12 @@ fn tricky_service(t: Tricky) -> Service {
                 }
                 "/token" => {
                     if t.token_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        let progress = req.extensions().get::<ForwardProgress>().unwrap();
+                        match t.first_token_progress.load(Ordering::SeqCst) {
+                            1 => progress.not_sent(),
+                            2 => progress.sent(),
+                            _ => {}
+                        }
                         std::future::pending::<()>().await;
                     }
                     *r.body_mut() = Full::new(Bytes::from_static(b"{\"access_token\":\"at\"}"));
@@ -250,9 +366,12 @@ async fn encoded_handle_on_another_path_is_bound() {
     );
 }
 
-#[tokio::test]
-async fn cancelled_token_request_keeps_the_code() {
+/// A token request dropped while the first one hangs: its binding comes
+/// back only when the service said nothing of it reached the upstream
+/// (invariant I6); otherwise the upstream may have redeemed it.
+async fn cancelled_token_request(progress: u8) -> (Answer, usize) {
     let t = Tricky::default();
+    t.first_token_progress.store(progress, Ordering::SeqCst);
     let svc = tricky_service(t.clone());
     send(&svc, get(&format!("/authorize?{}", pkce_query(&[])))).await;
     let (code, _) = delivered(&send(&svc, get("/resume")).await).unwrap();
@@ -262,11 +381,30 @@ async fn cancelled_token_request_keeps_the_code() {
     )
     .await;
     assert!(hung.is_err(), "the first token request should hang");
-    // The restore runs on the runtime after the drop.
+    // A restore runs on the runtime after the drop.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let retry = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    (retry, t.token_calls.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_token_request_cancelled_before_it_was_sent_keeps_the_code() {
+    let (retry, calls) = cancelled_token_request(1).await;
     assert_eq!(retry.status, StatusCode::OK, "{retry:?}");
-    assert_eq!(t.token_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls, 2);
+}
+
+#[tokio::test]
+async fn a_token_request_cancelled_after_it_may_have_been_sent_spends_the_code() {
+    for progress in [0, 2] {
+        let (retry, calls) = cancelled_token_request(progress).await;
+        assert_eq!(
+            retry.rejection,
+            Some(Rejection::CodeSpent),
+            "{progress}: {retry:?}"
+        );
+        assert_eq!(calls, 1, "{progress}: the code went upstream once");
+    }
 }
 
 #[tokio::test]
@@ -288,4 +426,140 @@ async fn accept_encoding_is_narrowed_to_what_can_be_decoded() {
         send(&svc, req).await;
         assert_eq!(t.accept_encoding.lock().unwrap().as_deref(), seen, "{sent}");
     }
+}
+
+/// How the upstream of [`answering_token`] fails the first token request.
+#[derive(Clone, Copy, Debug)]
+enum FirstToken {
+    /// A 502 that the service made itself, before sending anything.
+    GatewayUnsent,
+    /// A 504 that the service made itself after sending.
+    GatewayUnanswered,
+    /// A 503 from the upstream itself, with no progress reported.
+    Upstream503,
+}
+
+/// The strict layer over a service that issues code `C1` at `/authorize`
+/// and fails the first token request as `first` says, then answers 200.
+fn answering_token(first: FirstToken, calls: Arc<AtomicUsize>) -> Service {
+    let inner = tower::service_fn(move |req: Request<RequestBody<Body>>| {
+        let calls = calls.clone();
+        async move {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            if req.uri().path() == "/authorize" {
+                let params = tests::parse_form(req.uri().query().unwrap_or(""));
+                let state = &params.iter().find(|(n, _)| n == "state").unwrap().1;
+                *r.status_mut() = StatusCode::FOUND;
+                r.headers_mut().insert(
+                    header::LOCATION,
+                    format!("https://client.example/cb?code=C1&state={state}")
+                        .parse()
+                        .unwrap(),
+                );
+                return Ok(r);
+            }
+            if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                return Ok(r);
+            }
+            let progress = req.extensions().get::<ForwardProgress>().unwrap();
+            *r.status_mut() = match first {
+                FirstToken::GatewayUnsent => {
+                    progress.not_sent();
+                    StatusCode::BAD_GATEWAY
+                }
+                FirstToken::GatewayUnanswered => {
+                    progress.not_sent();
+                    progress.sent();
+                    progress.unanswered();
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+                FirstToken::Upstream503 => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Ok(r)
+        }
+    });
+    BoxCloneSyncService::new(
+        tower::ServiceBuilder::new()
+            .layer(PkceLayer::strict())
+            .service(inner),
+    )
+}
+
+/// Invariant I6: a binding comes back only when the upstream certainly did
+/// not redeem its code.
+#[tokio::test]
+async fn a_binding_is_restored_only_when_the_upstream_certainly_did_not_redeem() {
+    for (first, restored) in [
+        (FirstToken::GatewayUnsent, true),
+        (FirstToken::Upstream503, true),
+        (FirstToken::GatewayUnanswered, false),
+    ] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = answering_token(first, calls.clone());
+        let (code, _) =
+            delivered(&send(&svc, get(&format!("/authorize?{}", pkce_query(&[])))).await).unwrap();
+        assert_eq!(code, "C1");
+        let failed = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+        assert!(failed.status.is_server_error(), "{first:?}: {failed:?}");
+        let retry = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+        if restored {
+            assert_eq!(retry.status, StatusCode::OK, "{first:?}: {retry:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), 2, "{first:?}");
+        } else {
+            assert_eq!(retry.rejection, Some(Rejection::CodeSpent), "{first:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{first:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_binding_stays_spent_when_the_service_fails() {
+    use tower::ServiceExt;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner_calls = calls.clone();
+    let inner = tower::service_fn(move |req: Request<RequestBody<Body>>| {
+        let calls = inner_calls.clone();
+        async move {
+            if req.uri().path() == "/authorize" {
+                let params = tests::parse_form(req.uri().query().unwrap_or(""));
+                let state = &params.iter().find(|(n, _)| n == "state").unwrap().1;
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::FOUND;
+                r.headers_mut().insert(
+                    header::LOCATION,
+                    format!("https://client.example/cb?code=C1&state={state}")
+                        .parse()
+                        .unwrap(),
+                );
+                return Ok(r);
+            }
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(std::io::Error::other("connection lost"));
+            }
+            Ok(Response::new(Full::new(Bytes::new())))
+        }
+    });
+    let svc = tower::ServiceBuilder::new()
+        .layer(PkceLayer::strict())
+        .service(inner);
+    let first = svc
+        .clone()
+        .oneshot(get(&format!("/authorize?{}", pkce_query(&[]))))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::FOUND);
+    let failed = svc
+        .clone()
+        .oneshot(token_request("C1", "client-a", Some(RFC_VERIFIER)))
+        .await;
+    assert!(failed.is_err());
+    let retry = svc
+        .oneshot(token_request("C1", "client-a", Some(RFC_VERIFIER)))
+        .await
+        .unwrap();
+    assert_eq!(
+        retry.extensions().get::<Rejection>(),
+        Some(&Rejection::CodeSpent)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

@@ -300,11 +300,15 @@ pub(crate) enum RequestBodyError {
     TooLarge,
     /// The body failed.
     Unreadable,
+    /// The body ended with trailer fields.
+    Trailers,
 }
 
 /// Reads a request body's data until it ends, up to `limit` bytes. It reads
 /// as [`collect_bounded`] does, but keeps nothing to hand on after a
-/// failure, so it needs no box and no frame queue; trailers are dropped.
+/// failure, so it needs no box and no frame queue. Trailers are refused: a
+/// server that merges them into the header fields would read a request the
+/// checks never saw.
 pub(crate) async fn collect_request<B: Body<Data = Bytes>>(
     body: B,
     limit: usize,
@@ -318,7 +322,7 @@ pub(crate) async fn collect_request<B: Body<Data = Bytes>>(
     while let Some(frame) = body.as_mut().frame().await {
         let frame = frame.map_err(|_| RequestBodyError::Unreadable)?;
         let Ok(data) = frame.into_data() else {
-            continue;
+            return Err(RequestBodyError::Trailers);
         };
         len = len.saturating_add(data.len());
         if len > limit {

@@ -23,6 +23,7 @@ use crate::error::Rejection;
 use crate::form::{self, FormError};
 use crate::layer::{Config, Endpoint, PkceLayer, Requirement};
 use crate::pkce::ChallengeMethod;
+use crate::progress::{ForwardProgress, Progress};
 use crate::store::{
     Challenge, CodeBinding, MemoryStore, PendingAuthorization, Redemption, Store, StoreError,
     StoreKey, fingerprint,
@@ -428,6 +429,27 @@ fn has_body<B: Body>(req: &Request<B>) -> bool {
         || !req.body().is_end_stream() && req.body().size_hint().upper() != Some(0)
 }
 
+/// Whether `Connection` names a field that the checks or the framing read.
+/// A proxy on the way to the upstream removes what `Connection` names, so
+/// the upstream would not receive the request that was checked (RFC 9110
+/// §7.6.1).
+fn connection_names_checked_field(headers: &HeaderMap) -> bool {
+    const CHECKED: [&[u8]; 6] = [
+        b"authorization",
+        b"host",
+        b"content-type",
+        b"content-length",
+        b"transfer-encoding",
+        b"cookie",
+    ];
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value.as_bytes().split(|&b| b == b',').any(|token| {
+            let token = token.trim_ascii();
+            CHECKED.iter().any(|f| token.eq_ignore_ascii_case(f))
+        })
+    })
+}
+
 fn set_content_length(headers: &mut HeaderMap, len: usize) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -445,6 +467,7 @@ async fn read_body<B: Body<Data = Bytes>>(
     collect_request(body, limit).await.map_err(|e| match e {
         RequestBodyError::TooLarge => Rejection::BodyTooLarge,
         RequestBodyError::Unreadable => Rejection::BodyUnreadable,
+        RequestBodyError::Trailers => Rejection::TrailersNotAllowed,
     })
 }
 
@@ -976,6 +999,12 @@ where
     let json = wants_json(req.headers());
     let (mut parts, body) = req.into_parts();
     async move {
+        if connection_names_checked_field(&parts.headers) {
+            return Ok(reject_authorize(
+                Rejection::ConnectionNamesCheckedField,
+                json,
+            ));
+        }
         let reads_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
         let (data, body) = if reads_body {
             match read_body(&parts.headers, body, shared.config.max_authorize_body).await {
@@ -1060,7 +1089,22 @@ const T_VERIFIER: usize = 2;
 const T_CLIENT: usize = 3;
 const T_REDIRECT: usize = 4;
 const T_ASSERTION: usize = 5;
-const TOKEN_QUERY_PARAMS: [&str; 3] = ["code", "code_verifier", "grant_type"];
+/// Token parameters that a server merging the query into the body (servlet
+/// and PHP style) would read from the query string, where they would
+/// override what was checked. Names are folded as [`form::name_of`] reads
+/// them; `client_assertion` stands for every name that starts with it.
+const TOKEN_QUERY_PARAMS: [&str; 6] = [
+    "code",
+    "code_verifier",
+    "grant_type",
+    "redirect_uri",
+    "client_id",
+    "client_assertion",
+];
+
+fn is_token_query_param(name: &str) -> bool {
+    TOKEN_QUERY_PARAMS.contains(&name) || name.starts_with("client_assertion")
+}
 /// Token requests are read as a server that also splits on `;` would.
 const TOKEN_SEPARATORS: form::Separators = form::Separators::AmpersandOrSemicolon;
 
@@ -1167,7 +1211,7 @@ async fn check_token<St: Store>(
     if let Some(query) = query {
         for pair in form::raw_pairs(query, TOKEN_SEPARATORS) {
             let name = form::name_of(pair).map_err(|_| Rejection::MalformedParameters)?;
-            if TOKEN_QUERY_PARAMS.contains(&name.as_ref()) {
+            if is_token_query_param(&name) {
                 return Err(Rejection::TokenParametersInQuery);
             }
         }
@@ -1290,23 +1334,37 @@ fn check_binding(
 }
 
 /// A redeemed binding on its way to the upstream. It goes back to the store
-/// unless the upstream answered: after an error, a 5xx, or when the request
-/// is dropped half-way (the client left, an outer timeout fired), the client
-/// can retry. Nothing is lost.
+/// only when the upstream certainly did not redeem the code (invariant I6):
+/// nothing of the request reached it, or it answered with a 5xx. After a
+/// timeout, a lost connection or a cancelled request that may have reached
+/// it, the code stays spent: the client starts the sign-in again, and no
+/// code is ever forwarded twice.
 struct RestoreGuard<St: Store> {
     store: St,
     key: StoreKey,
     binding: Option<CodeBinding>,
+    progress: ForwardProgress,
 }
 
 impl<St: Store> RestoreGuard<St> {
-    fn keep(mut self) {
-        self.binding = None;
-    }
-
-    async fn restore(mut self) {
-        if let Some(binding) = self.binding.take() {
-            restore_binding(&self.store, &self.key, binding, "upstream failed").await;
+    /// Settles the binding once the inner service answered (`Some(status)`)
+    /// or failed (`None`).
+    async fn settle(mut self, status: Option<StatusCode>) {
+        let answered_5xx = status.is_some_and(|s| s.is_server_error());
+        let unredeemed = match self.progress.get() {
+            Progress::NotSent => true,
+            Progress::Unanswered => false,
+            _ => answered_5xx,
+        };
+        let Some(binding) = self.binding.take() else {
+            return;
+        };
+        if unredeemed {
+            restore_binding(&self.store, &self.key, binding, "upstream did not redeem").await;
+        } else if answered_5xx || status.is_none() {
+            tracing::warn!(
+                "upstream may have redeemed the code before failing; binding stays spent"
+            );
         }
     }
 }
@@ -1323,12 +1381,18 @@ impl<St: Store> Drop for RestoreGuard<St> {
         let Some(binding) = self.binding.take() else {
             return;
         };
+        if self.progress.get() != Progress::NotSent {
+            tracing::warn!(
+                "token request cancelled after it may have reached the upstream; binding stays spent"
+            );
+            return;
+        }
         let store = self.store.clone();
         let key = self.key;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 drop(runtime.spawn(async move {
-                    restore_binding(&store, &key, binding, "token request cancelled").await;
+                    restore_binding(&store, &key, binding, "token request cancelled unsent").await;
                 }));
             }
             Err(_) => tracing::error!(
@@ -1369,6 +1433,9 @@ where
                 .token_rejection(rejection, origin.as_ref())
                 .map(ResponseBody::full))
         };
+        if connection_names_checked_field(&parts.headers) {
+            return reject(Rejection::ConnectionNamesCheckedField);
+        }
         if !is_form(&parts.headers) {
             return reject(Rejection::UnsupportedMediaType);
         }
@@ -1383,23 +1450,22 @@ where
         if admitted.changed {
             set_content_length(&mut parts.headers, admitted.body.len());
         }
-        let request = Request::from_parts(parts, RequestBody::buffered(admitted.body));
-        let guard = admitted.redeemed.map(|(key, binding)| RestoreGuard {
-            store: shared.store.clone(),
-            key,
-            binding: Some(binding),
+        let guard = admitted.redeemed.map(|(key, binding)| {
+            let progress = ForwardProgress::default();
+            parts.extensions.insert(progress.clone());
+            RestoreGuard {
+                store: shared.store.clone(),
+                key,
+                binding: Some(binding),
+                progress,
+            }
         });
+        let request = Request::from_parts(parts, RequestBody::buffered(admitted.body));
         let result = inner.call(request).await;
         if let Some(guard) = guard {
-            let upstream_failed = match &result {
-                Ok(response) => response.status().is_server_error(),
-                Err(_) => true,
-            };
-            if upstream_failed {
-                guard.restore().await;
-            } else {
-                guard.keep();
-            }
+            guard
+                .settle(result.as_ref().ok().map(Response::status))
+                .await;
         }
         let response = result?;
         shared.origins.learn(origin.as_ref(), response.headers());
