@@ -835,20 +835,25 @@ async fn an_error_on_the_authorize_answer_gets_its_state_back_and_stores_nothing
     assert_eq!((stats.pending, stats.bindings), (0, 0), "{stats:?}");
 }
 
-/// A `Location` may carry obs-text (RFC 9110 §5.5): raw UTF-8 in a path,
-/// from a server that does not percent-encode. Its code is bound all the
-/// same, and the rest of its bytes are kept.
+/// A `Location` may carry obs-text (RFC 9110 §5.5): raw UTF-8 or latin-1
+/// in a path, from a server that does not percent-encode. Its code is bound
+/// all the same (the target is the redirect_uri the client sent,
+/// percent-encoded), and the rest of its bytes are kept.
 #[tokio::test]
 async fn a_location_with_raw_utf8_has_its_code_bound() {
     let store = MemoryStore::new();
     let svc = redirecting(store.clone(), |state| {
         format!("https://client.example/caf\u{e9}/cb?code=c-utf8&state={state}")
     });
-    let answer = send(
-        &svc,
-        get(&format!("/authorize?{}", pkce_query(Some("s 1")))),
-    )
-    .await;
+    let query = form(&[
+        ("response_type", "code"),
+        ("client_id", "client-a"),
+        ("redirect_uri", "https://client.example/caf\u{e9}/cb"),
+        ("code_challenge", RFC_CHALLENGE),
+        ("code_challenge_method", "S256"),
+        ("state", "s 1"),
+    ]);
+    let answer = send(&svc, get(&format!("/authorize?{query}"))).await;
     assert_eq!(answer.status, StatusCode::FOUND, "{answer:?}");
     assert_eq!(
         answer.headers[header::LOCATION].as_bytes(),
@@ -977,4 +982,247 @@ async fn other_paths_pass_untouched() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, "other");
     assert_eq!(answer.rejection, None);
+}
+
+/// An upstream's answer made from the `state` it was sent.
+type Answering = fn(&str) -> http::Response<Full<Bytes>>;
+
+/// The strict layer over an upstream that answers `/authorize` with what
+/// `answer` makes of the `state` it was sent (raw, unencoded) and its host;
+/// the response carries whatever bytes `answer` gives.
+fn answering(store: MemoryStore, answer: Answering) -> tests::Service {
+    let upstream = tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| async move {
+        let params = tests::parse_form(req.uri().query().unwrap_or_default());
+        let state = params
+            .iter()
+            .find(|(n, _)| n == "state")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(answer(&state))
+    });
+    tower::util::BoxCloneSyncService::new(
+        tower::ServiceBuilder::new()
+            .layer(PkceLayer::strict().store(store))
+            .service(upstream),
+    )
+}
+
+fn redirect_to(location: &[u8]) -> http::Response<Full<Bytes>> {
+    http::Response::builder()
+        .status(StatusCode::FOUND)
+        .header(
+            header::LOCATION,
+            http::HeaderValue::from_bytes(location).unwrap(),
+        )
+        .header(header::CONTENT_TYPE, "text/html")
+        .body(Full::new(Bytes::from(format!(
+            "<a href=\"{}\">Found</a>",
+            String::from_utf8_lossy(location)
+        ))))
+        .unwrap()
+}
+
+fn html_page(page: String) -> http::Response<Full<Bytes>> {
+    http::Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Full::new(Bytes::from(page)))
+        .unwrap()
+}
+
+/// Sends an authorization request through `answering(answer)` and returns
+/// the answer and the store's bindings.
+async fn authorize_through(answer: Answering) -> (Answer, u64) {
+    let store = MemoryStore::new();
+    let svc = answering(store.clone(), answer);
+    let reply = send(
+        &svc,
+        get(&format!("/authorize?{}", pkce_query(Some("mine")))),
+    )
+    .await;
+    (reply, store.stats().await.unwrap().bindings)
+}
+
+/// Invariant I2: a code beside a handle leaves bound, or not at all. What
+/// a loose client could read differently from the strict reading is
+/// withheld.
+#[tokio::test]
+async fn deliveries_that_cannot_be_read_with_certainty_are_withheld() {
+    let shapes: [Answering; 12] = [
+        |s| redirect_to(format!("https://client.example/cb#?code=c1&state={s}").as_bytes()),
+        |s| redirect_to(format!("https://client.example/cb?code=c1&code=c2&state={s}").as_bytes()),
+        |s| redirect_to(format!("https://client.example/cb?code=c1&state={s}#code=c2").as_bytes()),
+        |s| redirect_to(format!("https://client.example/cb?code=c1;state={s}").as_bytes()),
+        |s| {
+            redirect_to(format!("https://client.example/cb?code=c1&state={s}&state={s}").as_bytes())
+        },
+        |s| redirect_to(format!("https://client.example/cb?code=c1#state={s}").as_bytes()),
+        |s| {
+            let mut r = html_page(String::new());
+            r.headers_mut().insert(
+                "refresh",
+                format!("0;url=https://client.example/cb?code=c1&state={s}")
+                    .parse()
+                    .unwrap(),
+            );
+            r
+        },
+        |s| {
+            html_page(format!(
+                "<meta http-equiv=refresh content=\"0;url=https://client.example/cb?code=c1&amp;state={s}\">"
+            ))
+        },
+        |s| {
+            html_page(format!(
+                "<form method=post action=\"https://client.example/cb\"><input type=hidden name=code value=c1>\
+             <input type=hidden name=code value=c2><input type=hidden name=state value=\"{s}\"></form>"
+            ))
+        },
+        |s| {
+            html_page(format!(
+                "<form method=post action=\"https://client.example/cb\"><input type=hidden name=code value=c1></form>\
+             <form><input type=hidden name=state value=\"{s}\"></form>"
+            ))
+        },
+        |s| {
+            let mut r = html_page(format!(
+                "<form action=\"https://client.example/cb\"><input type=hidden name=code value=c1>\
+                 <input type=hidden name=state value=\"{s}\"></form>"
+            ));
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, "zstd".parse().unwrap());
+            r
+        },
+        |s| {
+            // Past the scan bound, with the handle in the first part.
+            let pad = "x".repeat(300 * 1024);
+            html_page(format!(
+                "<form action=\"https://client.example/cb\"><input type=hidden name=code value=c1>\
+                 <input type=hidden name=state value=\"{s}\"></form>{pad}"
+            ))
+        },
+    ];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        let (answer, bindings) = authorize_through(shape).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_GATEWAY,
+            "shape {i}: {answer:?}"
+        );
+        assert_eq!(
+            answer.rejection,
+            Some(Rejection::UncertainDelivery),
+            "shape {i}"
+        );
+        assert!(answer.location().is_none(), "shape {i}");
+        assert!(!answer.body.contains("c1"), "shape {i}: {}", answer.body);
+        assert_eq!(bindings, 0, "shape {i}");
+    }
+}
+
+/// Invariant I3: a code is bound, and the client's state put back, only in
+/// a delivery to the transaction's own redirect_uri.
+#[tokio::test]
+async fn deliveries_elsewhere_than_the_redirect_uri_are_withheld() {
+    let shapes: [Answering; 5] = [
+        |s| redirect_to(format!("https://evil.example/cb?code=c1&state={s}").as_bytes()),
+        |s| redirect_to(format!("https://client.example/cb/x?code=c1&state={s}").as_bytes()),
+        |s| redirect_to(format!("/cb?code=c1&state={s}").as_bytes()),
+        // A consent page that echoes a code parameter back to the server.
+        |s| {
+            html_page(format!(
+                "<form method=post action=\"/authorize\"><input type=hidden name=code value=c1>\
+             <input type=hidden name=state value=\"{s}\"><button>Allow</button></form>"
+            ))
+        },
+        |s| {
+            html_page(format!(
+                "<form method=post action=\"https://client.example/cb/\"><input type=hidden name=code value=c1>\
+             <input type=hidden name=state value=\"{s}\"></form>"
+            ))
+        },
+    ];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        let (answer, bindings) = authorize_through(shape).await;
+        assert_eq!(
+            answer.rejection,
+            Some(Rejection::ForeignDelivery),
+            "shape {i}: {answer:?}"
+        );
+        assert!(answer.location().is_none(), "shape {i}");
+        assert!(
+            !answer.body.contains("mine"),
+            "shape {i}: the client's state stays"
+        );
+        assert_eq!(bindings, 0, "shape {i}");
+    }
+}
+
+/// The deliveries read with certainty are bound, and only `state` changes.
+#[tokio::test]
+async fn certain_deliveries_are_bound() {
+    let (answer, bindings) = authorize_through(|s| {
+        let mut loc = b"https://client.example/cb?code=c1&state=".to_vec();
+        loc.extend_from_slice(tests::encode(s).as_bytes());
+        loc.extend_from_slice(b"&note=caf\xe9");
+        redirect_to(&loc)
+    })
+    .await;
+    assert_eq!(answer.status, StatusCode::FOUND, "{answer:?}");
+    assert_eq!(
+        answer.headers[header::LOCATION].as_bytes(),
+        b"https://client.example/cb?code=c1&state=mine&note=caf\xe9"
+    );
+    assert!(
+        answer.body.is_empty(),
+        "a redirect's body, with the handle, goes"
+    );
+    assert_eq!(bindings, 1);
+
+    let (answer, bindings) = authorize_through(|s| {
+        html_page(format!(
+            "<body onload=\"document.forms[0].submit()\"><form method=post action=\"https://client.example/cb\">\
+             <input type=hidden name=code value=c1><input type=hidden name=state value=\"{s}\"></form></body>"
+        ))
+    })
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(
+        answer.body.contains("name=state value=\"mine\""),
+        "{}",
+        answer.body
+    );
+    assert_eq!(bindings, 1);
+}
+
+/// Without a redirect_uri in the request, a delivery must leave the server
+/// the client addressed: a page of the upstream's own is no delivery.
+#[tokio::test]
+async fn without_a_redirect_uri_a_delivery_must_leave_the_server() {
+    let store = MemoryStore::new();
+    let svc = answering(store.clone(), |s| {
+        redirect_to(format!("https://as.example/cb?code=c1&state={s}").as_bytes())
+    });
+    let query = form(&[
+        ("response_type", "code"),
+        ("client_id", "client-a"),
+        ("code_challenge", RFC_CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ]);
+    let req = Request::get(format!("/authorize?{query}"))
+        .header(header::HOST, "AS.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send(&svc, req).await;
+    assert_eq!(
+        answer.rejection,
+        Some(Rejection::ForeignDelivery),
+        "{answer:?}"
+    );
+    let req = Request::get(format!("/authorize?{query}"))
+        .header(header::HOST, "login.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send(&svc, req).await;
+    assert_eq!(answer.status, StatusCode::FOUND, "{answer:?}");
+    assert_eq!(store.stats().await.unwrap().bindings, 1);
 }

@@ -92,6 +92,11 @@ impl<B: Body<Data = Bytes>> Body for RequestBody<B> {
     }
 }
 
+/// The error of a [`ResponseBody`]: the inner body's, or the middleware's
+/// own when it cut off a page it could not read whole (see
+/// [`PkceLayer::html_scan_limit`](crate::PkceLayer::html_scan_limit)).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pin_project! {
     /// The response body the middleware returns: the inner service's body as
     /// it streams, a rejection, or a page it read (to find a `form_post`
@@ -111,9 +116,47 @@ pin_project! {
             frames: VecDeque<Frame<Bytes>>,
             error: Option<B::Error>,
             rest: Option<Pin<Box<B>>>,
+            watch: Option<Watch>,
         },
     }
 }
+
+/// Watches the rest of a page too large to read whole for a transaction
+/// handle: past the bound, a page that carries one is cut off, since a code
+/// beside it could not be bound.
+#[derive(Debug, Default)]
+pub(crate) struct Watch {
+    /// The end of the data seen so far, for a handle split across frames.
+    tail: Vec<u8>,
+}
+
+/// Enough bytes to hold a handle written with its dot escaped (`&#46;`).
+const WATCH_TAIL: usize = 48;
+
+impl Watch {
+    /// Whether `data`, after what came before it, holds a handle.
+    pub(crate) fn sees_handle(&mut self, data: &[u8]) -> bool {
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(data);
+        let found = crate::handle::may_contain(&window)
+            && crate::handle::count_in(&crate::loose::decode(&window, true)) > 0;
+        let keep = window.len().saturating_sub(WATCH_TAIL);
+        window.drain(..keep);
+        self.tail = window;
+        found
+    }
+}
+
+#[derive(Debug)]
+struct CutOff;
+
+impl std::fmt::Display for CutOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a page larger than the scan bound carries a transaction handle; cut off")
+    }
+}
+
+impl std::error::Error for CutOff {}
 
 impl<B: Body> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
@@ -141,6 +184,20 @@ impl<B: Body> ResponseBody<B> {
                 frames,
                 error,
                 rest,
+                watch: None,
+            },
+        }
+    }
+
+    /// As [`replay`](Self::replay), with what `rest` yields watched for a
+    /// transaction handle.
+    pub(crate) fn watched(frames: VecDeque<Frame<Bytes>>, rest: Pin<Box<B>>, watch: Watch) -> Self {
+        Self {
+            kind: ResponseKind::Replay {
+                frames,
+                error: None,
+                rest: Some(rest),
+                watch: Some(watch),
             },
         }
     }
@@ -152,32 +209,47 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            ResponseKindProj::Inner { body } => body.poll_frame(cx),
+            ResponseKindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             ResponseKindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseKindProj::Replay {
                 frames,
                 error,
                 rest,
+                watch,
             } => {
                 if let Some(frame) = frames.pop_front() {
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 if let Some(e) = error.take() {
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(Err(e.into())));
                 }
-                match rest {
-                    Some(body) => body.as_mut().poll_frame(cx),
-                    None => Poll::Ready(None),
+                let Some(body) = rest else {
+                    return Poll::Ready(None);
+                };
+                let polled = body.as_mut().poll_frame(cx).map_err(Into::into);
+                if let (Poll::Ready(Some(Ok(frame))), Some(watch)) = (&polled, watch.as_mut())
+                    && frame.data_ref().is_some_and(|d| watch.sees_handle(d))
+                {
+                    tracing::warn!(
+                        "a page larger than the scan bound carries a transaction handle; cut off"
+                    );
+                    *rest = None;
+                    return Poll::Ready(Some(Err(Box::new(CutOff))));
                 }
+                polled
             }
         }
     }
@@ -190,6 +262,7 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
                 frames,
                 error,
                 rest,
+                ..
             } => {
                 frames.is_empty()
                     && error.is_none()
@@ -210,6 +283,13 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
                     .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
                     .sum();
                 match rest {
+                    // Trailers go out only with a body of unknown length
+                    // (chunked), so the length is not told.
+                    None if frames.iter().any(Frame::is_trailers) => {
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(buffered);
+                        hint
+                    }
                     None => SizeHint::with_exact(buffered),
                     Some(body) => {
                         let inner = body.size_hint();

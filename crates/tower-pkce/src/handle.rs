@@ -136,6 +136,32 @@ pub(crate) fn may_contain(bytes: &[u8]) -> bool {
     bytes.windows(STEM.len()).any(|w| w == STEM)
 }
 
+/// How many handles `decoded` holds (see `loose::decode`): the prefix and
+/// at least the encoded length of base64url after it. Anything longer
+/// counts too: a reading for suspicion errs towards seeing a handle.
+pub(crate) fn count_in(decoded: &[u8]) -> usize {
+    let prefix = PREFIX.as_bytes();
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(found) = decoded
+        .get(at..)
+        .and_then(|rest| rest.windows(prefix.len()).position(|w| w == prefix))
+    {
+        let start = at + found + prefix.len();
+        let encoded = decoded
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|&&b| BASE64URL[usize::from(b)])
+            .count();
+        if encoded >= ENCODED_LEN {
+            count += 1;
+        }
+        at = start;
+    }
+    count
+}
+
 /// A handle found beside a code or an error where a response hands them to
 /// the client (a `Location`, a `form_post` page). The values borrow from
 /// the response unless they had to be decoded.
@@ -205,5 +231,15 @@ mod tests {
         assert!(!is_handle("client-state"));
         assert!(!is_handle(""));
         assert!(!may_contain(b"state=abc"));
+    }
+
+    #[test]
+    fn handles_are_counted_wherever_they_stand() {
+        let h = mint().unwrap();
+        let h = h.as_str();
+        assert_eq!(count_in(format!("a={h}&b={h}x").as_bytes()), 2);
+        assert_eq!(count_in(format!("{h}{h}").as_bytes()), 2);
+        assert_eq!(count_in(&h.as_bytes()[..h.len() - 1]), 0);
+        assert_eq!(count_in(b"pkce.pkce."), 0);
     }
 }

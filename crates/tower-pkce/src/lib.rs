@@ -68,6 +68,7 @@ mod handle;
 mod html;
 mod layer;
 mod location;
+mod loose;
 mod metadata;
 mod path;
 mod pkce;
@@ -76,7 +77,7 @@ mod scan;
 mod service;
 pub mod store;
 
-pub use body::{RequestBody, ResponseBody};
+pub use body::{BoxError, RequestBody, ResponseBody};
 pub use error::{ConfigError, Rejection};
 pub use layer::{Endpoint, PkceLayer, Requirement};
 pub use pkce::{

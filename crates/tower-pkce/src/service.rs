@@ -10,13 +10,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body::Body;
+use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::{
-    Collected, RequestBody, RequestBodyError, ResponseBody, collect_bounded, collect_request,
-    frames_of,
+    Collected, RequestBody, RequestBodyError, ResponseBody, Watch, collect_bounded,
+    collect_request, frames_of,
 };
 use crate::cors::Origins;
 use crate::error::Rejection;
@@ -111,11 +111,11 @@ where
         let method = req.method().clone();
         match route {
             Endpoint::Other => {
-                let wants_json = wants_json(req.headers());
+                let asked = Asked::of(req.headers(), req.uri());
                 let mut req = req;
                 restrict_accept_encoding(req.headers_mut());
                 let future = self.inner.call(req.map(RequestBody::inner));
-                ResponseFuture::inspect(future, shared, wants_json)
+                ResponseFuture::inspect(future, shared, asked)
             }
             Endpoint::Metadata if method == Method::GET || method == Method::HEAD => {
                 let mut req = req;
@@ -124,8 +124,9 @@ where
                 ResponseFuture::boxed(metadata(shared, inner, req))
             }
             Endpoint::Metadata => {
+                let asked = Asked::of(req.headers(), req.uri());
                 let future = self.inner.call(req.map(RequestBody::inner));
-                ResponseFuture::inspect(future, shared, false)
+                ResponseFuture::inspect(future, shared, asked)
             }
             Endpoint::Authorize => {
                 let mut req = req;
@@ -178,7 +179,7 @@ pin_project! {
             #[pin]
             future: F,
             inspector: Option<Arc<dyn Inspect<B>>>,
-            wants_json: bool,
+            asked: Asked,
         },
         Inspecting { future: BoxFuture<Response<ResponseBody<B>>> },
         Boxed { future: BoxFuture<Result<Response<ResponseBody<B>>, E>> },
@@ -193,7 +194,7 @@ impl<F, B: Body, E> std::fmt::Debug for ResponseFuture<F, B, E> {
 }
 
 impl<F, B: Body, E> ResponseFuture<F, B, E> {
-    pub(crate) fn inspect<St: Store>(future: F, shared: Arc<Shared<St>>, wants_json: bool) -> Self
+    pub(crate) fn inspect<St: Store>(future: F, shared: Arc<Shared<St>>, asked: Asked) -> Self
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Send + 'static,
@@ -203,7 +204,7 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
             kind: Kind::Inspect {
                 future,
                 inspector: Some(inspector),
-                wants_json,
+                asked,
             },
         }
     }
@@ -241,13 +242,12 @@ where
                 KindProj::Inspect {
                     future,
                     inspector,
-                    wants_json,
+                    asked,
                 } => {
                     let response = ready!(future.poll(cx))?;
-                    let wants_json = *wants_json;
                     match inspector.take() {
                         Some(inspector) if inspector.needs_inspection(&response) => {
-                            let future = inspector.inspect(response, wants_json);
+                            let future = inspector.inspect(response, std::mem::take(asked));
                             this.kind.set(Kind::Inspecting { future });
                         }
                         _ => return Poll::Ready(Ok(response.map(ResponseBody::inner))),
@@ -276,7 +276,7 @@ trait Inspect<B: Body>: Send + Sync {
     fn inspect(
         self: Arc<Self>,
         response: Response<B>,
-        wants_json: bool,
+        asked: Asked,
     ) -> BoxFuture<Response<ResponseBody<B>>>;
 }
 
@@ -287,23 +287,20 @@ where
     B::Error: Send + 'static,
 {
     fn needs_inspection(&self, response: &Response<B>) -> bool {
-        if response.status().is_redirection()
-            && response
-                .headers()
-                .get(header::LOCATION)
-                .is_some_and(|l| handle::may_contain(l.as_bytes()))
-        {
-            return true;
-        }
-        is_html(response.headers())
+        let headers = response.headers();
+        headers
+            .get(header::LOCATION)
+            .is_some_and(|l| handle::may_contain(l.as_bytes()))
+            || headers.contains_key(REFRESH)
+            || may_be_html(headers, response.body())
     }
 
     fn inspect(
         self: Arc<Self>,
         response: Response<B>,
-        wants_json: bool,
+        asked: Asked,
     ) -> BoxFuture<Response<ResponseBody<B>>> {
-        Box::pin(async move { self.inspect_response(response, wants_json, None).await })
+        Box::pin(async move { self.inspect_response(response, asked, None).await })
     }
 }
 
@@ -491,13 +488,16 @@ impl<St: Store> Shared<St> {
     }
 
     /// Binds the code (if any) to the pending authorization behind `handle`,
-    /// and returns the client's original state. When `handle` is the one
-    /// this request minted, its record is `minted`'s and is taken from
-    /// there: it was never written to the store.
+    /// and returns the client's original state, when `to_client` finds that
+    /// the delivery goes to the transaction's own client (invariant I3).
+    /// When `handle` is the one this request minted, its record is
+    /// `minted`'s and is taken from there: it was never written to the
+    /// store. Either way the transaction is over: a handle delivers once.
     async fn complete_transaction(
         &self,
         handle: &str,
         code: Option<&str>,
+        to_client: impl FnOnce(&PendingAuthorization) -> bool,
         minted: &mut Option<Minted>,
     ) -> Result<Option<Box<str>>, Rejection> {
         let own = minted.take_if(|m| m.handle.as_bytes() == handle.as_bytes());
@@ -518,6 +518,13 @@ impl<St: Store> Shared<St> {
                 }
             },
         };
+        if !to_client(&pending) {
+            tracing::warn!(
+                reason = Rejection::ForeignDelivery.as_str(),
+                "upstream delivered a transaction's result elsewhere than its redirect_uri; response withheld"
+            );
+            return Err(Rejection::ForeignDelivery);
+        }
         let Some(code) = code else {
             tracing::info!("upstream answered with an error; state restored");
             return Ok(pending.state);
@@ -597,124 +604,289 @@ impl<St: Store> Shared<St> {
     /// The upstream's answer to any request, with the code it hands out
     /// bound and the client's state put back; for an authorization request
     /// whose transaction goes on (`minted`, not completed by this answer),
-    /// its pending record written. The response is taken apart before the
-    /// `async` block, as [`authorize`] does with the request.
+    /// its pending record written. What might hand a code out beside a
+    /// handle and cannot be read with certainty is withheld (invariant I2).
+    /// The response is taken apart before the `async` block, as
+    /// [`authorize`] does with the request.
     fn inspect_response<'a, B>(
         &'a self,
         response: Response<B>,
-        wants_json: bool,
+        asked: Asked,
         minted: Option<Minted>,
     ) -> impl Future<Output = Response<ResponseBody<B>>> + 'a
     where
         B: Body<Data = Bytes> + Send + 'static,
     {
-        let (mut parts, body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         async move {
             let mut minted = minted;
-            let minted = &mut minted;
-            let response = 'scan: {
-                if parts.status.is_redirection() {
-                    // UTF-8 rather than `to_str`'s visible ASCII: a header's
-                    // bytes are visible ASCII or obs-text already, and the
-                    // value written back is checked again.
-                    let hit = parts
-                        .headers
-                        .get(header::LOCATION)
-                        .and_then(|l| std::str::from_utf8(l.as_bytes()).ok())
-                        .and_then(|l| {
-                            location::find_code_redirect(l, handle::is_handle).map(|h| (l, h))
-                        });
-                    if let Some((loc, hit)) = hit {
-                        let restored = self
-                            .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
-                            .await
-                            .map(|state| location::restore_state(loc, &hit, state.as_deref()));
-                        break 'scan match restored {
-                            Ok(restored) => match HeaderValue::try_from(restored) {
-                                Ok(value) => {
-                                    parts.headers.insert(header::LOCATION, value);
-                                    Response::from_parts(parts, ResponseBody::inner(body))
-                                }
-                                Err(_) => page(Rejection::StoreUnavailable, wants_json),
-                            },
-                            Err(rejection) => page(rejection, wants_json),
-                        };
-                    }
-                }
-                if !is_html(&parts.headers) {
-                    break 'scan Response::from_parts(parts, ResponseBody::inner(body));
-                }
-                let limit = self.config.html_scan_limit;
-                if content_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-                    break 'scan Response::from_parts(parts, ResponseBody::inner(body));
-                }
-                let (data, trailers) = match collect_bounded(body, limit).await {
-                    Collected::Complete { data, trailers } => (data, trailers),
-                    Collected::Over { frames, rest } => {
-                        break 'scan Response::from_parts(
-                            parts,
-                            ResponseBody::replay(frames, None, Some(rest)),
-                        );
-                    }
-                    Collected::Failed { frames, error } => {
-                        break 'scan Response::from_parts(
-                            parts,
-                            ResponseBody::replay(frames, Some(error), None),
-                        );
-                    }
-                };
-                let encoding = parts
-                    .headers
-                    .get(header::CONTENT_ENCODING)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let decoded: Cow<'_, [u8]> = match &encoding {
-                    None => Cow::Borrowed(&data),
-                    Some(enc) => match coding::decode_content(enc, &data, limit) {
-                        Ok(decoded) => Cow::Owned(decoded),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "html response not scanned");
-                            break 'scan Response::from_parts(
-                                parts,
-                                ResponseBody::replay(frames_of(data, trailers), None, None),
-                            );
-                        }
-                    },
-                };
-                let hit = if handle::may_contain(&decoded) {
-                    html::find_form_post(&decoded, handle::is_handle)
-                } else {
-                    None
-                };
-                let Some(hit) = hit else {
-                    break 'scan Response::from_parts(
-                        parts,
-                        ResponseBody::replay(frames_of(data, trailers), None, None),
-                    );
-                };
-                match self
-                    .complete_transaction(&hit.handle, hit.code.as_deref(), minted)
-                    .await
-                {
-                    Ok(state) => {
-                        let page = html::restore_state(&decoded, &hit, state.as_deref());
-                        parts.headers.remove(header::CONTENT_ENCODING);
-                        parts.headers.remove(header::ETAG);
-                        set_content_length(&mut parts.headers, page.len());
-                        Response::from_parts(parts, ResponseBody::full(Bytes::from(page)))
-                    }
-                    Err(rejection) => page(rejection, wants_json),
-                }
+            let inspected = self.inspect_parts(parts, body, &asked, &mut minted).await;
+            let response = match inspected {
+                Ok(response) => response,
+                Err(rejection) => return page(rejection, asked.wants_json),
             };
             let Some(own) = minted.take() else {
                 return response;
             };
             match self.record_pending(own).await {
                 Ok(()) => response,
-                Err(rejection) => page(rejection, wants_json),
+                Err(rejection) => page(rejection, asked.wants_json),
             }
         }
     }
+
+    async fn inspect_parts<B>(
+        &self,
+        mut parts: http::response::Parts,
+        body: B,
+        asked: &Asked,
+        minted: &mut Option<Minted>,
+    ) -> Result<Response<ResponseBody<B>>, Rejection>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+    {
+        if parts
+            .headers
+            .get_all(REFRESH)
+            .iter()
+            .any(|r| hands_out_code(r.as_bytes()))
+        {
+            return Err(withheld(Rejection::UncertainDelivery, "a Refresh header"));
+        }
+        if let Some(location) = parts.headers.get(header::LOCATION).cloned() {
+            let bytes = location.as_bytes();
+            match location::scan(bytes) {
+                location::Scan::Clean | location::Scan::Carrier => {}
+                location::Scan::Uncertain(why) => {
+                    return Err(withheld(Rejection::UncertainDelivery, why));
+                }
+                location::Scan::Delivery(delivery) => {
+                    let hit = &delivery.hit;
+                    let to_client = |p: &PendingAuthorization| {
+                        reaches_client(
+                            p.redirect_uri,
+                            location::targets(bytes, &delivery),
+                            asked.host.as_ref(),
+                        )
+                    };
+                    let state = self
+                        .complete_transaction(&hit.handle, hit.code.as_deref(), to_client, minted)
+                        .await?;
+                    let restored = location::restore_state(bytes, hit, state.as_deref());
+                    let value = HeaderValue::from_bytes(&restored)
+                        .map_err(|_| withheld(Rejection::UncertainDelivery, "unwritable"))?;
+                    parts.headers.insert(header::LOCATION, value);
+                    if parts.status.is_redirection() {
+                        // A redirect's body is a hint for clients that do not
+                        // follow it, and it holds the code and the handle as
+                        // they were: it goes.
+                        parts.headers.remove(header::CONTENT_ENCODING);
+                        parts.headers.remove(header::ETAG);
+                        set_content_length(&mut parts.headers, 0);
+                        return Ok(Response::from_parts(
+                            parts,
+                            ResponseBody::full(Bytes::new()),
+                        ));
+                    }
+                }
+            }
+        }
+        if !may_be_html(&parts.headers, &body) {
+            return Ok(Response::from_parts(parts, ResponseBody::inner(body)));
+        }
+        let limit = self.config.html_scan_limit;
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case(b"identity"))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        let (data, trailers) = match collect_bounded(body, limit).await {
+            Collected::Complete { data, trailers } => (data, trailers),
+            Collected::Over { frames, rest } => {
+                if encoding.is_some() {
+                    // Past the bound, a compressed page cannot be watched:
+                    // see `PkceLayer::html_scan_limit`.
+                    tracing::debug!("compressed page over the scan bound passed unread");
+                    return Ok(Response::from_parts(
+                        parts,
+                        ResponseBody::replay(frames, None, Some(rest)),
+                    ));
+                }
+                let mut watch = Watch::default();
+                if frames
+                    .iter()
+                    .filter_map(Frame::data_ref)
+                    .any(|d| watch.sees_handle(d))
+                {
+                    return Err(withheld(
+                        Rejection::UncertainDelivery,
+                        "a page larger than the scan bound carries a handle",
+                    ));
+                }
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::watched(frames, rest, watch),
+                ));
+            }
+            Collected::Failed { frames, error } => {
+                let mut watch = Watch::default();
+                if encoding.is_some()
+                    || frames
+                        .iter()
+                        .filter_map(Frame::data_ref)
+                        .any(|d| watch.sees_handle(d))
+                {
+                    return Err(withheld(
+                        Rejection::UncertainDelivery,
+                        "a page that failed half-way may carry a handle",
+                    ));
+                }
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::replay(frames, Some(error), None),
+                ));
+            }
+        };
+        let decoded: Cow<'_, [u8]> = match &encoding {
+            None => Cow::Borrowed(&data),
+            Some(enc) => match coding::decode_content(enc, &data, limit) {
+                Ok(decoded) => Cow::Owned(decoded),
+                Err(coding::CodingError::Unsupported) => {
+                    return Err(withheld(
+                        Rejection::UncertainDelivery,
+                        "a page in a content coding that was not asked for",
+                    ));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "html response not scanned");
+                    return Ok(Response::from_parts(
+                        parts,
+                        ResponseBody::replay(frames_of(data, trailers), None, None),
+                    ));
+                }
+            },
+        };
+        let delivery = match html::scan(&decoded) {
+            html::Scan::Clean | html::Scan::Carrier => {
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::replay(frames_of(data, trailers), None, None),
+                ));
+            }
+            html::Scan::Uncertain(why) => {
+                return Err(withheld(Rejection::UncertainDelivery, why));
+            }
+            html::Scan::Delivery(delivery) => delivery,
+        };
+        let hit = &delivery.hit;
+        let action = delivery.action.as_deref().map(str::as_bytes);
+        let to_client = |p: &PendingAuthorization| {
+            reaches_client(p.redirect_uri, action.into_iter(), asked.host.as_ref())
+        };
+        let state = self
+            .complete_transaction(&hit.handle, hit.code.as_deref(), to_client, minted)
+            .await?;
+        let page = html::restore_state(&decoded, hit, state.as_deref());
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts.headers.remove(header::ETAG);
+        set_content_length(&mut parts.headers, page.len());
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::full(Bytes::from(page)),
+        ))
+    }
+}
+
+/// What the request that a response answers tells its inspection.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Asked {
+    /// Refusals are JSON.
+    wants_json: bool,
+    /// The authority the client addressed: a delivery to the client never
+    /// goes back to it (see [`reaches_client`]).
+    host: Option<HeaderValue>,
+}
+
+impl Asked {
+    fn of(headers: &HeaderMap, uri: &Uri) -> Self {
+        Self {
+            wants_json: wants_json(headers),
+            host: headers.get(header::HOST).cloned().or_else(|| {
+                uri.authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+        }
+    }
+}
+
+const REFRESH: header::HeaderName = header::HeaderName::from_static("refresh");
+
+/// Whether a header value (a `Refresh`) hands a code out beside a handle.
+fn hands_out_code(value: &[u8]) -> bool {
+    let decoded = crate::loose::decode(value, false);
+    crate::handle::count_in(&decoded) > 0 && crate::loose::count_params(&decoded, b"code") > 0
+}
+
+fn withheld(rejection: Rejection, why: &str) -> Rejection {
+    tracing::warn!(
+        reason = rejection.as_str(),
+        why,
+        "upstream response may hand out a code unbound; withheld"
+    );
+    rejection
+}
+
+/// Whether a delivery whose targets (`location::targets`, or a form's
+/// action) are these goes to the transaction's own client (invariant I3):
+/// to the `redirect_uri` it recorded; without one, to a URI that leaves the
+/// server the client addressed (a page of the upstream's own, such as a
+/// consent form echoing a `code`, is no delivery).
+fn reaches_client<'t>(
+    recorded: Option<crate::store::Fingerprint>,
+    mut targets: impl Iterator<Item = &'t [u8]>,
+    host: Option<&HeaderValue>,
+) -> bool {
+    match recorded {
+        Some(uri) => targets.any(|t| crate::store::fingerprint(t) == uri),
+        None => targets.next().is_some_and(|t| leaves_the_server(t, host)),
+    }
+}
+
+/// Whether `target` is an absolute URI (RFC 3986 §4.3) whose authority, if
+/// it has one, is not `host`.
+fn leaves_the_server(target: &[u8], host: Option<&HeaderValue>) -> bool {
+    let Some(colon) = target.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let scheme = target.get(..colon).unwrap_or_default();
+    let is_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !is_scheme {
+        return false;
+    }
+    let Some(rest) = target.get(colon + 1..).and_then(|r| r.strip_prefix(b"//")) else {
+        // A scheme of an application's own (`com.example.app:/cb`).
+        return true;
+    };
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
+        .unwrap_or(rest.len());
+    let authority = rest.get(..end).unwrap_or_default();
+    let authority = authority.rsplit(|&b| b == b'@').next().unwrap_or(authority);
+    !authority.is_empty() && !host.is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority))
+}
+
+/// Whether a response may be an HTML page that a browser renders: it says
+/// so, or it says nothing of its type and has a body a browser would sniff.
+fn may_be_html<B: Body>(headers: &HeaderMap, body: &B) -> bool {
+    if headers.contains_key(header::CONTENT_TYPE) {
+        return is_html(headers);
+    }
+    !body.is_end_stream() && body.size_hint().exact() != Some(0)
 }
 
 fn page<B: Body>(rejection: Rejection, wants_json: bool) -> Response<ResponseBody<B>> {
@@ -996,7 +1168,8 @@ where
     ReqBody: Body<Data = Bytes>,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    let json = wants_json(req.headers());
+    let asked = Asked::of(req.headers(), req.uri());
+    let json = asked.wants_json;
     let (mut parts, body) = req.into_parts();
     async move {
         if connection_names_checked_field(&parts.headers) {
@@ -1061,7 +1234,7 @@ where
             }
         };
         let response = inner.call(Request::from_parts(parts, body)).await?;
-        Ok(shared.inspect_response(response, json, minted).await)
+        Ok(shared.inspect_response(response, asked, minted).await)
     }
 }
 

@@ -92,8 +92,8 @@ impl fmt::Debug for StoreKey {
 pub type Fingerprint = [u8; 16];
 
 /// The first 128 bits of the SHA-256 digest of `value`.
-pub fn fingerprint(value: &str) -> Fingerprint {
-    let digest = crate::pkce::sha256(value.as_bytes());
+pub fn fingerprint(value: impl AsRef<[u8]>) -> Fingerprint {
+    let digest = crate::pkce::sha256(value.as_ref());
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest[..16]);
     out
