@@ -1226,3 +1226,134 @@ async fn without_a_redirect_uri_a_delivery_must_leave_the_server() {
     assert_eq!(answer.status, StatusCode::FOUND, "{answer:?}");
     assert_eq!(store.stats().await.unwrap().bindings, 1);
 }
+
+/// Invariant I4: a continuation (a request whose `state` is a handle) goes
+/// on only with its own transaction's client, redirect_uri and challenge,
+/// and only while the transaction has not delivered.
+#[tokio::test]
+async fn a_continuation_must_match_its_transaction() {
+    let server = LegacyServer::new(Flavor::Consent);
+    let svc = server.behind(PkceLayer::strict());
+    let consent = send(
+        &svc,
+        get(&format!("/authorize?{}", pkce_query(Some("mine")))),
+    )
+    .await;
+    assert_eq!(consent.status, StatusCode::OK, "{consent:?}");
+    let handle = tests::hidden_field(&consent.body, "state").unwrap();
+    let other = CodeChallenge::from_verifier(&CodeVerifier::generate(), ChallengeMethod::S256);
+    let seen = || server.state.authorize_requests.load(Ordering::SeqCst);
+    let before = seen();
+    for (case, pairs) in [
+        ("another client", vec![("client_id", "client-b")]),
+        (
+            "another redirect_uri",
+            vec![
+                ("client_id", "client-a"),
+                ("redirect_uri", "https://evil.example/cb"),
+            ],
+        ),
+        (
+            "another challenge",
+            vec![
+                ("code_challenge", other.as_str()),
+                ("code_challenge_method", "S256"),
+            ],
+        ),
+    ] {
+        let mut pairs = pairs;
+        pairs.push(("state", &handle));
+        let answer = send(&svc, get(&format!("/authorize?{}", form(&pairs)))).await;
+        assert_authorize_rejected(&answer, Rejection::ContinuationMismatch);
+        assert_eq!(seen(), before, "{case}: never forwarded");
+    }
+    let answer = send(
+        &svc,
+        get(&format!(
+            "/authorize?{}",
+            form(&[("state", &handle), ("request_uri", "urn:x")])
+        )),
+    )
+    .await;
+    assert_authorize_rejected(&answer, Rejection::RequestObjectUnsupported);
+    assert_eq!(seen(), before);
+
+    // What the transaction carried, or nothing but the handle, goes on.
+    let same = send(
+        &svc,
+        get(&format!(
+            "/authorize?{}",
+            query(&[
+                ("code_challenge", RFC_CHALLENGE),
+                ("code_challenge_method", "S256"),
+                ("state", &handle)
+            ])
+        )),
+    )
+    .await;
+    assert_eq!(same.status, StatusCode::OK, "{same:?}");
+    let bare = send(
+        &svc,
+        get(&format!("/authorize?{}", form(&[("state", &handle)]))),
+    )
+    .await;
+    assert_eq!(bare.status, StatusCode::OK, "{bare:?}");
+    assert_eq!(seen(), before + 2);
+
+    // The consent POST delivers the code; the handle is then finished.
+    let (code, state) = delivered(
+        &send(
+            &svc,
+            post_form(
+                "/authorize",
+                &form(&[
+                    ("response_type", "code"),
+                    ("client_id", "client-a"),
+                    ("redirect_uri", "https://client.example/cb"),
+                    ("state", &handle),
+                    ("consent", "yes"),
+                ]),
+            ),
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(state.as_deref(), Some("mine"));
+    let again = send(
+        &svc,
+        get(&format!("/authorize?{}", form(&[("state", &handle)]))),
+    )
+    .await;
+    assert_authorize_rejected(&again, Rejection::TransactionExpired);
+    let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+}
+
+/// A transaction without a redirect_uri cannot be given one by a
+/// continuation: the upstream would send the code there.
+#[tokio::test]
+async fn a_continuation_cannot_add_a_redirect_uri() {
+    let server = LegacyServer::new(Flavor::Consent);
+    let svc = server.behind(PkceLayer::strict());
+    let start = form(&[
+        ("response_type", "code"),
+        ("client_id", "client-a"),
+        ("code_challenge", RFC_CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ]);
+    let consent = send(&svc, get(&format!("/authorize?{start}"))).await;
+    let handle = tests::hidden_field(&consent.body, "state").unwrap();
+    let answer = send(
+        &svc,
+        get(&format!(
+            "/authorize?{}",
+            form(&[
+                ("client_id", "client-a"),
+                ("redirect_uri", "https://evil.example/cb"),
+                ("state", &handle)
+            ])
+        )),
+    )
+    .await;
+    assert_authorize_rejected(&answer, Rejection::ContinuationMismatch);
+}

@@ -993,8 +993,9 @@ struct Minted {
 enum Plan {
     /// Forward the request as it is.
     Forward,
-    /// The state is a handle: forward when its transaction is pending.
-    Continuation(StoreKey),
+    /// The state is a handle: forward when its transaction is pending and
+    /// the request matches it.
+    Continuation(Continuation),
     /// Forward the rewritten request, with a new transaction.
     Record {
         query: Option<String>,
@@ -1027,7 +1028,7 @@ fn plan_authorization(config: &Config, query: &str, body: Option<&str>) -> Resul
     let params = merge(from_query, from_body)?;
 
     if let Some(state) = get(&params, STATE).filter(|s| handle::is_handle(s)) {
-        return Ok(Plan::Continuation(StoreKey::of(state)));
+        return continuation(config, state, &params).map(Plan::Continuation);
     }
 
     let client_id = get(&params, CLIENT_ID);
@@ -1097,6 +1098,51 @@ fn plan_authorization(config: &Config, query: &str, body: Option<&str>) -> Resul
     })
 }
 
+/// What a continuation says of its transaction: each of these it carries
+/// must be the transaction's (invariant I4).
+struct Continuation {
+    key: StoreKey,
+    client: Option<crate::store::Fingerprint>,
+    redirect_uri: Option<crate::store::Fingerprint>,
+    challenge: Option<Challenge>,
+}
+
+fn continuation(
+    config: &Config,
+    handle: &str,
+    params: &Params<'_>,
+) -> Result<Continuation, Rejection> {
+    // A request object could name another client or redirect_uri than the
+    // parameters that are checked here.
+    if get(params, REQUEST_URI).is_some() || get(params, REQUEST).is_some() {
+        return Err(Rejection::RequestObjectUnsupported);
+    }
+    let challenge = match get(params, CHALLENGE) {
+        Some(_) => challenge_of(config, params, Requirement::Optional)?,
+        None if get(params, METHOD).is_some() => return Err(Rejection::MethodWithoutChallenge),
+        None => None,
+    };
+    Ok(Continuation {
+        key: StoreKey::of(handle),
+        client: get(params, CLIENT_ID).map(fingerprint),
+        redirect_uri: get(params, REDIRECT_URI).map(fingerprint),
+        challenge,
+    })
+}
+
+impl Continuation {
+    /// Whether what the continuation carries is its transaction's: the same
+    /// client, the same redirect_uri (one where the transaction had none
+    /// is not), the same challenge.
+    fn matches(&self, pending: &PendingAuthorization) -> bool {
+        self.client.is_none_or(|c| c == pending.client)
+            && self
+                .redirect_uri
+                .is_none_or(|r| pending.redirect_uri == Some(r))
+            && self.challenge.is_none_or(|c| pending.challenge == Some(c))
+    }
+}
+
 async fn check_authorization<St: Store>(
     shared: &Shared<St>,
     query: &str,
@@ -1104,17 +1150,20 @@ async fn check_authorization<St: Store>(
 ) -> Result<Authorized, Rejection> {
     match plan_authorization(&shared.config, query, body)? {
         Plan::Forward => Ok(Authorized::Forward),
-        Plan::Continuation(key) => match shared.store.contains_pending(&key).await {
-            Ok(true) => {
-                tracing::debug!(endpoint = "authorize", "continuation forwarded");
-                Ok(Authorized::Forward)
+        Plan::Continuation(continuation) => {
+            match shared.store.get_pending(&continuation.key).await {
+                Ok(Some(pending)) if continuation.matches(&pending) => {
+                    tracing::debug!(endpoint = "authorize", "continuation forwarded");
+                    Ok(Authorized::Forward)
+                }
+                Ok(Some(_)) => Err(Rejection::ContinuationMismatch),
+                Ok(None) => Err(Rejection::TransactionExpired),
+                Err(e) => {
+                    tracing::error!(error = %e, "store failed while checking a transaction");
+                    Err(Rejection::StoreUnavailable)
+                }
             }
-            Ok(false) => Err(Rejection::TransactionExpired),
-            Err(e) => {
-                tracing::error!(error = %e, "store failed while checking a transaction");
-                Err(Rejection::StoreUnavailable)
-            }
-        },
+        }
         Plan::Record {
             query,
             body,
