@@ -1357,3 +1357,55 @@ async fn a_continuation_cannot_add_a_redirect_uri() {
     .await;
     assert_authorize_rejected(&answer, Rejection::ContinuationMismatch);
 }
+
+/// Every response is read for a code beside a handle, whatever the path
+/// the layer took the request for: a server that routes `/token..;/x` or
+/// a metadata path elsewhere could answer with a delivery.
+#[tokio::test]
+async fn token_and_metadata_answers_are_read_too() {
+    let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = last.clone();
+    let upstream = tower::service_fn(move |req: Request<RequestBody<Full<Bytes>>>| {
+        let last = seen.clone();
+        async move {
+            let params = tests::parse_form(req.uri().query().unwrap_or_default());
+            if let Some((_, s)) = params.iter().find(|(n, _)| n == "state") {
+                *last.lock().unwrap() = s.clone();
+                return Ok::<_, std::convert::Infallible>(html_page(format!(
+                    "<form action=/login><input type=hidden name=state value=\"{s}\"></form>"
+                )));
+            }
+            let state = last.lock().unwrap().clone();
+            Ok(redirect_to(
+                format!("https://client.example/cb?code=c1&state={state}#code=c2").as_bytes(),
+            ))
+        }
+    });
+    let svc = tower::util::BoxCloneSyncService::new(
+        tower::ServiceBuilder::new()
+            .layer(PkceLayer::strict())
+            .service(upstream),
+    );
+    for request in [
+        post_form("/token", "grant_type=refresh_token&refresh_token=rt"),
+        get("/.well-known/openid-configuration"),
+        Request::options("/token")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    ] {
+        let login = send(
+            &svc,
+            get(&format!("/authorize?{}", pkce_query(Some("mine")))),
+        )
+        .await;
+        assert_eq!(login.status, StatusCode::OK, "{login:?}");
+        let path = request.uri().path().to_owned();
+        let answer = send(&svc, request).await;
+        assert_eq!(
+            answer.rejection,
+            Some(Rejection::UncertainDelivery),
+            "{path}: {answer:?}"
+        );
+        assert!(answer.location().is_none(), "{path}");
+    }
+}

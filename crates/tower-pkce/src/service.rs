@@ -287,12 +287,7 @@ where
     B::Error: Send + 'static,
 {
     fn needs_inspection(&self, response: &Response<B>) -> bool {
-        let headers = response.headers();
-        headers
-            .get(header::LOCATION)
-            .is_some_and(|l| handle::may_contain(l.as_bytes()))
-            || headers.contains_key(REFRESH)
-            || may_be_html(headers, response.body())
+        needs_inspection(response)
     }
 
     fn inspect(
@@ -302,6 +297,19 @@ where
     ) -> BoxFuture<Response<ResponseBody<B>>> {
         Box::pin(async move { self.inspect_response(response, asked, None).await })
     }
+}
+
+/// Whether a response may hand a code out: a `Location` that may hold a
+/// handle, a `Refresh`, or a page. Every response passes here, whatever
+/// its path: a path the upstream routes otherwise than the layer reads it
+/// could answer with a delivery.
+fn needs_inspection<B: Body>(response: &Response<B>) -> bool {
+    let headers = response.headers();
+    headers
+        .get(header::LOCATION)
+        .is_some_and(|l| handle::may_contain(l.as_bytes()))
+        || headers.contains_key(REFRESH)
+        || may_be_html(headers, response.body())
 }
 
 /// Whether a response is an HTML page: its media type, before any
@@ -1634,16 +1642,24 @@ where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
     St: Store,
     ReqBody: Body<Data = Bytes>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let origin = req.headers().get(header::ORIGIN).cloned();
+    let asked = Asked::of(req.headers(), req.uri());
     let (mut parts, body) = req.into_parts();
     async move {
+        let answer = |response: Response<ResBody>| async {
+            shared.origins.learn(origin.as_ref(), response.headers());
+            if needs_inspection(&response) {
+                shared.inspect_response(response, asked, None).await
+            } else {
+                response.map(ResponseBody::inner)
+            }
+        };
         if parts.method == Method::OPTIONS {
             let request = Request::from_parts(parts, RequestBody::inner(body));
             let response = inner.call(request).await?;
-            shared.origins.learn(origin.as_ref(), response.headers());
-            return Ok(response.map(ResponseBody::inner));
+            return Ok(answer(response).await);
         }
         let reject = |rejection: Rejection| {
             tracing::info!(
@@ -1689,9 +1705,7 @@ where
                 .settle(result.as_ref().ok().map(Response::status))
                 .await;
         }
-        let response = result?;
-        shared.origins.learn(origin.as_ref(), response.headers());
-        Ok(response.map(ResponseBody::inner))
+        Ok(answer(result?).await)
     }
 }
 
@@ -1707,7 +1721,11 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let is_head = req.method() == Method::HEAD;
+    let asked = Asked::of(req.headers(), req.uri());
     let response = inner.call(req.map(RequestBody::inner)).await?;
+    if needs_inspection(&response) {
+        return Ok(shared.inspect_response(response, asked, None).await);
+    }
     let (mut parts, body) = response.into_parts();
     if parts.status != StatusCode::OK {
         return Ok(Response::from_parts(parts, ResponseBody::inner(body)));
