@@ -1047,8 +1047,15 @@ async fn authorize_through(answer: Answering) -> (Answer, u64) {
 /// withheld.
 #[tokio::test]
 async fn deliveries_that_cannot_be_read_with_certainty_are_withheld() {
-    let shapes: [Answering; 12] = [
+    let shapes: [Answering; 13] = [
         |s| redirect_to(format!("https://client.example/cb#?code=c1&state={s}").as_bytes()),
+        |s| {
+            let mut r =
+                redirect_to(format!("https://client.example/cb?code=c1&state={s}").as_bytes());
+            r.headers_mut()
+                .append(header::LOCATION, "https://evil.example/cb".parse().unwrap());
+            r
+        },
         |s| redirect_to(format!("https://client.example/cb?code=c1&code=c2&state={s}").as_bytes()),
         |s| redirect_to(format!("https://client.example/cb?code=c1&state={s}#code=c2").as_bytes()),
         |s| redirect_to(format!("https://client.example/cb?code=c1;state={s}").as_bytes()),

@@ -236,10 +236,11 @@ pub(crate) fn scan(page: &[u8]) -> Scan {
         return Scan::Clean;
     }
     let Page { actions, inputs } = read_page(page);
+    // Names in any case: a loose client may fold them.
     let given = |name: &'static str| {
         inputs
             .iter()
-            .filter(move |i| i.name == name && !i.value.is_empty())
+            .filter(move |i| i.name.eq_ignore_ascii_case(name) && !i.value.is_empty())
     };
     let codes: Vec<&Input> = given("code").collect();
     let errors: Vec<&Input> = given("error").collect();
@@ -262,10 +263,20 @@ fn delivery(
     codes: &[&Input],
     errors: &[&Input],
 ) -> Result<Delivery, &'static str> {
-    let mut states = inputs.iter().filter(|i| i.name == "state");
+    let mut states = inputs
+        .iter()
+        .filter(|i| i.name.eq_ignore_ascii_case("state"));
     let state = states.next().ok_or("no state beside the code")?;
     if states.next().is_some() {
         return Err("more than one state input");
+    }
+    if state.name != "state"
+        || codes
+            .iter()
+            .chain(errors)
+            .any(|i| i.name != i.name.to_ascii_lowercase())
+    {
+        return Err("a name a strict client would not read");
     }
     if !handle::is_handle(&state.value) {
         return Err("the state is not exactly a handle");
@@ -514,6 +525,9 @@ mod tests {
             format!("<form action=/cb>{code}<input type=hidden name=code value=d>{state}</form>"),
             // Two states.
             format!("<form action=/cb>{code}{state}{state}</form>"),
+            // Names a loose client folds.
+            format!("<form action=/cb><input type=hidden name=CODE value=c>{state}</form>"),
+            format!("<form action=/cb>{code}<input type=hidden name=State value={H}></form>"),
             // A code outside any form, or naming another form.
             format!("{code}<form action=/cb>{state}</form>"),
             format!("<form action=/cb><input type=hidden name=code value=c form=f>{state}</form>"),

@@ -661,6 +661,17 @@ impl<St: Store> Shared<St> {
         {
             return Err(withheld(Rejection::UncertainDelivery, "a Refresh header"));
         }
+        let mut locations = parts.headers.get_all(header::LOCATION).iter();
+        if locations.next().is_some()
+            && locations.next().is_some()
+            && parts
+                .headers
+                .get_all(header::LOCATION)
+                .iter()
+                .any(|l| handle::may_contain(l.as_bytes()))
+        {
+            return Err(withheld(Rejection::UncertainDelivery, "several Locations"));
+        }
         if let Some(location) = parts.headers.get(header::LOCATION).cloned() {
             let bytes = location.as_bytes();
             match location::scan(bytes) {
