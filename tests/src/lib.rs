@@ -575,6 +575,13 @@ impl<S: Store> Store for Unhinted<S> {
         self.inner.contains_pending(key)
     }
 
+    fn get_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send {
+        self.inner.get_pending(key)
+    }
+
     fn take_pending(
         &self,
         key: &StoreKey,

@@ -107,6 +107,13 @@ impl Store for ProxyStore {
         each!(self, s => s.contains_pending(key))
     }
 
+    fn get_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send {
+        each!(self, s => s.get_pending(key))
+    }
+
     fn take_pending(
         &self,
         key: &StoreKey,

@@ -96,6 +96,72 @@ pub async fn pending_without_state_or_challenge<S: Store, F: Future<Output = S>>
     assert_eq!(store.take_pending(&key).await.unwrap(), Some(record));
 }
 
+pub async fn get_pending_reads_without_taking<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(ROOMY).await;
+    let full = fresh_key();
+    let record = sample_pending(Some("xyz &=é"));
+    store
+        .insert_pending(&full, record.clone(), TTL)
+        .await
+        .unwrap();
+    let bare = fresh_key();
+    let bare_record = PendingAuthorization {
+        challenge: Some(Challenge {
+            method: ChallengeMethod::Plain,
+            digest: [3; 32],
+        }),
+        client: fingerprint("client-b"),
+        redirect_uri: None,
+        state: None,
+    };
+    store
+        .insert_pending(&bare, bare_record.clone(), TTL)
+        .await
+        .unwrap();
+    // Every field comes back, and reading twice takes nothing.
+    for _ in 0..2 {
+        assert_eq!(
+            store.get_pending(&full).await.unwrap().as_ref(),
+            Some(&record)
+        );
+        assert_eq!(
+            store.get_pending(&bare).await.unwrap().as_ref(),
+            Some(&bare_record)
+        );
+    }
+    assert_eq!(store.take_pending(&full).await.unwrap(), Some(record));
+    assert_eq!(store.get_pending(&full).await.unwrap(), None);
+    assert_eq!(store.take_pending(&bare).await.unwrap(), Some(bare_record));
+    // Absent, or in the other family only.
+    assert_eq!(store.get_pending(&fresh_key()).await.unwrap(), None);
+    let code = fresh_key();
+    store
+        .insert_binding(&code, sample_binding(), TTL)
+        .await
+        .unwrap();
+    assert_eq!(store.get_pending(&code).await.unwrap(), None);
+}
+
+pub async fn get_pending_never_returns_an_expired_record<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize) -> F,
+) {
+    let store = make(ROOMY).await;
+    let key = fresh_key();
+    store
+        .insert_pending(&key, sample_pending(Some("s")), SHORT_TTL)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_pending(&key).await.unwrap(),
+        Some(sample_pending(Some("s")))
+    );
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    assert_eq!(store.get_pending(&key).await.unwrap(), None);
+    assert_eq!(store.take_pending(&key).await.unwrap(), None);
+}
+
 pub async fn pending_conflict<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
     let store = make(ROOMY).await;
     let key = fresh_key();
@@ -524,7 +590,9 @@ pub async fn stats_count_both_families<S: Store, F: Future<Output = S>>(make: im
 macro_rules! store_conformance_tests {
     ($make:expr) => {
         $crate::store_conformance_tests!(@each $make;
-            pending_round_trip, pending_without_state_or_challenge, pending_conflict,
+            pending_round_trip, pending_without_state_or_challenge,
+            get_pending_reads_without_taking, get_pending_never_returns_an_expired_record,
+            pending_conflict,
             unknown_keys, families_are_separate, binding_single_use, binding_restore,
             binding_without_challenge, binding_conflict, admitted_binding_round_trip,
             admission_is_bounded_by_capacity, admission_hint_refuses_only_a_full_store,

@@ -527,6 +527,20 @@ impl Store for MemoryStore {
             .is_some_and(|r| r.expires > now)))
     }
 
+    fn get_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send {
+        let now = self.inner.now();
+        let record = self
+            .inner
+            .pending
+            .of(key)
+            .get(key)
+            .and_then(|r| (r.expires > now).then(|| r.value.clone()));
+        ready(Ok(record))
+    }
+
     fn take_pending(
         &self,
         key: &StoreKey,

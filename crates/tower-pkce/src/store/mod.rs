@@ -261,6 +261,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         key: &StoreKey,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The live pending authorization under `key`, without removing it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`].
+    fn get_pending(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send;
+
     /// Removes and returns the pending authorization under `key`. Of several
     /// concurrent calls, at most one gets the record.
     ///

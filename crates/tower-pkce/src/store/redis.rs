@@ -574,6 +574,17 @@ impl Store for RedisStore {
             .await
     }
 
+    async fn get_pending(
+        &self,
+        key: &StoreKey,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        let mut connection = self.connection();
+        let value: Option<Vec<u8>> = self
+            .bounded(connection.get(self.inner.keys.record('p', key)))
+            .await?;
+        value.map(|bytes| decode_pending(&bytes)).transpose()
+    }
+
     async fn take_pending(
         &self,
         key: &StoreKey,
