@@ -370,22 +370,39 @@ async fn redis_expires_the_records() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let pattern = format!("{{{prefix}}}:[bc]:*");
-    let keys: Vec<String> = raw.keys(&pattern).await.unwrap();
-    assert_eq!(keys.len(), 2, "a live binding and its mark: {keys:?}");
-    for key in &keys {
-        let left: i64 = raw.pttl(key).await.unwrap();
-        assert!((1..=1000).contains(&left), "{key} expires in {left} ms");
+    let binding = format!("{{{prefix}}}:b:*");
+    let mark = format!("{{{prefix}}}:c:*");
+    let bindings: Vec<String> = raw.keys(&binding).await.unwrap();
+    let marks: Vec<String> = raw.keys(&mark).await.unwrap();
+    assert_eq!(
+        (bindings.len(), marks.len()),
+        (1, 1),
+        "a live binding and its mark: {bindings:?} {marks:?}"
+    );
+    for key in bindings.iter().chain(&marks) {
         assert!(!key.contains(&code), "a key holds the code itself");
     }
+    let left: i64 = raw.pttl(&bindings[0]).await.unwrap();
+    assert!(
+        (1..=1000).contains(&left),
+        "the binding expires in {left} ms"
+    );
+    // The mark outlives the binding: the default mark lifetime, an hour.
+    let left: i64 = raw.pttl(&marks[0]).await.unwrap();
+    assert!(
+        (1000..=3_600_000).contains(&left),
+        "the mark expires in {left} ms"
+    );
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // Redis removed them itself: no sweep of ours ran.
-    let keys: Vec<String> = raw.keys(&pattern).await.unwrap();
-    assert!(keys.is_empty(), "{keys:?}");
+    // Redis removed the binding itself: no sweep of ours ran. The mark
+    // still refuses the code.
+    let bindings: Vec<String> = raw.keys(&binding).await.unwrap();
+    assert!(bindings.is_empty(), "{bindings:?}");
     let before = set.upstream_tokens();
     let late = set.redeem(1, &code, verifier.secret()).await;
     assert_eq!(error_of(&late), "invalid_grant");
+    assert!(late.body.contains("has expired"), "{late:?}");
     assert_eq!(set.upstream_tokens(), before);
     set.shutdown().await;
 }

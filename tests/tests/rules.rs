@@ -660,7 +660,34 @@ async fn binding_expires() {
     let (code, _) = code_via(&server, &svc, None).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let answer = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
-    assert_eq!(answer.rejection, Some(Rejection::UnboundCode));
+    assert_eq!(answer.rejection, Some(Rejection::CodeExpired));
+    assert_eq!(server.token_requests(), 0);
+}
+
+/// Invariant I2b: in optional mode, a code once bound to a challenge never
+/// becomes redeemable without its verifier, even after its binding expired.
+#[tokio::test]
+async fn an_expired_binding_still_needs_its_verifier_in_optional_mode() {
+    let server = LegacyServer::new(Flavor::Direct);
+    let svc = server.behind(
+        PkceLayer::strict()
+            .requirement(Requirement::Optional)
+            .ttl(Duration::from_millis(200))
+            .unwrap(),
+    );
+    let (code, _) = code_via(&server, &svc, None).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for verifier in [
+        None,
+        Some("wrong-verifier-of-the-right-length-0123456789abc"),
+    ] {
+        let answer = send(&svc, token_request(&code, "client-a", verifier)).await;
+        assert_eq!(
+            answer.rejection,
+            Some(Rejection::CodeExpired),
+            "{verifier:?}"
+        );
+    }
     assert_eq!(server.token_requests(), 0);
 }
 

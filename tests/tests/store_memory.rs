@@ -3,6 +3,9 @@
 
 use tower_pkce::store::MemoryStore;
 
-tower_pkce::store_conformance_tests!(|capacity| async move {
-    MemoryStore::builder().capacity(capacity).build()
+tower_pkce::store_conformance_tests!(|capacity, mark_ttl| async move {
+    MemoryStore::builder()
+        .capacity(capacity)
+        .mark_ttl(mark_ttl)
+        .build()
 });

@@ -63,6 +63,9 @@ pub enum Rejection {
     UnboundCode,
     /// The code was redeemed or burned already.
     CodeSpent,
+    /// The code was bound, and its binding's TTL ended before it was
+    /// redeemed.
+    CodeExpired,
     /// The code was issued to another client.
     ClientMismatch,
     /// The `redirect_uri` differs from the authorization request's.
@@ -103,8 +106,8 @@ impl Rejection {
         match self {
             StoreFull | StoreUnavailable | CodeReissued => "temporarily_unavailable",
             UncertainDelivery | ForeignDelivery => "server_error",
-            UnboundCode | CodeSpent | ClientMismatch | RedirectUriMismatch | VerifierMissing
-            | VerifierMalformed | VerifierMismatch | Downgrade => "invalid_grant",
+            UnboundCode | CodeSpent | CodeExpired | ClientMismatch | RedirectUriMismatch
+            | VerifierMissing | VerifierMalformed | VerifierMismatch | Downgrade => "invalid_grant",
             _ => "invalid_request",
         }
     }
@@ -149,6 +152,7 @@ impl Rejection {
             MalformedClientAssertion => "malformed_client_assertion",
             UnboundCode => "unbound_code",
             CodeSpent => "code_spent",
+            CodeExpired => "code_expired",
             ClientMismatch => "client_mismatch",
             RedirectUriMismatch => "redirect_uri_mismatch",
             VerifierMissing => "verifier_missing",
@@ -202,6 +206,7 @@ impl Rejection {
             MalformedClientAssertion => "client_assertion is malformed".into(),
             UnboundCode => "the authorization code was not issued with PKCE".into(),
             CodeSpent => "the authorization code has already been used".into(),
+            CodeExpired => "the authorization code has expired".into(),
             ClientMismatch => "the authorization code was issued to another client".into(),
             RedirectUriMismatch => {
                 "redirect_uri does not match the authorization request".into()

@@ -1481,6 +1481,7 @@ async fn check_token<St: Store>(
     let binding = match shared.store.redeem(&key).await {
         Ok(Redemption::Redeemed(binding)) => binding,
         Ok(Redemption::Spent) => return Err(Rejection::CodeSpent),
+        Ok(Redemption::Expired) => return Err(Rejection::CodeExpired),
         Ok(Redemption::Missing) => {
             return match config.requirement_for_unbound(client.as_deref()) {
                 Requirement::Required => Err(Rejection::UnboundCode),

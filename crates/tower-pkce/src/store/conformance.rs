@@ -5,13 +5,17 @@
 //! turns them into one `#[tokio::test]` each:
 //!
 //! ```ignore
-//! tower_pkce::store_conformance_tests!(|capacity| async move {
-//!     MemoryStore::builder().capacity(capacity).build()
+//! tower_pkce::store_conformance_tests!(|capacity, mark_ttl| async move {
+//!     MemoryStore::builder()
+//!         .capacity(capacity)
+//!         .mark_ttl(mark_ttl)
+//!         .build()
 //! });
 //! ```
 //!
-//! The factory receives the capacity bound the check needs and must return
-//! an empty store. Checks that wait for expiry sleep for about a second.
+//! The factory receives the capacity bound and the mark lifetime the check
+//! needs, and must return an empty store. Checks that wait for expiry sleep
+//! for about a second, and those that wait for a mark to end for three.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::future::Future;
@@ -27,7 +31,14 @@ use crate::pkce::ChallengeMethod;
 pub const ROOMY: usize = 10_000;
 const TTL: Duration = Duration::from_secs(60);
 const SHORT_TTL: Duration = Duration::from_millis(300);
+/// Past [`SHORT_TTL`], and well within [`MARK_TTL`].
 const PAST_SHORT_TTL: Duration = Duration::from_millis(1200);
+/// The mark lifetime every check's store is made with.
+pub const MARK_TTL: Duration = Duration::from_secs(2);
+/// Past [`MARK_TTL`], counted from the binding.
+const PAST_MARK_TTL: Duration = Duration::from_millis(3000);
+/// A binding TTL longer than [`PAST_MARK_TTL`].
+const LONGER_THAN_MARK: Duration = Duration::from_secs(4);
 
 /// A key unique to this run, so that suites on a shared backend do not meet.
 pub fn fresh_key() -> StoreKey {
@@ -64,8 +75,10 @@ async fn bind_and_redeem<S: Store>(store: &S, key: &StoreKey, ttl: Duration) {
     ));
 }
 
-pub async fn pending_round_trip<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn pending_round_trip<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     let record = sample_pending(Some("xyz &=é"));
     store
@@ -79,9 +92,9 @@ pub async fn pending_round_trip<S: Store, F: Future<Output = S>>(make: impl Fn(u
 }
 
 pub async fn pending_without_state_or_challenge<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(ROOMY).await;
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     let record = PendingAuthorization {
         challenge: None,
@@ -97,9 +110,9 @@ pub async fn pending_without_state_or_challenge<S: Store, F: Future<Output = S>>
 }
 
 pub async fn get_pending_reads_without_taking<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(ROOMY).await;
+    let store = make(ROOMY, MARK_TTL).await;
     let full = fresh_key();
     let record = sample_pending(Some("xyz &=é"));
     store
@@ -145,9 +158,9 @@ pub async fn get_pending_reads_without_taking<S: Store, F: Future<Output = S>>(
 }
 
 pub async fn get_pending_never_returns_an_expired_record<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(ROOMY).await;
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
         .insert_pending(&key, sample_pending(Some("s")), SHORT_TTL)
@@ -162,8 +175,10 @@ pub async fn get_pending_never_returns_an_expired_record<S: Store, F: Future<Out
     assert_eq!(store.take_pending(&key).await.unwrap(), None);
 }
 
-pub async fn pending_conflict<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn pending_conflict<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
         .insert_pending(&key, sample_pending(None), TTL)
@@ -179,8 +194,8 @@ pub async fn pending_conflict<S: Store, F: Future<Output = S>>(make: impl Fn(usi
     );
 }
 
-pub async fn unknown_keys<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn unknown_keys<S: Store, F: Future<Output = S>>(make: impl Fn(usize, Duration) -> F) {
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     assert!(!store.contains_pending(&key).await.unwrap());
     assert_eq!(store.take_pending(&key).await.unwrap(), None);
@@ -189,8 +204,10 @@ pub async fn unknown_keys<S: Store, F: Future<Output = S>>(make: impl Fn(usize) 
     assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Missing);
 }
 
-pub async fn families_are_separate<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn families_are_separate<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
         .insert_pending(&key, sample_pending(None), TTL)
@@ -204,8 +221,10 @@ pub async fn families_are_separate<S: Store, F: Future<Output = S>>(make: impl F
     assert!(store.contains_pending(&key).await.unwrap());
 }
 
-pub async fn binding_single_use<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn binding_single_use<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     let binding = sample_binding();
     store.insert_binding(&key, binding, TTL).await.unwrap();
@@ -217,8 +236,8 @@ pub async fn binding_single_use<S: Store, F: Future<Output = S>>(make: impl Fn(u
     assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Spent);
 }
 
-pub async fn binding_restore<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn binding_restore<S: Store, F: Future<Output = S>>(make: impl Fn(usize, Duration) -> F) {
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     let binding = sample_binding();
     store.insert_binding(&key, binding, TTL).await.unwrap();
@@ -237,8 +256,10 @@ pub async fn binding_restore<S: Store, F: Future<Output = S>>(make: impl Fn(usiz
     );
 }
 
-pub async fn binding_without_challenge<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn binding_without_challenge<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     let binding = CodeBinding {
         challenge: None,
@@ -253,8 +274,10 @@ pub async fn binding_without_challenge<S: Store, F: Future<Output = S>>(make: im
     );
 }
 
-pub async fn binding_conflict<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn binding_conflict<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
         .insert_binding(&key, sample_binding(), TTL)
@@ -277,9 +300,9 @@ pub async fn binding_conflict<S: Store, F: Future<Output = S>>(make: impl Fn(usi
 }
 
 pub async fn admitted_binding_round_trip<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(ROOMY).await;
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     let before = store.stats().await.unwrap();
     store
@@ -320,9 +343,9 @@ pub async fn admitted_binding_round_trip<S: Store, F: Future<Output = S>>(
 }
 
 pub async fn admission_is_bounded_by_capacity<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(2).await;
+    let store = make(2, MARK_TTL).await;
     assert!(store.admission_hint().is_ok());
     let pending = fresh_key();
     store
@@ -364,9 +387,9 @@ pub async fn admission_is_bounded_by_capacity<S: Store, F: Future<Output = S>>(
 }
 
 pub async fn admission_hint_refuses_only_a_full_store<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(1).await;
+    let store = make(1, MARK_TTL).await;
     assert!(store.admission_hint().is_ok());
     let key = fresh_key();
     store
@@ -385,8 +408,8 @@ pub async fn admission_hint_refuses_only_a_full_store<S: Store, F: Future<Output
         .unwrap();
 }
 
-pub async fn pending_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn pending_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize, Duration) -> F) {
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
         .insert_pending(&key, sample_pending(None), SHORT_TTL)
@@ -398,25 +421,158 @@ pub async fn pending_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usiz
     assert_eq!(store.take_pending(&key).await.unwrap(), None);
 }
 
-pub async fn binding_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn binding_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize, Duration) -> F) {
+    let store = make(ROOMY, MARK_TTL).await;
+    let started = tokio::time::Instant::now();
     let live = fresh_key();
     let spent = fresh_key();
+    let admitted = fresh_key();
     store
         .insert_binding(&live, sample_binding(), SHORT_TTL)
         .await
         .unwrap();
+    store
+        .admit_binding(&admitted, sample_binding(), SHORT_TTL)
+        .await
+        .unwrap();
     bind_and_redeem(&store, &spent, SHORT_TTL).await;
-    tokio::time::sleep(PAST_SHORT_TTL).await;
-    assert_eq!(store.redeem(&live).await.unwrap(), Redemption::Missing);
-    assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Missing);
-    // A restore after expiry must not resurrect the binding.
+    tokio::time::sleep_until(started + PAST_SHORT_TTL).await;
+    // The bindings are over; their marks say what became of them, however
+    // often they are asked.
+    for _ in 0..2 {
+        assert_eq!(store.redeem(&live).await.unwrap(), Redemption::Expired);
+        assert_eq!(store.redeem(&admitted).await.unwrap(), Redemption::Expired);
+        assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Spent);
+    }
+    // A restore after the binding's own expiry does nothing.
+    store.restore(&spent, sample_binding()).await.unwrap();
+    store.restore(&live, sample_binding()).await.unwrap();
+    assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Spent);
+    assert_eq!(store.redeem(&live).await.unwrap(), Redemption::Expired);
+    // A marked code is bound once, whichever way it comes back.
+    for key in [&live, &admitted, &spent] {
+        let inserted = store.insert_binding(key, sample_binding(), TTL).await;
+        assert!(
+            matches!(inserted, Err(StoreError::Conflict)),
+            "{inserted:?}"
+        );
+        let admitted = store.admit_binding(key, sample_binding(), TTL).await;
+        assert!(
+            matches!(admitted, Err(StoreError::Conflict)),
+            "{admitted:?}"
+        );
+    }
+    assert_eq!(store.redeem(&live).await.unwrap(), Redemption::Expired);
+    assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Spent);
+
+    tokio::time::sleep_until(started + PAST_MARK_TTL).await;
+    for key in [&live, &admitted, &spent] {
+        assert_eq!(store.redeem(key).await.unwrap(), Redemption::Missing);
+    }
     store.restore(&spent, sample_binding()).await.unwrap();
     assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Missing);
+    // Once its mark has ended, a code is unknown and may be bound again.
+    bind_and_redeem(&store, &spent, TTL).await;
+    assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Spent);
+    store
+        .admit_binding(&live, sample_binding(), TTL)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.redeem(&live).await.unwrap(),
+        Redemption::Redeemed(_)
+    ));
 }
 
-pub async fn spent_binding_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(2).await;
+pub async fn a_mark_never_ends_before_its_binding<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
+    let started = tokio::time::Instant::now();
+    let live = fresh_key();
+    let spent = fresh_key();
+    store
+        .insert_binding(&live, sample_binding(), LONGER_THAN_MARK)
+        .await
+        .unwrap();
+    bind_and_redeem(&store, &spent, LONGER_THAN_MARK).await;
+    tokio::time::sleep_until(started + PAST_MARK_TTL).await;
+    assert_eq!(store.redeem(&spent).await.unwrap(), Redemption::Spent);
+    let again = store.insert_binding(&spent, sample_binding(), TTL).await;
+    assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
+    assert_eq!(
+        store.redeem(&live).await.unwrap(),
+        Redemption::Redeemed(sample_binding())
+    );
+}
+
+pub async fn restore_keeps_the_binding_own_expiry<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
+    let started = tokio::time::Instant::now();
+    let key = fresh_key();
+    let binding = sample_binding();
+    store
+        .insert_binding(&key, binding, SHORT_TTL)
+        .await
+        .unwrap();
+    for failures in 1..=2 {
+        assert!(matches!(
+            store.redeem(&key).await.unwrap(),
+            Redemption::Redeemed(_)
+        ));
+        store
+            .restore(
+                &key,
+                CodeBinding {
+                    failures,
+                    ..binding
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // Restored twice, yet it ends when the binding would have, not when
+    // its mark does; and it ended unredeemed.
+    tokio::time::sleep_until(started + PAST_SHORT_TTL).await;
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Expired);
+    store.restore(&key, binding).await.unwrap();
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Expired);
+}
+
+pub async fn restore_needs_a_spent_code<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
+    let key = fresh_key();
+    let binding = sample_binding();
+    store.insert_binding(&key, binding, TTL).await.unwrap();
+    // A live binding is not replaced by a restore.
+    let other = CodeBinding {
+        failures: 3,
+        ..binding
+    };
+    store.restore(&key, other).await.unwrap();
+    assert_eq!(
+        store.redeem(&key).await.unwrap(),
+        Redemption::Redeemed(binding)
+    );
+    store.restore(&key, other).await.unwrap();
+    // Restored once, it is live once.
+    store.restore(&key, binding).await.unwrap();
+    assert_eq!(
+        store.redeem(&key).await.unwrap(),
+        Redemption::Redeemed(other)
+    );
+    assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Spent);
+}
+
+pub async fn spent_binding_expires<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(2, MARK_TTL).await;
+    let started = tokio::time::Instant::now();
     let code = fresh_key();
     bind_and_redeem(&store, &code, SHORT_TTL).await;
     store
@@ -428,21 +584,49 @@ pub async fn spent_binding_expires<S: Store, F: Future<Output = S>>(make: impl F
         .insert_pending(&fresh_key(), sample_pending(None), TTL)
         .await;
     assert!(matches!(full, Err(StoreError::Full)), "{full:?}");
-    tokio::time::sleep(PAST_SHORT_TTL).await;
+    tokio::time::sleep_until(started + PAST_SHORT_TTL).await;
+    // Its mark holds none.
     store
         .insert_pending(&fresh_key(), sample_pending(None), TTL)
         .await
         .unwrap();
-    // Once expired, the code is unknown and may be bound again.
-    assert_eq!(store.redeem(&code).await.unwrap(), Redemption::Missing);
-    bind_and_redeem(&store, &code, TTL).await;
     assert_eq!(store.redeem(&code).await.unwrap(), Redemption::Spent);
 }
 
-pub async fn capacity_bounds_new_authorizations<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+pub async fn marks_hold_no_room<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(4).await;
+    let store = make(2, MARK_TTL).await;
+    let started = tokio::time::Instant::now();
+    let codes = [fresh_key(), fresh_key()];
+    for code in &codes {
+        store
+            .admit_binding(code, sample_binding(), SHORT_TTL)
+            .await
+            .unwrap();
+    }
+    let full = store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await;
+    assert!(matches!(full, Err(StoreError::Full)), "{full:?}");
+    tokio::time::sleep_until(started + PAST_SHORT_TTL).await;
+    store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .await
+        .unwrap();
+    store
+        .admit_binding(&fresh_key(), sample_binding(), TTL)
+        .await
+        .unwrap();
+    for code in &codes {
+        assert_eq!(store.redeem(code).await.unwrap(), Redemption::Expired);
+    }
+}
+
+pub async fn capacity_bounds_new_authorizations<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(4, MARK_TTL).await;
     let keys: Vec<StoreKey> = (0..4).map(|_| fresh_key()).collect();
     for key in &keys {
         store
@@ -486,9 +670,9 @@ pub async fn capacity_bounds_new_authorizations<S: Store, F: Future<Output = S>>
 }
 
 pub async fn capacity_recovers_after_expiry<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(2).await;
+    let store = make(2, MARK_TTL).await;
     for _ in 0..2 {
         store
             .insert_pending(&fresh_key(), sample_pending(None), SHORT_TTL)
@@ -509,9 +693,9 @@ pub async fn capacity_recovers_after_expiry<S: Store, F: Future<Output = S>>(
 }
 
 pub async fn concurrent_redeem_has_one_winner<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(ROOMY).await;
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
         .insert_binding(&key, sample_binding(), TTL)
@@ -529,16 +713,18 @@ pub async fn concurrent_redeem_has_one_winner<S: Store, F: Future<Output = S>>(
         match task.await.unwrap() {
             Redemption::Redeemed(_) => winners += 1,
             Redemption::Spent => {}
-            Redemption::Missing => panic!("binding vanished during the race"),
+            Redemption::Expired | Redemption::Missing => {
+                panic!("binding vanished during the race")
+            }
         }
     }
     assert_eq!(winners, 1);
 }
 
 pub async fn concurrent_take_pending_has_one_winner<S: Store, F: Future<Output = S>>(
-    make: impl Fn(usize) -> F,
+    make: impl Fn(usize, Duration) -> F,
 ) {
-    let store = make(ROOMY).await;
+    let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
         .insert_pending(&key, sample_pending(None), TTL)
@@ -558,8 +744,10 @@ pub async fn concurrent_take_pending_has_one_winner<S: Store, F: Future<Output =
     assert_eq!(winners, 1);
 }
 
-pub async fn stats_count_both_families<S: Store, F: Future<Output = S>>(make: impl Fn(usize) -> F) {
-    let store = make(ROOMY).await;
+pub async fn stats_count_both_families<S: Store, F: Future<Output = S>>(
+    make: impl Fn(usize, Duration) -> F,
+) {
+    let store = make(ROOMY, MARK_TTL).await;
     let before = store.stats().await.unwrap();
     store
         .insert_pending(&fresh_key(), sample_pending(None), TTL)
@@ -583,9 +771,10 @@ pub async fn stats_count_both_families<S: Store, F: Future<Output = S>>(make: im
 
 /// Generates one `#[tokio::test]` per conformance check for a backend.
 ///
-/// The argument is a factory `Fn(usize) -> impl Future<Output = S>` that makes
-/// an empty store with the given capacity. The calling crate needs `tokio`
-/// with the `macros` and `rt-multi-thread` features.
+/// The argument is a factory `Fn(usize, Duration) -> impl Future<Output = S>`
+/// that makes an empty store with the given capacity and mark lifetime. The
+/// calling crate needs `tokio` with the `macros` and `rt-multi-thread`
+/// features.
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($make:expr) => {
@@ -596,8 +785,9 @@ macro_rules! store_conformance_tests {
             unknown_keys, families_are_separate, binding_single_use, binding_restore,
             binding_without_challenge, binding_conflict, admitted_binding_round_trip,
             admission_is_bounded_by_capacity, admission_hint_refuses_only_a_full_store,
-            pending_expires, binding_expires,
-            spent_binding_expires,
+            pending_expires, binding_expires, a_mark_never_ends_before_its_binding,
+            restore_keeps_the_binding_own_expiry, restore_needs_a_spent_code,
+            spent_binding_expires, marks_hold_no_room,
             capacity_bounds_new_authorizations, capacity_recovers_after_expiry,
             concurrent_redeem_has_one_winner, concurrent_take_pending_has_one_winner,
             stats_count_both_families);

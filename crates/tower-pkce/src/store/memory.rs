@@ -1,10 +1,19 @@
 //! The in-memory store: sharded maps with a TTL and a shared capacity.
 //!
-//! A spent code is kept until its TTL ends, so that it keeps being refused,
-//! but all it needs for that is its key and its expiry. Spent codes
-//! therefore live in a map of their own, whose entries are a fifth the size
-//! of a live binding's: a busy server spends most of the codes it binds,
-//! and those fill memory, and every growth of the map, at that size.
+//! A bound code passes through three maps:
+//!
+//! - `bindings`, while its binding is live;
+//! - `spent`, once redeemed and until its binding's TTL ends. It keeps the
+//!   room its binding held, and may be restored. All it needs is its key and
+//!   two expiries, so its entries are about a quarter the size of a live
+//!   binding's: a busy server spends most of the codes it binds, and those
+//!   fill memory, and every growth of the map, at that size;
+//! - `marks`, once its binding's TTL has ended (spent or not), until its
+//!   mark ends. Marks hold no room under `capacity`: they have a bound of
+//!   their own, at which the marks that expire soonest are dropped.
+//!
+//! An expired binding becomes a mark when it is swept, or when a request
+//! finds it first.
 
 use std::future::{Future, ready};
 use std::hash::{BuildHasher, Hasher};
@@ -16,14 +25,15 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use super::{
-    CodeBinding, PendingAuthorization, Redemption, Store, StoreError, StoreKey, StoreStats,
+    CodeBinding, DEFAULT_MARK_TTL, PendingAuthorization, Redemption, Store, StoreError, StoreKey,
+    StoreStats,
 };
 
 /// Time is kept in sixteenths of a second since the store was made: a `u32`
 /// then lasts eight years, and a record costs four bytes for its expiry.
 const TICKS_PER_SECOND: u64 = 16;
 
-/// The default number of records (both families together).
+/// The default number of records (both families together), and of marks.
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 /// The default period of the background sweep.
 pub const DEFAULT_SWEEP_PERIOD: Duration = Duration::from_secs(30);
@@ -71,6 +81,32 @@ struct Timed<T> {
     expires: u32,
 }
 
+/// A live binding.
+struct Live {
+    value: CodeBinding,
+    expires: u32,
+    /// When the code stops being remembered as bound; never before
+    /// `expires`.
+    mark_expires: u32,
+}
+
+/// A redeemed code whose binding's TTL has not ended.
+#[derive(Clone, Copy)]
+struct Spent {
+    /// When the binding would have expired: until then the code holds its
+    /// room, and may be restored.
+    expires: u32,
+    mark_expires: u32,
+}
+
+/// A code whose binding's TTL has ended.
+#[derive(Clone, Copy)]
+struct Mark {
+    expires: u32,
+    /// Redeemed (or burned), rather than left to expire.
+    spent: bool,
+}
+
 /// How many maps each family of records is split into, by key.
 ///
 /// A map stalls the thread that touches it in two ways: when it grows (all
@@ -85,6 +121,20 @@ const SEGMENTS: usize = 64;
 /// the threads of any likely runtime, and few enough that each table stays
 /// large (many small tables fragment the allocator's memory as they grow).
 const SHARDS_PER_SEGMENT: usize = 2;
+
+/// The segment that holds `key`'s record, in every family.
+fn segment(key: &StoreKey) -> usize {
+    // The maps hash a key by its first eight bytes; the segment comes from
+    // its last byte, which is independent of them.
+    let [.., last] = *key.as_bytes();
+    usize::from(last) % SEGMENTS
+}
+
+/// The fewest marks a segment keeps, whatever the mark bound. Keys spread
+/// over the segments unevenly, and in a small store a share of one or two
+/// would drop marks while the store holds far fewer than its bound; 1,024
+/// marks in all cost a few tens of kilobytes.
+const MIN_MARK_SHARE: usize = 16;
 
 /// One family of records, split by key into [`SEGMENTS`] maps.
 struct Segments<V> {
@@ -102,10 +152,7 @@ impl<V> Segments<V> {
 
     /// The map that holds `key`'s record.
     fn of(&self, key: &StoreKey) -> &DashMap<StoreKey, V, BuildKeyHasher> {
-        // The maps hash a key by its first eight bytes; the segment comes
-        // from its last byte, which is independent of them.
-        let [.., last] = *key.as_bytes();
-        &self.maps[usize::from(last) % SEGMENTS]
+        &self.maps[segment(key)]
     }
 
     fn len(&self) -> usize {
@@ -113,13 +160,23 @@ impl<V> Segments<V> {
     }
 
     /// Removes the records of segment `index` whose expiry (read by
-    /// `expires`) is not after `now`, and returns how many there were.
-    fn remove_expired(&self, index: usize, now: u32, expires: impl Fn(&V) -> u32) -> usize {
+    /// `expires`) is not after `now`, showing each to `leaving` while its
+    /// shard is still locked, and returns how many there were.
+    fn remove_expired(
+        &self,
+        index: usize,
+        now: u32,
+        expires: impl Fn(&V) -> u32,
+        mut leaving: impl FnMut(&StoreKey, &V),
+    ) -> usize {
         let mut removed = 0;
         if let Some(map) = self.maps.get(index) {
-            map.retain(|_, record| {
+            map.retain(|key, record| {
                 let keep = expires(record) > now;
-                removed += usize::from(!keep);
+                if !keep {
+                    leaving(key, record);
+                    removed += 1;
+                }
                 keep
             });
         }
@@ -130,13 +187,25 @@ impl<V> Segments<V> {
 struct Inner {
     pending: Segments<Timed<PendingAuthorization>>,
     /// Live bindings.
-    bindings: Segments<Timed<CodeBinding>>,
-    /// Spent bindings: the expiry each had. A key is in `bindings` or here,
-    /// never in both; every change that moves one holds the `bindings`
-    /// shard's lock, and takes `spent`'s inside it, never the other way.
-    spent: Segments<u32>,
+    bindings: Segments<Live>,
+    /// Redeemed codes until their binding's TTL ends. A key is in at most
+    /// one of `bindings`, `spent` and `marks`. Locks are taken in that order
+    /// and never the other way: a change that binds, redeems or restores a
+    /// code holds its `bindings` shard's lock throughout, and the sweep moves
+    /// a key on to `marks` while it holds the lock of the map it leaves. So a
+    /// reader that holds the `bindings` lock and looks in `spent`, then in
+    /// `marks`, always finds a key that is in one of them.
+    spent: Segments<Spent>,
+    /// Codes whose binding's TTL has ended, until their mark ends; bounded
+    /// by `mark_capacity`, not counted in `len`.
+    marks: Segments<Mark>,
     capacity: usize,
+    /// Pending authorizations, live bindings and spent codes.
     len: AtomicUsize,
+    mark_capacity: usize,
+    mark_ttl: Duration,
+    /// Whether a segment of `marks` is being trimmed.
+    trimming: [AtomicBool; SEGMENTS],
     epoch: Instant,
     sweep_period: Duration,
     sweeper_started: AtomicBool,
@@ -158,6 +227,17 @@ impl Inner {
         u32::try_from(ticks).unwrap_or(u32::MAX)
     }
 
+    /// A binding written at `now`: live for `ttl`, marked for the mark
+    /// lifetime or `ttl`, whichever is longer.
+    fn live(&self, now: u32, value: CodeBinding, ttl: Duration) -> Live {
+        let expires = Self::expiry(now, ttl);
+        Live {
+            value,
+            expires,
+            mark_expires: Self::expiry(now, self.mark_ttl).max(expires),
+        }
+    }
+
     fn release(&self, n: usize) {
         if n > 0 {
             self.len.fetch_sub(n, Ordering::AcqRel);
@@ -176,14 +256,98 @@ impl Inner {
             .store(u64::from(self.now()), Ordering::Relaxed);
     }
 
-    /// Removes the expired records of segment `index` of every family.
+    /// Removes the expired records of segment `index` of every family; the
+    /// bindings and spent codes whose mark lives on become marks.
     fn sweep_segment(&self, index: usize) -> usize {
         let now = self.now();
-        let removed = self.pending.remove_expired(index, now, |r| r.expires)
-            + self.bindings.remove_expired(index, now, |r| r.expires)
-            + self.spent.remove_expired(index, now, |&expires| expires);
+        let marks = &self.marks;
+        let removed = self
+            .pending
+            .remove_expired(index, now, |r| r.expires, |_, _| {})
+            + self.bindings.remove_expired(
+                index,
+                now,
+                |r| r.expires,
+                |key, r| {
+                    if r.mark_expires > now {
+                        marks.of(key).insert(
+                            *key,
+                            Mark {
+                                expires: r.mark_expires,
+                                spent: false,
+                            },
+                        );
+                    }
+                },
+            )
+            + self.spent.remove_expired(
+                index,
+                now,
+                |r| r.expires,
+                |key, r| {
+                    if r.mark_expires > now {
+                        marks.of(key).insert(
+                            *key,
+                            Mark {
+                                expires: r.mark_expires,
+                                spent: true,
+                            },
+                        );
+                    }
+                },
+            );
         self.release(removed);
-        removed
+        let forgotten = marks.remove_expired(index, now, |m| m.expires, |_, _| {});
+        self.trim_marks(index);
+        removed + forgotten
+    }
+
+    /// How many marks segment `index` may hold: the mark bound, split over
+    /// the segments, and never fewer than [`MIN_MARK_SHARE`].
+    fn mark_share(&self, index: usize) -> usize {
+        let share =
+            self.mark_capacity / SEGMENTS + usize::from(index < self.mark_capacity % SEGMENTS);
+        share.max(MIN_MARK_SHARE)
+    }
+
+    /// When segment `index` of `marks` holds more than its share, drops the
+    /// marks that expire soonest, down to seven eighths of the share: one
+    /// pass over the segment pays for an eighth of a share of new marks.
+    fn trim_marks(&self, index: usize) {
+        let (Some(map), Some(trimming)) = (self.marks.maps.get(index), self.trimming.get(index))
+        else {
+            return;
+        };
+        let share = self.mark_share(index);
+        if map.len() <= share
+            || trimming
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let keep = share - share / 8;
+        let mut expiries: Vec<u32> = map.iter().map(|m| m.expires).collect();
+        let excess = expiries.len().saturating_sub(keep);
+        if let Some(last) = excess.checked_sub(1) {
+            let (_, &mut cut, _) = expiries.select_nth_unstable(last);
+            // Marks that expire exactly at `cut` go only as far as the
+            // excess needs; marks written since the count are judged by
+            // the same cut.
+            let below = expiries.iter().filter(|&&e| e < cut).count();
+            let mut at_cut = excess - below;
+            map.retain(|_, m| {
+                if m.expires < cut {
+                    false
+                } else if m.expires == cut && at_cut > 0 {
+                    at_cut -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        trimming.store(false, Ordering::Release);
     }
 
     fn reserve(&self) -> bool {
@@ -202,7 +366,12 @@ impl Inner {
 /// Expired records are never returned. They are also swept by a background
 /// task that the layer starts when it is built inside a Tokio runtime (or
 /// that you start with [`MemoryStore::spawn_sweeper`]), and by an inline
-/// sweep when the store finds itself full.
+/// sweep when the store finds itself full. The sweep turns a binding whose
+/// TTL has ended into a mark (see [`MemoryStoreBuilder::mark_ttl`]).
+///
+/// Memory is bounded twice: `capacity` bounds the pending authorizations and
+/// the bindings (spent ones until their TTL ends), and `mark_capacity` the
+/// marks of codes past their binding's TTL, which are much smaller.
 ///
 /// Cloning is cheap and clones share the records.
 ///
@@ -222,6 +391,8 @@ impl std::fmt::Debug for MemoryStore {
         f.debug_struct("MemoryStore")
             .field("capacity", &self.inner.capacity)
             .field("len", &self.inner.len.load(Ordering::Relaxed))
+            .field("mark_capacity", &self.inner.mark_capacity)
+            .field("mark_ttl", &self.inner.mark_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -237,14 +408,60 @@ impl Default for MemoryStore {
 #[must_use]
 pub struct MemoryStoreBuilder {
     capacity: usize,
+    mark_capacity: Option<usize>,
+    mark_ttl: Duration,
     sweep_period: Duration,
 }
 
 impl MemoryStoreBuilder {
     /// The most records (pending and bindings together) the store holds.
     /// Default: 1,000,000. A capacity of 0 refuses every authorization.
+    /// Marks are not counted here (see
+    /// [`mark_capacity`](Self::mark_capacity)).
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
+        self
+    }
+
+    /// How long the store remembers that a code was bound, counted from
+    /// its binding; a mark never ends before its binding would have.
+    /// Default: [`DEFAULT_MARK_TTL`] (one hour).
+    ///
+    /// While its mark lives, a code cannot be bound again, and a token
+    /// request for it is refused as spent or expired instead of being read
+    /// as a code the store never bound, which optional mode forwards
+    /// without a verifier. Set it longer than the upstream keeps its codes
+    /// redeemable. A zero lifetime keeps each mark only as long as its
+    /// binding.
+    pub fn mark_ttl(mut self, ttl: Duration) -> Self {
+        self.mark_ttl = ttl;
+        self
+    }
+
+    /// The most marks the store keeps of codes whose binding's TTL has
+    /// ended. Default: the [`capacity`](Self::capacity).
+    ///
+    /// Marks are bounded apart from the capacity, so that a long mark
+    /// lifetime never refuses a new authorization, and they never refuse a
+    /// binding: at the bound, the store drops the marks that expire soonest.
+    /// The bound is kept per segment of the store, a sixty-fourth of it
+    /// each but never fewer than 16 (so at least 1,024 marks are kept): a
+    /// segment past its share drops the soonest-expiring eighth of it. Keys
+    /// spread over the segments a little unevenly, so marks begin to go
+    /// when the fullest segment fills, somewhat before the whole bound is
+    /// reached. A mark's entry is 24 bytes, a live binding's 92, each with
+    /// the map's overhead.
+    ///
+    /// # Warning
+    ///
+    /// A dropped mark is a code the store no longer knows. That matters
+    /// only for a code older than its binding's TTL (a spent code keeps its
+    /// place until then, under the capacity), and only in optional mode,
+    /// where such a code is forwarded without a verifier check; with PKCE
+    /// required it is refused as unbound. Keep the bound above the number
+    /// of codes bound within one mark lifetime.
+    pub fn mark_capacity(mut self, capacity: usize) -> Self {
+        self.mark_capacity = Some(capacity);
         self
     }
 
@@ -261,8 +478,12 @@ impl MemoryStoreBuilder {
                 pending: Segments::new(),
                 bindings: Segments::new(),
                 spent: Segments::new(),
+                marks: Segments::new(),
                 capacity: self.capacity,
                 len: AtomicUsize::new(0),
+                mark_capacity: self.mark_capacity.unwrap_or(self.capacity),
+                mark_ttl: self.mark_ttl,
+                trimming: std::array::from_fn(|_| AtomicBool::new(false)),
                 epoch: Instant::now(),
                 sweep_period: self.sweep_period,
                 sweeper_started: AtomicBool::new(false),
@@ -273,7 +494,7 @@ impl MemoryStoreBuilder {
 }
 
 impl MemoryStore {
-    /// A store with the default capacity and sweep period.
+    /// A store with the default capacity, mark lifetime and sweep period.
     pub fn new() -> Self {
         Self::builder().build()
     }
@@ -282,6 +503,8 @@ impl MemoryStore {
     pub fn builder() -> MemoryStoreBuilder {
         MemoryStoreBuilder {
             capacity: DEFAULT_CAPACITY,
+            mark_capacity: None,
+            mark_ttl: DEFAULT_MARK_TTL,
             sweep_period: DEFAULT_SWEEP_PERIOD,
         }
     }
@@ -291,7 +514,13 @@ impl MemoryStore {
         self.inner.capacity
     }
 
+    /// The bound on marks.
+    pub fn mark_capacity(&self) -> usize {
+        self.inner.mark_capacity
+    }
+
     /// Removes every expired record now, and returns how many there were.
+    /// A binding or spent code whose mark lives on leaves a mark behind.
     pub fn sweep(&self) -> usize {
         self.inner.sweep()
     }
@@ -429,8 +658,9 @@ impl MemoryStore {
         }
     }
 
-    /// Writes a binding unless the code is bound (live or spent), and says
-    /// whether it took new room or the room of an expired record.
+    /// Writes a binding unless the code is bound (its binding or its mark
+    /// is live), and says whether it took new room or the room of a record
+    /// that was over.
     fn put_binding(
         &self,
         key: &StoreKey,
@@ -439,28 +669,32 @@ impl MemoryStore {
     ) -> Result<Room, StoreError> {
         let inner = &self.inner;
         let now = inner.now();
-        let timed = Timed {
-            value: binding,
-            expires: Inner::expiry(now, ttl),
-        };
+        let live = inner.live(now, binding, ttl);
+        // A code bound before may not be bound afresh while its mark lives:
+        // a spent one would become redeemable a second time, an expired
+        // one redeemable at all.
         match inner.bindings.of(key).entry(*key) {
-            Entry::Occupied(mut e) if e.get().expires <= now => {
-                e.insert(timed);
+            Entry::Occupied(mut e) if e.get().mark_expires <= now => {
+                e.insert(live);
                 Ok(Room::Reused)
             }
             Entry::Occupied(_) => Err(StoreError::Conflict),
             Entry::Vacant(e) => {
-                // A spent code may not be bound afresh: it would become
-                // redeemable a second time. An expired one frees its room.
                 if let Entry::Occupied(spent) = inner.spent.of(key).entry(*key) {
-                    if *spent.get() > now {
+                    if spent.get().mark_expires > now {
                         return Err(StoreError::Conflict);
                     }
                     spent.remove();
-                    e.insert(timed);
+                    e.insert(live);
                     return Ok(Room::Reused);
                 }
-                e.insert(timed);
+                if let Entry::Occupied(mark) = inner.marks.of(key).entry(*key) {
+                    if mark.get().expires > now {
+                        return Err(StoreError::Conflict);
+                    }
+                    mark.remove();
+                }
+                e.insert(live);
                 Ok(Room::New)
             }
         }
@@ -471,15 +705,50 @@ impl MemoryStore {
         let now = inner.now();
         match inner.bindings.of(key).entry(*key) {
             Entry::Occupied(e) if e.get().expires > now => {
-                let expires = e.get().expires;
-                inner.spent.of(key).insert(*key, expires);
+                let live = e.get();
+                let spent = Spent {
+                    expires: live.expires,
+                    mark_expires: live.mark_expires,
+                };
+                inner.spent.of(key).insert(*key, spent);
                 Redemption::Redeemed(e.remove().value)
             }
-            Entry::Occupied(_) => Redemption::Missing,
-            Entry::Vacant(_) => match inner.spent.of(key).get(key) {
-                Some(expires) if *expires > now => Redemption::Spent,
-                _ => Redemption::Missing,
-            },
+            Entry::Occupied(e) => {
+                // Expired and not swept yet: it becomes a mark now, written
+                // before the binding goes so that no reader finds neither.
+                let mark_expires = e.get().mark_expires;
+                let marked = mark_expires > now;
+                if marked {
+                    inner.marks.of(key).insert(
+                        *key,
+                        Mark {
+                            expires: mark_expires,
+                            spent: false,
+                        },
+                    );
+                }
+                e.remove();
+                inner.release(1);
+                if !marked {
+                    return Redemption::Missing;
+                }
+                inner.trim_marks(segment(key));
+                Redemption::Expired
+            }
+            Entry::Vacant(_) => {
+                if let Some(spent) = inner.spent.of(key).get(key) {
+                    return if spent.mark_expires > now {
+                        Redemption::Spent
+                    } else {
+                        Redemption::Missing
+                    };
+                }
+                match inner.marks.of(key).get(key) {
+                    Some(mark) if mark.expires > now && mark.spent => Redemption::Spent,
+                    Some(mark) if mark.expires > now => Redemption::Expired,
+                    _ => Redemption::Missing,
+                }
+            }
         }
     }
 
@@ -487,14 +756,15 @@ impl MemoryStore {
         let inner = &self.inner;
         let now = inner.now();
         if let Entry::Vacant(e) = inner.bindings.of(key).entry(*key)
-            && let Some((_, expires)) = inner
+            && let Some((_, spent)) = inner
                 .spent
                 .of(key)
-                .remove_if(key, |_, expires| *expires > now)
+                .remove_if(key, |_, spent| spent.expires > now)
         {
-            e.insert(Timed {
+            e.insert(Live {
                 value: binding,
-                expires,
+                expires: spent.expires,
+                mark_expires: spent.mark_expires,
             });
         }
     }
@@ -583,9 +853,11 @@ impl Store for MemoryStore {
     }
 
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
+        // Records past their expiry count until they are swept.
         ready(Ok(StoreStats {
             pending: self.inner.pending.len() as u64,
             bindings: (self.inner.bindings.len() + self.inner.spent.len()) as u64,
+            marks: Some(self.inner.marks.len() as u64),
         }))
     }
 
@@ -645,6 +917,8 @@ mod tests {
     }
 
     const SHORT: Duration = Duration::from_millis(10);
+    /// A mark bound no test here reaches unless it means to.
+    const ROOMY_MARKS: usize = 100 * SEGMENTS;
     const LONG: Duration = Duration::from_secs(3600);
     /// Longer than the shortest lifetime a record gets (two ticks).
     const AFTER_SHORT: Duration = Duration::from_millis(250);
@@ -678,7 +952,11 @@ mod tests {
 
     #[test]
     fn an_admitted_binding_takes_the_room_of_an_expired_one() {
-        let store = MemoryStore::builder().capacity(2).build();
+        // Without a mark lifetime, a code is forgotten with its binding.
+        let store = MemoryStore::builder()
+            .capacity(2)
+            .mark_ttl(Duration::ZERO)
+            .build();
         store
             .admit_binding_now(&key("b", 0), binding(), SHORT)
             .unwrap();
@@ -736,11 +1014,14 @@ mod tests {
         assert!(matches!(store.redeem_now(key), Redemption::Redeemed(_)));
     }
 
+    /// The long-lived records are all there, and the short-lived bindings
+    /// are marks.
     fn assert_only_long_lived_remain(store: &MemoryStore, count: usize) {
         let inner = &store.inner;
         assert_eq!(inner.pending.len(), count);
         assert_eq!(inner.bindings.len(), count);
         assert_eq!(inner.spent.len(), count);
+        assert_eq!(inner.marks.len(), 2 * count);
         assert_eq!(inner.len.load(Ordering::Acquire), 3 * count);
         for i in 0..count {
             assert!(store.take_pending_now(&key("pending-long", i)).is_some());
@@ -749,6 +1030,8 @@ mod tests {
                 Redemption::Redeemed(_)
             ));
             assert_eq!(store.redeem_now(&key("spent-long", i)), Redemption::Spent);
+            assert_eq!(store.redeem_now(&key("live-short", i)), Redemption::Expired);
+            assert_eq!(store.redeem_now(&key("spent-short", i)), Redemption::Spent);
         }
     }
 
@@ -793,5 +1076,223 @@ mod tests {
         assert_only_long_lived_remain(&store, count);
         drop(store);
         sweeper.await.unwrap();
+    }
+
+    /// `count` keys of `family` that fall in segment `index`.
+    fn keys_in_segment(family: &str, index: usize, count: usize) -> Vec<StoreKey> {
+        (0..)
+            .map(|i| key(family, i))
+            .filter(|k| segment(k) == index)
+            .take(count)
+            .collect()
+    }
+
+    #[test]
+    fn the_sweep_turns_expired_bindings_into_marks() {
+        let store = MemoryStore::builder()
+            .capacity(4)
+            .mark_capacity(ROOMY_MARKS)
+            .build();
+        let (live, spent) = (key("live", 0), key("spent", 0));
+        store.insert_binding_now(&live, binding(), SHORT).unwrap();
+        spend(&store, &spent, SHORT);
+        std::thread::sleep(AFTER_SHORT);
+        assert_eq!(store.sweep(), 2);
+        let inner = &store.inner;
+        assert_eq!(inner.bindings.len() + inner.spent.len(), 0);
+        assert_eq!(inner.marks.len(), 2);
+        assert_eq!(inner.len.load(Ordering::Acquire), 0);
+        let stats = ready_stats(&store);
+        assert_eq!((stats.bindings, stats.marks), (0, Some(2)));
+        assert_eq!(store.redeem_now(&live), Redemption::Expired);
+        assert_eq!(store.redeem_now(&spent), Redemption::Spent);
+        assert!(matches!(
+            store.insert_binding_now(&live, binding(), LONG),
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            store.admit_binding_now(&spent, binding(), LONG),
+            Err(StoreError::Conflict)
+        ));
+        // The failed admission gave its room back.
+        assert_eq!(inner.len.load(Ordering::Acquire), 0);
+        // A second sweep finds nothing more to do.
+        assert_eq!(store.sweep(), 0);
+        assert_eq!(inner.marks.len(), 2);
+    }
+
+    #[test]
+    fn a_read_turns_an_expired_binding_into_a_mark() {
+        let store = MemoryStore::builder()
+            .capacity(4)
+            .mark_capacity(ROOMY_MARKS)
+            .build();
+        let code = key("live", 0);
+        store.admit_binding_now(&code, binding(), SHORT).unwrap();
+        std::thread::sleep(AFTER_SHORT);
+        assert_eq!(store.redeem_now(&code), Redemption::Expired);
+        let inner = &store.inner;
+        assert_eq!(inner.bindings.len(), 0);
+        assert_eq!(inner.marks.len(), 1);
+        assert_eq!(inner.len.load(Ordering::Acquire), 0);
+        assert_eq!(store.redeem_now(&code), Redemption::Expired);
+        // With no mark lifetime, the expired binding is simply gone.
+        let forgetful = MemoryStore::builder().mark_ttl(Duration::ZERO).build();
+        forgetful
+            .insert_binding_now(&code, binding(), SHORT)
+            .unwrap();
+        std::thread::sleep(AFTER_SHORT);
+        assert_eq!(forgetful.redeem_now(&code), Redemption::Missing);
+        assert_eq!(forgetful.inner.marks.len(), 0);
+        assert_eq!(forgetful.inner.len.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn marks_do_not_count_toward_capacity() {
+        let store = MemoryStore::builder()
+            .capacity(2)
+            .mark_capacity(ROOMY_MARKS)
+            .build();
+        let codes: Vec<StoreKey> = (0..8).map(|i| key("code", i)).collect();
+        for code in &codes {
+            store.insert_binding_now(code, binding(), SHORT).unwrap();
+        }
+        assert!(matches!(store.admission_hint(), Err(StoreError::Full)));
+        std::thread::sleep(AFTER_SHORT);
+        store.sweep();
+        assert_eq!(store.inner.marks.len(), codes.len());
+        assert!(store.admission_hint().is_ok());
+        store
+            .insert_pending_now(&key("p", 0), pending(), LONG)
+            .unwrap();
+        store
+            .admit_binding_now(&key("b", 0), binding(), LONG)
+            .unwrap();
+        assert!(matches!(
+            store.insert_pending_now(&key("p", 1), pending(), LONG),
+            Err(StoreError::Full)
+        ));
+        for code in &codes {
+            assert_eq!(store.redeem_now(code), Redemption::Expired);
+        }
+    }
+
+    #[test]
+    fn mark_shares_add_up_to_the_bound() {
+        let floor = MIN_MARK_SHARE * SEGMENTS;
+        for bound in [floor, floor + 1, floor + 63, 1_000_000, 1_000_037] {
+            let store = MemoryStore::builder().mark_capacity(bound).build();
+            let shares: usize = (0..SEGMENTS).map(|i| store.inner.mark_share(i)).sum();
+            assert_eq!(shares, bound);
+        }
+        // A small bound keeps the floor in every segment.
+        for bound in [0, 1, 64, floor - 1] {
+            let store = MemoryStore::builder().mark_capacity(bound).build();
+            assert!((0..SEGMENTS).all(|i| store.inner.mark_share(i) == MIN_MARK_SHARE));
+        }
+        // By default, the capacity.
+        let store = MemoryStore::builder().capacity(640).build();
+        assert_eq!(store.mark_capacity(), 640);
+    }
+
+    /// The expiries of the marks in segment `index`, sorted.
+    fn mark_expiries(store: &MemoryStore, index: usize) -> Vec<u32> {
+        let mut expiries: Vec<u32> = store.inner.marks.maps[index]
+            .iter()
+            .map(|m| m.expires)
+            .collect();
+        expiries.sort_unstable();
+        expiries
+    }
+
+    #[test]
+    fn a_full_segment_drops_the_marks_that_expire_soonest() {
+        // A share of 16 marks a segment: past it, a segment keeps 14.
+        let store = MemoryStore::builder().mark_capacity(16 * SEGMENTS).build();
+        let inner = &store.inner;
+        let keys = keys_in_segment("mark", 5, 40);
+        // Expiries in a scrambled order, some equal, all in the future.
+        let expiry = |i: usize| 10_000 + u32::try_from(i * 7 % 40 / 2).unwrap();
+        let mut trims = 0;
+        for (i, k) in keys.iter().enumerate() {
+            inner.marks.of(k).insert(
+                *k,
+                Mark {
+                    expires: expiry(i),
+                    spent: false,
+                },
+            );
+            let before = mark_expiries(&store, 5);
+            inner.trim_marks(5);
+            let after = mark_expiries(&store, 5);
+            if before.len() <= 16 {
+                assert_eq!(after, before);
+                continue;
+            }
+            trims += 1;
+            // The soonest go: what is kept is the latest 14 of what was there.
+            assert_eq!(after, before[before.len() - 14..].to_vec());
+        }
+        assert!(trims > 0);
+        assert_eq!(inner.marks.len(), inner.marks.maps[5].len());
+        // One trim over many marks at once keeps the latest 14 too.
+        let once = MemoryStore::builder().mark_capacity(16 * SEGMENTS).build();
+        for (i, k) in keys.iter().enumerate() {
+            once.inner.marks.of(k).insert(
+                *k,
+                Mark {
+                    expires: expiry(i),
+                    spent: false,
+                },
+            );
+        }
+        once.inner.trim_marks(5);
+        let mut all: Vec<u32> = (0..keys.len()).map(expiry).collect();
+        all.sort_unstable();
+        assert_eq!(mark_expiries(&once, 5), all[all.len() - 14..].to_vec());
+    }
+
+    #[test]
+    fn the_mark_bound_holds_and_never_refuses_a_binding() {
+        let share = 2 * MIN_MARK_SHARE;
+        let store = MemoryStore::builder()
+            .capacity(4)
+            .mark_capacity(share * SEGMENTS)
+            .build();
+        let codes: Vec<StoreKey> = (0..4 * share * SEGMENTS).map(|i| key("code", i)).collect();
+        for code in &codes {
+            store.insert_binding_now(code, binding(), SHORT).unwrap();
+        }
+        std::thread::sleep(AFTER_SHORT);
+        store.sweep();
+        let marks = store.inner.marks.len();
+        assert!(marks <= share * SEGMENTS, "{marks}");
+        assert!(store.inner.marks.maps.iter().all(|m| m.len() <= share));
+        assert!(marks >= share * SEGMENTS * 7 / 8, "{marks}");
+        let expired = codes
+            .iter()
+            .filter(|c| store.redeem_now(c) == Redemption::Expired)
+            .count();
+        assert_eq!(expired, marks);
+        // At the bound, bindings are still admitted, and the codes whose
+        // marks were dropped are unknown.
+        for i in 0..4 {
+            store
+                .admit_binding_now(&key("fresh", i), binding(), LONG)
+                .unwrap();
+        }
+        let missing = codes
+            .iter()
+            .filter(|c| store.redeem_now(c) == Redemption::Missing)
+            .count();
+        assert_eq!(missing, codes.len() - marks);
+    }
+
+    fn ready_stats(store: &MemoryStore) -> StoreStats {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(store.stats()).poll(&mut cx) {
+            std::task::Poll::Ready(Ok(stats)) => stats,
+            _ => panic!("the memory store's futures are ready"),
+        }
     }
 }

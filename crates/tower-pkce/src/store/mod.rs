@@ -16,6 +16,16 @@
 //! a dump of the store holds no live code. Both families expire after a TTL
 //! and share one capacity bound.
 //!
+//! A store also remembers that a code was bound (a *mark*) for longer than
+//! its binding: for the store's mark lifetime ([`DEFAULT_MARK_TTL`] unless
+//! set), counted from when the code was bound, and never less than the
+//! binding's own TTL. While the mark lives, the code cannot be bound again,
+//! and a token request for it is answered [`Redemption::Spent`] or
+//! [`Redemption::Expired`], never [`Redemption::Missing`]: in optional mode a
+//! code once bound to a challenge never becomes redeemable without its
+//! verifier because its binding ran out (invariant I2). Marks do not count
+//! toward the capacity bound that admits new authorizations.
+//!
 //! [`MemoryStore`] is the embedded default. `RedisStore` (feature
 //! `redis-store`) shares records between replicas. Other backends implement
 //! [`Store`] and prove themselves with the conformance suite in
@@ -43,6 +53,10 @@ pub use redis::{
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+/// The default mark lifetime: how long a store remembers that a code was
+/// bound, counted from its binding (see the [module docs](self)).
+pub const DEFAULT_MARK_TTL: Duration = Duration::from_secs(3600);
 
 /// The key of a record: the first 128 bits of the SHA-256 digest of a
 /// transaction handle or an authorization code.
@@ -177,23 +191,41 @@ impl fmt::Debug for CodeBinding {
 }
 
 /// The outcome of [`Store::redeem`].
+///
+/// Only [`Missing`](Self::Missing) lets a token request go on without a
+/// verifier (in optional mode); the store answers it only when it holds
+/// neither a binding nor a live mark for the code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redemption {
     /// The binding was live and is now spent; the caller holds it.
     Redeemed(CodeBinding),
-    /// The code was bound, but it has been redeemed or burned already.
+    /// The code was bound and has been redeemed (or burned: redeemed and
+    /// not restored), and its mark is live.
     Spent,
-    /// No binding exists for the code (never bound, or expired).
+    /// The code was bound, its binding's TTL ended without a redemption,
+    /// and its mark is live.
+    Expired,
+    /// Neither a binding nor a live mark exists for the code: it was never
+    /// bound, or bound longer ago than the mark lifetime (or, in a
+    /// [`MemoryStore`] at its mark bound, its mark was dropped; see
+    /// [`MemoryStoreBuilder::mark_capacity`]).
     Missing,
 }
 
-/// How many records a store holds.
+/// How many records a store holds. A backend that sweeps expired records
+/// (`MemoryStore`) counts them until it does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     /// Pending authorizations.
     pub pending: u64,
-    /// Code bindings, spent ones included.
+    /// Code bindings whose TTL has not ended: live ones, and spent ones,
+    /// which keep their room until their TTL ends. With the pending
+    /// authorizations, these are the records the capacity bound counts.
     pub bindings: u64,
+    /// Marks of codes whose binding's TTL has ended (spent or not), which
+    /// do not count toward the capacity bound; `None` when the backend does
+    /// not count them (`RedisStore` keeps no index of its marks).
+    pub marks: Option<u64>,
 }
 
 /// Why a store operation failed.
@@ -282,13 +314,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send;
 
-    /// Binds a code. Bindings are admitted even at the capacity bound,
-    /// because each one replaces the pending authorization it came from.
+    /// Binds a code for `ttl`, and marks it bound for the store's mark
+    /// lifetime or `ttl`, whichever is longer. Bindings are admitted even at
+    /// the capacity bound, because each one replaces the pending
+    /// authorization it came from; marks are never a reason to refuse one.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Conflict`] when the code is bound already (live or
-    /// spent), or [`StoreError::Unavailable`].
+    /// [`StoreError::Conflict`] when the code is bound already: its binding
+    /// is live or its mark is (a code is bound once, ever, within the mark
+    /// lifetime), or [`StoreError::Unavailable`].
     fn insert_binding(
         &self,
         key: &StoreKey,
@@ -306,7 +341,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     ///
     /// [`StoreError::Full`] when the capacity bound is reached (nothing is
     /// written), [`StoreError::Conflict`] when the code is bound already
-    /// (live or spent), or [`StoreError::Unavailable`].
+    /// (its binding or its mark is live), or [`StoreError::Unavailable`].
     fn admit_binding(
         &self,
         key: &StoreKey,
@@ -315,8 +350,14 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Atomically marks a live binding spent and returns it. Of several
-    /// concurrent calls, at most one gets [`Redemption::Redeemed`]. A spent
-    /// binding stays until its TTL ends, so that the code keeps being refused.
+    /// concurrent calls, at most one gets [`Redemption::Redeemed`].
+    ///
+    /// Otherwise the answer says what the store remembers of the code:
+    /// [`Redemption::Spent`] when it was redeemed and its mark lives,
+    /// [`Redemption::Expired`] when its binding's TTL ended unredeemed and
+    /// its mark lives (an expired binding is read as its mark, whether or
+    /// not it was swept yet), and [`Redemption::Missing`] only when there is
+    /// neither a live binding nor a live mark.
     ///
     /// # Errors
     ///
@@ -324,8 +365,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn redeem(&self, key: &StoreKey)
     -> impl Future<Output = Result<Redemption, StoreError>> + Send;
 
-    /// Makes a spent binding live again, keeping its expiry. Does nothing when
-    /// the binding is gone.
+    /// Makes a spent binding live again until its own expiry: the end of the
+    /// TTL it was bound with, not its mark's. Does nothing once that expiry
+    /// has passed, or when the code is not spent.
     ///
     /// # Errors
     ///

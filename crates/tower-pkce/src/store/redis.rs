@@ -11,20 +11,37 @@
 //! | key | holds | written with |
 //! | --- | --- | --- |
 //! | `{pkce}:p:K` | a pending authorization | `SET NX PX`, taken with `GETDEL` |
-//! | `{pkce}:c:K` | the mark that code `K` was bound (live or spent) | `SET NX PX` |
+//! | `{pkce}:c:K` | the mark that code `K` was bound: `b` or `s`, then its binding's expiry | `SET NX PX`, for the mark lifetime or the binding's TTL, whichever is longer |
 //! | `{pkce}:b:K` | the live binding of code `K` | `SET PX`, redeemed with `GETDEL` |
 //! | `{pkce}:n:p`, `{pkce}:n:b` | sorted sets of live records by expiry | `ZADD` |
 //!
-//! Single use needs no script: of several concurrent `GETDEL`s on `b:K`
-//! exactly one gets the value. The mark `c:K` outlives the redemption, so a
-//! replayed code reads [`Redemption::Spent`] and cannot be bound afresh.
+//! The mark's value is `b` (bound) or `s` (spent), followed by the absolute
+//! expiry of the binding in milliseconds by Redis's clock (`TIME`), in
+//! decimal: `b1767225600000`. Its own TTL is the mark lifetime, so the
+//! binding's expiry is kept in the value, where the restore script reads it.
+//!
+//! A redemption is one script: it takes `b:K` with `GETDEL`, so that of
+//! several concurrent ones exactly one gets the record, and turns the mark
+//! to `s`, keeping its TTL. Without a live binding, the mark answers:
+//! `s` reads [`Redemption::Spent`], `b` (the binding's TTL ended
+//! unredeemed) [`Redemption::Expired`], and no mark
+//! [`Redemption::Missing`]. While the mark lives the code cannot be bound
+//! afresh. A mark written by a version before marks outlived their
+//! bindings holds `1`, has its binding's TTL, and reads as spent. Replicas
+//! of one prefix should run one version: while an upgrade is under way, a
+//! replica of the earlier version gives a binding back after an upstream
+//! 5xx for what is left of its mark (up to the mark lifetime) rather than
+//! of its binding, and answers [`Redemption::Spent`] for an expired code.
 //!
 //! The two sorted sets make the capacity bound exact: an authorization is
 //! admitted only while fewer than `capacity` records are live, counting
-//! spent bindings, exactly as [`MemoryStore`](super::MemoryStore) does. They
-//! are pruned by expiry on every admission, so Redis's TTLs remain the only
-//! clock. Redis's own `maxmemory` (with `noeviction`) is a second, coarser
-//! bound: an out-of-memory refusal reads as [`StoreError::Full`].
+//! spent bindings until their TTL ends, exactly as
+//! [`MemoryStore`](super::MemoryStore) does. Marks are in neither set: each
+//! binding's entry has the binding's expiry, so a mark that outlives it
+//! holds no room. The sets are pruned by expiry on every admission, so
+//! Redis's TTLs remain the only clock. Redis's own `maxmemory` (with
+//! `noeviction`) is a second, coarser bound, and the only one on marks: an
+//! out-of-memory refusal reads as [`StoreError::Full`].
 //!
 //! # Failure
 //!
@@ -43,8 +60,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::{
-    Challenge, CodeBinding, PendingAuthorization, Redemption, Store, StoreError, StoreKey,
-    StoreStats,
+    Challenge, CodeBinding, DEFAULT_MARK_TTL, PendingAuthorization, Redemption, Store, StoreError,
+    StoreKey, StoreStats,
 };
 use crate::pkce::ChallengeMethod;
 
@@ -82,17 +99,19 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
 return 2
 ";
 
-/// Binds a code unless it was ever bound.
-/// KEYS: mark key, binding key, binding index. ARGV: record, TTL in ms, member.
+/// Binds a code unless its mark lives.
+/// KEYS: mark key, binding key, binding index.
+/// ARGV: record, TTL in ms, member, mark TTL in ms (not below the TTL).
 /// Returns 0 when the code was bound already, 1 when written.
 const INSERT_BINDING: &str = r"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expires = now + tonumber(ARGV[2])
+if not redis.call('SET', KEYS[1], string.format('b%d', expires), 'NX', 'PX', ARGV[4]) then
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('ZADD', KEYS[3], expires, ARGV[3])
 return 1
 ";
 
@@ -102,7 +121,8 @@ return 1
 /// write.
 ///
 /// KEYS: mark key, binding key, pending index, binding index.
-/// ARGV: record, TTL in ms, capacity, index member.
+/// ARGV: record, TTL in ms, capacity, index member, mark TTL in ms (not
+/// below the TTL).
 /// Returns 0 when full, 1 when the code was bound already, 2 when written.
 const ADMIT_BINDING: &str = r"
 local t = redis.call('TIME')
@@ -112,23 +132,72 @@ local live = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
 if live >= tonumber(ARGV[3]) then
   return 0
 end
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
+local expires = now + tonumber(ARGV[2])
+if not redis.call('SET', KEYS[1], string.format('b%d', expires), 'NX', 'PX', ARGV[5]) then
   return 1
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[4])
+redis.call('ZADD', KEYS[4], expires, ARGV[4])
 return 2
 ";
 
-/// Makes a spent binding live again for what is left of its mark's TTL.
-/// KEYS: mark key, binding key. ARGV: record.
-const RESTORE: &str = r"
-local left = redis.call('PTTL', KEYS[1])
-if left > 0 then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', left)
+/// Redeems a code: takes its live binding and marks it spent, or says what
+/// its mark remembers. `GETDEL` comes first: as a write, it lets the mark's
+/// rewrite through on a Redis past `maxmemory`.
+///
+/// KEYS: binding key, mark key.
+/// Returns the record when the binding was live; otherwise 0 when there is
+/// no mark, 1 when the code was spent, 2 when its binding expired.
+const REDEEM: &str = r"
+local record = redis.call('GETDEL', KEYS[1])
+local mark = redis.call('GET', KEYS[2])
+if record then
+  if mark then
+    redis.call('SET', KEYS[2], 's' .. string.sub(mark, 2), 'KEEPTTL')
+  end
+  return record
 end
+if not mark then
+  return 0
+end
+if string.sub(mark, 1, 1) == 'b' then
+  return 2
+end
+return 1
+";
+
+/// Makes a spent binding live again until the binding's own expiry, read
+/// from the mark, and marks it bound again. Does nothing when the code is
+/// not spent or that expiry has passed. A mark of the earlier form (`1`,
+/// spent as `s` alone) lived exactly as long as its binding: its TTL is
+/// what the binding has left.
+///
+/// KEYS: mark key, binding key. ARGV: record.
+/// Returns the binding's remaining lifetime in ms, or 0.
+const RESTORE: &str = r"
+local mark = redis.call('GET', KEYS[1])
+if not mark or string.sub(mark, 1, 1) ~= 's' then
+  return 0
+end
+local expires = string.sub(mark, 2)
+local left
+if expires == '' then
+  left = redis.call('PTTL', KEYS[1])
+else
+  expires = tonumber(expires)
+  if not expires then
+    return 0
+  end
+  local t = redis.call('TIME')
+  left = expires - (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+if left <= 0 then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', left)
+redis.call('SET', KEYS[1], 'b' .. string.sub(mark, 2), 'KEEPTTL')
 return left
 ";
 
@@ -176,10 +245,12 @@ struct Inner {
     epoch: Instant,
     keys: Keys,
     capacity: usize,
+    mark_ttl: Duration,
     timeout: Duration,
     insert_pending: Script,
     insert_binding: Script,
     admit_binding: Script,
+    redeem: Script,
     restore: Script,
     stats: Script,
 }
@@ -189,6 +260,7 @@ impl fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("prefix", &self.inner.keys.tag)
             .field("capacity", &self.inner.capacity)
+            .field("mark_ttl", &self.inner.mark_ttl)
             .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
@@ -201,6 +273,7 @@ pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
     capacity: usize,
+    mark_ttl: Duration,
     timeout: Duration,
 }
 
@@ -211,6 +284,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("url", &"[redacted]")
             .field("prefix", &self.prefix)
             .field("capacity", &self.capacity)
+            .field("mark_ttl", &self.mark_ttl)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -228,6 +302,19 @@ impl RedisStoreBuilder {
     /// The most live records, both families together [default: 1,000,000].
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
+        self
+    }
+
+    /// How long Redis keeps the mark that a code was bound, counted from
+    /// its binding; a mark never ends before its binding would have
+    /// [default: [`DEFAULT_MARK_TTL`], one hour]. While it lives, the code
+    /// cannot be bound again and a token request for it is refused as
+    /// spent or expired, rather than read as a code never bound (which
+    /// optional mode forwards without a verifier). Marks hold no room under
+    /// the capacity; each is a small key with a TTL, so plan Redis's
+    /// `maxmemory` for the codes bound within one mark lifetime.
+    pub fn mark_ttl(mut self, ttl: Duration) -> Self {
+        self.mark_ttl = ttl;
         self
     }
 
@@ -264,10 +351,12 @@ impl RedisStoreBuilder {
                 epoch: Instant::now(),
                 keys: Keys::new(&self.prefix),
                 capacity: self.capacity,
+                mark_ttl: self.mark_ttl,
                 timeout: self.timeout,
                 insert_pending: Script::new(INSERT_PENDING),
                 insert_binding: Script::new(INSERT_BINDING),
                 admit_binding: Script::new(ADMIT_BINDING),
+                redeem: Script::new(REDEEM),
                 restore: Script::new(RESTORE),
                 stats: Script::new(STATS),
             }),
@@ -300,6 +389,7 @@ impl RedisStore {
             url: url.into(),
             prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             capacity: DEFAULT_REDIS_CAPACITY,
+            mark_ttl: DEFAULT_MARK_TTL,
             timeout: DEFAULT_REDIS_TIMEOUT,
         }
     }
@@ -339,7 +429,8 @@ impl RedisStore {
 
     /// Runs an admission script (`INSERT_PENDING`, `ADMIT_BINDING`): KEYS
     /// are `records` and then the two indexes, ARGV the record, the TTL, the
-    /// capacity and the index member.
+    /// capacity, the index member and the mark's TTL (which
+    /// `INSERT_PENDING` ignores).
     async fn admit(
         &self,
         script: &Script,
@@ -358,7 +449,8 @@ impl RedisStore {
             .arg(record)
             .arg(ttl_millis(ttl))
             .arg(self.inner.capacity)
-            .arg(member(key));
+            .arg(member(key))
+            .arg(self.mark_millis(ttl));
         let mut connection = self.connection();
         let outcome = self.bounded(invocation.invoke_async(&mut connection)).await;
         self.admission(outcome)
@@ -378,6 +470,11 @@ impl RedisStore {
             Err(_) => {}
         }
         outcome
+    }
+
+    /// The TTL of the mark of a binding that lives for `ttl`.
+    fn mark_millis(&self, ttl: Duration) -> u64 {
+        ttl_millis(self.inner.mark_ttl).max(ttl_millis(ttl))
     }
 
     fn millis(&self) -> u64 {
@@ -620,6 +717,7 @@ impl Store for RedisStore {
                     .arg(encode_binding(&binding).as_slice())
                     .arg(ttl_millis(ttl))
                     .arg(member(key))
+                    .arg(self.mark_millis(ttl))
                     .invoke_async(&mut connection),
             )
             .await?;
@@ -661,20 +759,16 @@ impl Store for RedisStore {
 
     async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
         let mut connection = self.connection();
-        let live: Option<Vec<u8>> = self
-            .bounded(connection.get_del(self.inner.keys.record('b', key)))
+        let answer: redis::Value = self
+            .bounded(
+                self.inner
+                    .redeem
+                    .key(self.inner.keys.record('b', key))
+                    .key(self.inner.keys.record('c', key))
+                    .invoke_async(&mut connection),
+            )
             .await?;
-        if let Some(bytes) = live {
-            return decode_binding(&bytes).map(Redemption::Redeemed);
-        }
-        let bound: bool = self
-            .bounded(connection.exists(self.inner.keys.record('c', key)))
-            .await?;
-        Ok(if bound {
-            Redemption::Spent
-        } else {
-            Redemption::Missing
-        })
+        redemption(answer)
     }
 
     async fn restore(&self, key: &StoreKey, binding: CodeBinding) -> Result<(), StoreError> {
@@ -703,7 +797,22 @@ impl Store for RedisStore {
                     .invoke_async(&mut connection),
             )
             .await?;
-        Ok(StoreStats { pending, bindings })
+        Ok(StoreStats {
+            pending,
+            bindings,
+            marks: None,
+        })
+    }
+}
+
+/// Reads the answer of the `REDEEM` script.
+fn redemption(answer: redis::Value) -> Result<Redemption, StoreError> {
+    match answer {
+        redis::Value::BulkString(bytes) => decode_binding(&bytes).map(Redemption::Redeemed),
+        redis::Value::Int(0) => Ok(Redemption::Missing),
+        redis::Value::Int(1) => Ok(Redemption::Spent),
+        redis::Value::Int(2) => Ok(Redemption::Expired),
+        _ => Err(corrupt()),
     }
 }
 
@@ -948,6 +1057,32 @@ mod tests {
         assert!(decode_binding(&bad_method).is_err());
         assert!(decode_pending(&[2, 0]).is_err());
         assert!(decode_pending(&[FORMAT, 64]).is_err());
+    }
+
+    #[test]
+    fn redemption_answers_are_read_strictly() {
+        let binding = pending(None, true, true).binding();
+        let record = redis::Value::BulkString(encode_binding(&binding));
+        assert_eq!(redemption(record).unwrap(), Redemption::Redeemed(binding));
+        assert_eq!(
+            redemption(redis::Value::Int(0)).unwrap(),
+            Redemption::Missing
+        );
+        assert_eq!(redemption(redis::Value::Int(1)).unwrap(), Redemption::Spent);
+        assert_eq!(
+            redemption(redis::Value::Int(2)).unwrap(),
+            Redemption::Expired
+        );
+        for odd in [
+            redis::Value::Int(3),
+            redis::Value::Int(-1),
+            redis::Value::Nil,
+            redis::Value::Okay,
+            redis::Value::BulkString(vec![FORMAT]),
+            redis::Value::Array(vec![]),
+        ] {
+            assert!(redemption(odd).is_err());
+        }
     }
 
     #[test]
