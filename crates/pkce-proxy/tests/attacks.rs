@@ -1,0 +1,586 @@
+//! Attacks on the real `pkce-proxy` binary, in front of a deliberately
+//! hostile legacy upstream (`hostile/`), over raw TCP (`driver/`).
+//!
+//! # Threat model
+//!
+//! The attacker runs any client, reads every page the upstream shows a
+//! browser (a pending transaction handle is no secret), sends the proxy
+//! any bytes, and lures victims through crafted URLs. They may learn a
+//! victim's code (that is what PKCE is for) but never the victim's
+//! `code_verifier`. The upstream is a loose legacy server: it ignores
+//! bodies it does not want, reads parameters from the query string too,
+//! echoes parameters into pages, redirects wherever it is told, writes
+//! latin-1 headers, and hands codes out in ambiguous shapes.
+//!
+//! Each attack runs with PKCE required (the default), `--pkce optional` and
+//! `--strip-pkce-params`, unless it only makes sense in one of them. The
+//! pair of RFC 7636 Appendix B is the victim's; the attacker has a pair of
+//! their own.
+//!
+//! # What every test asserts besides its own claims
+//!
+//! - Every answer a client reads is the answer to the request it sent: the
+//!   upstream stamps `x-served` and echoes `x-test-id`
+//!   ([`World::check`](driver::World::check)).
+//! - No answer hands a client a transaction handle (`pkce.` and 22
+//!   base64url characters) beside a code, in a `Location`, a `Refresh` or
+//!   a page.
+//! - The upstream never issued a token for a code issued under a
+//!   challenge to a request that did not carry its verifier (tracked on the
+//!   client side, since `--strip-pkce-params` removes it upstream), and no
+//!   token the upstream issued to a request it parsed out of another
+//!   request's body reached any client
+//!   ([`World::finish`](driver::World::finish)).
+//!
+//! # Tests and the invariants they prove (DESIGN.md, "Security invariants")
+//!
+//! | test | invariant | expectation |
+//! | --- | --- | --- |
+//! | `i1_bodies_on_bodiless_methods_are_refused` | I1 | GET/HEAD/DELETE/TRACE/OPTIONS with a body: 400, nothing upstream, connection closed; `Content-Length: 0` passes |
+//! | `i1_connect_is_never_forwarded` | I1 | CONNECT: 4xx, nothing upstream |
+//! | `i1_a_request_smuggled_in_a_body_never_answers_anyone` | I1 | a request inside a body the upstream skips: its answer reaches no client, on any connection, pipelined or not |
+//! | `i1_a_request_smuggled_in_a_token_body_never_reaches_the_upstream` | I1, beyond | a token body that is itself a request (raw CR LF SP): never parsed as a request upstream, and never answers anyone |
+//! | `i1_a_request_smuggled_in_an_authorization_form_never_answers_anyone` | I1 | the same through a POST to `/authorize` the upstream skips |
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod driver;
+mod hostile;
+
+use std::future::Future;
+use std::time::Duration;
+
+use driver::{After, Body, Conn, Mode, Req, Resp, World, handles};
+use hostile::{Delivery, Flow, Issued, Knobs};
+
+/// The victim's challenge: RFC 7636 Appendix B.
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+/// The attacker's own verifier (its challenge is [`attacker_challenge`]).
+const ATTACKER_VERIFIER: &str = "attackerVerifier-0123456789-abcdefghijklmnop";
+
+const CLIENT: &str = "app";
+const REDIRECT: &str = "https://client.example/cb";
+/// The client's own `state`: unreserved characters only, so that its
+/// encoding is not in question.
+const STATE: &str = "client-state-7Q";
+
+fn attacker_challenge() -> String {
+    tower_pkce::s256(ATTACKER_VERIFIER)
+}
+
+fn enc(s: &str) -> String {
+    pkce_proxy::legacy::encode(s)
+}
+
+/// Runs `scenario` in the three modes at once.
+async fn every_mode<F, Fut>(scenario: F)
+where
+    F: Fn(Mode) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    tokio::join!(
+        scenario(Mode::Required),
+        scenario(Mode::Optional),
+        scenario(Mode::Strip)
+    );
+}
+
+/// An authorization query for the victim's client, with `challenge` (S256)
+/// and `extra` appended.
+fn query(challenge: Option<&str>, extra: &str) -> String {
+    query_to(REDIRECT, challenge, extra)
+}
+
+fn query_to(redirect: &str, challenge: Option<&str>, extra: &str) -> String {
+    let mut q = format!(
+        "response_type=code&client_id={CLIENT}&redirect_uri={}&state={STATE}",
+        enc(redirect)
+    );
+    if let Some(c) = challenge {
+        q.push_str(&format!("&code_challenge={c}&code_challenge_method=S256"));
+    }
+    q.push_str(extra);
+    q
+}
+
+fn with_json(req: Req, json: bool) -> Req {
+    if json { req.json() } else { req }
+}
+
+/// The hidden inputs of a page, in order, unescaped.
+fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+    let unescape = |s: &str| {
+        s.replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&#39;", "'")
+            .replace("&amp;", "&")
+    };
+    let mut out = Vec::new();
+    for piece in html.split("<input").skip(1) {
+        let tag = piece.split('>').next().unwrap_or("");
+        if !tag.contains("type=\"hidden\"") {
+            continue;
+        }
+        let attr = |name: &str| {
+            let marker = format!("{name}=\"");
+            let start = tag.find(&marker)? + marker.len();
+            let end = tag[start..].find('"')? + start;
+            Some(unescape(&tag[start..end]))
+        };
+        if let (Some(n), Some(v)) = (attr("name"), attr("value")) {
+            out.push((n, v));
+        }
+    }
+    out
+}
+
+fn input<'a>(inputs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    inputs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Walks an authorization through the upstream's flow, up to the request
+/// whose answer carries the code. That request and its answer come back
+/// unchecked: the caller makes its own assertions first, then
+/// [`World::check`]s.
+async fn walk(w: &World, query: &str, json: bool) -> (Req, Resp) {
+    let first = Req::get(&format!("/authorize?{query}"));
+    match w.up.knobs().flow {
+        Flow::Direct => {
+            let first = with_json(first, json);
+            let resp = w.send_unchecked(&first).await;
+            (first, resp)
+        }
+        Flow::Login => {
+            let page = w.send(&first).await;
+            login(w, &page, json).await
+        }
+        Flow::Consent => {
+            let page = w.send(&first).await;
+            assert_eq!(
+                page.status,
+                200,
+                "{} the consent page: {}",
+                w.tag(),
+                page.describe()
+            );
+            let body = hidden_inputs(&page.text())
+                .iter()
+                .map(|(n, v)| format!("{}={}", enc(n), enc(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            let req = with_json(Req::post("/authorize", body), json);
+            let resp = w.send_unchecked(&req).await;
+            (req, resp)
+        }
+    }
+}
+
+/// Signs in on a login page: the POST to `/login` and its answer,
+/// unchecked.
+async fn login(w: &World, page: &Resp, json: bool) -> (Req, Resp) {
+    assert_eq!(
+        page.status,
+        200,
+        "{} the login page: {}",
+        w.tag(),
+        page.describe()
+    );
+    let inputs = hidden_inputs(&page.text());
+    let txn = input(&inputs, "txn")
+        .unwrap_or_else(|| panic!("{} no txn on the login page: {}", w.tag(), page.describe()));
+    let req = with_json(
+        Req::post("/login", format!("txn={}&username=alice", enc(txn))),
+        json,
+    );
+    let resp = w.send_unchecked(&req).await;
+    (req, resp)
+}
+
+/// The code issued last, and every code issued since `since`.
+fn issued_since(w: &World, since: usize) -> (Issued, Vec<String>) {
+    let log = w.log();
+    let issued = log.issued[since..].to_vec();
+    let last = issued
+        .last()
+        .cloned()
+        .unwrap_or_else(|| panic!("{} the upstream issued no code:{}", w.tag(), log.summary()));
+    (last, issued.into_iter().map(|i| i.code).collect())
+}
+
+fn issued_count(w: &World) -> usize {
+    w.log().issued.len()
+}
+
+/// The `Location` the upstream wrote, with only the handle in `state`
+/// replaced by `state`.
+fn restored_location(w: &World, issued: &Issued, state: &str) -> Vec<u8> {
+    let location = issued
+        .location
+        .clone()
+        .unwrap_or_else(|| panic!("{} the delivery had no Location", w.tag()));
+    let handle = issued.state.clone().unwrap_or_default();
+    let from = format!("state={handle}").into_bytes();
+    let to = format!("state={state}").into_bytes();
+    let at = location
+        .windows(from.len())
+        .position(|win| win == from.as_slice())
+        .unwrap_or_else(|| panic!("{} no handle in the upstream's Location", w.tag()));
+    let mut out = location[..at].to_vec();
+    out.extend_from_slice(&to);
+    out.extend_from_slice(&location[at + from.len()..]);
+    out
+}
+
+/// What of an answer a client acts on: `Location`, `Refresh` and the
+/// body (not the upstream's `x-served` stamp, which echoes the target the
+/// upstream was sent).
+fn delivered_text(resp: &Resp) -> String {
+    let mut text = String::new();
+    for name in ["location", "refresh"] {
+        if let Some(v) = resp.header(name) {
+            text.extend(v.iter().map(|&b| char::from(b)));
+            text.push('\n');
+        }
+    }
+    text.push_str(&resp.text());
+    text
+}
+
+/// Asserts that the delivery of `issued` reached the client with the
+/// client's `state` restored and nothing else changed, then checks it.
+fn assert_restored(w: &World, what: &str, req: &Req, resp: &Resp, issued: &Issued) {
+    match issued.delivery {
+        Delivery::FormPost => {
+            assert_eq!(
+                resp.status,
+                200,
+                "{} {what}: the form_post page did not reach the client: {}",
+                w.tag(),
+                resp.describe()
+            );
+            let inputs = hidden_inputs(&resp.text());
+            assert_eq!(
+                input(&inputs, "code"),
+                Some(issued.code.as_str()),
+                "{} {what}: the form_post page lost its code: {}",
+                w.tag(),
+                resp.describe()
+            );
+            assert_eq!(
+                input(&inputs, "state"),
+                Some(STATE),
+                "{} {what}: the client's state was not put back in the form_post page: {}",
+                w.tag(),
+                resp.describe()
+            );
+        }
+        _ => {
+            let expected = restored_location(w, issued, STATE);
+            let got = resp.header("location");
+            assert!(
+                got == Some(expected.as_slice()),
+                "{} {what}: the Location must be the upstream's with only state's value \
+                 changed:\n  expected {}\n  got      {}\n{}",
+                w.tag(),
+                expected.escape_ascii(),
+                got.map_or("no Location".into(), |l| l.escape_ascii().to_string()),
+                resp.describe()
+            );
+        }
+    }
+    assert!(
+        handles(&delivered_text(resp)).is_empty(),
+        "{} {what}: a handle reached the client: {}",
+        w.tag(),
+        resp.describe()
+    );
+    w.check(req, resp);
+}
+
+/// A code delivered to the victim's client by the direct flow, bound to
+/// `challenge`, not redeemed yet.
+async fn bound_code(w: &World, challenge: &str) -> String {
+    let saved = w.up.knobs();
+    w.set(|k| {
+        k.flow = Flow::Direct;
+        k.delivery = Delivery::Query;
+        k.redirect_status = 302;
+    });
+    let since = issued_count(w);
+    let (req, resp) = walk(w, &query(Some(challenge), ""), false).await;
+    let (issued, _) = issued_since(w, since);
+    assert_restored(w, "a plain delivery", &req, &resp, &issued);
+    w.set(|k| *k = saved);
+    issued.code
+}
+
+// ---------------------------------------------------------------- I1
+
+#[tokio::test]
+async fn i1_bodies_on_bodiless_methods_are_refused() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let smuggled =
+            b"GET /other HTTP/1.1\r\nHost: upstream\r\nx-test-id: smuggled\r\n\r\n".to_vec();
+        let authorize = format!("/authorize?{}", query(Some(CHALLENGE), ""));
+        for method in ["GET", "HEAD", "DELETE", "TRACE", "OPTIONS"] {
+            for path in [authorize.as_str(), "/token", "/other"] {
+                for (framing, body) in [
+                    ("Content-Length", Body::Sized(smuggled.clone())),
+                    (
+                        "Transfer-Encoding: chunked",
+                        Body::Chunked(smuggled.clone(), String::new()),
+                    ),
+                ] {
+                    let what = format!("{method} {path} with a body ({framing})");
+                    let req = Req::new(method, path).body(body);
+                    let before = w.log().requests.len();
+                    let mut conn = w.conn().await;
+                    let resp = w.try_send_on(&mut conn, &req).await.unwrap_or_else(|e| {
+                        panic!("{} {what}: no answer ({e}); expected 400", w.tag())
+                    });
+                    assert_eq!(
+                        resp.status,
+                        400,
+                        "{} {what}: must get 400 from the proxy; got {}",
+                        w.tag(),
+                        resp.describe()
+                    );
+                    {
+                        let log = w.log();
+                        assert_eq!(
+                            log.requests.len(),
+                            before,
+                            "{} {what}: nothing may reach the upstream; it saw:{}",
+                            w.tag(),
+                            log.summary()
+                        );
+                    }
+                    let after = conn.after(Duration::from_secs(3)).await;
+                    assert_eq!(
+                        after,
+                        After::Closed,
+                        "{} {what}: after the 400 the proxy must close the connection (the \
+                         body's bytes are not to be read as a request)",
+                        w.tag()
+                    );
+                }
+            }
+        }
+        // An empty body is no body.
+        let req = Req::get("/other").header("Content-Length", "0");
+        let resp = w.send(&req).await;
+        assert!(
+            resp.status == 200 && w.upstream_saw(&req.id),
+            "{} GET with Content-Length: 0 must be forwarded; got {}",
+            w.tag(),
+            resp.describe()
+        );
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i1_connect_is_never_forwarded() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let upstream = w.up.addr.to_string();
+        for target in [
+            upstream.as_str(),
+            "hostile.example:443",
+            "/other",
+            "/authorize",
+        ] {
+            let req = Req::new("CONNECT", target);
+            let before = w.log().requests.len();
+            let mut conn = w.conn().await;
+            let resp = w
+                .try_send_on(&mut conn, &req)
+                .await
+                .unwrap_or_else(|e| panic!("{} CONNECT {target}: no answer ({e})", w.tag()));
+            assert!(
+                (400..500).contains(&resp.status) && resp.header("x-served").is_none(),
+                "{} CONNECT {target} must get a 4xx from the proxy; got {}",
+                w.tag(),
+                resp.describe()
+            );
+            let log = w.log();
+            assert_eq!(
+                log.requests.len(),
+                before,
+                "{} CONNECT {target} reached the upstream:{}",
+                w.tag(),
+                log.summary()
+            );
+        }
+        w.finish();
+    })
+    .await;
+}
+
+/// `POST /token` for `code`, written to be carried in another request's
+/// body. An unfinished one claims 43 bytes more than it holds: the start
+/// of whatever the proxy sends next on that upstream connection.
+fn smuggled_token_request(code: &str, unfinished: bool, id: &str) -> Vec<u8> {
+    let mut body = format!(
+        "grant_type=authorization_code&client_id={CLIENT}&redirect_uri={}&code={}",
+        enc(REDIRECT),
+        enc(code)
+    );
+    let mut length = body.len();
+    if unfinished {
+        body.push_str("&pad=");
+        length = body.len() + 43;
+    }
+    format!(
+        "POST /token HTTP/1.1\r\nHost: upstream\r\nx-test-id: {id}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {length}\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+/// Requests on `conn` (reopened if the proxy closed it), on new
+/// connections while it is open, and after it closed: each answer must be
+/// its own ([`World::send_on`] checks it).
+async fn aftermath(w: &World, mut conn: Conn) {
+    for _ in 0..3 {
+        if w.try_send_on(&mut conn, &Req::get("/other")).await.is_err() {
+            conn = w.conn().await;
+        }
+    }
+    for _ in 0..2 {
+        w.send(&Req::get("/other")).await;
+    }
+    // Its upstream connection goes back to the shared pool.
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..3 {
+        w.send(&Req::get("/other")).await;
+    }
+}
+
+#[tokio::test]
+async fn i1_a_request_smuggled_in_a_body_never_answers_anyone() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let carrier = |smuggled: Vec<u8>| {
+            Req::new("POST", "/nothing-here")
+                .header("Content-Type", "text/plain")
+                .body(Body::Sized(smuggled))
+        };
+        for unfinished in [true, false] {
+            // The victim's code, bound; the attacker has learnt it.
+            let victim = bound_code(&w, CHALLENGE).await;
+            let mut conn = w.conn().await;
+            let outer = carrier(smuggled_token_request(&victim, unfinished, "smuggled"));
+            w.send_on(&mut conn, &outer).await;
+            aftermath(&w, conn).await;
+
+            // Pipelined: the carrier between requests, in one write.
+            let victim = bound_code(&w, CHALLENGE).await;
+            let mut conn = w.conn().await;
+            let reqs = [
+                Req::get("/other"),
+                carrier(smuggled_token_request(
+                    &victim,
+                    unfinished,
+                    "smuggled-pipelined",
+                )),
+                Req::get("/other"),
+                Req::get("/other"),
+            ];
+            let answers = w.pipeline(&mut conn, &reqs).await;
+            assert!(
+                answers.first().is_some_and(Result::is_ok),
+                "{} the first of pipelined requests got no answer: {:?}",
+                w.tag(),
+                answers.first().map(|a| a.as_ref().map(Resp::describe))
+            );
+            aftermath(&w, conn).await;
+        }
+        w.finish();
+    })
+    .await;
+}
+
+/// Beyond the contract's letter: a token body that is itself an HTTP
+/// request. It passes as a form (the attacker's own code and verifier
+/// stand in a "header" of it), and a server that answers `/token` without
+/// reading the body when `Authorization` is missing reads it as a request
+/// that redeems the victim's code. No real client writes raw CR, LF or SP
+/// in a form body, so a careful proxy refuses such a body (or at least
+/// never reuses the connection); the upstream must never parse a token
+/// request out of a token body the proxy forwarded.
+#[tokio::test]
+async fn i1_a_request_smuggled_in_a_token_body_never_reaches_the_upstream() {
+    every_mode(|mode| async move {
+        let knobs = Knobs {
+            token_body_needs_authorization: true,
+            ..Knobs::default()
+        };
+        let w = World::start(mode, knobs, &[]).await;
+        let victim = bound_code(&w, CHALLENGE).await;
+        for unfinished in [true, false] {
+            let mine = bound_code(&w, &attacker_challenge()).await;
+            let length = if unfinished { 40 } else { 0 };
+            let body = format!(
+                "POST /token?code={victim}&grant_type=authorization_code HTTP/1.1\r\n\
+                 Host: upstream\r\nAuthorization: Basic YXBwOg==\r\nx-test-id: smuggled-in-token\r\n\
+                 X-Pad: &code={mine}&code_verifier={ATTACKER_VERIFIER}&client_id={CLIENT}&redirect_uri={}&z=\r\n\
+                 Content-Length: {length}\r\n\r\n",
+                enc(REDIRECT)
+            );
+            let outer = Req::post("/token", body).legit(&mine);
+            let mut conn = w.conn().await;
+            let _ = w.try_send_on(&mut conn, &outer).await;
+            aftermath(&w, conn).await;
+            let log = w.log();
+            let smuggled: Vec<_> = log
+                .tokens
+                .iter()
+                .filter(|t| t.from_body)
+                .map(|t| (&t.test_id, &t.params, t.answered))
+                .collect();
+            assert!(
+                smuggled.is_empty(),
+                "{} ({}) the upstream parsed a token request out of the body of a token request \
+                 the proxy forwarded (test id, params, answer: {smuggled:?}): a token body that \
+                 is not a clean form (raw CR, LF, SP) must not reach the upstream; it saw:{}",
+                w.tag(),
+                if unfinished { "unfinished" } else { "complete" },
+                log.summary()
+            );
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i1_a_request_smuggled_in_an_authorization_form_never_answers_anyone() {
+    every_mode(|mode| async move {
+        let knobs = Knobs {
+            flow: Flow::Login,
+            authorize_reads_body: false,
+            ..Knobs::default()
+        };
+        let w = World::start(mode, knobs, &[]).await;
+        // A form the proxy reads as an authorization request, and a
+        // server that skips the body reads as an unfinished POST /login.
+        let form = format!(
+            "POST /login?a=1&{} HTTP/1.1\r\nHost: upstream\r\nx-test-id: smuggled-in-form\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 40\r\n\r\n",
+            query(Some(CHALLENGE), "&z=")
+        );
+        let outer = Req::post("/authorize", form);
+        let mut conn = w.conn().await;
+        let _ = w.try_send_on(&mut conn, &outer).await;
+        aftermath(&w, conn).await;
+        w.finish();
+    })
+    .await;
+}
