@@ -41,6 +41,10 @@
 //! | `i1_a_request_smuggled_in_a_body_never_answers_anyone` | I1 | a request inside a body the upstream skips: its answer reaches no client, on any connection, pipelined or not |
 //! | `i1_a_request_smuggled_in_a_token_body_never_reaches_the_upstream` | I1, beyond | a token body that is itself a request (raw CR LF SP): never parsed as a request upstream, and never answers anyone |
 //! | `i1_a_request_smuggled_in_an_authorization_form_never_answers_anyone` | I1 | the same through a POST to `/authorize` the upstream skips |
+//! | `i2_clear_deliveries_are_bound_and_restored` | I2 | query (302/303/307), fragment, form_post, latin-1 `Location`, no client state; every flow: bound, only `state` changed |
+//! | `i2_uncertain_deliveries_are_withheld` | I2 | `#?`, two codes, query+fragment codes, `;`, two states, two hidden codes, meta refresh, JS, page past the scan bound, zstd: 502, no `Location`, no code |
+//! | `i2_a_page_past_the_scan_bound_never_delivers_its_code` | I2 | the form after 256 KiB: 502, or cut off without the code |
+//! | `i2b_an_expired_binding_never_makes_its_code_redeemable_without_its_verifier` | I2 | optional, ttl 1: after expiry no verifier / wrong verifier: 400 `invalid_grant`, nothing upstream |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod driver;
@@ -52,8 +56,11 @@ use std::time::Duration;
 use driver::{After, Body, Conn, Mode, Req, Resp, World, handles};
 use hostile::{Delivery, Flow, Issued, Knobs};
 
-/// The victim's challenge: RFC 7636 Appendix B.
+/// The victim's pair: RFC 7636 Appendix B.
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+/// A verifier of the right shape that matches nothing.
+const WRONG_VERIFIER: &str = "wrongVerifierOfTheRightShape-0123456789abcd";
 /// The attacker's own verifier (its challenge is [`attacker_challenge`]).
 const ATTACKER_VERIFIER: &str = "attackerVerifier-0123456789-abcdefghijklmnop";
 
@@ -100,6 +107,33 @@ fn query_to(redirect: &str, challenge: Option<&str>, extra: &str) -> String {
     }
     q.push_str(extra);
     q
+}
+
+/// A token request for `code`, with `verifier` if any; marked legitimate
+/// when `verifier` is `right` for the code.
+fn token(code: &str, verifier: Option<&str>, right: &str) -> Req {
+    token_to(code, verifier, right, REDIRECT)
+}
+
+fn token_to(code: &str, verifier: Option<&str>, right: &str, redirect: &str) -> Req {
+    let req = Req::post("/token", token_body(code, verifier, redirect));
+    if verifier == Some(right) {
+        req.legit(code)
+    } else {
+        req
+    }
+}
+
+fn token_body(code: &str, verifier: Option<&str>, redirect: &str) -> String {
+    let mut body = format!(
+        "grant_type=authorization_code&code={}&client_id={CLIENT}&redirect_uri={}",
+        enc(code),
+        enc(redirect)
+    );
+    if let Some(v) = verifier {
+        body.push_str(&format!("&code_verifier={v}"));
+    }
+    body
 }
 
 fn with_json(req: Req, json: bool) -> Req {
@@ -297,6 +331,83 @@ fn assert_restored(w: &World, what: &str, req: &Req, resp: &Resp, issued: &Issue
         w.tag(),
         resp.describe()
     );
+    w.check(req, resp);
+}
+
+/// Asserts that `code` is bound to the challenge of `right`: a wrong
+/// verifier and no verifier are refused by the proxy (400
+/// `invalid_grant`, nothing upstream), the right one is forwarded and
+/// redeems it.
+async fn assert_bound(w: &World, what: &str, code: &str, right: &str, redirect: &str) {
+    for (label, verifier) in [
+        ("a wrong verifier", Some(WRONG_VERIFIER)),
+        ("no verifier", None),
+    ] {
+        let req = token_to(code, verifier, right, redirect);
+        let resp = w.send(&req).await;
+        assert!(
+            resp.status == 400 && resp.error().as_deref() == Some("invalid_grant"),
+            "{} {what}: a token request for the delivered code with {label} must get 400 \
+             invalid_grant from the proxy (the code is bound); got {}",
+            w.tag(),
+            resp.describe()
+        );
+        w.assert_not_forwarded(&req, &resp);
+    }
+    let req = token_to(code, Some(right), right, redirect);
+    let resp = w.send(&req).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "{} {what}: the right verifier must redeem the bound code; got {}\nupstream saw:{}",
+        w.tag(),
+        resp.describe(),
+        w.log().summary()
+    );
+}
+
+/// Asserts that an answer carrying `codes` was withheld: 502, no
+/// `Location`, none of the codes nor the client's state in anything the
+/// client received, `server_error` JSON when it asked for JSON. Then checks
+/// it.
+fn assert_withheld(w: &World, what: &str, req: &Req, resp: &Resp, codes: &[String], json: bool) {
+    assert_eq!(
+        resp.status,
+        502,
+        "{} {what}: the answer must be withheld (502, no Location, no code); got {}{}",
+        w.tag(),
+        resp.describe(),
+        w.proxy_log()
+    );
+    assert!(
+        resp.header("location").is_none() && resp.header("refresh").is_none(),
+        "{} {what}: a withheld answer has no Location: {}",
+        w.tag(),
+        resp.describe()
+    );
+    for code in codes {
+        assert!(
+            !resp.contains(code),
+            "{} {what}: the withheld code {code} reached the client: {}",
+            w.tag(),
+            resp.describe()
+        );
+    }
+    assert!(
+        !resp.contains(STATE),
+        "{} {what}: the client's state was put into a withheld answer: {}",
+        w.tag(),
+        resp.describe()
+    );
+    if json {
+        assert_eq!(
+            resp.error().as_deref(),
+            Some("server_error"),
+            "{} {what}: asked for JSON, the refusal must be {{\"error\":\"server_error\"}}: {}",
+            w.tag(),
+            resp.describe()
+        );
+    }
     w.check(req, resp);
 }
 
@@ -583,4 +694,197 @@ async fn i1_a_request_smuggled_in_an_authorization_form_never_answers_anyone() {
         w.finish();
     })
     .await;
+}
+
+// ---------------------------------------------------------------- I2
+
+#[tokio::test]
+async fn i2_clear_deliveries_are_bound_and_restored() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        for flow in [Flow::Direct, Flow::Login, Flow::Consent] {
+            for (delivery, status, extra) in [
+                (Delivery::Query, 302, ""),
+                (Delivery::Query, 303, ""),
+                (Delivery::Query, 307, ""),
+                (Delivery::Fragment, 302, "&response_mode=fragment"),
+                (Delivery::FormPost, 302, "&response_mode=form_post"),
+                (Delivery::Latin1, 302, ""),
+            ] {
+                let what = format!("{flow:?} flow, {delivery:?} delivery ({status})");
+                let latin1 = delivery == Delivery::Latin1;
+                // A redirect_uri with an é, which the latin-1 server writes
+                // as the single byte 0xE9.
+                let redirect = if latin1 {
+                    "https://client.example/caf\u{e9}/cb"
+                } else {
+                    REDIRECT
+                };
+                w.set(|k| {
+                    k.flow = flow;
+                    k.delivery = delivery.clone();
+                    k.redirect_status = status;
+                });
+                let since = issued_count(&w);
+                let (req, resp) =
+                    walk(&w, &query_to(redirect, Some(CHALLENGE), extra), false).await;
+                let (issued, _) = issued_since(&w, since);
+                if latin1 {
+                    assert!(
+                        issued.location.as_ref().is_some_and(|l| l.contains(&0xE9)),
+                        "the hostile server wrote no raw latin-1 byte"
+                    );
+                }
+                if delivery != Delivery::FormPost {
+                    assert_eq!(
+                        resp.status,
+                        status,
+                        "{} {what}: the redirect did not reach the client: {}",
+                        w.tag(),
+                        resp.describe()
+                    );
+                }
+                assert_restored(&w, &what, &req, &resp, &issued);
+                assert_bound(&w, &what, &issued.code, VERIFIER, redirect).await;
+            }
+        }
+
+        // A client without a state of its own gets none back.
+        w.set(|k| {
+            k.flow = Flow::Direct;
+            k.delivery = Delivery::Query;
+            k.redirect_status = 302;
+        });
+        let since = issued_count(&w);
+        let q = format!(
+            "response_type=code&client_id={CLIENT}&redirect_uri={}&code_challenge={CHALLENGE}\
+             &code_challenge_method=S256",
+            enc(REDIRECT)
+        );
+        let (req, resp) = walk(&w, &q, false).await;
+        let (issued, _) = issued_since(&w, since);
+        let sent = String::from_utf8(issued.location.clone().unwrap()).unwrap();
+        let expected = sent.replace(&format!("&state={}", issued.state.clone().unwrap()), "");
+        assert_eq!(
+            resp.header_str("location").as_deref(),
+            Some(expected.as_str()),
+            "{} a client that sent no state must get the Location without one: {}",
+            w.tag(),
+            resp.describe()
+        );
+        w.check(&req, &resp);
+        assert_bound(&w, "no client state", &issued.code, VERIFIER, REDIRECT).await;
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i2_uncertain_deliveries_are_withheld() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let shapes = [
+            Delivery::HashQuery,
+            Delivery::TwoCodes,
+            Delivery::QueryAndFragment,
+            Delivery::Semicolon,
+            Delivery::TwoStates,
+            Delivery::FormPostTwoCodes,
+            Delivery::PaddedFormPostStart,
+            Delivery::MetaRefresh,
+            Delivery::JsRedirect,
+            Delivery::Zstd,
+        ];
+        for flow in [Flow::Direct, Flow::Login] {
+            for (i, delivery) in shapes.iter().enumerate() {
+                let json = i % 2 == 0;
+                let what = format!(
+                    "{flow:?} flow, {delivery:?} delivery{}",
+                    if json {
+                        " (Accept: application/json)"
+                    } else {
+                        ""
+                    }
+                );
+                w.set(|k| {
+                    k.flow = flow;
+                    k.delivery = delivery.clone();
+                });
+                let since = issued_count(&w);
+                let (req, resp) = walk(&w, &query(Some(CHALLENGE), ""), json).await;
+                let (_, codes) = issued_since(&w, since);
+                assert_withheld(&w, &what, &req, &resp, &codes, json);
+            }
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i2_a_page_past_the_scan_bound_never_delivers_its_code() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        for (flow, json) in [(Flow::Direct, false), (Flow::Login, true)] {
+            let what = format!("{flow:?} flow, a form_post page with its form past 256 KiB");
+            w.set(|k| {
+                k.flow = flow;
+                k.delivery = Delivery::PaddedFormPostEnd;
+            });
+            let since = issued_count(&w);
+            let (req, resp) = walk(&w, &query(Some(CHALLENGE), ""), json).await;
+            let (issued, codes) = issued_since(&w, since);
+            if resp.status == 502 {
+                assert_withheld(&w, &what, &req, &resp, &codes, json);
+                continue;
+            }
+            assert!(
+                !resp.complete,
+                "{} {what}: the page arrived whole ({} bytes, status {}): it must be withheld \
+                 (502) or cut off before its code",
+                w.tag(),
+                resp.body.len(),
+                resp.status
+            );
+            assert!(
+                !resp.contains(&issued.code),
+                "{} {what}: the cut-off page still carried the code",
+                w.tag()
+            );
+            w.check(&req, &resp);
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i2b_an_expired_binding_never_makes_its_code_redeemable_without_its_verifier() {
+    let scenario = |strip: bool| async move {
+        let mut args = vec!["--ttl", "1"];
+        if strip {
+            args.push("--strip-pkce-params");
+        }
+        let w = World::start(Mode::Optional, Knobs::default(), &args).await;
+        let code = bound_code(&w, CHALLENGE).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        for (label, verifier) in [
+            ("no verifier", None),
+            ("a wrong verifier", Some(WRONG_VERIFIER)),
+        ] {
+            let req = token(&code, verifier, VERIFIER);
+            let resp = w.send(&req).await;
+            assert!(
+                resp.status == 400 && resp.error().as_deref() == Some("invalid_grant"),
+                "{}{} a code bound with a challenge whose binding expired (--ttl 1, 2.5 s \
+                 later), redeemed with {label}: must get 400 invalid_grant from the proxy; got {}",
+                w.tag(),
+                if strip { " --strip-pkce-params" } else { "" },
+                resp.describe()
+            );
+            w.assert_not_forwarded(&req, &resp);
+        }
+        w.finish();
+    };
+    tokio::join!(scenario(false), scenario(true));
 }
