@@ -45,6 +45,13 @@
 //! | `i2_uncertain_deliveries_are_withheld` | I2 | `#?`, two codes, query+fragment codes, `;`, two states, two hidden codes, meta refresh, JS, page past the scan bound, zstd: 502, no `Location`, no code |
 //! | `i2_a_page_past_the_scan_bound_never_delivers_its_code` | I2 | the form after 256 KiB: 502, or cut off without the code |
 //! | `i2b_an_expired_binding_never_makes_its_code_redeemable_without_its_verifier` | I2 | optional, ttl 1: after expiry no verifier / wrong verifier: 400 `invalid_grant`, nothing upstream |
+//! | `i3_a_code_echoed_into_a_consent_page_is_never_bound` | I3 | consent page echoing `code=X` beside the handle: 502; X never bound |
+//! | `i3_a_delivery_to_another_target_is_withheld` | I3 | redirect with code and handle to another target (other host, prefix tricks, protocol-relative): 502, no state, code not bound |
+//! | `i3_a_form_post_to_another_action_is_withheld` | I3, beyond | form_post action differing in path case or by a trailing slash: 502; host case: bound or withheld |
+//! | `i4_continuations_must_match_their_transaction` | I4 | other client_id, redirect_uri, challenge, or a redirect_uri the transaction lacked: 400, nothing upstream; handle alone or the same parameters: forwarded |
+//! | `i4_a_finished_transaction_cannot_be_continued` | I4 | after its code was bound: 400 `invalid_request`, "took too long" page |
+//! | `i4_a_victim_lured_onto_an_attackers_handle_is_stopped` | I4 | victim request with the attacker's handle (also as `STATE`, `st%61te`): 400, nothing upstream |
+//! | `i4_a_continuation_with_two_handles_is_refused` | I4, beyond | handle in the query and another in the body: 400, nothing upstream |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod driver;
@@ -231,6 +238,27 @@ async fn login(w: &World, page: &Resp, json: bool) -> (Req, Resp) {
     );
     let resp = w.send_unchecked(&req).await;
     (req, resp)
+}
+
+/// Starts a transaction on the login flow and returns its handle, read
+/// from the login page as an attacker would.
+async fn start_login(w: &World, query: &str) -> (String, Resp) {
+    let page = w.send(&Req::get(&format!("/authorize?{query}"))).await;
+    assert_eq!(
+        page.status,
+        200,
+        "{} starting a transaction: {}",
+        w.tag(),
+        page.describe()
+    );
+    let handle = handles(&page.text()).into_iter().next().unwrap_or_else(|| {
+        panic!(
+            "{} the login page shows no handle: {}",
+            w.tag(),
+            page.describe()
+        )
+    });
+    (handle, page)
 }
 
 /// The code issued last, and every code issued since `since`.
@@ -426,6 +454,49 @@ async fn bound_code(w: &World, challenge: &str) -> String {
     assert_restored(w, "a plain delivery", &req, &resp, &issued);
     w.set(|k| *k = saved);
     issued.code
+}
+
+async fn assert_refused(w: &World, what: &str, req: &Req, status: u16, error: &str) -> Resp {
+    let resp = w.send(req).await;
+    assert!(
+        resp.status == status && resp.error().as_deref() == Some(error),
+        "{} {what}: expected {status} {error} from the proxy; got {}{}",
+        w.tag(),
+        resp.describe(),
+        w.proxy_log()
+    );
+    w.assert_not_forwarded(req, &resp);
+    resp
+}
+
+/// Either the code left bound (and no handle reached the client) or the
+/// answer was withheld: I2 in its general form, for shapes where both are
+/// safe.
+async fn assert_bound_or_withheld(
+    w: &World,
+    what: &str,
+    req: &Req,
+    resp: &Resp,
+    codes: &[String],
+    json: bool,
+) {
+    if resp.status == 502 {
+        assert_withheld(w, what, req, resp, codes, json);
+        return;
+    }
+    w.check(req, resp);
+    assert!(
+        handles(&delivered_text(resp)).is_empty()
+            && handles(&hostile::decode(&delivered_text(resp))).is_empty(),
+        "{} {what}: the answer was not withheld, yet the handle reached the client: {}",
+        w.tag(),
+        resp.describe()
+    );
+    for code in codes {
+        if resp.contains(code) {
+            assert_bound(w, what, code, VERIFIER, REDIRECT).await;
+        }
+    }
 }
 
 // ---------------------------------------------------------------- I1
@@ -887,4 +958,390 @@ async fn i2b_an_expired_binding_never_makes_its_code_redeemable_without_its_veri
         w.finish();
     };
     tokio::join!(scenario(false), scenario(true));
+}
+
+// ---------------------------------------------------------------- I3
+
+#[tokio::test]
+async fn i3_a_code_echoed_into_a_consent_page_is_never_bound() {
+    every_mode(|mode| async move {
+        let knobs = Knobs {
+            flow: Flow::Consent,
+            ..Knobs::default()
+        };
+        let w = World::start(mode, knobs, &[]).await;
+        let echoed = "attacker-chosen-code-0123456789";
+        let attacker = attacker_challenge();
+        for json in [false, true] {
+            let req = with_json(
+                Req::get(&format!(
+                    "/authorize?{}",
+                    query(Some(&attacker), &format!("&code={echoed}"))
+                )),
+                json,
+            );
+            let resp = w.send_unchecked(&req).await;
+            assert_withheld(
+                &w,
+                "a consent page that echoes code= beside the handle, in a form posting to /authorize",
+                &req,
+                &resp,
+                &[echoed.to_owned()],
+                json,
+            );
+        }
+        if mode.required() {
+            let req = Req::post(
+                "/token",
+                token_body(echoed, Some(ATTACKER_VERIFIER), REDIRECT),
+            );
+            assert_refused(
+                &w,
+                "redeeming the echoed value with the attacker's verifier (it must never be bound)",
+                &req,
+                400,
+                "invalid_grant",
+            )
+            .await;
+        }
+        // Without the echo, the consent flow completes.
+        let since = issued_count(&w);
+        let (req, resp) = walk(&w, &query(Some(CHALLENGE), ""), false).await;
+        let (issued, _) = issued_since(&w, since);
+        assert_restored(&w, "a consent flow", &req, &resp, &issued);
+        assert_bound(&w, "a consent flow", &issued.code, VERIFIER, REDIRECT).await;
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i3_a_delivery_to_another_target_is_withheld() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let targets = [
+            "https://evil.example/cb",
+            "https://client.example/cbx",
+            "https://client.example/cb.evil.example",
+            "https://client.example.evil.example/cb",
+            "https://client.example@evil.example/cb",
+            "https://client.example/cb/../../evil",
+            "//evil.example/cb",
+            "http://client.example/cb",
+        ];
+        for flow in [Flow::Direct, Flow::Login] {
+            for (i, target) in targets.iter().enumerate() {
+                let json = i % 2 == 1;
+                let what = format!("{flow:?} flow, code and handle sent to {target}");
+                w.set(|k| {
+                    k.flow = flow;
+                    k.delivery = Delivery::Foreign((*target).to_owned());
+                });
+                let since = issued_count(&w);
+                let (req, resp) = walk(&w, &query(Some(CHALLENGE), ""), json).await;
+                let (issued, codes) = issued_since(&w, since);
+                assert_withheld(&w, &what, &req, &resp, &codes, json);
+                if mode.required() {
+                    // Not legitimate: the code must not have been bound.
+                    let req =
+                        Req::post("/token", token_body(&issued.code, Some(VERIFIER), REDIRECT));
+                    assert_refused(
+                        &w,
+                        &format!("{what}: redeeming that code (it must not be bound)"),
+                        &req,
+                        400,
+                        "invalid_grant",
+                    )
+                    .await;
+                }
+            }
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i3_a_form_post_to_another_action_is_withheld() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        for (action, strict) in [
+            ("https://client.example/CB", true),
+            ("https://client.example/cb/", true),
+            ("https://evil.example/cb", true),
+            ("/authorize", true),
+            ("HTTPS://CLIENT.EXAMPLE/cb", false),
+        ] {
+            let what = format!("a form_post page posting to {action}");
+            w.set(|k| {
+                k.flow = Flow::Login;
+                k.delivery = Delivery::FormPostTo(action.to_owned());
+            });
+            let since = issued_count(&w);
+            let (req, resp) = walk(
+                &w,
+                &query(Some(CHALLENGE), "&response_mode=form_post"),
+                false,
+            )
+            .await;
+            let (_, codes) = issued_since(&w, since);
+            if strict {
+                assert_withheld(&w, &what, &req, &resp, &codes, false);
+            } else {
+                assert_bound_or_withheld(&w, &what, &req, &resp, &codes, false).await;
+            }
+        }
+        w.finish();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- I4
+
+#[tokio::test]
+async fn i4_continuations_must_match_their_transaction() {
+    every_mode(|mode| async move {
+        let knobs = Knobs {
+            flow: Flow::Login,
+            ..Knobs::default()
+        };
+        let w = World::start(mode, knobs, &[]).await;
+        let (h, _) = start_login(&w, &query(Some(CHALLENGE), "")).await;
+        let r = enc(REDIRECT);
+        let att = attacker_challenge();
+        let evil = enc("https://attacker.example/cb");
+        let pkce = |c: &str| format!("&code_challenge={c}&code_challenge_method=S256");
+        let cases = [
+            (
+                "another client_id",
+                format!(
+                    "response_type=code&client_id=other-app&redirect_uri={r}&state={h}{}",
+                    pkce(CHALLENGE)
+                ),
+            ),
+            (
+                "another redirect_uri",
+                format!(
+                    "response_type=code&client_id={CLIENT}&redirect_uri={evil}&state={h}{}",
+                    pkce(CHALLENGE)
+                ),
+            ),
+            (
+                "another code_challenge",
+                format!(
+                    "response_type=code&client_id={CLIENT}&redirect_uri={r}&state={h}{}",
+                    pkce(&att)
+                ),
+            ),
+            (
+                "only another client_id",
+                format!("client_id=other-app&state={h}"),
+            ),
+            (
+                "only another redirect_uri",
+                format!("redirect_uri={evil}&state={h}"),
+            ),
+            (
+                "only another code_challenge",
+                format!("state={h}{}", pkce(&att)),
+            ),
+        ];
+        for (what, q) in &cases {
+            let req = Req::get(&format!("/authorize?{q}")).json();
+            assert_refused(
+                &w,
+                &format!("a continuation with {what}"),
+                &req,
+                400,
+                "invalid_request",
+            )
+            .await;
+        }
+        // The same as a consent-style POST, the handle in the body.
+        let req = Req::post(
+            "/authorize",
+            format!("response_type=code&client_id=other-app&redirect_uri={r}&state={h}"),
+        )
+        .json();
+        assert_refused(
+            &w,
+            "a POSTed continuation with another client_id",
+            &req,
+            400,
+            "invalid_request",
+        )
+        .await;
+
+        // A transaction that had no redirect_uri gets none added.
+        let (h2, _) = start_login(
+            &w,
+            &format!(
+                "response_type=code&client_id={CLIENT}&state={STATE}{}",
+                pkce(CHALLENGE)
+            ),
+        )
+        .await;
+        let req = Req::get(&format!(
+            "/authorize?response_type=code&client_id={CLIENT}&redirect_uri={evil}&state={h2}"
+        ))
+        .json();
+        assert_refused(
+            &w,
+            "a continuation adding a redirect_uri its transaction did not have",
+            &req,
+            400,
+            "invalid_request",
+        )
+        .await;
+
+        // What matches is forwarded (on a transaction of its own: whether a
+        // refused continuation ends its transaction is not in question here).
+        let (h, _) = start_login(&w, &query(Some(CHALLENGE), "")).await;
+        for (what, q) in [
+            ("only the handle", format!("state={h}")),
+            (
+                "the transaction's own parameters",
+                format!(
+                    "response_type=code&client_id={CLIENT}&redirect_uri={r}&state={h}{}",
+                    pkce(CHALLENGE)
+                ),
+            ),
+        ] {
+            let req = Req::get(&format!("/authorize?{q}"));
+            let resp = w.send(&req).await;
+            assert!(
+                resp.status == 200 && w.upstream_saw(&req.id),
+                "{} a continuation with {what} must be forwarded; got {}",
+                w.tag(),
+                resp.describe()
+            );
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i4_a_finished_transaction_cannot_be_continued() {
+    every_mode(|mode| async move {
+        let knobs = Knobs {
+            flow: Flow::Login,
+            ..Knobs::default()
+        };
+        let w = World::start(mode, knobs, &[]).await;
+        let q = query(Some(CHALLENGE), "");
+        let since = issued_count(&w);
+        let (h, page) = start_login(&w, &q).await;
+        let (req, resp) = login(&w, &page, false).await;
+        let (issued, _) = issued_since(&w, since);
+        assert_restored(&w, "the login flow", &req, &resp, &issued);
+        let again = q.replace(&format!("state={STATE}"), &format!("state={h}"));
+        for json in [false, true] {
+            let req = with_json(Req::get(&format!("/authorize?{again}")), json);
+            let resp = w.send(&req).await;
+            assert_eq!(
+                resp.status,
+                400,
+                "{} continuing a transaction whose code was bound: must get 400; got {}",
+                w.tag(),
+                resp.describe()
+            );
+            if json {
+                assert_eq!(
+                    resp.error().as_deref(),
+                    Some("invalid_request"),
+                    "{} {}",
+                    w.tag(),
+                    resp.describe()
+                );
+            } else {
+                assert!(
+                    resp.text().contains("took too long"),
+                    "{} continuing a finished transaction: expected the \"took too long\" page; \
+                     got {}",
+                    w.tag(),
+                    resp.describe()
+                );
+            }
+            w.assert_not_forwarded(&req, &resp);
+        }
+        assert_bound(&w, "the login flow", &issued.code, VERIFIER, REDIRECT).await;
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i4_a_victim_lured_onto_an_attackers_handle_is_stopped() {
+    every_mode(|mode| async move {
+        let knobs = Knobs {
+            flow: Flow::Login,
+            ..Knobs::default()
+        };
+        let w = World::start(mode, knobs, &[]).await;
+        let att = attacker_challenge();
+        let attacker_cb = "https://attacker.example/cb";
+        let (h, _) = start_login(
+            &w,
+            &format!(
+                "response_type=code&client_id=attacker-app&redirect_uri={}&state=mine\
+                 &code_challenge={att}&code_challenge_method=S256",
+                enc(attacker_cb)
+            ),
+        )
+        .await;
+        let lure = format!("response_type=code&client_id=victim-app&redirect_uri={}", enc(attacker_cb));
+        for (what, q) in [
+            ("state", format!("{lure}&state={h}")),
+            ("state, with the attacker's challenge", format!("{lure}&state={h}&code_challenge={att}&code_challenge_method=S256")),
+            ("STATE (a name a loose server folds)", format!("{lure}&STATE={h}")),
+            ("st%61te (a name a server decodes)", format!("{lure}&st%61te={h}")),
+        ] {
+            let req = Req::get(&format!("/authorize?{q}")).json();
+            let resp = w.send(&req).await;
+            assert!(
+                (400..500).contains(&resp.status),
+                "{} a victim's request carrying the attacker's handle as {what}: must get 400; got {}",
+                w.tag(),
+                resp.describe()
+            );
+            w.assert_not_forwarded(&req, &resp);
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i4_a_continuation_with_two_handles_is_refused() {
+    every_mode(|mode| async move {
+        let knobs = Knobs {
+            flow: Flow::Login,
+            ..Knobs::default()
+        };
+        let w = World::start(mode, knobs, &[]).await;
+        let (h1, _) = start_login(&w, &query(Some(CHALLENGE), "")).await;
+        let (h2, _) = start_login(&w, &query(Some(CHALLENGE), "")).await;
+        let r = enc(REDIRECT);
+        let req = Req::post(
+            &format!("/authorize?state={h1}"),
+            format!("client_id={CLIENT}&redirect_uri={r}&state={h2}"),
+        )
+        .json();
+        assert_refused(
+            &w,
+            "a handle in the query and another in the body",
+            &req,
+            400,
+            "invalid_request",
+        )
+        .await;
+        let req = Req::get(&format!(
+            "/authorize?client_id={CLIENT}&state={h1}&state={h2}"
+        ))
+        .json();
+        assert_refused(&w, "two handles in the query", &req, 400, "invalid_request").await;
+        w.finish();
+    })
+    .await;
 }
