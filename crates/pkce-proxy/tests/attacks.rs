@@ -52,6 +52,16 @@
 //! | `i4_a_finished_transaction_cannot_be_continued` | I4 | after its code was bound: 400 `invalid_request`, "took too long" page |
 //! | `i4_a_victim_lured_onto_an_attackers_handle_is_stopped` | I4 | victim request with the attacker's handle (also as `STATE`, `st%61te`): 400, nothing upstream |
 //! | `i4_a_continuation_with_two_handles_is_refused` | I4, beyond | handle in the query and another in the body: 400, nothing upstream |
+//! | `i5_connection_cannot_hide_a_checked_field` | I5 | `Connection: Authorization` (any case, in a list) on a token request; `host`, `content-type`, `content-length`, `transfer-encoding`, `cookie` anywhere: 400, nothing upstream |
+//! | `i5_connection_authorization_cannot_make_the_upstream_skip_a_checked_body` | I5 | the chain that makes it matter: nothing upstream, the victim's code never redeemed |
+//! | `i5_connection_still_removes_other_fields` | I5 | `Connection: x-foo`: forwarded without `x-foo` |
+//! | `i5_token_parameters_in_the_query_are_refused` | I5 | `code`, `code_verifier`, `grant_type`, `redirect_uri`, `client_id`, `client_assertion` in a token query: 400 `invalid_request`, nothing upstream |
+//! | `i5_token_trailers_are_refused` | I5 | a chunked token request with trailers: 400, nothing upstream |
+//! | `i5_token_path_aliases_are_checked` | I5, beyond | `/TOKEN`, `/token/`, `//token`, `/token;x`, `/%74oken`, `/a/../token`: checked, wrong verifier refused |
+//! | `i6_a_5xx_from_the_token_upstream_restores_the_binding` | I6 | 500/502/503: the retry with the right verifier succeeds |
+//! | `i6_an_unreachable_upstream_restores_the_binding` | I6 | 502, then the retry succeeds |
+//! | `i6_a_token_timeout_leaves_the_binding_spent` | I6 | 504, retry 400 `invalid_grant`, the upstream saw the code once |
+//! | `i6_a_token_connection_closed_without_answer_leaves_the_binding_spent` | I6 | 502, retry 400 `invalid_grant`, the upstream saw the code once |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod driver;
@@ -61,7 +71,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use driver::{After, Body, Conn, Mode, Req, Resp, World, handles};
-use hostile::{Delivery, Flow, Issued, Knobs};
+use hostile::{Delivery, Flow, Issued, Knobs, TokenFault};
 
 /// The victim's pair: RFC 7636 Appendix B.
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -1341,6 +1351,403 @@ async fn i4_a_continuation_with_two_handles_is_refused() {
         ))
         .json();
         assert_refused(&w, "two handles in the query", &req, 400, "invalid_request").await;
+        w.finish();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- I5
+
+#[tokio::test]
+async fn i5_connection_cannot_hide_a_checked_field() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let code = bound_code(&w, CHALLENGE).await;
+        for value in [
+            "Authorization",
+            "authorization",
+            "AUTHORIZATION",
+            "keep-alive, Authorization",
+            "close,authorization",
+            "x-foo , Authorization",
+        ] {
+            let req = token(&code, Some(VERIFIER), VERIFIER)
+                .header("Authorization", "Basic YXBwOg==")
+                .header("Connection", value);
+            let resp = w.send(&req).await;
+            assert_eq!(
+                resp.status,
+                400,
+                "{} a token request with Connection: {value}: must get 400 from the proxy; got {}",
+                w.tag(),
+                resp.describe()
+            );
+            w.assert_not_forwarded(&req, &resp);
+        }
+        let authorize = format!("/authorize?{}", query(Some(CHALLENGE), ""));
+        for field in [
+            "host",
+            "Host",
+            "content-type",
+            "content-length",
+            "Content-Length",
+            "transfer-encoding",
+            "cookie",
+            "keep-alive, Cookie",
+        ] {
+            for (what, req) in [
+                ("a token request", token(&code, Some(VERIFIER), VERIFIER)),
+                ("an authorization request", Req::get(&authorize).json()),
+                ("a GET elsewhere", Req::get("/other")),
+                ("a POST elsewhere", Req::post("/other", "a=1")),
+            ] {
+                let req = req
+                    .header("Cookie", "session=1")
+                    .header("Connection", field);
+                let resp = w.send(&req).await;
+                assert_eq!(
+                    resp.status,
+                    400,
+                    "{} {what} with Connection: {field}: must get 400 from the proxy; got {}",
+                    w.tag(),
+                    resp.describe()
+                );
+                w.assert_not_forwarded(&req, &resp);
+            }
+        }
+        w.finish();
+    })
+    .await;
+}
+
+/// Why `Connection: Authorization` matters: the proxy checks a request
+/// whose `Authorization` it then removes, and a server that answers `/token`
+/// without client authentication by not reading the body reads the body as
+/// the next request, one that redeems the victim's code.
+#[tokio::test]
+async fn i5_connection_authorization_cannot_make_the_upstream_skip_a_checked_body() {
+    every_mode(|mode| async move {
+        let knobs = Knobs {
+            token_body_needs_authorization: true,
+            ..Knobs::default()
+        };
+        let w = World::start(mode, knobs, &[]).await;
+        let victim = bound_code(&w, CHALLENGE).await;
+        let mine = bound_code(&w, &attacker_challenge()).await;
+        let body = format!(
+            "POST /token?code={victim}&grant_type=authorization_code HTTP/1.1\r\n\
+             Host: upstream\r\nAuthorization: Basic YXBwOg==\r\nx-test-id: smuggled-past-connection\r\n\
+             X-Pad: &code={mine}&code_verifier={ATTACKER_VERIFIER}&client_id={CLIENT}&redirect_uri={}&z=\r\n\
+             Content-Length: 0\r\n\r\n",
+            enc(REDIRECT)
+        );
+        let req = Req::post("/token", body)
+            .header("Authorization", "Basic YXBwOg==")
+            .header("Connection", "Authorization")
+            .legit(&mine);
+        let resp = w.send(&req).await;
+        let log = w.log();
+        let redeemed = log.tokens_for(&victim);
+        assert!(
+            redeemed.is_empty(),
+            "{} through Connection: Authorization the upstream redeemed the victim's code in a \
+             request it read out of a checked token body ({:?}); upstream saw:{}",
+            w.tag(),
+            redeemed.iter().map(|t| (&t.test_id, t.answered)).collect::<Vec<_>>(),
+            log.summary()
+        );
+        drop(log);
+        assert_eq!(
+            resp.status,
+            400,
+            "{} a token request with Connection: Authorization: must get 400; got {}",
+            w.tag(),
+            resp.describe()
+        );
+        w.assert_not_forwarded(&req, &resp);
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i5_connection_still_removes_other_fields() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let code = bound_code(&w, CHALLENGE).await;
+        for (what, req) in [
+            ("a GET elsewhere", Req::get("/other")),
+            ("a token request", token(&code, Some(VERIFIER), VERIFIER)),
+        ] {
+            let req = req.header("Connection", "x-foo").header("X-Foo", "1");
+            let resp = w.send(&req).await;
+            assert_eq!(
+                resp.status,
+                200,
+                "{} {what} with Connection: x-foo must be forwarded; got {}",
+                w.tag(),
+                resp.describe()
+            );
+            let log = w.log();
+            let seen = log.with_id(&req.id);
+            assert!(
+                seen.len() == 1 && seen[0].header("x-foo").is_none(),
+                "{} {what}: the upstream must get it once, without x-foo; it saw:{}",
+                w.tag(),
+                log.summary()
+            );
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i5_token_parameters_in_the_query_are_refused() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let victim = bound_code(&w, CHALLENGE).await;
+        let mine = bound_code(&w, &attacker_challenge()).await;
+        // The attacker's own request passes every check in its body; the
+        // upstream lets the query win.
+        let body = token_body(&mine, Some(ATTACKER_VERIFIER), REDIRECT);
+        let r = enc(REDIRECT);
+        for (name, value) in [
+            ("code", victim.as_str()),
+            ("c%6Fde", victim.as_str()),
+            ("code_verifier", VERIFIER),
+            ("grant_type", "authorization_code"),
+            ("redirect_uri", r.as_str()),
+            ("client_id", CLIENT),
+            (
+                "client_assertion",
+                "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhcHAifQ.",
+            ),
+        ] {
+            let req = Req::post(&format!("/token?{name}={value}"), body.clone()).legit(&mine);
+            assert_refused(
+                &w,
+                &format!("a token request with {name} in the query"),
+                &req,
+                400,
+                "invalid_request",
+            )
+            .await;
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i5_token_trailers_are_refused() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let code = bound_code(&w, CHALLENGE).await;
+        let chunked = |trailers: &str| {
+            Req::new("POST", "/token")
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(Body::Chunked(
+                    token_body(&code, Some(VERIFIER), REDIRECT).into_bytes(),
+                    trailers.to_owned(),
+                ))
+                .legit(&code)
+        };
+        for trailers in [
+            "X-Extra: 1\r\n",
+            "Authorization: Basic YXBwOg==\r\n",
+            "Content-Type: text/plain\r\n",
+        ] {
+            let req = chunked(trailers);
+            let resp = w.send(&req).await;
+            assert_eq!(
+                resp.status,
+                400,
+                "{} a chunked token request with the trailer {:?}: must get 400; got {}",
+                w.tag(),
+                trailers.trim_end(),
+                resp.describe()
+            );
+            w.assert_not_forwarded(&req, &resp);
+        }
+        // Chunked without trailers is fine (a code of its own: whether a
+        // refusal counts as a failed attempt is not in question here).
+        let code = bound_code(&w, CHALLENGE).await;
+        let req = Req::new("POST", "/token")
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(Body::Chunked(
+                token_body(&code, Some(VERIFIER), REDIRECT).into_bytes(),
+                String::new(),
+            ))
+            .legit(&code);
+        let resp = w.send(&req).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "{} a chunked token request without trailers redeems the code; got {}",
+            w.tag(),
+            resp.describe()
+        );
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i5_token_path_aliases_are_checked() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let code = bound_code(&w, CHALLENGE).await;
+        for path in [
+            "/TOKEN",
+            "/token/",
+            "//token",
+            "/token;x=1",
+            "/%74oken",
+            "/a/../token",
+            "/Token/",
+        ] {
+            let req = Req::post(path, token_body(&code, Some(WRONG_VERIFIER), REDIRECT));
+            assert_refused(
+                &w,
+                &format!("POST {path} (the upstream routes it to /token) with a wrong verifier"),
+                &req,
+                400,
+                "invalid_grant",
+            )
+            .await;
+        }
+        w.finish();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- I6
+
+#[tokio::test]
+async fn i6_a_5xx_from_the_token_upstream_restores_the_binding() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        for status in [500, 502, 503] {
+            let code = bound_code(&w, CHALLENGE).await;
+            w.set(|k| k.token_faults = [TokenFault::Status(status)].into());
+            let req = token(&code, Some(VERIFIER), VERIFIER);
+            let resp = w.send(&req).await;
+            assert!(
+                resp.status >= 500 && w.upstream_saw(&req.id),
+                "{} the token upstream answers {status}: expected a 5xx after forwarding; got {}",
+                w.tag(),
+                resp.describe()
+            );
+            let retry = token(&code, Some(VERIFIER), VERIFIER);
+            let resp = w.send(&retry).await;
+            assert_eq!(
+                resp.status,
+                200,
+                "{} after the token upstream answered {status}, the binding must be restored and \
+                 the same request redeem the code; got {}",
+                w.tag(),
+                resp.describe()
+            );
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i6_an_unreachable_upstream_restores_the_binding() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let code = bound_code(&w, CHALLENGE).await;
+        w.up.go_dark().await;
+        let req = token(&code, Some(VERIFIER), VERIFIER);
+        let resp = w.send(&req).await;
+        assert_eq!(
+            resp.status,
+            502,
+            "{} the token upstream cannot be reached: expected 502; got {}",
+            w.tag(),
+            resp.describe()
+        );
+        w.up.come_back().await;
+        let retry = token(&code, Some(VERIFIER), VERIFIER);
+        let resp = w.send(&retry).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "{} the request never reached the upstream, so the binding must be restored and the \
+             retry redeem the code; got {}",
+            w.tag(),
+            resp.describe()
+        );
+        w.finish();
+    })
+    .await;
+}
+
+/// The upstream redeemed the code (it read the request) and then said
+/// nothing: the binding stays spent, and no retry reaches it.
+async fn assert_spent_after(w: &World, fault: TokenFault, status: u16, what: &str) {
+    let code = bound_code(w, CHALLENGE).await;
+    w.set(|k| k.token_faults = [fault].into());
+    let req = token(&code, Some(VERIFIER), VERIFIER);
+    let resp = w.send(&req).await;
+    assert_eq!(
+        resp.status,
+        status,
+        "{} {what}: expected {status}; got {}",
+        w.tag(),
+        resp.describe()
+    );
+    let retry = token(&code, Some(VERIFIER), VERIFIER);
+    assert_refused(
+        w,
+        &format!(
+            "{what}: the upstream may have redeemed the code, so a retry with the right verifier"
+        ),
+        &retry,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    let log = w.log();
+    assert_eq!(
+        log.tokens_for(&code).len(),
+        1,
+        "{} {what}: the upstream must receive the code once; it saw:{}",
+        w.tag(),
+        log.summary()
+    );
+}
+
+#[tokio::test]
+async fn i6_a_token_timeout_leaves_the_binding_spent() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &["--response-timeout", "1"]).await;
+        assert_spent_after(
+            &w,
+            TokenFault::AnswerAfter(Duration::from_millis(2500)),
+            504,
+            "the token upstream answers after --response-timeout",
+        )
+        .await;
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn i6_a_token_connection_closed_without_answer_leaves_the_binding_spent() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        assert_spent_after(
+            &w,
+            TokenFault::CloseWithoutAnswer,
+            502,
+            "the token upstream closes the connection without answering",
+        )
+        .await;
         w.finish();
     })
     .await;
