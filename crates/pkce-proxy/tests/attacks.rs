@@ -62,6 +62,10 @@
 //! | `i6_an_unreachable_upstream_restores_the_binding` | I6 | 502, then the retry succeeds |
 //! | `i6_a_token_timeout_leaves_the_binding_spent` | I6 | 504, retry 400 `invalid_grant`, the upstream saw the code once |
 //! | `i6_a_token_connection_closed_without_answer_leaves_the_binding_spent` | I6 | 502, retry 400 `invalid_grant`, the upstream saw the code once |
+//! | `beyond_handle_spellings_in_a_delivery` | I2, beyond | encoded handle, `STATE=`, `Code=`, state in query and fragment, state only in the fragment, 200 with `Location`, `Refresh` header: bound (handle gone) or withheld |
+//! | `beyond_an_http10_upstream_delivers_bound_codes` | I2, beyond | HTTP/1.0 answers, close-delimited pages: bound and restored |
+//! | `beyond_head_at_the_authorization_endpoint_binds` | I2, beyond | a HEAD that issues a code: bound and restored |
+//! | `beyond_a_code_beside_an_unknown_handle_is_not_handed_out` | I2, beyond | a code beside a handle-shaped value the proxy never minted: the code never reaches the client |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod driver;
@@ -1748,6 +1752,123 @@ async fn i6_a_token_connection_closed_without_answer_leaves_the_binding_spent() 
             "the token upstream closes the connection without answering",
         )
         .await;
+        w.finish();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- beyond
+
+#[tokio::test]
+async fn beyond_handle_spellings_in_a_delivery() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        for flow in [Flow::Direct, Flow::Login] {
+            for delivery in [
+                Delivery::EncodedState,
+                Delivery::UpperState,
+                Delivery::UpperCode,
+                Delivery::StateInQueryAndFragment,
+                Delivery::StateOnlyInFragment,
+                Delivery::OkWithLocation,
+                Delivery::RefreshHeader,
+            ] {
+                let what = format!("{flow:?} flow, {delivery:?} delivery");
+                w.set(|k| {
+                    k.flow = flow;
+                    k.delivery = delivery.clone();
+                });
+                let since = issued_count(&w);
+                let (req, resp) = walk(&w, &query(Some(CHALLENGE), ""), false).await;
+                let (_, codes) = issued_since(&w, since);
+                assert_bound_or_withheld(&w, &what, &req, &resp, &codes, false).await;
+            }
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn beyond_an_http10_upstream_delivers_bound_codes() {
+    every_mode(|mode| async move {
+        let knobs = Knobs {
+            http10: true,
+            ..Knobs::default()
+        };
+        let w = World::start(mode, knobs, &[]).await;
+        for flow in [Flow::Direct, Flow::Login] {
+            for (delivery, extra) in [
+                (Delivery::Query, ""),
+                (Delivery::FormPost, "&response_mode=form_post"),
+            ] {
+                let what = format!("HTTP/1.0 upstream, {flow:?} flow, {delivery:?} delivery");
+                w.set(|k| {
+                    k.flow = flow;
+                    k.delivery = delivery.clone();
+                });
+                let since = issued_count(&w);
+                let (req, resp) = walk(&w, &query(Some(CHALLENGE), extra), false).await;
+                let (issued, _) = issued_since(&w, since);
+                assert_restored(&w, &what, &req, &resp, &issued);
+                assert_bound(&w, &what, &issued.code, VERIFIER, REDIRECT).await;
+            }
+        }
+        w.finish();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn beyond_head_at_the_authorization_endpoint_binds() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        let since = issued_count(&w);
+        let req = Req::new(
+            "HEAD",
+            &format!("/authorize?{}", query(Some(CHALLENGE), "")),
+        );
+        let resp = w.send_unchecked(&req).await;
+        let (issued, _) = issued_since(&w, since);
+        assert_eq!(
+            resp.status,
+            302,
+            "{} HEAD /authorize: the redirect did not reach the client: {}",
+            w.tag(),
+            resp.describe()
+        );
+        assert_restored(&w, "HEAD /authorize", &req, &resp, &issued);
+        assert_bound(&w, "HEAD /authorize", &issued.code, VERIFIER, REDIRECT).await;
+        w.finish();
+    })
+    .await;
+}
+
+/// A code beside a handle the proxy never minted (a server that mixed up
+/// two sign-ins) cannot be bound: it must not reach the client, whatever
+/// the page says (DESIGN.md: the "took too long" page).
+#[tokio::test]
+async fn beyond_a_code_beside_an_unknown_handle_is_not_handed_out() {
+    every_mode(|mode| async move {
+        let w = World::start(mode, Knobs::default(), &[]).await;
+        for flow in [Flow::Direct, Flow::Login] {
+            w.set(|k| {
+                k.flow = flow;
+                k.delivery = Delivery::UnknownHandle;
+            });
+            let since = issued_count(&w);
+            let (req, resp) = walk(&w, &query(Some(CHALLENGE), ""), false).await;
+            let (issued, _) = issued_since(&w, since);
+            assert!(
+                !resp.contains(&issued.code) && resp.header("location").is_none(),
+                "{} {flow:?} flow, a code beside a handle the proxy never minted: it cannot be \
+                 bound, so it must not reach the client; got {}{}",
+                w.tag(),
+                resp.describe(),
+                w.proxy_log()
+            );
+            w.check(&req, &resp);
+        }
         w.finish();
     })
     .await;
