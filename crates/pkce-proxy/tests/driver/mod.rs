@@ -785,7 +785,8 @@ impl World {
         let log = self.log();
         assert!(
             log.with_id(&req.id).is_empty(),
-            "{} {} reached the upstream (the proxy answered {}); upstream saw:{}",
+            "{} {} reached the upstream, which must never see it (the client got {}); \
+             upstream saw:{}",
             self.tag(),
             req.line(),
             resp.describe(),
