@@ -563,3 +563,32 @@ async fn a_binding_stays_spent_when_the_service_fails() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// A checked body is forwarded with every byte outside visible ASCII
+/// percent-encoded: the same parameters for the upstream, and no line for
+/// a server that leaves the body unread and reads on (invariant I1).
+#[tokio::test]
+async fn checked_bodies_are_forwarded_inert() {
+    let (server, svc, code) = bound_code(PkceLayer::strict()).await;
+    let body = format!(
+        "grant_type=authorization_code&code={code}&code_verifier={RFC_VERIFIER}&client_id=client-a&junk=\r\n\r\nPOST /token HTTP/1.1\r\nx: caf\u{e9}"
+    );
+    let ok = send(
+        &svc,
+        post_with("application/x-www-form-urlencoded", None, body),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+    let seen = server
+        .state
+        .last_token_body
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert!(seen.bytes().all(|b| b.is_ascii_graphic()), "{seen:?}");
+    assert!(
+        seen.ends_with("&junk=%0D%0A%0D%0APOST%20/token%20HTTP/1.1%0D%0Ax:%20caf%C3%A9"),
+        "{seen}"
+    );
+}

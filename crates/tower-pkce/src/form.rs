@@ -275,6 +275,26 @@ pub(crate) fn encode(value: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `input` with every byte outside visible ASCII (space, controls, CR, LF,
+/// obs-text) percent-encoded, or `None` when it has none. A form parser
+/// reads the result back to the same parameters.
+pub(crate) fn escape_unsafe(input: &[u8]) -> Option<Vec<u8>> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let safe = |b: u8| b.is_ascii_graphic();
+    if input.iter().all(|&b| safe(b)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(input.len() + 16);
+    for &b in input {
+        if safe(b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        }
+    }
+    Some(out)
+}
+
 /// Reads the parameters named in `names` from `input`, after checking that
 /// every name and value in it decodes.
 ///
@@ -459,6 +479,26 @@ mod tests {
 
     const A: Separators = Separators::Ampersand;
     const S: Separators = Separators::AmpersandOrSemicolon;
+
+    #[test]
+    fn escaping_unsafe_bytes_keeps_the_parameters() {
+        assert_eq!(escape_unsafe(b"a=1&b=x+y%20z"), None);
+        let input = "grant_type=refresh_token\r\n&x=a b&y=caf\u{e9}";
+        let escaped = escape_unsafe(input.as_bytes()).unwrap();
+        assert!(escaped.iter().all(u8::is_ascii_graphic));
+        let escaped = String::from_utf8(escaped).unwrap();
+        let read = |s: &str| -> Vec<(String, String)> {
+            raw_pairs(s, Separators::Ampersand)
+                .map(|p| {
+                    (
+                        name_of(p).unwrap().into_owned(),
+                        value_of(p).unwrap().into_owned(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(read(&escaped), read(input));
+    }
 
     #[test]
     fn decodes_plus_and_escapes() {

@@ -455,6 +455,18 @@ fn connection_names_checked_field(headers: &HeaderMap) -> bool {
     })
 }
 
+/// A checked form body as it is forwarded: every byte outside visible ASCII
+/// percent-encoded, which a form parser reads back to the same parameters,
+/// so that no byte of it can start a request line or end a line for a
+/// server that leaves the body unread and reads on (invariant I1).
+fn inert<B>(body: RequestBody<B>, headers: &mut HeaderMap) -> RequestBody<B> {
+    let Some(escaped) = body.as_buffered().and_then(|d| form::escape_unsafe(d)) else {
+        return body;
+    };
+    set_content_length(headers, escaped.len());
+    RequestBody::buffered(Bytes::from(escaped))
+}
+
 fn set_content_length(headers: &mut HeaderMap, len: usize) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -867,9 +879,19 @@ fn reaches_client<'t>(
     host: Option<&HeaderValue>,
 ) -> bool {
     match recorded {
-        Some(uri) => targets.any(|t| crate::store::fingerprint(t) == uri),
+        Some(uri) => targets.any(|t| {
+            crate::store::fingerprint(t) == uri
+                || std::str::from_utf8(t).is_err()
+                    && crate::store::fingerprint(latin1_to_utf8(t)) == uri
+        }),
         None => targets.next().is_some_and(|t| leaves_the_server(t, host)),
     }
+}
+
+/// `bytes` read as latin-1, in UTF-8: what an old server that writes its
+/// headers in latin-1 made of a `redirect_uri` it received in UTF-8.
+fn latin1_to_utf8(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| char::from(b)).collect()
 }
 
 /// Whether `target` is an absolute URI (RFC 3986 §4.3) whose authority, if
@@ -1301,6 +1323,7 @@ where
                 (body, Some(minted))
             }
         };
+        let body = inert(body, &mut parts.headers);
         let response = inner.call(Request::from_parts(parts, body)).await?;
         Ok(shared.inspect_response(response, asked, minted).await)
     }
@@ -1710,7 +1733,8 @@ where
                 progress,
             }
         });
-        let request = Request::from_parts(parts, RequestBody::buffered(admitted.body));
+        let body = inert(RequestBody::buffered(admitted.body), &mut parts.headers);
+        let request = Request::from_parts(parts, body);
         let result = inner.call(request).await;
         if let Some(guard) = guard {
             guard
@@ -1823,6 +1847,42 @@ mod tests {
                     "utf-8" | "utf8" | "us-ascii"
                 )
         })
+    }
+
+    #[test]
+    fn a_delivery_reaches_the_client_only_at_its_redirect_uri() {
+        let r = crate::store::fingerprint("https://client.example/caf\u{e9}/cb");
+        let reaches = |target: &[u8]| reaches_client(Some(r), std::iter::once(target), None);
+        assert!(reaches("https://client.example/caf\u{e9}/cb".as_bytes()));
+        // An old server's latin-1 of the same URI.
+        assert!(reaches(b"https://client.example/caf\xe9/cb"));
+        for target in [
+            &b"https://client.example/caf%C3%A9/cb"[..],
+            b"https://client.example/caf\xe9/cb/",
+            b"https://client.example/cafe/cb",
+        ] {
+            assert!(!reaches(target), "{}", String::from_utf8_lossy(target));
+        }
+        let host = HeaderValue::from_static("AS.example:8443");
+        let leaves = |target: &[u8]| leaves_the_server(target, Some(&host));
+        for target in [
+            &b"https://client.example/cb"[..],
+            b"com.example.app:/cb",
+            b"https://as.example:8443@client.example/cb",
+        ] {
+            assert!(leaves(target), "{}", String::from_utf8_lossy(target));
+        }
+        for target in [
+            &b"/cb"[..],
+            b"cb?x=a:b",
+            b"https://as.example:8443/cb",
+            b"HTTPS://AS.EXAMPLE:8443/cb",
+            b"https://user@as.example:8443/cb",
+            b"https://as.example:8443\\@evil.example/cb",
+            b"https:///cb",
+        ] {
+            assert!(!leaves(target), "{}", String::from_utf8_lossy(target));
+        }
     }
 
     #[test]
