@@ -506,3 +506,154 @@ async fn a_request_with_a_body_is_not_sent_again() {
     assert_eq!((seen.connections, seen.requests.len()), (1, 2));
     proxy.shutdown().await;
 }
+
+fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+fn body(data: &'static [u8]) -> TestBody {
+    Full::new(Bytes::from_static(data))
+        .map_err(|e| match e {})
+        .boxed()
+}
+
+/// `n` answers "ok", none closing.
+fn oks(n: usize) -> Vec<(&'static [u8], bool)> {
+    vec![(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false); n]
+}
+
+fn lower(request: &[u8]) -> String {
+    String::from_utf8_lossy(request).to_ascii_lowercase()
+}
+
+/// Reads up to the end of a head; returns its Content-Length.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, usize)> {
+    let end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !fill(stream, buf).await {
+            return None;
+        }
+    };
+    let head = lower(&buf[..end]);
+    buf.drain(..end);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    Some((head, length))
+}
+
+/// Sends raw `request` bytes to the proxy on a new connection and reads
+/// one answer (framed by its Content-Length): its head, and its body.
+async fn raw(proxy: &Running, request: &[u8]) -> (String, String) {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, length) = read_head(&mut s, &mut buf).await.expect("an answer");
+    while buf.len() < length {
+        assert!(fill(&mut s, &mut buf).await, "the answer was cut short");
+    }
+    (head, String::from_utf8_lossy(&buf[..length]).into_owned())
+}
+
+#[tokio::test]
+async fn a_connection_header_naming_a_checked_field_is_refused() {
+    let (up, seen) = scripted(oks(4)).await;
+    let proxy = proxy(up).await;
+    let basic = "authorization: Basic YXBwOnNlY3JldA==\r\n";
+    let form = "content-type: application/x-www-form-urlencoded\r\n";
+    let cases = [
+        format!(
+            "POST /token HTTP/1.1\r\nhost: x\r\nconnection: Authorization\r\n{basic}{form}content-length: 40\r\n\r\ngrant_type=refresh_token&refresh_token=x"
+        ),
+        "GET /page HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, HOST\r\n\r\n".to_owned(),
+        "GET /page HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\nconnection: x-a , cookie\r\ncookie: s=1\r\n\r\n".to_owned(),
+        format!(
+            "POST /token HTTP/1.1\r\nhost: x\r\nconnection: content-type\r\n{form}content-length: 40\r\n\r\ngrant_type=refresh_token&refresh_token=x"
+        ),
+        "POST /x HTTP/1.1\r\nhost: x\r\nconnection: Content-Length\r\ncontent-length: 2\r\n\r\nab".to_owned(),
+        "POST /x HTTP/1.1\r\nhost: x\r\nconnection: transfer-encoding\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n".to_owned(),
+    ];
+    for request in &cases {
+        let (head, body) = raw(&proxy, request.as_bytes()).await;
+        assert!(
+            head.starts_with("http/1.1 400 bad request\r\n"),
+            "{request}: {head}"
+        );
+        assert!(
+            body.starts_with("the Connection header must not name"),
+            "{body}"
+        );
+        assert_eq!(body.find('\n'), Some(body.len() - 1), "one line: {body}");
+    }
+    assert!(
+        seen.lock().unwrap().requests.is_empty(),
+        "the upstream saw a refused request"
+    );
+    // Another name goes, with the field it names, before the layer: the
+    // layer reads Accept for its error format, and sees none.
+    let (head, _) = raw(
+        &proxy,
+        b"GET /authorize?client_id=app HTTP/1.1\r\nhost: x\r\nconnection: accept\r\naccept: application/json\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    let (head, _) = raw(
+        &proxy,
+        b"GET /page HTTP/1.1\r\nhost: x\r\nconnection: x-foo\r\nx-foo: 1\r\nx-bar: 2\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let forwarded = lower(&seen.requests[0]);
+    assert!(forwarded.starts_with("get /page "), "{forwarded}");
+    assert!(!forwarded.contains("x-foo"), "{forwarded}");
+    assert!(!forwarded.contains("connection"), "{forwarded}");
+    assert!(forwarded.contains("x-bar: 2\r\n"), "{forwarded}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_bodies_on_methods_without_one_are_refused() {
+    let (up, seen) = scripted(oks(4)).await;
+    let proxy = proxy(up).await;
+    let client = h2_client();
+    for method in [
+        Method::GET,
+        Method::HEAD,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+    ] {
+        let (status, answer) = send_with(
+            &client,
+            &proxy,
+            method.clone(),
+            "/x",
+            body(b"GET /smuggled HTTP/1.1\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method}");
+        if method != Method::HEAD {
+            assert_eq!(
+                answer,
+                format!("a {method} request must not have a body\n")
+                    .replace("a OPTIONS", "an OPTIONS"),
+                "{method}"
+            );
+        }
+    }
+    assert!(seen.lock().unwrap().requests.is_empty());
+    // Without a body they pass.
+    for method in [Method::GET, Method::DELETE] {
+        let (status, _) = send_with(&client, &proxy, method.clone(), "/x", empty()).await;
+        assert_eq!(status, StatusCode::OK, "{method}");
+    }
+    assert_eq!(seen.lock().unwrap().requests.len(), 2);
+    proxy.shutdown().await;
+}

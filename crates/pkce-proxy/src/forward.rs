@@ -82,18 +82,53 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Removes hop-by-hop headers, including those named in `Connection`.
+/// The fields the PKCE checks or the message's framing depend on: a
+/// `Connection` header that names one is refused (see
+/// [`connection_names_checked_field`]).
+const CHECKED_FIELDS: [&[u8]; 6] = [
+    b"authorization",
+    b"host",
+    b"content-type",
+    b"content-length",
+    b"transfer-encoding",
+    b"cookie",
+];
+
+/// The names a `Connection` field lists (RFC 9110 §7.6.1), trimmed: over
+/// every `Connection` field, since the list may be split across several.
+fn connection_names(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| !name.is_empty())
+}
+
+/// Whether a `Connection` field names a field that the checks or the
+/// framing depend on (in any letter case). Removing such a field, as hop
+/// by hop, would forward a request other than the one checked (I5), and
+/// no honest client asks for it: the request is refused instead.
+pub(crate) fn connection_names_checked_field(headers: &HeaderMap) -> bool {
+    connection_names(headers).any(|name| {
+        CHECKED_FIELDS
+            .iter()
+            .any(|checked| name.eq_ignore_ascii_case(checked))
+    })
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`, and
+/// keeps `TE: trailers`.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names, then nothing to do.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    // Only the names of fields present are copied out: the usual
+    // `Connection: keep-alive` or `close` costs no allocation.
+    let named: Vec<HeaderName> = connection_names(headers)
+        .filter(|name| std::str::from_utf8(name).is_ok_and(|name| headers.contains_key(name)))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect();
     // `TE: trailers` says the client takes trailers; it is passed on so that
     // the upstream sends them.
@@ -768,6 +803,47 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_read_across_fields_and_cases() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" X-One ,,x-two"),
+        );
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::HOST, HeaderValue::from_static("h"));
+        assert!(!connection_names_checked_field(&h));
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["host", "te"], "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn a_connection_header_naming_a_checked_field_is_found() {
+        for (values, found) in [
+            (&["authorization"][..], true),
+            (&["keep-alive, HOST"], true),
+            (&["x-a", " Content-Type "], true),
+            (&["content-length"], true),
+            (&["close,transfer-encoding"], true),
+            (&["Cookie"], true),
+            (&["keep-alive", "close, x-foo"], false),
+            (&["hosts, authorization-x"], false),
+            (&[""], false),
+        ] {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONNECTION, HeaderValue::from_static(v));
+            }
+            assert_eq!(connection_names_checked_field(&h), found, "{values:?}");
+        }
+        assert!(!connection_names_checked_field(&HeaderMap::new()));
     }
 
     #[test]
