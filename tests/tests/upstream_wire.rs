@@ -421,8 +421,10 @@ async fn request_bodies_are_framed_by_the_proxy() {
         "b"
     );
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(seen.connections, 1);
+    // Each request had a body: each retired its connection (I1).
+    assert_eq!(seen.connections, 2);
     let first = String::from_utf8_lossy(&seen.requests[0]).to_ascii_lowercase();
+    assert!(first.contains("connection: close\r\n"), "{first}");
     assert!(first.contains("content-length: 10\r\n"), "{first}");
     assert!(!first.contains("transfer-encoding"), "{first}");
     assert!(first.ends_with("\r\n\r\n0123456789"), "{first}");
@@ -656,4 +658,268 @@ async fn http2_bodies_on_methods_without_one_are_refused() {
     }
     assert_eq!(seen.lock().unwrap().requests.len(), 2);
     proxy.shutdown().await;
+}
+
+/// A client of each protocol: HTTP/1.1, and HTTP/2 with prior knowledge.
+fn clients() -> [(
+    &'static str,
+    Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+); 2] {
+    [("HTTP/1.1", client()), ("HTTP/2", h2_client())]
+}
+
+async fn proxy_with(upstream: SocketAddr, edit: impl FnOnce(&mut RawSettings)) -> Running {
+    let mut settings = RawSettings {
+        upstream: Some(format!("http://{upstream}")),
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        response_timeout: Some("3".into()),
+        ..RawSettings::default()
+    };
+    edit(&mut settings);
+    start(Config::resolve(&settings).unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_retires_its_upstream_connection() {
+    for (protocol, client) in clients() {
+        let (up, seen) = scripted(oks(4)).await;
+        let proxy = proxy(up).await;
+        let sent = send_with(&client, &proxy, Method::POST, "/upload", body(b"data")).await;
+        assert_eq!(sent, (StatusCode::OK, Bytes::from("ok")), "{protocol}");
+        for path in ["/next", "/again", "/third"] {
+            let got = send_with(&client, &proxy, Method::GET, path, empty()).await;
+            assert_eq!(got.0, StatusCode::OK, "{protocol}");
+        }
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let first = lower(&seen.requests[0]);
+        assert!(first.starts_with("post /upload "), "{protocol}: {first}");
+        assert!(
+            first.contains("connection: close\r\n"),
+            "{protocol}: {first}"
+        );
+        assert!(first.ends_with("\r\n\r\ndata"), "{protocol}: {first}");
+        for later in &seen.requests[1..] {
+            assert!(!lower(later).contains("connection:"), "{protocol}");
+        }
+        // The GETs went on one new connection, and kept it.
+        assert_eq!(seen.connections, 2, "{protocol}");
+        proxy.shutdown().await;
+    }
+}
+
+fn token_body(data: &'static [u8]) -> (Request<TestBody>, &'static [u8]) {
+    let req = Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body(data))
+        .unwrap();
+    (req, data)
+}
+
+/// Sends `req` (a path only) to the proxy through `client`.
+async fn send_request(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    proxy: &Running,
+    mut req: Request<TestBody>,
+) -> (StatusCode, Bytes) {
+    *req.uri_mut() = format!("http://{}{}", proxy.addr, req.uri())
+        .parse()
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("the proxy answers in time")
+        .unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn a_checked_token_body_keeps_the_connection_only_when_it_cannot_end_a_line() {
+    let clean: &'static [u8] =
+        b"grant_type=refresh_token&refresh_token=rt-1.x_y~z%20&client_id=app";
+    let dirty: [&'static [u8]; 4] = [
+        b"grant_type=refresh_token&refresh_token=a b",
+        b"grant_type=refresh_token&refresh_token=a\r\nb",
+        b"grant_type=refresh_token&refresh_token=a\nb",
+        // U+0400: 0xD0 0x80, obs-text a loose server may take for anything.
+        "grant_type=refresh_token&refresh_token=a\u{400}".as_bytes(),
+    ];
+    for (protocol, client) in clients() {
+        for data in std::iter::once(clean).chain(dirty) {
+            let (up, seen) = scripted(oks(2)).await;
+            let proxy = proxy(up).await;
+            let (req, data) = token_body(data);
+            let shown = String::from_utf8_lossy(data).escape_debug().to_string();
+            let answer = send_request(&client, &proxy, req).await;
+            assert_eq!(answer.0, StatusCode::OK, "{protocol} {shown}: {answer:?}");
+            let next = send_with(&client, &proxy, Method::GET, "/next", empty()).await;
+            assert_eq!(next.0, StatusCode::OK);
+            let seen = std::mem::take(&mut *seen.lock().unwrap());
+            assert!(seen.requests[0].ends_with(data), "{protocol} {shown}");
+            let retired = lower(&seen.requests[0]).contains("connection: close\r\n");
+            let is_clean = data == clean;
+            assert_eq!(retired, !is_clean, "{protocol} {shown}");
+            assert_eq!(
+                seen.connections,
+                if is_clean { 1 } else { 2 },
+                "{protocol} {shown}"
+            );
+            proxy.shutdown().await;
+        }
+    }
+}
+
+/// How much a connection can hold that its peer does not read: this
+/// machine's largest send buffer, with room to spare.
+fn more_than_socket_buffers() -> usize {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    wmem_max + (2 << 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_request_was_written_retires_the_connection() {
+    // An upstream that reads little at a time, and answers each request as
+    // soon as its head is in: the head and a first byte, then, a moment
+    // later and having read the body, the last byte.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let up = listener.local_addr().unwrap();
+    let connections = Arc::new(Mutex::new(0usize));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            *counted.lock().unwrap() += 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((_, length)) = read_head(&mut stream, &mut buf).await {
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\no")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while buf.len() < length {
+                        if !fill(&mut stream, &mut buf).await {
+                            return;
+                        }
+                    }
+                    buf.drain(..length);
+                    if stream.write_all(b"k").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let size = more_than_socket_buffers();
+    let proxy = proxy_with(up, |s| s.max_token_body = Some((2 * size).to_string())).await;
+    let client = client();
+    // A clean token body, which would keep its connection, but too large
+    // to be written before the answer comes.
+    let mut data = b"grant_type=refresh_token&refresh_token=".to_vec();
+    data.resize(size, b'a');
+    let req = Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(data)).map_err(|e| match e {}).boxed())
+        .unwrap();
+    let answer = send_request(&client, &proxy, req).await;
+    assert_eq!(answer, (StatusCode::OK, Bytes::from("ok")));
+    let next = send_with(&client, &proxy, Method::GET, "/next", empty()).await;
+    assert_eq!(next, (StatusCode::OK, Bytes::from("ok")));
+    assert_eq!(*connections.lock().unwrap(), 2);
+    proxy.shutdown().await;
+}
+
+/// A loose upstream: it reads request heads only, never a body, so a body
+/// is read as the requests it holds. Each answer, a moment after its
+/// request, echoes the request's `x-tag` (header and body). Returns the
+/// tags it answered, and how many connections it accepted.
+async fn ignores_bodies() -> (SocketAddr, Arc<Mutex<(Vec<String>, usize)>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new((Vec::new(), 0usize)));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            record.lock().unwrap().1 += 1;
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((head, _)) = read_head(&mut stream, &mut buf).await {
+                    let tag = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-tag: "))
+                        .unwrap_or("none")
+                        .trim()
+                        .to_owned();
+                    record.lock().unwrap().0.push(tag.clone());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nx-tag-echo: {tag}\r\ncontent-length: {}\r\n\r\n{tag}",
+                        tag.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn tagged(method: Method, path: &str, tag: &str, data: &'static [u8]) -> Request<TestBody> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-tag", tag)
+        .body(body(data))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_body_the_upstream_ignores_never_becomes_a_request() {
+    const SMUGGLED: &[u8] = b"POST /token HTTP/1.1\r\nhost: x\r\nx-tag: smuggled\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 29\r\n\r\ngrant_type=authorization_code";
+    for (protocol, client) in clients() {
+        let (up, seen) = ignores_bodies().await;
+        let proxy = proxy(up).await;
+        let first = send_request(
+            &client,
+            &proxy,
+            tagged(Method::POST, "/upload", "a1", SMUGGLED),
+        )
+        .await;
+        assert_eq!(first, (StatusCode::OK, Bytes::from("a1")), "{protocol}");
+        // At once, on the same client connection, and from another client.
+        let next = send_request(&client, &proxy, tagged(Method::GET, "/next", "a2", b"")).await;
+        assert_eq!(next, (StatusCode::OK, Bytes::from("a2")), "{protocol}");
+        let other = send_request(
+            &self::client(),
+            &proxy,
+            tagged(Method::GET, "/b", "b1", b""),
+        )
+        .await;
+        assert_eq!(other, (StatusCode::OK, Bytes::from("b1")), "{protocol}");
+        let again = send_request(&client, &proxy, tagged(Method::GET, "/again", "a3", b"")).await;
+        assert_eq!(again, (StatusCode::OK, Bytes::from("a3")), "{protocol}");
+        let (tags, connections) = std::mem::take(&mut *seen.lock().unwrap());
+        // The upstream did read the body as a request, on a connection
+        // that the proxy closed after its one answer.
+        assert!(
+            tags.contains(&"smuggled".to_owned()),
+            "{protocol}: {tags:?}"
+        );
+        assert!(connections >= 2, "{protocol}");
+        proxy.shutdown().await;
+    }
 }

@@ -10,6 +10,12 @@
 //! to a shared pool that new client connections draw from. An HTTPS
 //! upstream is reached through hyper-util's pooled client (rustls; HTTP/1.1
 //! or HTTP/2 by ALPN).
+//!
+//! Both transports reuse an upstream connection after a request only when
+//! `reusable_after` says so: a body that a loose upstream leaves unread
+//! is read as the next request, so a request with a body retires its
+//! connection (`Connection: close`), except a checked token body of
+//! visible ASCII, which cannot end a line.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -358,6 +364,35 @@ fn https_connector(connect_timeout: Duration) -> Result<HttpsConnector<HttpConne
         .wrap_connector(http))
 }
 
+/// Whether the upstream connection that `body`'s request goes on may serve
+/// another request after it (I1), for both transports; when not, the
+/// upstream is told `Connection: close` and the connection is closed after
+/// the response.
+///
+/// A legacy upstream may answer without reading a body (on a path that
+/// takes none, or after an early error). What it left unread is then read
+/// as the start of the next request on the connection, and a body is the
+/// client's to write: it can hold a whole request, one the proxy never
+/// checked (a `POST /token` with a stolen code). So a request with a body
+/// retires its connection, except a token request whose body the PKCE
+/// layer read whole and checked and whose every byte is visible ASCII
+/// (0x21..=0x7E): with no space, CR or LF, what an upstream leaves of it
+/// can neither end a line nor split a request line, so it can only spoil
+/// the next request's method, never make a request of its own.
+pub(crate) fn reusable_after<B>(endpoint: Endpoint, body: &RequestBody<B>) -> bool
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    use http_body::Body as _;
+    if body.is_end_stream() || body.size_hint().exact() == Some(0) {
+        return true;
+    }
+    endpoint == Endpoint::Token
+        && body
+            .as_buffered()
+            .is_some_and(|data| data.iter().all(|b| matches!(b, 0x21..=0x7e)))
+}
+
 impl Forwarder {
     /// A forwarder for `config`, not bound to a client connection.
     ///
@@ -365,8 +400,20 @@ impl Forwarder {
     ///
     /// When the TLS client cannot be set up.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let pooled = config.upstream.scheme == http::uri::Scheme::HTTPS;
+        Self::with_transport(config, metrics, pooled)
+    }
+
+    /// A forwarder through hyper's pooled client when `pooled` (which an
+    /// HTTPS upstream needs, and which takes plain HTTP too), else over
+    /// connections of the proxy's own.
+    fn with_transport(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        pooled: bool,
+    ) -> Result<Self, String> {
         let upstream = config.upstream.clone();
-        let transport = if upstream.scheme == http::uri::Scheme::HTTPS {
+        let transport = if pooled {
             Transport::Tls(Box::new(
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(IDLE_TIMEOUT)
@@ -553,6 +600,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
         let Some(uri) = self.upstream_uri(req.uri()) else {
             return ResponseFuture::ready(upstream_error(StatusCode::BAD_GATEWAY, endpoint));
         };
+        let retire = !reusable_after(endpoint, req.body());
         let overrides = self.forwarded_headers(&req);
         remove_hop_by_hop(req.headers_mut());
         *req.uri_mut() = uri;
@@ -564,10 +612,18 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
         let step = match &self.shared.transport {
             Transport::Plain(pool) => {
                 let home: Arc<dyn Keep> = self.conn.clone();
-                pool.route(&self.conn, |buf| Prepared::new(buf, req, &overrides, home))
+                pool.route(&self.conn, |buf| {
+                    Prepared::new(buf, req, &overrides, home, retire)
+                })
             }
             Transport::Tls(client) => {
                 overrides.apply(req.headers_mut());
+                if retire {
+                    // hyper's client does not pool a connection whose
+                    // request asked to close it.
+                    req.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 let sending = client.request(req);
                 Step::Pooled(Box::pin(async move {
                     sending
@@ -856,5 +912,179 @@ mod tests {
             r.headers()[header::CONTENT_TYPE],
             "text/plain; charset=utf-8"
         );
+    }
+
+    /// The service behind the layer in these tests: it hands the request on
+    /// to the forwarder with a progress report in it, as the layer does for
+    /// a token request whose code it redeemed, and tells the forwarder the
+    /// endpoint, as the server does.
+    #[derive(Clone)]
+    struct Reported {
+        forwarder: Forwarder,
+        progress: tower_pkce::ForwardProgress,
+        endpoint: Endpoint,
+    }
+
+    impl Service<Request<RequestBody<ClientBody>>> for Reported {
+        type Response = Response<ProxyBody>;
+        type Error = Infallible;
+        type Future = ResponseFuture;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> ResponseFuture {
+            req.extensions_mut().insert(self.progress.clone());
+            self.forwarder.set_endpoint(self.endpoint);
+            self.forwarder.call(req)
+        }
+    }
+
+    type Harness = tower_pkce::Pkce<Reported, tower_pkce::store::MemoryStore>;
+
+    /// The PKCE layer in front of a forwarder to `upstream` (0.3 s response
+    /// timeout), over hyper's pooled client when `pooled`.
+    fn harness(upstream: &str, pooled: bool) -> Harness {
+        use tower::Layer;
+        let config = Config::resolve(&crate::config::RawSettings {
+            upstream: Some(upstream.to_owned()),
+            response_timeout: Some("0.3".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let forwarder = Forwarder::with_transport(&config, metrics, pooled)
+            .unwrap()
+            .for_connection(([127, 0, 0, 1], 1).into());
+        tower_pkce::PkceLayer::strict().layer(Reported {
+            forwarder,
+            progress: tower_pkce::ForwardProgress::default(),
+            endpoint: Endpoint::Other,
+        })
+    }
+
+    /// Sends `req` through `harness` as a request for `endpoint`, with a
+    /// fresh progress report: the answer's status and body, and the report.
+    async fn send(
+        harness: &mut Harness,
+        endpoint: Endpoint,
+        req: Request<ClientBody>,
+    ) -> (StatusCode, Bytes, tower_pkce::Progress) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let progress = tower_pkce::ForwardProgress::default();
+        harness.get_mut().progress = progress.clone();
+        harness.get_mut().endpoint = endpoint;
+        let sent = harness.clone().oneshot(req);
+        let response = tokio::time::timeout(Duration::from_secs(5), sent)
+            .await
+            .unwrap()
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body, progress.get())
+    }
+
+    fn get(path: &str) -> Request<ClientBody> {
+        Request::get(path)
+            .header(header::HOST, "proxy.test")
+            .body(ClientBody::empty())
+            .unwrap()
+    }
+
+    fn post(path: &str, data: &'static [u8]) -> Request<ClientBody> {
+        Request::post(path)
+            .header(header::HOST, "proxy.test")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::CONTENT_LENGTH, data.len())
+            .body(ClientBody::full(Bytes::from_static(data)))
+            .unwrap()
+    }
+
+    /// An upstream (hyper's server) that answers "ok" after reading each
+    /// body; records how many connections it accepted and, for each request,
+    /// its path and whether it asked to close the connection.
+    async fn recording() -> (String, Arc<Mutex<(usize, Vec<(String, bool)>)>>) {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new((0, Vec::new())));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                record.lock().unwrap().0 += 1;
+                let record = record.clone();
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let close = req
+                                .headers()
+                                .get(header::CONNECTION)
+                                .is_some_and(|v| v == "close");
+                            let path = req.uri().path().to_owned();
+                            let _ = req.into_body().collect().await;
+                            record.lock().unwrap().1.push((path, close));
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn a_body_retires_the_connection_on_both_transports() {
+        for pooled in [false, true] {
+            let (up, seen) = recording().await;
+            let mut harness = harness(&up, pooled);
+            let requests = [
+                (Endpoint::Other, post("/upload", b"data")),
+                (Endpoint::Other, get("/next")),
+                (Endpoint::Other, get("/again")),
+                (
+                    Endpoint::Token,
+                    post("/token", b"grant_type=refresh_token&refresh_token=r1"),
+                ),
+                (Endpoint::Other, get("/after-token")),
+                (
+                    Endpoint::Token,
+                    post("/token", b"grant_type=refresh_token&refresh_token=r 2"),
+                ),
+                (Endpoint::Other, get("/last")),
+            ];
+            for (endpoint, req) in requests {
+                let (status, body, _) = send(&mut harness, endpoint, req).await;
+                assert_eq!(
+                    (status, &body[..]),
+                    (StatusCode::OK, &b"ok"[..]),
+                    "{pooled}"
+                );
+                // hyper's client pools a connection once it is idle again.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let (connections, requests) = std::mem::take(&mut *seen.lock().unwrap());
+            let closed: Vec<(&str, bool)> =
+                requests.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+            assert_eq!(
+                closed,
+                [
+                    ("/upload", true),
+                    ("/next", false),
+                    ("/again", false),
+                    ("/token", false),
+                    ("/after-token", false),
+                    ("/token", true),
+                    ("/last", false),
+                ],
+                "pooled: {pooled}"
+            );
+            assert_eq!(connections, 3, "pooled: {pooled}");
+        }
     }
 }

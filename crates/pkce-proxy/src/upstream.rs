@@ -11,7 +11,12 @@
 //! Framing follows RFC 9112: `Content-Length` or `chunked` (with trailers)
 //! on both sides, and a response delimited by the connection's close. A
 //! connection is kept for the next request only when both messages were
-//! complete and the upstream spoke HTTP/1.1 without `Connection: close`.
+//! complete, the whole request was written before the response began, the
+//! upstream spoke HTTP/1.1 without `Connection: close`, and the request
+//! did not retire it: the forwarder decides that by
+//! `forward::reusable_after` (a request with a body whose leftovers could
+//! become a request), and a retired request tells the upstream
+//! `Connection: close`.
 
 use std::io;
 use std::pin::Pin;
@@ -222,12 +227,14 @@ fn request_length(method: &Method, body: &OutgoingBody, had_length: bool) -> Opt
 }
 
 /// Writes the request line and header fields of `parts` into `out`, with
-/// the framing header, and returns how the body is to be written.
+/// the framing header and, when `close`, `Connection: close`; returns how
+/// the body is to be written.
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::request::Parts,
     overrides: &HeaderOverrides,
     body: &OutgoingBody,
+    close: bool,
 ) -> Option<bool> {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -255,6 +262,9 @@ fn encode_head(
         if let Some(value) = value {
             encode_field(out, name, value);
         }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     let chunked = match request_length(&parts.method, body, had_length) {
         None => None,
@@ -457,20 +467,24 @@ pub(crate) struct Prepared {
     outgoing: Option<Outgoing>,
     method: Method,
     home: Arc<dyn Keep>,
+    retire: bool,
 }
 
 impl Prepared {
     /// `req` written into `buf`, with `overrides`. `home` takes the
-    /// connection back once the exchange is over.
+    /// connection back once the exchange is over, unless `retire`: then the
+    /// upstream is told `Connection: close`, and the connection is closed
+    /// after the response (see `forward::reusable_after`).
     pub(crate) fn new(
         mut buf: Vec<u8>,
         req: Request<OutgoingBody>,
         overrides: &HeaderOverrides,
         home: Arc<dyn Keep>,
+        retire: bool,
     ) -> Self {
         let (parts, body) = req.into_parts();
         buf.clear();
-        let chunked = encode_head(&mut buf, &parts, overrides, &body);
+        let chunked = encode_head(&mut buf, &parts, overrides, &body, retire);
         // A body known to be empty is not kept: the whole request is in
         // the buffer, its end too (if chunked), and can be sent again.
         let outgoing = match chunked {
@@ -486,6 +500,7 @@ impl Prepared {
             outgoing,
             method: parts.method,
             home,
+            retire,
         }
     }
 
@@ -498,8 +513,10 @@ impl Prepared {
             conn,
             outgoing: self.outgoing,
             sent: false,
+            early: false,
             method: self.method,
             home: self.home,
+            retire: self.retire,
         }
     }
 }
@@ -512,8 +529,11 @@ pub(crate) struct Exchange {
     /// The whole request is in the connection's buffer: no body streams.
     replayable: bool,
     sent: bool,
+    /// An answer began before the whole request was written.
+    early: bool,
     method: Method,
     home: Arc<dyn Keep>,
+    retire: bool,
 }
 
 impl Exchange {
@@ -522,7 +542,12 @@ impl Exchange {
         let mut write_error = None;
         if !self.sent {
             match poll_send(&mut self.conn, &mut self.outgoing, cx) {
-                Poll::Ready(Ok(())) => self.sent = true,
+                Poll::Ready(Ok(())) => {
+                    self.sent = true;
+                    // Part of an answer was read already: it began before
+                    // the request was whole.
+                    self.early = !self.conn.inbox.is_empty();
+                }
                 Poll::Ready(Err(e)) => write_error = Some(e),
                 Poll::Pending => {}
             }
@@ -555,7 +580,10 @@ impl Exchange {
             conn: Some(self.conn),
             outgoing: if self.sent { None } else { self.outgoing },
             framing: head.framing,
-            keep_alive: head.keep_alive,
+            // An answer before the whole request was written: the upstream
+            // may not read the rest, which would then wait on the
+            // connection in front of the next request.
+            keep_alive: head.keep_alive && self.sent && !self.early && !self.retire,
             home: Some(self.home),
         };
         stream.release_if_done();
@@ -578,6 +606,7 @@ impl Exchange {
             outgoing: None,
             method: self.method,
             home: self.home,
+            retire: self.retire,
         })
     }
 }
