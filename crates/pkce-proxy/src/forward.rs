@@ -16,6 +16,13 @@
 //! is read as the next request, so a request with a body retires its
 //! connection (`Connection: close`), except a checked token body of
 //! visible ASCII, which cannot end a line.
+//!
+//! A request may carry a [`ForwardProgress`] (the layer adds one to a token
+//! request whose code it redeemed): it is marked not sent when the request
+//! is taken, sent right before it goes on a connection (or to hyper's
+//! client), and unanswered when the proxy answers 502 or 504 itself after
+//! that, so that the layer restores the code only when the upstream cannot
+//! have redeemed it (I6).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,7 +42,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tower_pkce::{Endpoint, RequestBody};
+use tower_pkce::{Endpoint, ForwardProgress, RequestBody};
 use tower_service::Service;
 
 use crate::config::{Config, Upstream};
@@ -303,12 +310,21 @@ impl Pool {
     /// on a new one. `prepare` writes the request into the buffer it is
     /// given: the idle connection's, which keeps its allocation from
     /// request to request, or a new one.
-    fn route(&self, client: &ClientConnection, prepare: impl FnOnce(Vec<u8>) -> Prepared) -> Step {
+    fn route(
+        &self,
+        client: &ClientConnection,
+        progress: Option<&ForwardProgress>,
+        prepare: impl FnOnce(Vec<u8>) -> Prepared,
+    ) -> Step {
         match client.checkout().or_else(|| self.checkout()) {
-            Some(mut upstream) => Step::Exchanging {
-                exchange: prepare(upstream.take_buffer()).send_on(upstream),
-                reused: true,
-            },
+            Some(mut upstream) => {
+                let request = prepare(upstream.take_buffer());
+                mark(progress, ForwardProgress::sent);
+                Step::Exchanging {
+                    exchange: request.send_on(upstream),
+                    reused: true,
+                }
+            }
             None => Step::Connecting(Box::new(Connecting {
                 connect: self.connect(),
                 request: prepare(Vec::with_capacity(1024)),
@@ -324,6 +340,15 @@ enum UpstreamError {
     ConnectTimeout,
     Exchange(Http1Error),
     Client(hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// Whether the request certainly did not reach the upstream: hyper's
+    /// client could not connect. (The proxy's own connections are marked
+    /// sent only once connected.)
+    fn nothing_sent(&self) -> bool {
+        matches!(self, Self::Client(e) if e.is_connect())
+    }
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -391,6 +416,13 @@ where
         && body
             .as_buffered()
             .is_some_and(|data| data.iter().all(|b| matches!(b, 0x21..=0x7e)))
+}
+
+/// Marks `progress`, when the request carries one.
+fn mark(progress: Option<&ForwardProgress>, step: fn(&ForwardProgress)) {
+    if let Some(progress) = progress {
+        step(progress);
+    }
 }
 
 impl Forwarder {
@@ -597,6 +629,8 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
 
     fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> ResponseFuture {
         let endpoint = self.endpoint;
+        let progress = req.extensions().get::<ForwardProgress>().cloned();
+        mark(progress.as_ref(), ForwardProgress::not_sent);
         let Some(uri) = self.upstream_uri(req.uri()) else {
             return ResponseFuture::ready(upstream_error(StatusCode::BAD_GATEWAY, endpoint));
         };
@@ -612,7 +646,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
         let step = match &self.shared.transport {
             Transport::Plain(pool) => {
                 let home: Arc<dyn Keep> = self.conn.clone();
-                pool.route(&self.conn, |buf| {
+                pool.route(&self.conn, progress.as_ref(), |buf| {
                     Prepared::new(buf, req, &overrides, home, retire)
                 })
             }
@@ -624,6 +658,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
                     req.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
+                mark(progress.as_ref(), ForwardProgress::sent);
                 let sending = client.request(req);
                 Step::Pooled(Box::pin(async move {
                     sending
@@ -640,6 +675,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
             shared: self.shared.clone(),
             conn: self.conn.clone(),
             endpoint,
+            progress,
         }))
     }
 }
@@ -668,6 +704,8 @@ struct Forwarding {
     shared: Arc<Shared>,
     conn: Arc<ClientConnection>,
     endpoint: Endpoint,
+    /// The layer's report of how far the request got, when it asked.
+    progress: Option<ForwardProgress>,
 }
 
 type Pooled = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send>>;
@@ -758,7 +796,7 @@ impl Forwarding {
                         (Some(request), Transport::Plain(pool)) => {
                             // Its bytes are written already; the buffer
                             // offered is not needed.
-                            self.step = pool.route(&self.conn, |_| request);
+                            self.step = pool.route(&self.conn, self.progress.as_ref(), |_| request);
                         }
                         _ => return Poll::Ready(Err(UpstreamError::Exchange(e))),
                     }
@@ -770,8 +808,10 @@ impl Forwarding {
                     else {
                         return Poll::Ready(Err(UpstreamError::Exchange(Http1Error::Closed)));
                     };
+                    let connected = connected?;
+                    mark(self.progress.as_ref(), ForwardProgress::sent);
                     self.step = Step::Exchanging {
-                        exchange: connecting.request.send_on(connected?),
+                        exchange: connecting.request.send_on(connected),
                         reused: false,
                     };
                 }
@@ -806,6 +846,12 @@ impl Forwarding {
                 response
             }
             Some(Err(e)) => {
+                // `unanswered` leaves a request that was never sent as it is.
+                if e.nothing_sent() {
+                    mark(self.progress.as_ref(), ForwardProgress::not_sent);
+                } else {
+                    mark(self.progress.as_ref(), ForwardProgress::unanswered);
+                }
                 tracing::warn!(
                     endpoint = endpoint.as_str(),
                     error = %e,
@@ -816,6 +862,7 @@ impl Forwarding {
                 upstream_error(StatusCode::BAD_GATEWAY, endpoint)
             }
             None => {
+                mark(self.progress.as_ref(), ForwardProgress::unanswered);
                 let timeout = self.shared.response_timeout;
                 tracing::warn!(endpoint = endpoint.as_str(), ?timeout, "upstream timed out");
                 metrics.upstream_failure("timeout");
@@ -921,7 +968,7 @@ mod tests {
     #[derive(Clone)]
     struct Reported {
         forwarder: Forwarder,
-        progress: tower_pkce::ForwardProgress,
+        progress: ForwardProgress,
         endpoint: Endpoint,
     }
 
@@ -959,7 +1006,7 @@ mod tests {
             .for_connection(([127, 0, 0, 1], 1).into());
         tower_pkce::PkceLayer::strict().layer(Reported {
             forwarder,
-            progress: tower_pkce::ForwardProgress::default(),
+            progress: ForwardProgress::default(),
             endpoint: Endpoint::Other,
         })
     }
@@ -973,7 +1020,7 @@ mod tests {
     ) -> (StatusCode, Bytes, tower_pkce::Progress) {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
-        let progress = tower_pkce::ForwardProgress::default();
+        let progress = ForwardProgress::default();
         harness.get_mut().progress = progress.clone();
         harness.get_mut().endpoint = endpoint;
         let sent = harness.clone().oneshot(req);
@@ -1000,6 +1047,97 @@ mod tests {
             .header(header::CONTENT_LENGTH, data.len())
             .body(ClientBody::full(Bytes::from_static(data)))
             .unwrap()
+    }
+
+    /// Forwards `GET /page` to `upstream` with a report in it: the status
+    /// answered, and the progress reported.
+    async fn forward_reported(upstream: &str, pooled: bool) -> (StatusCode, tower_pkce::Progress) {
+        let mut harness = harness(upstream, pooled);
+        let (status, _, progress) = send(&mut harness, Endpoint::Other, get("/page")).await;
+        (status, progress)
+    }
+
+    /// An upstream that reads a request head, then does `then` with the
+    /// connection.
+    async fn upstream<F, Fut>(then: F) -> String
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::spawn(then(stream));
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn progress_is_reported_as_far_as_the_request_got() {
+        use tokio::io::AsyncWriteExt;
+        use tower_pkce::Progress;
+
+        for pooled in [false, true] {
+            let refused = format!("http://127.0.0.1:{}", closed_port());
+            assert_eq!(
+                forward_reported(&refused, pooled).await,
+                (StatusCode::BAD_GATEWAY, Progress::NotSent),
+                "connect refused, pooled: {pooled}"
+            );
+            let silent = upstream(|stream| async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                drop(stream);
+            })
+            .await;
+            assert_eq!(
+                forward_reported(&silent, pooled).await,
+                (StatusCode::GATEWAY_TIMEOUT, Progress::Unanswered),
+                "read, never answered, pooled: {pooled}"
+            );
+            let closing = upstream(|stream| async move { drop(stream) }).await;
+            assert_eq!(
+                forward_reported(&closing, pooled).await,
+                (StatusCode::BAD_GATEWAY, Progress::Unanswered),
+                "read, closed unanswered, pooled: {pooled}"
+            );
+            let answering = upstream(|mut stream| async move {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            })
+            .await;
+            assert_eq!(
+                forward_reported(&answering, pooled).await,
+                (StatusCode::OK, Progress::Sent),
+                "answered, pooled: {pooled}"
+            );
+        }
+        let refused = format!("https://127.0.0.1:{}", closed_port());
+        assert_eq!(
+            forward_reported(&refused, true).await,
+            (StatusCode::BAD_GATEWAY, Progress::NotSent),
+            "connect refused, HTTPS"
+        );
     }
 
     /// An upstream (hyper's server) that answers "ok" after reading each
