@@ -923,3 +923,94 @@ async fn a_body_the_upstream_ignores_never_becomes_a_request() {
         proxy.shutdown().await;
     }
 }
+
+/// An upstream that answers the first request on each connection and
+/// closes the connection on any later one unanswered, as one whose idle
+/// timeout fires just as a request comes would. Records each request's
+/// line, and counts connections.
+async fn answers_once_per_connection() -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            record.lock().unwrap().connections += 1;
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut first = true;
+                while let Some(request) = read_request(&mut stream, &mut buf).await {
+                    record.lock().unwrap().requests.push(request);
+                    if !first {
+                        return;
+                    }
+                    first = false;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_request_is_sent_again_once_and_only_when_safe() {
+    const POOLED: usize = 20;
+    for (protocol, client) in clients() {
+        let (up, seen) = answers_once_per_connection().await;
+        let proxy = proxy(up).await;
+        // Twenty client connections at once, each with its own upstream
+        // connection, which goes to the shared pool when it closes.
+        let mut streams = Vec::new();
+        for _ in 0..POOLED {
+            let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+            s.write_all(b"GET /warm HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            streams.push(s);
+        }
+        for s in &mut streams {
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\nok") {
+                assert!(fill(s, &mut got).await, "{protocol}");
+            }
+        }
+        drop(streams);
+        // Time for the proxy to see them close and pool their connections.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(seen.lock().unwrap().connections, POOLED, "{protocol}");
+        let sent_as = |line: &[u8]| {
+            seen.lock()
+                .unwrap()
+                .requests
+                .iter()
+                .filter(|r| r.starts_with(line))
+                .count()
+        };
+        // Not idempotent: sent once, on a pooled connection that the
+        // upstream closed; the proxy answers 502 rather than send it again.
+        for (method, line) in [
+            (Method::POST, &b"POST /once "[..]),
+            (Method::PATCH, b"PATCH /once "),
+        ] {
+            let (status, _) = send_with(&client, &proxy, method, "/once", empty()).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{protocol}");
+            assert_eq!(sent_as(line), 1, "{protocol}");
+        }
+        // Idempotent: once more, on a new connection, and answered there.
+        for (method, line) in [
+            (Method::GET, &b"GET /twice "[..]),
+            (Method::DELETE, b"DELETE /twice "),
+        ] {
+            let (status, _) = send_with(&client, &proxy, method, "/twice", empty()).await;
+            assert_eq!(status, StatusCode::OK, "{protocol}");
+            assert_eq!(sent_as(line), 2, "{protocol}");
+        }
+        assert_eq!(seen.lock().unwrap().connections, POOLED + 2, "{protocol}");
+        proxy.shutdown().await;
+    }
+}

@@ -15,7 +15,9 @@
 //! `reusable_after` says so: a body that a loose upstream leaves unread
 //! is read as the next request, so a request with a body retires its
 //! connection (`Connection: close`), except a checked token body of
-//! visible ASCII, which cannot end a line.
+//! visible ASCII, which cannot end a line. A request that a reused
+//! connection lost goes again at most once, on a new connection, and only
+//! when that is safe (see `upstream`).
 //!
 //! A request may carry a [`ForwardProgress`] (the layer adds one to a token
 //! request whose code it redeemed): it is marked not sent when the request
@@ -48,7 +50,7 @@ use tower_service::Service;
 use crate::config::{Config, Upstream};
 pub use crate::http1::{ClientBody, ClientBodyError};
 use crate::metrics::Metrics;
-use crate::upstream::{Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared};
+use crate::upstream::{Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared, Retry};
 pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 
 /// The body of a forwarded response: the upstream's, streamed, or the
@@ -786,17 +788,24 @@ impl Forwarding {
                         Err(e) => e,
                     };
                     // A reused connection may have been closed by the
-                    // upstream meanwhile: a request that can be sent again is.
+                    // upstream just as the request went out. A request that
+                    // is safe to send again goes once more, on a new
+                    // connection: never from one pooled connection to the
+                    // next, each of which may have received it.
                     let again = if reused {
                         exchange.into_retry(&e)
                     } else {
                         None
                     };
                     match (again, &self.shared.transport) {
-                        (Some(request), Transport::Plain(pool)) => {
-                            // Its bytes are written already; the buffer
-                            // offered is not needed.
-                            self.step = pool.route(&self.conn, self.progress.as_ref(), |_| request);
+                        (Some(Retry { request, unsent }), Transport::Plain(pool)) => {
+                            if unsent {
+                                mark(self.progress.as_ref(), ForwardProgress::not_sent);
+                            }
+                            self.step = Step::Connecting(Box::new(Connecting {
+                                connect: pool.connect(),
+                                request,
+                            }));
                         }
                         _ => return Poll::Ready(Err(UpstreamError::Exchange(e))),
                     }
