@@ -421,8 +421,10 @@ async fn request_bodies_are_framed_by_the_proxy() {
         "b"
     );
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(seen.connections, 1);
+    // Each request had a body: each retired its connection (I1).
+    assert_eq!(seen.connections, 2);
     let first = String::from_utf8_lossy(&seen.requests[0]).to_ascii_lowercase();
+    assert!(first.contains("connection: close\r\n"), "{first}");
     assert!(first.contains("content-length: 10\r\n"), "{first}");
     assert!(!first.contains("transfer-encoding"), "{first}");
     assert!(first.ends_with("\r\n\r\n0123456789"), "{first}");
@@ -505,4 +507,510 @@ async fn a_request_with_a_body_is_not_sent_again() {
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert_eq!((seen.connections, seen.requests.len()), (1, 2));
     proxy.shutdown().await;
+}
+
+fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+fn body(data: &'static [u8]) -> TestBody {
+    Full::new(Bytes::from_static(data))
+        .map_err(|e| match e {})
+        .boxed()
+}
+
+/// `n` answers "ok", none closing.
+fn oks(n: usize) -> Vec<(&'static [u8], bool)> {
+    vec![(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false); n]
+}
+
+fn lower(request: &[u8]) -> String {
+    String::from_utf8_lossy(request).to_ascii_lowercase()
+}
+
+/// Reads up to the end of a head; returns its Content-Length.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, usize)> {
+    let end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !fill(stream, buf).await {
+            return None;
+        }
+    };
+    let head = lower(&buf[..end]);
+    buf.drain(..end);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    Some((head, length))
+}
+
+/// Sends raw `request` bytes to the proxy on a new connection and reads
+/// one answer (framed by its Content-Length): its head, and its body.
+async fn raw(proxy: &Running, request: &[u8]) -> (String, String) {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, length) = read_head(&mut s, &mut buf).await.expect("an answer");
+    while buf.len() < length {
+        assert!(fill(&mut s, &mut buf).await, "the answer was cut short");
+    }
+    (head, String::from_utf8_lossy(&buf[..length]).into_owned())
+}
+
+#[tokio::test]
+async fn a_connection_header_naming_a_checked_field_is_refused() {
+    let (up, seen) = scripted(oks(4)).await;
+    let proxy = proxy(up).await;
+    let basic = "authorization: Basic YXBwOnNlY3JldA==\r\n";
+    let form = "content-type: application/x-www-form-urlencoded\r\n";
+    let cases = [
+        format!(
+            "POST /token HTTP/1.1\r\nhost: x\r\nconnection: Authorization\r\n{basic}{form}content-length: 40\r\n\r\ngrant_type=refresh_token&refresh_token=x"
+        ),
+        "GET /page HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, HOST\r\n\r\n".to_owned(),
+        "GET /page HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\nconnection: x-a , cookie\r\ncookie: s=1\r\n\r\n".to_owned(),
+        format!(
+            "POST /token HTTP/1.1\r\nhost: x\r\nconnection: content-type\r\n{form}content-length: 40\r\n\r\ngrant_type=refresh_token&refresh_token=x"
+        ),
+        "POST /x HTTP/1.1\r\nhost: x\r\nconnection: Content-Length\r\ncontent-length: 2\r\n\r\nab".to_owned(),
+        "POST /x HTTP/1.1\r\nhost: x\r\nconnection: transfer-encoding\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n".to_owned(),
+    ];
+    for request in &cases {
+        let (head, body) = raw(&proxy, request.as_bytes()).await;
+        assert!(
+            head.starts_with("http/1.1 400 bad request\r\n"),
+            "{request}: {head}"
+        );
+        assert!(
+            body.starts_with("the Connection header must not name"),
+            "{body}"
+        );
+        assert_eq!(body.find('\n'), Some(body.len() - 1), "one line: {body}");
+    }
+    assert!(
+        seen.lock().unwrap().requests.is_empty(),
+        "the upstream saw a refused request"
+    );
+    // Another name goes, with the field it names, before the layer: the
+    // layer reads Accept for its error format, and sees none.
+    let (head, _) = raw(
+        &proxy,
+        b"GET /authorize?client_id=app HTTP/1.1\r\nhost: x\r\nconnection: accept\r\naccept: application/json\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    let (head, _) = raw(
+        &proxy,
+        b"GET /page HTTP/1.1\r\nhost: x\r\nconnection: x-foo\r\nx-foo: 1\r\nx-bar: 2\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let forwarded = lower(&seen.requests[0]);
+    assert!(forwarded.starts_with("get /page "), "{forwarded}");
+    assert!(!forwarded.contains("x-foo"), "{forwarded}");
+    assert!(!forwarded.contains("connection"), "{forwarded}");
+    assert!(forwarded.contains("x-bar: 2\r\n"), "{forwarded}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_bodies_on_methods_without_one_are_refused() {
+    let (up, seen) = scripted(oks(4)).await;
+    let proxy = proxy(up).await;
+    let client = h2_client();
+    for method in [
+        Method::GET,
+        Method::HEAD,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+    ] {
+        let (status, answer) = send_with(
+            &client,
+            &proxy,
+            method.clone(),
+            "/x",
+            body(b"GET /smuggled HTTP/1.1\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method}");
+        if method != Method::HEAD {
+            assert_eq!(
+                answer,
+                format!("a {method} request must not have a body\n")
+                    .replace("a OPTIONS", "an OPTIONS"),
+                "{method}"
+            );
+        }
+    }
+    assert!(seen.lock().unwrap().requests.is_empty());
+    // Without a body they pass.
+    for method in [Method::GET, Method::DELETE] {
+        let (status, _) = send_with(&client, &proxy, method.clone(), "/x", empty()).await;
+        assert_eq!(status, StatusCode::OK, "{method}");
+    }
+    assert_eq!(seen.lock().unwrap().requests.len(), 2);
+    proxy.shutdown().await;
+}
+
+/// A client of each protocol: HTTP/1.1, and HTTP/2 with prior knowledge.
+fn clients() -> [(
+    &'static str,
+    Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+); 2] {
+    [("HTTP/1.1", client()), ("HTTP/2", h2_client())]
+}
+
+async fn proxy_with(upstream: SocketAddr, edit: impl FnOnce(&mut RawSettings)) -> Running {
+    let mut settings = RawSettings {
+        upstream: Some(format!("http://{upstream}")),
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        response_timeout: Some("3".into()),
+        ..RawSettings::default()
+    };
+    edit(&mut settings);
+    start(Config::resolve(&settings).unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_retires_its_upstream_connection() {
+    for (protocol, client) in clients() {
+        let (up, seen) = scripted(oks(4)).await;
+        let proxy = proxy(up).await;
+        let sent = send_with(&client, &proxy, Method::POST, "/upload", body(b"data")).await;
+        assert_eq!(sent, (StatusCode::OK, Bytes::from("ok")), "{protocol}");
+        for path in ["/next", "/again", "/third"] {
+            let got = send_with(&client, &proxy, Method::GET, path, empty()).await;
+            assert_eq!(got.0, StatusCode::OK, "{protocol}");
+        }
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let first = lower(&seen.requests[0]);
+        assert!(first.starts_with("post /upload "), "{protocol}: {first}");
+        assert!(
+            first.contains("connection: close\r\n"),
+            "{protocol}: {first}"
+        );
+        assert!(first.ends_with("\r\n\r\ndata"), "{protocol}: {first}");
+        for later in &seen.requests[1..] {
+            assert!(!lower(later).contains("connection:"), "{protocol}");
+        }
+        // The GETs went on one new connection, and kept it.
+        assert_eq!(seen.connections, 2, "{protocol}");
+        proxy.shutdown().await;
+    }
+}
+
+fn token_body(data: &'static [u8]) -> (Request<TestBody>, &'static [u8]) {
+    let req = Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body(data))
+        .unwrap();
+    (req, data)
+}
+
+/// Sends `req` (a path only) to the proxy through `client`.
+async fn send_request(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    proxy: &Running,
+    mut req: Request<TestBody>,
+) -> (StatusCode, Bytes) {
+    *req.uri_mut() = format!("http://{}{}", proxy.addr, req.uri())
+        .parse()
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("the proxy answers in time")
+        .unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn a_checked_token_body_keeps_the_connection_only_when_it_cannot_end_a_line() {
+    let clean: &'static [u8] =
+        b"grant_type=refresh_token&refresh_token=rt-1.x_y~z%20&client_id=app";
+    let dirty: [&'static [u8]; 4] = [
+        b"grant_type=refresh_token&refresh_token=a b",
+        b"grant_type=refresh_token&refresh_token=a\r\nb",
+        b"grant_type=refresh_token&refresh_token=a\nb",
+        // U+0400: 0xD0 0x80, obs-text a loose server may take for anything.
+        "grant_type=refresh_token&refresh_token=a\u{400}".as_bytes(),
+    ];
+    for (protocol, client) in clients() {
+        for data in std::iter::once(clean).chain(dirty) {
+            let (up, seen) = scripted(oks(2)).await;
+            let proxy = proxy(up).await;
+            let (req, data) = token_body(data);
+            let shown = String::from_utf8_lossy(data).escape_debug().to_string();
+            let answer = send_request(&client, &proxy, req).await;
+            assert_eq!(answer.0, StatusCode::OK, "{protocol} {shown}: {answer:?}");
+            let next = send_with(&client, &proxy, Method::GET, "/next", empty()).await;
+            assert_eq!(next.0, StatusCode::OK);
+            let seen = std::mem::take(&mut *seen.lock().unwrap());
+            assert!(seen.requests[0].ends_with(data), "{protocol} {shown}");
+            let retired = lower(&seen.requests[0]).contains("connection: close\r\n");
+            let is_clean = data == clean;
+            assert_eq!(retired, !is_clean, "{protocol} {shown}");
+            assert_eq!(
+                seen.connections,
+                if is_clean { 1 } else { 2 },
+                "{protocol} {shown}"
+            );
+            proxy.shutdown().await;
+        }
+    }
+}
+
+/// How much a connection can hold that its peer does not read: this
+/// machine's largest send buffer, with room to spare.
+fn more_than_socket_buffers() -> usize {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    wmem_max + (2 << 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_request_was_written_retires_the_connection() {
+    // An upstream that reads little at a time, and answers each request as
+    // soon as its head is in: the head and a first byte, then, a moment
+    // later and having read the body, the last byte.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let up = listener.local_addr().unwrap();
+    let connections = Arc::new(Mutex::new(0usize));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            *counted.lock().unwrap() += 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((_, length)) = read_head(&mut stream, &mut buf).await {
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\no")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while buf.len() < length {
+                        if !fill(&mut stream, &mut buf).await {
+                            return;
+                        }
+                    }
+                    buf.drain(..length);
+                    if stream.write_all(b"k").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let size = more_than_socket_buffers();
+    let proxy = proxy_with(up, |s| s.max_token_body = Some((2 * size).to_string())).await;
+    let client = client();
+    // A clean token body, which would keep its connection, but too large
+    // to be written before the answer comes.
+    let mut data = b"grant_type=refresh_token&refresh_token=".to_vec();
+    data.resize(size, b'a');
+    let req = Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(data)).map_err(|e| match e {}).boxed())
+        .unwrap();
+    let answer = send_request(&client, &proxy, req).await;
+    assert_eq!(answer, (StatusCode::OK, Bytes::from("ok")));
+    let next = send_with(&client, &proxy, Method::GET, "/next", empty()).await;
+    assert_eq!(next, (StatusCode::OK, Bytes::from("ok")));
+    assert_eq!(*connections.lock().unwrap(), 2);
+    proxy.shutdown().await;
+}
+
+/// A loose upstream: it reads request heads only, never a body, so a body
+/// is read as the requests it holds. Each answer, a moment after its
+/// request, echoes the request's `x-tag` (header and body). Returns the
+/// tags it answered, and how many connections it accepted.
+async fn ignores_bodies() -> (SocketAddr, Arc<Mutex<(Vec<String>, usize)>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new((Vec::new(), 0usize)));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            record.lock().unwrap().1 += 1;
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((head, _)) = read_head(&mut stream, &mut buf).await {
+                    let tag = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-tag: "))
+                        .unwrap_or("none")
+                        .trim()
+                        .to_owned();
+                    record.lock().unwrap().0.push(tag.clone());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nx-tag-echo: {tag}\r\ncontent-length: {}\r\n\r\n{tag}",
+                        tag.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn tagged(method: Method, path: &str, tag: &str, data: &'static [u8]) -> Request<TestBody> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-tag", tag)
+        .body(body(data))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_body_the_upstream_ignores_never_becomes_a_request() {
+    const SMUGGLED: &[u8] = b"POST /token HTTP/1.1\r\nhost: x\r\nx-tag: smuggled\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 29\r\n\r\ngrant_type=authorization_code";
+    for (protocol, client) in clients() {
+        let (up, seen) = ignores_bodies().await;
+        let proxy = proxy(up).await;
+        let first = send_request(
+            &client,
+            &proxy,
+            tagged(Method::POST, "/upload", "a1", SMUGGLED),
+        )
+        .await;
+        assert_eq!(first, (StatusCode::OK, Bytes::from("a1")), "{protocol}");
+        // At once, on the same client connection, and from another client.
+        let next = send_request(&client, &proxy, tagged(Method::GET, "/next", "a2", b"")).await;
+        assert_eq!(next, (StatusCode::OK, Bytes::from("a2")), "{protocol}");
+        let other = send_request(
+            &self::client(),
+            &proxy,
+            tagged(Method::GET, "/b", "b1", b""),
+        )
+        .await;
+        assert_eq!(other, (StatusCode::OK, Bytes::from("b1")), "{protocol}");
+        let again = send_request(&client, &proxy, tagged(Method::GET, "/again", "a3", b"")).await;
+        assert_eq!(again, (StatusCode::OK, Bytes::from("a3")), "{protocol}");
+        let (tags, connections) = std::mem::take(&mut *seen.lock().unwrap());
+        // The upstream did read the body as a request, on a connection
+        // that the proxy closed after its one answer.
+        assert!(
+            tags.contains(&"smuggled".to_owned()),
+            "{protocol}: {tags:?}"
+        );
+        assert!(connections >= 2, "{protocol}");
+        proxy.shutdown().await;
+    }
+}
+
+/// An upstream that answers the first request on each connection and
+/// closes the connection on any later one unanswered, as one whose idle
+/// timeout fires just as a request comes would. Records each request's
+/// line, and counts connections.
+async fn answers_once_per_connection() -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            record.lock().unwrap().connections += 1;
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut first = true;
+                while let Some(request) = read_request(&mut stream, &mut buf).await {
+                    record.lock().unwrap().requests.push(request);
+                    if !first {
+                        return;
+                    }
+                    first = false;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_request_is_sent_again_once_and_only_when_safe() {
+    const POOLED: usize = 20;
+    for (protocol, client) in clients() {
+        let (up, seen) = answers_once_per_connection().await;
+        let proxy = proxy(up).await;
+        // Twenty client connections at once, each with its own upstream
+        // connection, which goes to the shared pool when it closes.
+        let mut streams = Vec::new();
+        for _ in 0..POOLED {
+            let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+            s.write_all(b"GET /warm HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            streams.push(s);
+        }
+        for s in &mut streams {
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\nok") {
+                assert!(fill(s, &mut got).await, "{protocol}");
+            }
+        }
+        drop(streams);
+        // Time for the proxy to see them close and pool their connections.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(seen.lock().unwrap().connections, POOLED, "{protocol}");
+        let sent_as = |line: &[u8]| {
+            seen.lock()
+                .unwrap()
+                .requests
+                .iter()
+                .filter(|r| r.starts_with(line))
+                .count()
+        };
+        // Not idempotent: sent once, on a pooled connection that the
+        // upstream closed; the proxy answers 502 rather than send it again.
+        for (method, line) in [
+            (Method::POST, &b"POST /once "[..]),
+            (Method::PATCH, b"PATCH /once "),
+        ] {
+            let (status, _) = send_with(&client, &proxy, method, "/once", empty()).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{protocol}");
+            assert_eq!(sent_as(line), 1, "{protocol}");
+        }
+        // Idempotent: once more, on a new connection, and answered there.
+        for (method, line) in [
+            (Method::GET, &b"GET /twice "[..]),
+            (Method::DELETE, b"DELETE /twice "),
+        ] {
+            let (status, _) = send_with(&client, &proxy, method, "/twice", empty()).await;
+            assert_eq!(status, StatusCode::OK, "{protocol}");
+            assert_eq!(sent_as(line), 2, "{protocol}");
+        }
+        assert_eq!(seen.lock().unwrap().connections, POOLED + 2, "{protocol}");
+        proxy.shutdown().await;
+    }
 }

@@ -10,6 +10,21 @@
 //! to a shared pool that new client connections draw from. An HTTPS
 //! upstream is reached through hyper-util's pooled client (rustls; HTTP/1.1
 //! or HTTP/2 by ALPN).
+//!
+//! Both transports reuse an upstream connection after a request only when
+//! `reusable_after` says so: a body that a loose upstream leaves unread
+//! is read as the next request, so a request with a body retires its
+//! connection (`Connection: close`), except a checked token body of
+//! visible ASCII, which cannot end a line. A request that a reused
+//! connection lost goes again at most once, on a new connection, and only
+//! when that is safe (see `upstream`).
+//!
+//! A request may carry a [`ForwardProgress`] (the layer adds one to a token
+//! request whose code it redeemed): it is marked not sent when the request
+//! is taken, sent right before it goes on a connection (or to hyper's
+//! client), and unanswered when the proxy answers 502 or 504 itself after
+//! that, so that the layer restores the code only when the upstream cannot
+//! have redeemed it (I6).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,13 +44,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tower_pkce::{Endpoint, RequestBody};
+use tower_pkce::{Endpoint, ForwardProgress, RequestBody};
 use tower_service::Service;
 
 use crate::config::{Config, Upstream};
 pub use crate::http1::{ClientBody, ClientBodyError};
 use crate::metrics::Metrics;
-use crate::upstream::{Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared};
+use crate::upstream::{Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared, Retry};
 pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 
 /// The body of a forwarded response: the upstream's, streamed, or the
@@ -82,18 +97,53 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Removes hop-by-hop headers, including those named in `Connection`.
+/// The fields the PKCE checks or the message's framing depend on: a
+/// `Connection` header that names one is refused (see
+/// [`connection_names_checked_field`]).
+const CHECKED_FIELDS: [&[u8]; 6] = [
+    b"authorization",
+    b"host",
+    b"content-type",
+    b"content-length",
+    b"transfer-encoding",
+    b"cookie",
+];
+
+/// The names a `Connection` field lists (RFC 9110 §7.6.1), trimmed: over
+/// every `Connection` field, since the list may be split across several.
+fn connection_names(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| !name.is_empty())
+}
+
+/// Whether a `Connection` field names a field that the checks or the
+/// framing depend on (in any letter case). Removing such a field, as hop
+/// by hop, would forward a request other than the one checked (I5), and
+/// no honest client asks for it: the request is refused instead.
+pub(crate) fn connection_names_checked_field(headers: &HeaderMap) -> bool {
+    connection_names(headers).any(|name| {
+        CHECKED_FIELDS
+            .iter()
+            .any(|checked| name.eq_ignore_ascii_case(checked))
+    })
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`, and
+/// keeps `TE: trailers`.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names, then nothing to do.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    // Only the names of fields present are copied out: the usual
+    // `Connection: keep-alive` or `close` costs no allocation.
+    let named: Vec<HeaderName> = connection_names(headers)
+        .filter(|name| std::str::from_utf8(name).is_ok_and(|name| headers.contains_key(name)))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect();
     // `TE: trailers` says the client takes trailers; it is passed on so that
     // the upstream sends them.
@@ -262,12 +312,21 @@ impl Pool {
     /// on a new one. `prepare` writes the request into the buffer it is
     /// given: the idle connection's, which keeps its allocation from
     /// request to request, or a new one.
-    fn route(&self, client: &ClientConnection, prepare: impl FnOnce(Vec<u8>) -> Prepared) -> Step {
+    fn route(
+        &self,
+        client: &ClientConnection,
+        progress: Option<&ForwardProgress>,
+        prepare: impl FnOnce(Vec<u8>) -> Prepared,
+    ) -> Step {
         match client.checkout().or_else(|| self.checkout()) {
-            Some(mut upstream) => Step::Exchanging {
-                exchange: prepare(upstream.take_buffer()).send_on(upstream),
-                reused: true,
-            },
+            Some(mut upstream) => {
+                let request = prepare(upstream.take_buffer());
+                mark(progress, ForwardProgress::sent);
+                Step::Exchanging {
+                    exchange: request.send_on(upstream),
+                    reused: true,
+                }
+            }
             None => Step::Connecting(Box::new(Connecting {
                 connect: self.connect(),
                 request: prepare(Vec::with_capacity(1024)),
@@ -283,6 +342,15 @@ enum UpstreamError {
     ConnectTimeout,
     Exchange(Http1Error),
     Client(hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// Whether the request certainly did not reach the upstream: hyper's
+    /// client could not connect. (The proxy's own connections are marked
+    /// sent only once connected.)
+    fn nothing_sent(&self) -> bool {
+        matches!(self, Self::Client(e) if e.is_connect())
+    }
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -323,6 +391,42 @@ fn https_connector(connect_timeout: Duration) -> Result<HttpsConnector<HttpConne
         .wrap_connector(http))
 }
 
+/// Whether the upstream connection that `body`'s request goes on may serve
+/// another request after it (I1), for both transports; when not, the
+/// upstream is told `Connection: close` and the connection is closed after
+/// the response.
+///
+/// A legacy upstream may answer without reading a body (on a path that
+/// takes none, or after an early error). What it left unread is then read
+/// as the start of the next request on the connection, and a body is the
+/// client's to write: it can hold a whole request, one the proxy never
+/// checked (a `POST /token` with a stolen code). So a request with a body
+/// retires its connection, except a token request whose body the PKCE
+/// layer read whole and checked and whose every byte is visible ASCII
+/// (0x21..=0x7E): with no space, CR or LF, what an upstream leaves of it
+/// can neither end a line nor split a request line, so it can only spoil
+/// the next request's method, never make a request of its own.
+pub(crate) fn reusable_after<B>(endpoint: Endpoint, body: &RequestBody<B>) -> bool
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    use http_body::Body as _;
+    if body.is_end_stream() || body.size_hint().exact() == Some(0) {
+        return true;
+    }
+    endpoint == Endpoint::Token
+        && body
+            .as_buffered()
+            .is_some_and(|data| data.iter().all(|b| matches!(b, 0x21..=0x7e)))
+}
+
+/// Marks `progress`, when the request carries one.
+fn mark(progress: Option<&ForwardProgress>, step: fn(&ForwardProgress)) {
+    if let Some(progress) = progress {
+        step(progress);
+    }
+}
+
 impl Forwarder {
     /// A forwarder for `config`, not bound to a client connection.
     ///
@@ -330,8 +434,20 @@ impl Forwarder {
     ///
     /// When the TLS client cannot be set up.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let pooled = config.upstream.scheme == http::uri::Scheme::HTTPS;
+        Self::with_transport(config, metrics, pooled)
+    }
+
+    /// A forwarder through hyper's pooled client when `pooled` (which an
+    /// HTTPS upstream needs, and which takes plain HTTP too), else over
+    /// connections of the proxy's own.
+    fn with_transport(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        pooled: bool,
+    ) -> Result<Self, String> {
         let upstream = config.upstream.clone();
-        let transport = if upstream.scheme == http::uri::Scheme::HTTPS {
+        let transport = if pooled {
             Transport::Tls(Box::new(
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(IDLE_TIMEOUT)
@@ -515,9 +631,12 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
 
     fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> ResponseFuture {
         let endpoint = self.endpoint;
+        let progress = req.extensions().get::<ForwardProgress>().cloned();
+        mark(progress.as_ref(), ForwardProgress::not_sent);
         let Some(uri) = self.upstream_uri(req.uri()) else {
             return ResponseFuture::ready(upstream_error(StatusCode::BAD_GATEWAY, endpoint));
         };
+        let retire = !reusable_after(endpoint, req.body());
         let overrides = self.forwarded_headers(&req);
         remove_hop_by_hop(req.headers_mut());
         *req.uri_mut() = uri;
@@ -529,10 +648,19 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
         let step = match &self.shared.transport {
             Transport::Plain(pool) => {
                 let home: Arc<dyn Keep> = self.conn.clone();
-                pool.route(&self.conn, |buf| Prepared::new(buf, req, &overrides, home))
+                pool.route(&self.conn, progress.as_ref(), |buf| {
+                    Prepared::new(buf, req, &overrides, home, retire)
+                })
             }
             Transport::Tls(client) => {
                 overrides.apply(req.headers_mut());
+                if retire {
+                    // hyper's client does not pool a connection whose
+                    // request asked to close it.
+                    req.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                mark(progress.as_ref(), ForwardProgress::sent);
                 let sending = client.request(req);
                 Step::Pooled(Box::pin(async move {
                     sending
@@ -549,6 +677,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
             shared: self.shared.clone(),
             conn: self.conn.clone(),
             endpoint,
+            progress,
         }))
     }
 }
@@ -577,6 +706,8 @@ struct Forwarding {
     shared: Arc<Shared>,
     conn: Arc<ClientConnection>,
     endpoint: Endpoint,
+    /// The layer's report of how far the request got, when it asked.
+    progress: Option<ForwardProgress>,
 }
 
 type Pooled = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send>>;
@@ -657,17 +788,24 @@ impl Forwarding {
                         Err(e) => e,
                     };
                     // A reused connection may have been closed by the
-                    // upstream meanwhile: a request that can be sent again is.
+                    // upstream just as the request went out. A request that
+                    // is safe to send again goes once more, on a new
+                    // connection: never from one pooled connection to the
+                    // next, each of which may have received it.
                     let again = if reused {
                         exchange.into_retry(&e)
                     } else {
                         None
                     };
                     match (again, &self.shared.transport) {
-                        (Some(request), Transport::Plain(pool)) => {
-                            // Its bytes are written already; the buffer
-                            // offered is not needed.
-                            self.step = pool.route(&self.conn, |_| request);
+                        (Some(Retry { request, unsent }), Transport::Plain(pool)) => {
+                            if unsent {
+                                mark(self.progress.as_ref(), ForwardProgress::not_sent);
+                            }
+                            self.step = Step::Connecting(Box::new(Connecting {
+                                connect: pool.connect(),
+                                request,
+                            }));
                         }
                         _ => return Poll::Ready(Err(UpstreamError::Exchange(e))),
                     }
@@ -679,8 +817,10 @@ impl Forwarding {
                     else {
                         return Poll::Ready(Err(UpstreamError::Exchange(Http1Error::Closed)));
                     };
+                    let connected = connected?;
+                    mark(self.progress.as_ref(), ForwardProgress::sent);
                     self.step = Step::Exchanging {
-                        exchange: connecting.request.send_on(connected?),
+                        exchange: connecting.request.send_on(connected),
                         reused: false,
                     };
                 }
@@ -715,6 +855,12 @@ impl Forwarding {
                 response
             }
             Some(Err(e)) => {
+                // `unanswered` leaves a request that was never sent as it is.
+                if e.nothing_sent() {
+                    mark(self.progress.as_ref(), ForwardProgress::not_sent);
+                } else {
+                    mark(self.progress.as_ref(), ForwardProgress::unanswered);
+                }
                 tracing::warn!(
                     endpoint = endpoint.as_str(),
                     error = %e,
@@ -725,6 +871,7 @@ impl Forwarding {
                 upstream_error(StatusCode::BAD_GATEWAY, endpoint)
             }
             None => {
+                mark(self.progress.as_ref(), ForwardProgress::unanswered);
                 let timeout = self.shared.response_timeout;
                 tracing::warn!(endpoint = endpoint.as_str(), ?timeout, "upstream timed out");
                 metrics.upstream_failure("timeout");
@@ -771,6 +918,47 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_names_are_read_across_fields_and_cases() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" X-One ,,x-two"),
+        );
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::HOST, HeaderValue::from_static("h"));
+        assert!(!connection_names_checked_field(&h));
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["host", "te"], "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn a_connection_header_naming_a_checked_field_is_found() {
+        for (values, found) in [
+            (&["authorization"][..], true),
+            (&["keep-alive, HOST"], true),
+            (&["x-a", " Content-Type "], true),
+            (&["content-length"], true),
+            (&["close,transfer-encoding"], true),
+            (&["Cookie"], true),
+            (&["keep-alive", "close, x-foo"], false),
+            (&["hosts, authorization-x"], false),
+            (&[""], false),
+        ] {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONNECTION, HeaderValue::from_static(v));
+            }
+            assert_eq!(connection_names_checked_field(&h), found, "{values:?}");
+        }
+        assert!(!connection_names_checked_field(&HeaderMap::new()));
+    }
+
+    #[test]
     fn error_bodies() {
         let r = upstream_error(StatusCode::GATEWAY_TIMEOUT, Endpoint::Token);
         assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -780,5 +968,270 @@ mod tests {
             r.headers()[header::CONTENT_TYPE],
             "text/plain; charset=utf-8"
         );
+    }
+
+    /// The service behind the layer in these tests: it hands the request on
+    /// to the forwarder with a progress report in it, as the layer does for
+    /// a token request whose code it redeemed, and tells the forwarder the
+    /// endpoint, as the server does.
+    #[derive(Clone)]
+    struct Reported {
+        forwarder: Forwarder,
+        progress: ForwardProgress,
+        endpoint: Endpoint,
+    }
+
+    impl Service<Request<RequestBody<ClientBody>>> for Reported {
+        type Response = Response<ProxyBody>;
+        type Error = Infallible;
+        type Future = ResponseFuture;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> ResponseFuture {
+            req.extensions_mut().insert(self.progress.clone());
+            self.forwarder.set_endpoint(self.endpoint);
+            self.forwarder.call(req)
+        }
+    }
+
+    type Harness = tower_pkce::Pkce<Reported, tower_pkce::store::MemoryStore>;
+
+    /// The PKCE layer in front of a forwarder to `upstream` (0.3 s response
+    /// timeout), over hyper's pooled client when `pooled`.
+    fn harness(upstream: &str, pooled: bool) -> Harness {
+        use tower::Layer;
+        let config = Config::resolve(&crate::config::RawSettings {
+            upstream: Some(upstream.to_owned()),
+            response_timeout: Some("0.3".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let forwarder = Forwarder::with_transport(&config, metrics, pooled)
+            .unwrap()
+            .for_connection(([127, 0, 0, 1], 1).into());
+        tower_pkce::PkceLayer::strict().layer(Reported {
+            forwarder,
+            progress: ForwardProgress::default(),
+            endpoint: Endpoint::Other,
+        })
+    }
+
+    /// Sends `req` through `harness` as a request for `endpoint`, with a
+    /// fresh progress report: the answer's status and body, and the report.
+    async fn send(
+        harness: &mut Harness,
+        endpoint: Endpoint,
+        req: Request<ClientBody>,
+    ) -> (StatusCode, Bytes, tower_pkce::Progress) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let progress = ForwardProgress::default();
+        harness.get_mut().progress = progress.clone();
+        harness.get_mut().endpoint = endpoint;
+        let sent = harness.clone().oneshot(req);
+        let response = tokio::time::timeout(Duration::from_secs(5), sent)
+            .await
+            .unwrap()
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body, progress.get())
+    }
+
+    fn get(path: &str) -> Request<ClientBody> {
+        Request::get(path)
+            .header(header::HOST, "proxy.test")
+            .body(ClientBody::empty())
+            .unwrap()
+    }
+
+    fn post(path: &str, data: &'static [u8]) -> Request<ClientBody> {
+        Request::post(path)
+            .header(header::HOST, "proxy.test")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::CONTENT_LENGTH, data.len())
+            .body(ClientBody::full(Bytes::from_static(data)))
+            .unwrap()
+    }
+
+    /// Forwards `GET /page` to `upstream` with a report in it: the status
+    /// answered, and the progress reported.
+    async fn forward_reported(upstream: &str, pooled: bool) -> (StatusCode, tower_pkce::Progress) {
+        let mut harness = harness(upstream, pooled);
+        let (status, _, progress) = send(&mut harness, Endpoint::Other, get("/page")).await;
+        (status, progress)
+    }
+
+    /// An upstream that reads a request head, then does `then` with the
+    /// connection.
+    async fn upstream<F, Fut>(then: F) -> String
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::spawn(then(stream));
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn progress_is_reported_as_far_as_the_request_got() {
+        use tokio::io::AsyncWriteExt;
+        use tower_pkce::Progress;
+
+        for pooled in [false, true] {
+            let refused = format!("http://127.0.0.1:{}", closed_port());
+            assert_eq!(
+                forward_reported(&refused, pooled).await,
+                (StatusCode::BAD_GATEWAY, Progress::NotSent),
+                "connect refused, pooled: {pooled}"
+            );
+            let silent = upstream(|stream| async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                drop(stream);
+            })
+            .await;
+            assert_eq!(
+                forward_reported(&silent, pooled).await,
+                (StatusCode::GATEWAY_TIMEOUT, Progress::Unanswered),
+                "read, never answered, pooled: {pooled}"
+            );
+            let closing = upstream(|stream| async move { drop(stream) }).await;
+            assert_eq!(
+                forward_reported(&closing, pooled).await,
+                (StatusCode::BAD_GATEWAY, Progress::Unanswered),
+                "read, closed unanswered, pooled: {pooled}"
+            );
+            let answering = upstream(|mut stream| async move {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            })
+            .await;
+            assert_eq!(
+                forward_reported(&answering, pooled).await,
+                (StatusCode::OK, Progress::Sent),
+                "answered, pooled: {pooled}"
+            );
+        }
+        let refused = format!("https://127.0.0.1:{}", closed_port());
+        assert_eq!(
+            forward_reported(&refused, true).await,
+            (StatusCode::BAD_GATEWAY, Progress::NotSent),
+            "connect refused, HTTPS"
+        );
+    }
+
+    /// An upstream (hyper's server) that answers "ok" after reading each
+    /// body; records how many connections it accepted and, for each request,
+    /// its path and whether it asked to close the connection.
+    async fn recording() -> (String, Arc<Mutex<(usize, Vec<(String, bool)>)>>) {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new((0, Vec::new())));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                record.lock().unwrap().0 += 1;
+                let record = record.clone();
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let close = req
+                                .headers()
+                                .get(header::CONNECTION)
+                                .is_some_and(|v| v == "close");
+                            let path = req.uri().path().to_owned();
+                            let _ = req.into_body().collect().await;
+                            record.lock().unwrap().1.push((path, close));
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn a_body_retires_the_connection_on_both_transports() {
+        for pooled in [false, true] {
+            let (up, seen) = recording().await;
+            let mut harness = harness(&up, pooled);
+            let requests = [
+                (Endpoint::Other, post("/upload", b"data")),
+                (Endpoint::Other, get("/next")),
+                (Endpoint::Other, get("/again")),
+                (
+                    Endpoint::Token,
+                    post("/token", b"grant_type=refresh_token&refresh_token=r1"),
+                ),
+                (Endpoint::Other, get("/after-token")),
+                (
+                    Endpoint::Token,
+                    post("/token", b"grant_type=refresh_token&refresh_token=r 2"),
+                ),
+                (Endpoint::Other, get("/last")),
+            ];
+            for (endpoint, req) in requests {
+                let (status, body, _) = send(&mut harness, endpoint, req).await;
+                assert_eq!(
+                    (status, &body[..]),
+                    (StatusCode::OK, &b"ok"[..]),
+                    "{pooled}"
+                );
+                // hyper's client pools a connection once it is idle again.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let (connections, requests) = std::mem::take(&mut *seen.lock().unwrap());
+            let closed: Vec<(&str, bool)> =
+                requests.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+            assert_eq!(
+                closed,
+                [
+                    ("/upload", true),
+                    ("/next", false),
+                    ("/again", false),
+                    ("/token", false),
+                    ("/after-token", false),
+                    ("/token", true),
+                    ("/last", false),
+                ],
+                "pooled: {pooled}"
+            );
+            assert_eq!(connections, 3, "pooled: {pooled}");
+        }
     }
 }

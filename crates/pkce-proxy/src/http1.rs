@@ -14,6 +14,12 @@
 //!   only transfer coding (501 for others). Both at once, conflicting
 //!   lengths, or `Transfer-Encoding` in HTTP/1.0 get 400: each is a way to
 //!   smuggle a request past a proxy.
+//! - No body where the method has none: a GET, HEAD, DELETE, OPTIONS or
+//!   TRACE request with any `Transfer-Encoding` or a `Content-Length` above
+//!   zero gets 400 before its body is read (see [`body_refused`]), and
+//!   `CONNECT` gets 400: a reverse proxy has no tunnel to offer, and a 405
+//!   would owe an `Allow` list of the upstream's methods, which the proxy
+//!   does not know.
 //! - `Expect: 100-continue`: the interim answer goes out when the body is
 //!   first read, never after the final response has started.
 //! - Responses: `Content-Length` when the size is known, `chunked`
@@ -357,6 +363,24 @@ const TOO_MANY_FIELDS: Refusal = Refusal(
     "too many header fields",
 );
 
+/// Why `CONNECT` is refused, on both protocols.
+pub(crate) const CONNECT_REFUSED: &str = "CONNECT is not served: this is a reverse proxy";
+
+/// Why a request with `method` must not carry a body, or `None` when it
+/// may. RFC 9110 gives content on these methods no meaning (TRACE must have
+/// none), and an upstream that does not read it takes it for the next
+/// request on the connection: a request the proxy never checked (I1).
+pub(crate) fn body_refused(method: &Method) -> Option<&'static str> {
+    Some(match *method {
+        Method::GET => "a GET request must not have a body",
+        Method::HEAD => "a HEAD request must not have a body",
+        Method::DELETE => "a DELETE request must not have a body",
+        Method::OPTIONS => "an OPTIONS request must not have a body",
+        Method::TRACE => "a TRACE request must not have a body",
+        _ => return None,
+    })
+}
+
 /// Parses a request head at the front of `buffered`: with its length, or
 /// `None` when more bytes are needed.
 fn parse_head(buffered: &[u8], copies: &mut Copies) -> Result<Option<(Head, usize)>, Refusal> {
@@ -389,6 +413,9 @@ fn parse_head_with<'b>(
     };
     let method =
         Method::from_bytes(method.as_bytes()).map_err(|_| Refusal(BAD, "invalid method"))?;
+    if method == Method::CONNECT {
+        return Err(Refusal(BAD, CONNECT_REFUSED));
+    }
     let http10 = minor == 0;
     // Header values and the target share one copy of the head.
     let head = wire::HeadCopy::new(buffered, len, copies);
@@ -398,6 +425,7 @@ fn parse_head_with<'b>(
     let mut length: Option<u64> = None;
     let mut codings = 0;
     let mut chunked = false;
+    let mut unsupported_coding = false;
     let mut close = false;
     let mut keep_alive = false;
     let mut expect_continue = false;
@@ -420,12 +448,7 @@ fn parse_head_with<'b>(
             header::TRANSFER_ENCODING => {
                 codings += 1;
                 chunked = bytes.trim_ascii().eq_ignore_ascii_case(b"chunked");
-                if !chunked && wire::ends_chunked(bytes) {
-                    return Err(Refusal(
-                        StatusCode::NOT_IMPLEMENTED,
-                        "only the chunked transfer coding is supported",
-                    ));
-                }
+                unsupported_coding |= !chunked && wire::ends_chunked(bytes);
             }
             header::CONNECTION => {
                 close |= wire::has_token(bytes, b"close");
@@ -444,6 +467,17 @@ fn parse_head_with<'b>(
     // and the upstream must not read different hosts from one request.
     if hosts > 1 || (hosts == 0 && !http10) {
         return Err(Refusal(BAD, "a request needs exactly one Host header"));
+    }
+    if (codings > 0 || length.is_some_and(|n| n > 0))
+        && let Some(why) = body_refused(&method)
+    {
+        return Err(Refusal(BAD, why));
+    }
+    if unsupported_coding {
+        return Err(Refusal(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is supported",
+        ));
     }
     let framing = if codings > 0 {
         if http10 || length.is_some() || codings > 1 || !chunked {
@@ -1351,6 +1385,100 @@ mod tests {
             assert!(got.contains("connection: close\r\n"), "{got}");
             assert!(closed(&mut s).await);
         }
+    }
+
+    /// A server whose handler counts its calls and answers "ok".
+    async fn counting_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let shutdown = Arc::new(Shutdown::default());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                let handler = move |_: Request<ClientBody>| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async { Response::new(frames(&["ok"], None)) }
+                };
+                tokio::spawn(serve_connection(
+                    stream,
+                    handler,
+                    shutdown.enter(),
+                    Settings {
+                        head_timeout: settings(),
+                    },
+                ));
+            }
+        });
+        (addr, calls)
+    }
+
+    #[tokio::test]
+    async fn a_body_on_a_method_without_one_is_refused_unread() {
+        let (addr, calls) = counting_server().await;
+        for method in ["GET", "HEAD", "DELETE", "OPTIONS", "TRACE"] {
+            for framing in [
+                "content-length: 5\r\n\r\nhello",
+                "transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                "transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+                "transfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            ] {
+                let mut s = connect(addr).await;
+                // The body holds a whole request: it must never be read as one.
+                let request = format!(
+                    "{method} /x HTTP/1.1\r\nhost: x\r\n{framing}GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n"
+                );
+                let got = ask(&mut s, request.as_bytes(), "\n\n").await;
+                assert!(
+                    got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                    "{method} {framing}: {got}"
+                );
+                assert!(got.contains("connection: close\r\n"), "{got}");
+                assert!(
+                    got.contains(&format!("{method} request must not have a body\n")),
+                    "{got}"
+                );
+                assert!(closed(&mut s).await, "{method} {framing}");
+            }
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler was called");
+        // A length of zero is no body: served, and the connection kept.
+        let mut s = connect(addr).await;
+        for method in ["GET", "HEAD", "DELETE", "OPTIONS", "TRACE"] {
+            let request = format!("{method} /x HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n");
+            let until = if method == "HEAD" { "\r\n\r\n" } else { "ok" };
+            let got = ask(&mut s, request.as_bytes(), until).await;
+            assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{method}: {got}");
+            assert!(!got.contains("connection: close"), "{method}: {got}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        // A POST may have a body.
+        let got = ask(
+            &mut s,
+            b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi",
+            "ok",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn connect_is_refused() {
+        let (addr, calls) = counting_server().await;
+        for request in [
+            &b"CONNECT upstream.example:443 HTTP/1.1\r\nhost: upstream.example:443\r\n\r\n"[..],
+            b"CONNECT / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            let mut s = connect(addr).await;
+            let got = ask(&mut s, request, "\n\n").await;
+            assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+            assert!(got.contains("connection: close\r\n"), "{got}");
+            assert!(got.ends_with(&format!("{CONNECT_REFUSED}\n")), "{got}");
+            assert!(closed(&mut s).await);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -1,6 +1,12 @@
 //! The listeners, shut down gracefully: the proxy's client connections,
 //! served by `http1` (HTTP/1.1 of its own, HTTP/2 through hyper), and the
 //! admin endpoints, served with hyper-util's auto builder.
+//!
+//! Every client request is screened before the PKCE layer sees it (see
+//! `screen`), on both protocols: `CONNECT`, a body on a method that has
+//! none, and a `Connection` header naming a field the checks or the framing
+//! depend on get 400; the hop-by-hop fields are removed, so that the layer
+//! checks exactly the request the upstream receives (I5).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,8 +17,8 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -26,10 +32,11 @@ use tower_pkce::store::Store;
 use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody};
 
 use crate::config::{Config, Upstream};
-use crate::forward::{ClientBody, Forwarder, ProxyBody};
+use crate::forward::{self, ClientBody, Forwarder, ProxyBody};
 use crate::http1;
 use crate::metrics::Metrics;
 use crate::store::ProxyStore;
+use crate::wire;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -206,6 +213,80 @@ where
 type ProxyService = Pkce<Forwarder, ProxyStore>;
 type ProxyFuture = <ProxyService as Service<Request<ClientBody>>>::Future;
 type ProxyResponse = Response<ResponseBody<ProxyBody>>;
+/// What a client receives: the layer's answer, or the screen's refusal.
+type ClientResponse = Response<Either<ResponseBody<ProxyBody>, Full<Bytes>>>;
+
+/// A request the screen refuses: its one-line reason, and the layer's name
+/// for it when it has one (for the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refused(&'static str, Option<Rejection>);
+
+/// Whether a request announces a body: a length above zero, or (with no
+/// length) a body not known to be at its end. An HTTP/2 request whose
+/// headers did not end the stream counts, even if an empty DATA frame
+/// would have ended it.
+fn announces_body(headers: &HeaderMap, body: &ClientBody) -> bool {
+    use http_body::Body as _;
+    let mut zero = false;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        if wire::parse_length(value.as_bytes()) != Some(0) {
+            return true;
+        }
+        zero = true;
+    }
+    !zero && !body.is_end_stream()
+}
+
+/// Refuses what must reach neither the PKCE layer nor the upstream, then
+/// removes the hop-by-hop fields, before the layer sees the request, so
+/// that its checks apply to exactly what is forwarded (I5). HTTP/1.1
+/// requests were screened for `CONNECT` and bodies by `http1` already,
+/// before their body was read; HTTP/2 ones are here.
+fn screen(req: &mut Request<ClientBody>) -> Result<(), Refused> {
+    let method = req.method();
+    if method == Method::CONNECT {
+        return Err(Refused(http1::CONNECT_REFUSED, None));
+    }
+    if let Some(why) = http1::body_refused(method)
+        && announces_body(req.headers(), req.body())
+    {
+        return Err(Refused(why, None));
+    }
+    if forward::connection_names_checked_field(req.headers()) {
+        return Err(Refused(
+            "the Connection header must not name Authorization, Host, Content-Type, Content-Length, Transfer-Encoding or Cookie",
+            Some(Rejection::ConnectionNamesCheckedField),
+        ));
+    }
+    forward::remove_hop_by_hop(req.headers_mut());
+    Ok(())
+}
+
+/// The answer to a request the screen refused: 400, one line of text.
+fn refusal(refused: Refused, endpoint: Endpoint, metrics: Arc<Metrics>) -> Answer {
+    let Refused(why, rejection) = refused;
+    tracing::info!(endpoint = endpoint.as_str(), why, "request refused");
+    let mut response = text(
+        StatusCode::BAD_REQUEST,
+        "text/plain; charset=utf-8",
+        format!("{why}\n"),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    if let Some(rejection) = rejection {
+        response.extensions_mut().insert(rejection);
+    }
+    Answer {
+        state: AnswerState::Refused {
+            response: Some(response),
+        },
+        metrics,
+        endpoint,
+        bodiless: false,
+    }
+}
 
 /// The service readied and called at once, so that the request goes
 /// straight into the call and is never held in a future of its own. The
@@ -241,6 +322,7 @@ fn handle(
         state,
         metrics,
         endpoint,
+        bodiless: false,
     }
 }
 
@@ -252,6 +334,9 @@ pin_project! {
         state: AnswerState,
         metrics: Arc<Metrics>,
         endpoint: Endpoint,
+        // The answer to a HEAD request over HTTP/2, whose body hyper would
+        // send (HTTP/1.1 leaves it out in `http1`).
+        bodiless: bool,
     }
 }
 
@@ -260,26 +345,39 @@ pin_project! {
     enum AnswerState {
         Called { #[pin] future: ProxyFuture },
         Waiting { future: Pin<Box<dyn Future<Output = ProxyResponse> + Send>> },
+        Refused { response: Option<Response<Full<Bytes>>> },
     }
 }
 
 impl Future for Answer {
-    type Output = ProxyResponse;
+    type Output = ClientResponse;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ProxyResponse> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ClientResponse> {
         let this = self.project();
         let response = match this.state.project() {
             AnswerProj::Called { future } => match ready!(future.poll(cx)) {
-                Ok(response) => response,
+                Ok(response) => response.map(Either::Left),
                 Err(never) => match never {},
             },
-            AnswerProj::Waiting { future } => ready!(future.as_mut().poll(cx)),
+            AnswerProj::Waiting { future } => ready!(future.as_mut().poll(cx)).map(Either::Left),
+            // Polled again after its answer: an empty 400 rather than a panic.
+            AnswerProj::Refused { response } => response
+                .take()
+                .unwrap_or_else(|| {
+                    let mut r = Response::new(Full::default());
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    r
+                })
+                .map(Either::Right),
         };
         this.metrics.request(
             *this.endpoint,
             response.status(),
             response.extensions().get::<Rejection>().copied(),
         );
+        if *this.bodiless {
+            return Poll::Ready(response.map(|_| Either::Right(Full::default())));
+        }
         Poll::Ready(response)
     }
 }
@@ -325,9 +423,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 *pkce.get_mut() = forwarder;
                 let layer = layer.clone();
                 let metrics = metrics.clone();
-                move |req: Request<ClientBody>| {
+                move |mut req: Request<ClientBody>| {
                     let endpoint = layer.endpoint(req.uri().path());
-                    handle(pkce.clone(), metrics.clone(), endpoint, req)
+                    let bodiless =
+                        req.method() == Method::HEAD && req.version() == http::Version::HTTP_2;
+                    let mut answer = match screen(&mut req) {
+                        Ok(()) => handle(pkce.clone(), metrics.clone(), endpoint, req),
+                        Err(refused) => refusal(refused, endpoint, metrics.clone()),
+                    };
+                    answer.bodiless = bodiless;
+                    answer
                 }
             },
         )
@@ -500,5 +605,97 @@ impl Admin {
             Ok(Err(e)) => Err(format!("upstream unreachable: {e}")),
             Err(_) => Err("upstream did not accept a connection within 2 s".to_owned()),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, fields: &[(&str, &str)], body: ClientBody) -> Request<ClientBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        for (name, value) in fields {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        req
+    }
+
+    #[test]
+    fn connect_and_bodies_where_the_method_has_none_are_refused() {
+        let mut connect = request(Method::CONNECT, &[], ClientBody::empty());
+        assert_eq!(
+            screen(&mut connect),
+            Err(Refused(http1::CONNECT_REFUSED, None))
+        );
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::TRACE,
+        ] {
+            let why = http1::body_refused(&method).unwrap();
+            for (fields, body) in [
+                (&[("content-length", "5")][..], ClientBody::empty()),
+                (&[], ClientBody::full(Bytes::from_static(b"x"))),
+                (
+                    &[("content-length", "0"), ("content-length", "1")],
+                    ClientBody::empty(),
+                ),
+                (&[("content-length", "zero")], ClientBody::empty()),
+            ] {
+                let mut req = request(method.clone(), fields, body);
+                assert_eq!(
+                    screen(&mut req),
+                    Err(Refused(why, None)),
+                    "{method} {fields:?}"
+                );
+            }
+            for fields in [&[][..], &[("content-length", "0")]] {
+                let mut req = request(method.clone(), fields, ClientBody::empty());
+                assert_eq!(screen(&mut req), Ok(()), "{method} {fields:?}");
+            }
+        }
+        let mut post = request(
+            Method::POST,
+            &[("content-length", "1")],
+            ClientBody::full(Bytes::from_static(b"x")),
+        );
+        assert_eq!(screen(&mut post), Ok(()));
+    }
+
+    #[test]
+    fn connection_may_not_name_a_checked_field_and_names_go_before_the_layer() {
+        let mut req = request(
+            Method::POST,
+            &[
+                ("connection", "keep-alive"),
+                ("connection", "x-a, Authorization"),
+            ],
+            ClientBody::empty(),
+        );
+        assert_eq!(
+            screen(&mut req).map_err(|Refused(_, rejection)| rejection),
+            Err(Some(Rejection::ConnectionNamesCheckedField))
+        );
+        let mut req = request(
+            Method::GET,
+            &[
+                ("connection", "x-foo, close"),
+                ("x-foo", "1"),
+                ("te", "trailers"),
+                ("keep-alive", "timeout=5"),
+                ("host", "h"),
+            ],
+            ClientBody::empty(),
+        );
+        assert_eq!(screen(&mut req), Ok(()));
+        let left: Vec<&str> = req.headers().keys().map(http::HeaderName::as_str).collect();
+        assert_eq!(left, ["host", "te"]);
     }
 }

@@ -11,7 +11,14 @@
 //! Framing follows RFC 9112: `Content-Length` or `chunked` (with trailers)
 //! on both sides, and a response delimited by the connection's close. A
 //! connection is kept for the next request only when both messages were
-//! complete and the upstream spoke HTTP/1.1 without `Connection: close`.
+//! complete, the whole request was written before the response began, the
+//! upstream spoke HTTP/1.1 without `Connection: close`, and the request
+//! did not retire it: the forwarder decides that by
+//! `forward::reusable_after` (a request with a body whose leftovers could
+//! become a request), and a retired request tells the upstream
+//! `Connection: close`. A request is written again, once, on a new
+//! connection only when it never left the proxy or has no body and an
+//! idempotent method ([`Exchange::into_retry`]).
 
 use std::io;
 use std::pin::Pin;
@@ -92,6 +99,8 @@ pub(crate) struct Connection {
     copies: Copies,
     out: Vec<u8>,
     written: usize,
+    /// The kernel took at least one byte of the current request.
+    wrote: bool,
 }
 
 impl Connection {
@@ -104,6 +113,7 @@ impl Connection {
             copies: Copies::default(),
             out: Vec::with_capacity(1024),
             written: 0,
+            wrote: false,
         })
     }
 
@@ -140,11 +150,18 @@ impl Connection {
 
     /// Writes what is in the output buffer, and empties it unless `keep`.
     fn poll_flush_out(&mut self, cx: &mut Context<'_>, keep: bool) -> Poll<io::Result<()>> {
-        if keep {
+        let (before, pending) = (self.written, self.written < self.out.len());
+        let result = if keep {
             wire::poll_write_kept(&self.stream, cx, &self.out, &mut self.written)
         } else {
             wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written)
+        };
+        // A whole write empties the buffer (`written` back to 0): progress
+        // shows in the result then, not in the count.
+        if pending && (self.written != before || matches!(result, Poll::Ready(Ok(())))) {
+            self.wrote = true;
         }
+        result
     }
 
     fn finish_exchange(&mut self) {
@@ -222,12 +239,14 @@ fn request_length(method: &Method, body: &OutgoingBody, had_length: bool) -> Opt
 }
 
 /// Writes the request line and header fields of `parts` into `out`, with
-/// the framing header, and returns how the body is to be written.
+/// the framing header and, when `close`, `Connection: close`; returns how
+/// the body is to be written.
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::request::Parts,
     overrides: &HeaderOverrides,
     body: &OutgoingBody,
+    close: bool,
 ) -> Option<bool> {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -255,6 +274,9 @@ fn encode_head(
         if let Some(value) = value {
             encode_field(out, name, value);
         }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     let chunked = match request_length(&parts.method, body, had_length) {
         None => None,
@@ -457,20 +479,24 @@ pub(crate) struct Prepared {
     outgoing: Option<Outgoing>,
     method: Method,
     home: Arc<dyn Keep>,
+    retire: bool,
 }
 
 impl Prepared {
     /// `req` written into `buf`, with `overrides`. `home` takes the
-    /// connection back once the exchange is over.
+    /// connection back once the exchange is over, unless `retire`: then the
+    /// upstream is told `Connection: close`, and the connection is closed
+    /// after the response (see `forward::reusable_after`).
     pub(crate) fn new(
         mut buf: Vec<u8>,
         req: Request<OutgoingBody>,
         overrides: &HeaderOverrides,
         home: Arc<dyn Keep>,
+        retire: bool,
     ) -> Self {
         let (parts, body) = req.into_parts();
         buf.clear();
-        let chunked = encode_head(&mut buf, &parts, overrides, &body);
+        let chunked = encode_head(&mut buf, &parts, overrides, &body, retire);
         // A body known to be empty is not kept: the whole request is in
         // the buffer, its end too (if chunked), and can be sent again.
         let outgoing = match chunked {
@@ -486,6 +512,7 @@ impl Prepared {
             outgoing,
             method: parts.method,
             home,
+            retire,
         }
     }
 
@@ -493,15 +520,36 @@ impl Prepared {
     pub(crate) fn send_on(self, mut conn: Box<Connection>) -> Exchange {
         conn.out = self.out;
         conn.written = 0;
+        conn.wrote = false;
         Exchange {
             replayable: self.outgoing.is_none(),
             conn,
             outgoing: self.outgoing,
             sent: false,
+            early: false,
             method: self.method,
             home: self.home,
+            retire: self.retire,
         }
     }
+}
+
+/// A request to send again, on a new connection, after the reused one it
+/// went on failed.
+pub(crate) struct Retry {
+    /// The request, as it was to be written.
+    pub(crate) request: Prepared,
+    /// No byte of it left the proxy.
+    pub(crate) unsent: bool,
+}
+
+/// Whether a request with `method` and no body may be sent twice with the
+/// effect of once (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// One request being sent on a connection of the proxy's own, and its
@@ -512,8 +560,11 @@ pub(crate) struct Exchange {
     /// The whole request is in the connection's buffer: no body streams.
     replayable: bool,
     sent: bool,
+    /// An answer began before the whole request was written.
+    early: bool,
     method: Method,
     home: Arc<dyn Keep>,
+    retire: bool,
 }
 
 impl Exchange {
@@ -522,7 +573,12 @@ impl Exchange {
         let mut write_error = None;
         if !self.sent {
             match poll_send(&mut self.conn, &mut self.outgoing, cx) {
-                Poll::Ready(Ok(())) => self.sent = true,
+                Poll::Ready(Ok(())) => {
+                    self.sent = true;
+                    // Part of an answer was read already: it began before
+                    // the request was whole.
+                    self.early = !self.conn.inbox.is_empty();
+                }
                 Poll::Ready(Err(e)) => write_error = Some(e),
                 Poll::Pending => {}
             }
@@ -555,7 +611,10 @@ impl Exchange {
             conn: Some(self.conn),
             outgoing: if self.sent { None } else { self.outgoing },
             framing: head.framing,
-            keep_alive: head.keep_alive,
+            // An answer before the whole request was written: the upstream
+            // may not read the rest, which would then wait on the
+            // connection in front of the next request.
+            keep_alive: head.keep_alive && self.sent && !self.early && !self.retire,
             home: Some(self.home),
         };
         stream.release_if_done();
@@ -566,19 +625,32 @@ impl Exchange {
         response
     }
 
-    /// After `error`, the request again, for another connection: when
-    /// nothing of the response arrived and the request had no body to lose.
-    pub(crate) fn into_retry(self, error: &Http1Error) -> Option<Prepared> {
-        let nothing_received = self.conn.inbox.is_empty();
-        (self.replayable
-            && nothing_received
-            && matches!(error, Http1Error::Io(_) | Http1Error::Closed))
-        .then(|| Prepared {
-            out: self.conn.out,
-            outgoing: None,
+    /// After `error` on a connection that served a request before (the
+    /// upstream may have closed it just then), the request again, for a new
+    /// connection: only when nothing of a response arrived, the connection
+    /// failed (not the answer's form nor the request's body), and either
+    /// no byte of the request was taken by the kernel, or the request has
+    /// no body and an idempotent method. Anything else may have been acted
+    /// on: a POST sent twice is two POSTs.
+    pub(crate) fn into_retry(mut self, error: &Http1Error) -> Option<Retry> {
+        if !self.conn.inbox.is_empty() || !matches!(error, Http1Error::Io(_) | Http1Error::Closed) {
+            return None;
+        }
+        let unsent = !self.conn.wrote;
+        let idempotent = self.replayable && is_idempotent(&self.method);
+        if !(unsent || idempotent) {
+            return None;
+        }
+        // Unsent, the buffer holds all that was taken of the body so far,
+        // and `outgoing` the rest; sent, the whole request is in it.
+        let request = Prepared {
+            out: std::mem::take(&mut self.conn.out),
+            outgoing: self.outgoing,
             method: self.method,
             home: self.home,
-        })
+            retire: self.retire,
+        };
+        Some(Retry { request, unsent })
     }
 }
 
@@ -704,5 +776,117 @@ impl Body for UpstreamBody {
             },
             BodyKind::Pooled(body) => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A home that drops what it is given.
+    struct Nowhere;
+
+    impl Keep for Nowhere {
+        fn keep(&self, _: Box<Connection>) {}
+    }
+
+    fn prepared(method: Method) -> Prepared {
+        Prepared {
+            out: format!("{method} /x HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+                .into_bytes(),
+            outgoing: None,
+            method,
+            home: Arc::new(Nowhere),
+            retire: false,
+        }
+    }
+
+    /// The proxy's end of a connection, and the upstream's.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        (ours, theirs)
+    }
+
+    /// Sends `method`'s request on a connection whose upstream end does
+    /// `then` first; what the retry rule makes of the failure.
+    async fn retry_after<F, Fut>(method: Method, then: F) -> Option<bool>
+    where
+        F: FnOnce(TcpStream) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (ours, theirs) = pair().await;
+        then(theirs).await;
+        let mut exchange = prepared(method).send_on(Connection::new(ours));
+        let e = poll_fn(|cx| exchange.poll_head(cx))
+            .await
+            .err()
+            .expect("no answer");
+        exchange.into_retry(&e).map(|retry| retry.unsent)
+    }
+
+    /// The upstream resets the connection before the request comes: no
+    /// byte of it can leave.
+    async fn reset(theirs: TcpStream) {
+        socket2::SockRef::from(&theirs)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(theirs);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// The upstream reads the request, then closes without an answer.
+    async fn read_and_close(mut theirs: TcpStream) {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = theirs.read(&mut buf).await;
+        });
+    }
+
+    /// The upstream starts an answer, then closes.
+    async fn answer_in_part(mut theirs: TcpStream) {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = theirs.read(&mut buf).await;
+            let _ = theirs.write_all(b"HTTP/1.1 200 OK\r\n").await;
+        });
+    }
+
+    #[tokio::test]
+    async fn a_request_is_sent_again_only_when_that_is_safe() {
+        // Nothing left the proxy: any request may go again.
+        for method in [Method::POST, Method::PATCH, Method::GET] {
+            assert_eq!(
+                retry_after(method.clone(), reset).await,
+                Some(true),
+                "{method}"
+            );
+        }
+        // Sent, and dropped unanswered: only an idempotent one goes again.
+        for (method, again) in [
+            (Method::GET, true),
+            (Method::HEAD, true),
+            (Method::OPTIONS, true),
+            (Method::TRACE, true),
+            (Method::PUT, true),
+            (Method::DELETE, true),
+            (Method::POST, false),
+            (Method::PATCH, false),
+        ] {
+            let retry = retry_after(method.clone(), read_and_close).await;
+            assert_eq!(retry, again.then_some(false), "{method}");
+        }
+        // Part of an answer came: the request was acted on.
+        assert_eq!(retry_after(Method::GET, answer_in_part).await, None);
     }
 }
