@@ -405,7 +405,10 @@ fn https_connector(connect_timeout: Duration) -> Result<HttpsConnector<HttpConne
 /// layer read whole and checked and whose every byte is visible ASCII
 /// (0x21..=0x7E): with no space, CR or LF, what an upstream leaves of it
 /// can neither end a line nor split a request line, so it can only spoil
-/// the next request's method, never make a request of its own.
+/// the next request's method, never make a request of its own. (The layer
+/// forwards a checked body with every other byte percent-encoded, so the
+/// last test holds of every body it checked; it is kept here too, so that
+/// the rule does not rest on that.)
 pub(crate) fn reusable_after<B>(endpoint: Endpoint, body: &RequestBody<B>) -> bool
 where
     B: http_body::Body<Data = Bytes>,
@@ -1199,6 +1202,8 @@ mod tests {
                     post("/token", b"grant_type=refresh_token&refresh_token=r1"),
                 ),
                 (Endpoint::Other, get("/after-token")),
+                // A raw space reaches the upstream percent-encoded (the
+                // layer makes a checked body inert): the connection stays.
                 (
                     Endpoint::Token,
                     post("/token", b"grant_type=refresh_token&refresh_token=r 2"),
@@ -1226,12 +1231,12 @@ mod tests {
                     ("/again", false),
                     ("/token", false),
                     ("/after-token", false),
-                    ("/token", true),
+                    ("/token", false),
                     ("/last", false),
                 ],
                 "pooled: {pooled}"
             );
-            assert_eq!(connections, 3, "pooled: {pooled}");
+            assert_eq!(connections, 2, "pooled: {pooled}");
         }
     }
 }

@@ -872,7 +872,10 @@ pub(crate) async fn serve_connection<H, F, B>(
             }
             Next::Refuse(Refusal(status, why)) => {
                 tracing::debug!(%status, why, "refused a request head");
-                refuse(&mut conn, status, why).await;
+                // The refused head is still in the buffer: an answer to HEAD
+                // has no body (RFC 9110 §9.3.2).
+                let head = conn.inbox.buffered().starts_with(b"HEAD ");
+                refuse(&mut conn, status, why, head).await;
                 break true;
             }
             Next::Close => break false,
@@ -962,18 +965,21 @@ pub(crate) async fn serve_connection<H, F, B>(
     close(&conn.stream, linger).await;
 }
 
-/// Answers a request the connection refuses, and closes.
-async fn refuse(conn: &mut Connection, status: StatusCode, why: &str) {
+/// Answers a request the connection refuses (without the body, for HEAD),
+/// and closes.
+async fn refuse(conn: &mut Connection, status: StatusCode, why: &str, head: bool) {
     conn.out.clear();
     conn.written = 0;
     encode_status(&mut conn.out, status);
     encode_date(&mut conn.out);
     let _ = write!(
         conn.out,
-        "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}\n",
+        "content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         why.len() + 1,
-        why
     );
+    if !head {
+        let _ = writeln!(conn.out, "{why}");
+    }
     let _ = conn.flush().await;
 }
 
@@ -1435,10 +1441,16 @@ mod tests {
                     "{method} {framing}: {got}"
                 );
                 assert!(got.contains("connection: close\r\n"), "{got}");
-                assert!(
-                    got.contains(&format!("{method} request must not have a body\n")),
-                    "{got}"
-                );
+                let got = got + &read_for(&mut s, "\n\n\n").await;
+                if method == "HEAD" {
+                    // No body after a HEAD, though the length is told.
+                    assert!(got.ends_with("\r\n\r\n"), "{got}");
+                } else {
+                    assert!(
+                        got.ends_with(&format!("{method} request must not have a body\n")),
+                        "{got}"
+                    );
+                }
                 assert!(closed(&mut s).await, "{method} {framing}");
             }
         }
