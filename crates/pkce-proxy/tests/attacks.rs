@@ -995,6 +995,21 @@ async fn i3_a_code_echoed_into_a_consent_page_is_never_bound() {
                 json,
             );
             let resp = w.send_unchecked(&req).await;
+            // Refusing the request that would be echoed keeps the value out
+            // of any page, as withholding the page does.
+            if resp.status == 400 {
+                assert!(
+                    resp.header("location").is_none() && !resp.contains(echoed),
+                    "{} an authorization request carrying code= refused: {}",
+                    w.tag(),
+                    resp.describe()
+                );
+                if json {
+                    assert_eq!(resp.error().as_deref(), Some("invalid_request"), "{}", w.tag());
+                }
+                w.assert_not_forwarded(&req, &resp);
+                continue;
+            }
             assert_withheld(
                 &w,
                 "a consent page that echoes code= beside the handle, in a form posting to /authorize",

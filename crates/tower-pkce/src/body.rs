@@ -121,25 +121,60 @@ pin_project! {
     }
 }
 
-/// Watches the rest of a page too large to read whole for a transaction
-/// handle: past the bound, a page that carries one is cut off, since a code
-/// beside it could not be bound.
+/// Watches the rest of a page too large to read whole: past the bound, a
+/// page that shows a transaction handle or a code is cut off, since a code
+/// beside a handle could not be bound (invariant I2).
 #[derive(Debug, Default)]
 pub(crate) struct Watch {
-    /// The end of the data seen so far, for a handle split across frames.
+    /// The end of the decoded data seen so far, for a sign split across
+    /// frames.
     tail: Vec<u8>,
+    /// The decoder of a compressed page.
+    decoder: Option<crate::coding::Streaming>,
 }
 
 /// Enough bytes to hold a handle written with its dot escaped (`&#46;`).
 const WATCH_TAIL: usize = 48;
 
 impl Watch {
-    /// Whether `data`, after what came before it, holds a handle.
-    pub(crate) fn sees_handle(&mut self, data: &[u8]) -> bool {
+    /// A watch over a body coded as `decoder` decodes (`None`: not coded).
+    pub(crate) fn new(decoder: Option<crate::coding::Streaming>) -> Self {
+        Self {
+            tail: Vec::new(),
+            decoder,
+        }
+    }
+
+    /// Whether `data`, after what came before it, shows a handle or a
+    /// code; a coded body that does not decode counts too.
+    pub(crate) fn sees(&mut self, data: &[u8]) -> bool {
+        match self.decoder.take() {
+            None => self.sees_decoded(data),
+            Some(mut decoder) => {
+                let seen = decoder.feed(data, &mut |decoded| self.sees_decoded(decoded));
+                self.decoder = Some(decoder);
+                seen.unwrap_or(true)
+            }
+        }
+    }
+
+    /// Whether what a decoder still held at the end of the body shows one.
+    pub(crate) fn sees_at_end(&mut self) -> bool {
+        let Some(mut decoder) = self.decoder.take() else {
+            return false;
+        };
+        decoder
+            .finish(&mut |decoded| self.sees_decoded(decoded))
+            .unwrap_or(true)
+    }
+
+    fn sees_decoded(&mut self, data: &[u8]) -> bool {
         let mut window = std::mem::take(&mut self.tail);
         window.extend_from_slice(data);
-        let found = crate::handle::may_contain(&window)
-            && crate::handle::count_in(&crate::loose::decode(&window, true)) > 0;
+        let decoded = crate::loose::decode(&window, true);
+        let found = crate::handle::count_in(&decoded) > 0
+            || crate::loose::count_params(&decoded, b"code") > 0
+            || crate::html::name_tokens(&decoded, b"code") > 0;
         let keep = window.len().saturating_sub(WATCH_TAIL);
         window.drain(..keep);
         self.tail = window;
@@ -152,7 +187,9 @@ struct CutOff;
 
 impl std::fmt::Display for CutOff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a page larger than the scan bound carries a transaction handle; cut off")
+        f.write_str(
+            "a page larger than the scan bound shows a transaction handle or a code; cut off",
+        )
     }
 }
 
@@ -240,11 +277,16 @@ where
                     return Poll::Ready(None);
                 };
                 let polled = body.as_mut().poll_frame(cx).map_err(Into::into);
-                if let (Poll::Ready(Some(Ok(frame))), Some(watch)) = (&polled, watch.as_mut())
-                    && frame.data_ref().is_some_and(|d| watch.sees_handle(d))
-                {
+                let seen = match (&polled, watch.as_mut()) {
+                    (Poll::Ready(Some(Ok(frame))), Some(watch)) => {
+                        frame.data_ref().is_some_and(|d| watch.sees(d))
+                    }
+                    (Poll::Ready(None), Some(watch)) => watch.sees_at_end(),
+                    _ => false,
+                };
+                if seen {
                     tracing::warn!(
-                        "a page larger than the scan bound carries a transaction handle; cut off"
+                        "a page larger than the scan bound shows a handle or a code; cut off"
                     );
                     *rest = None;
                     return Poll::Ready(Some(Err(Box::new(CutOff))));

@@ -61,6 +61,147 @@ pub(crate) fn decode_content(
     Ok(body)
 }
 
+/// A decoder fed a coded body a piece at a time, for watching a page too
+/// large to read whole (one coding only).
+pub(crate) struct Streaming {
+    kind: StreamingKind,
+    /// The first bytes of a `deflate` body, until they tell zlib from raw.
+    undecided: Option<Vec<u8>>,
+}
+
+enum StreamingKind {
+    Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
+    Zlib(flate2::write::ZlibDecoder<Vec<u8>>),
+    Deflate(flate2::write::DeflateDecoder<Vec<u8>>),
+    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streaming").finish_non_exhaustive()
+    }
+}
+
+/// How much coded input is decoded at a time: a bomb's output is bounded
+/// by what a slice this size expands to.
+const FEED: usize = 1024;
+
+impl Streaming {
+    /// A decoder for the `Content-Encoding` value `encoding`: `None` for a
+    /// coding it does not know, or for more than one.
+    pub(crate) fn new(encoding: &str) -> Option<Self> {
+        let mut codings = encoding
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+        let coding = codings.next()?.to_ascii_lowercase();
+        if codings.next().is_some() {
+            return None;
+        }
+        let (kind, undecided) = match coding.as_str() {
+            "gzip" | "x-gzip" => (
+                StreamingKind::Gzip(flate2::write::MultiGzDecoder::new(Vec::new())),
+                None,
+            ),
+            "deflate" => (
+                StreamingKind::Zlib(flate2::write::ZlibDecoder::new(Vec::new())),
+                Some(Vec::new()),
+            ),
+            "br" => (
+                StreamingKind::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+                None,
+            ),
+            _ => return None,
+        };
+        Some(Self { kind, undecided })
+    }
+
+    /// Decodes `data`, and hands each piece of what comes out to `seen`,
+    /// which says whether to stop.
+    ///
+    /// # Errors
+    ///
+    /// [`CodingError::Corrupt`] for a body its coding cannot decode.
+    pub(crate) fn feed(
+        &mut self,
+        data: &[u8],
+        seen: &mut impl FnMut(&[u8]) -> bool,
+    ) -> Result<bool, CodingError> {
+        use std::io::Write;
+        let data = match self.undecided.as_mut() {
+            Some(start) => {
+                start.extend_from_slice(data);
+                let [cmf, flg, ..] = start[..] else {
+                    return Ok(false);
+                };
+                // RFC 1950 §2.2: a zlib header, else the raw deflate that
+                // some servers send.
+                if cmf & 0x0f != 8 || (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0 {
+                    self.kind =
+                        StreamingKind::Deflate(flate2::write::DeflateDecoder::new(Vec::new()));
+                }
+                std::mem::take(start)
+            }
+            None => data.to_vec(),
+        };
+        self.undecided = None;
+        for piece in data.chunks(FEED) {
+            let out = match &mut self.kind {
+                StreamingKind::Gzip(d) => d
+                    .write_all(piece)
+                    .and_then(|()| d.flush())
+                    .map(|()| d.get_mut()),
+                StreamingKind::Zlib(d) => d
+                    .write_all(piece)
+                    .and_then(|()| d.flush())
+                    .map(|()| d.get_mut()),
+                StreamingKind::Deflate(d) => d
+                    .write_all(piece)
+                    .and_then(|()| d.flush())
+                    .map(|()| d.get_mut()),
+                StreamingKind::Brotli(d) => d
+                    .write_all(piece)
+                    .and_then(|()| d.flush())
+                    .map(|()| d.get_mut()),
+            }
+            .map_err(|_| CodingError::Corrupt)?;
+            let stop = !out.is_empty() && seen(out);
+            out.clear();
+            if stop {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Decodes what the decoder still holds at the end of the body.
+    ///
+    /// # Errors
+    ///
+    /// [`CodingError::Corrupt`] for a body cut short or corrupt.
+    pub(crate) fn finish(
+        &mut self,
+        seen: &mut impl FnMut(&[u8]) -> bool,
+    ) -> Result<bool, CodingError> {
+        use std::io::Write;
+        if let Some(start) = self.undecided.take()
+            && !start.is_empty()
+        {
+            return Err(CodingError::Corrupt);
+        }
+        let out = match &mut self.kind {
+            StreamingKind::Gzip(d) => d.try_finish().map(|()| d.get_mut()),
+            StreamingKind::Zlib(d) => d.try_finish().map(|()| d.get_mut()),
+            StreamingKind::Deflate(d) => d.try_finish().map(|()| d.get_mut()),
+            StreamingKind::Brotli(d) => d.flush().map(|()| d.get_mut()),
+        }
+        .map_err(|_| CodingError::Corrupt)?;
+        let stop = !out.is_empty() && seen(out);
+        out.clear();
+        Ok(stop)
+    }
+}
+
 fn read_bounded(reader: impl Read, limit: usize) -> Result<Vec<u8>, CodingError> {
     let mut out = Vec::new();
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
@@ -123,6 +264,41 @@ mod tests {
         assert_eq!(
             decode_content("gzip, br", &brotli(&gzip(PAGE)), 1024).unwrap(),
             PAGE
+        );
+    }
+
+    #[test]
+    fn streaming_each_coding_a_piece_at_a_time() {
+        let page: Vec<u8> = PAGE.iter().copied().cycle().take(50_000).collect();
+        for (coding, coded) in [
+            ("gzip", gzip(&page)),
+            ("deflate", zlib(&page)),
+            ("deflate", raw_deflate(&page)),
+            ("br", brotli(&page)),
+        ] {
+            let mut decoder = Streaming::new(coding).unwrap();
+            let mut out = Vec::new();
+            let mut seen = |d: &[u8]| {
+                out.extend_from_slice(d);
+                false
+            };
+            for chunk in coded.chunks(777) {
+                assert!(!decoder.feed(chunk, &mut seen).unwrap());
+            }
+            assert!(!decoder.finish(&mut seen).unwrap());
+            assert!(
+                out == page,
+                "{coding}: {} bytes of {}",
+                out.len(),
+                page.len()
+            );
+        }
+        assert!(Streaming::new("zstd").is_none());
+        assert!(Streaming::new("gzip, br").is_none());
+        let mut decoder = Streaming::new("gzip").unwrap();
+        assert_eq!(
+            decoder.feed(b"not a gzip stream at all", &mut |_: &[u8]| false),
+            Err(CodingError::Corrupt)
         );
     }
 

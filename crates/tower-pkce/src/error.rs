@@ -14,7 +14,8 @@ use http::{Response, StatusCode};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Rejection {
-    /// A malformed percent-encoding or a parameter that is not UTF-8.
+    /// A malformed percent-encoding, a parameter that is not UTF-8, a name
+    /// with a bracket, or a body that is not `name=value` pairs.
     MalformedParameters,
     /// A parameter that RFC 6749 §3.1/§3.2 allows once appeared twice.
     RepeatedParameter(&'static str),
@@ -97,6 +98,10 @@ pub enum Rejection {
     /// transaction handle to somewhere other than the transaction's
     /// `redirect_uri`: withheld.
     ForeignDelivery,
+    /// An authorization request that carries `code` or `error`, which a
+    /// server echoing its request into a page would hand out beside the
+    /// transaction handle.
+    ResponseParameterInRequest,
 }
 
 impl Rejection {
@@ -164,6 +169,7 @@ impl Rejection {
             TrailersNotAllowed => "trailers_not_allowed",
             UncertainDelivery => "uncertain_delivery",
             ForeignDelivery => "foreign_delivery",
+            ResponseParameterInRequest => "response_parameter_in_request",
         }
     }
 
@@ -172,7 +178,7 @@ impl Rejection {
     pub fn description(self) -> String {
         use Rejection::*;
         match self {
-            MalformedParameters => "the request parameters are not well-formed (bad percent-encoding or not UTF-8)".into(),
+            MalformedParameters => "the request parameters are not well-formed (bad percent-encoding, not UTF-8, a name with a bracket, or not name=value pairs)".into(),
             RepeatedParameter(name) => format!("the parameter {name} must not be repeated"),
             ConflictingParameter(name) => {
                 format!("the parameter {name} has different values in the query and the body")
@@ -227,6 +233,9 @@ impl Rejection {
             }
             ForeignDelivery => {
                 "the authorization server sent the result somewhere other than the application's redirect_uri".into()
+            }
+            ResponseParameterInRequest => {
+                "an authorization request must not carry code or error".into()
             }
         }
     }

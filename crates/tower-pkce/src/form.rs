@@ -8,9 +8,12 @@
 //!
 //! Names are compared the way the loosest server would read them, so that
 //! no spelling reaches the upstream unchecked: after decoding (`st%61te`),
-//! in ASCII lower case (ASP.NET), with leading spaces trimmed and ` `, `.`
-//! and `[` read as `_` (PHP). Where a server may split on `;` as well as
-//! `&` (Django before 3.2, Perl's CGI.pm), the caller says so.
+//! in ASCII lower case (ASP.NET), with leading spaces trimmed and ` ` and
+//! `.` read as `_` (PHP). A name with a bracket is refused: Rack reads
+//! `[code]`, `code]` and `]code` as `code`, qs reads `[code]` so, and PHP
+//! reads `code[x]` as an array named `code`, and no OAuth parameter has
+//! one. Where a server may split on `;` as well as `&` (Django before 3.2,
+//! Perl's CGI.pm), the caller says so.
 
 use std::borrow::Cow;
 
@@ -24,6 +27,12 @@ pub(crate) enum FormError {
     Malformed,
     /// A parameter the caller reads appeared more than once.
     Repeated(&'static str),
+    /// A name with `[` or `]`, which servers read in ways of their own.
+    Bracketed,
+    /// A pair without `=`, or a name of other characters than letters,
+    /// digits, `_`, `-`, `.` and `~`: not a form a client writes, and
+    /// perhaps something else (JSON) to a server that sniffs.
+    NotPairs,
 }
 
 /// One `name=value` pair as it stands in the input, still encoded.
@@ -67,7 +76,8 @@ const SEMICOLON: u8 = 2;
 const EQUALS: u8 = 4;
 /// `%` and `+`, which [`decode`] rewrites.
 const ESCAPE: u8 = 8;
-/// Upper case, ` `, `.` and `[`, which [`fold`] rewrites in a name.
+/// Upper case, ` `, `.`, `[` and `]`, which [`fold`] rewrites or
+/// [`name_of`] refuses in a name.
 const FOLDED: u8 = 16;
 
 static CLASSES: [u8; 256] = {
@@ -80,7 +90,7 @@ static CLASSES: [u8; 256] = {
             b';' => SEMICOLON,
             b'=' => EQUALS,
             b'%' | b'+' => ESCAPE,
-            b'A'..=b'Z' | b' ' | b'.' | b'[' => FOLDED,
+            b'A'..=b'Z' | b' ' | b'.' | b'[' | b']' => FOLDED,
             _ => 0,
         };
         b += 1;
@@ -219,7 +229,7 @@ pub(crate) fn decode(raw: &str) -> Result<Cow<'_, str>, FormError> {
 /// A decoded name as the loosest server reads it (see the module docs).
 pub(crate) fn fold(name: &str) -> Cow<'_, str> {
     let name = name.trim_start_matches(' ');
-    let plain = |b: u8| !b.is_ascii_uppercase() && !matches!(b, b' ' | b'.' | b'[');
+    let plain = |b: u8| !b.is_ascii_uppercase() && !matches!(b, b' ' | b'.' | b'[' | b']');
     if name.bytes().all(plain) {
         return Cow::Borrowed(name);
     }
@@ -239,7 +249,11 @@ pub(crate) fn name_of(pair: RawPair<'_>) -> Result<Cow<'_, str>, FormError> {
     if pair.plain_name {
         return Ok(Cow::Borrowed(pair.name));
     }
-    Ok(match decode(pair.name)? {
+    let decoded = decode(pair.name)?;
+    if decoded.contains(['[', ']']) {
+        return Err(FormError::Bracketed);
+    }
+    Ok(match decoded {
         Cow::Borrowed(name) => fold(name),
         Cow::Owned(name) => Cow::Owned(fold(&name).into_owned()),
     })
@@ -293,6 +307,27 @@ pub(crate) fn escape_unsafe(input: &[u8]) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// Checks that `input` is only `name=value` pairs whose names (decoded)
+/// are letters, digits, `_`, `-`, `.` and `~`: what every client writes,
+/// and nothing that reads as another format too.
+///
+/// # Errors
+///
+/// [`FormError::NotPairs`], or what [`name_of`] finds.
+pub(crate) fn only_pairs(input: &str, separators: Separators) -> Result<(), FormError> {
+    for pair in raw_pairs(input, separators) {
+        let name = name_of(pair)?;
+        let named = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'));
+        if !named || !pair.raw.contains('=') {
+            return Err(FormError::NotPairs);
+        }
+    }
+    Ok(())
 }
 
 /// Reads the parameters named in `names` from `input`, after checking that
@@ -650,7 +685,6 @@ mod tests {
             "grant.type",
             "grant+type",
             "grant%20type",
-            "grant[type",
             "+grant_type",
             "gr%61nt_type",
         ] {
@@ -663,6 +697,22 @@ mod tests {
             Err(FormError::Repeated("code"))
         );
         assert_eq!(fold("client_id"), "client_id");
+        // Brackets are read differently by every server that reads them.
+        for spelling in [
+            "grant[type",
+            "[code]",
+            "code]",
+            "]code",
+            "code[x]",
+            "c%5Bode",
+        ] {
+            let input = format!("{spelling}=x");
+            assert_eq!(
+                collect(&input, ["code"], A),
+                Err(FormError::Bracketed),
+                "{spelling}"
+            );
+        }
     }
 
     #[test]

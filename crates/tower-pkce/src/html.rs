@@ -146,12 +146,16 @@ fn attributes(page: &[u8], mut at: usize) -> (Vec<Attribute>, usize) {
 struct Page {
     actions: Vec<Option<String>>,
     inputs: Vec<Input>,
+    /// A `<form>` started while another was open, which a browser ignores:
+    /// the inputs after it belong to the first.
+    nested: bool,
 }
 
 fn read_page(page: &[u8]) -> Page {
     let mut actions = Vec::new();
     let mut inputs = Vec::new();
     let mut form = None;
+    let mut nested = false;
     let mut at = 0;
     while let Some(offset) = page
         .get(at..)
@@ -168,6 +172,7 @@ fn read_page(page: &[u8]) -> Page {
         if starts_with_ignore_case(page, start, b"<form") && is_tag_end(page.get(start + 5)) {
             let (attrs, end) = attributes(page, start + 5);
             let action = attr(page, &attrs, b"action").map(|a| text(page, a));
+            nested |= form.is_some();
             form = Some(actions.len());
             actions.push(action);
             at = end;
@@ -186,7 +191,56 @@ fn read_page(page: &[u8]) -> Page {
         }
         at = start + 1;
     }
-    Page { actions, inputs }
+    Page {
+        actions,
+        inputs,
+        nested,
+    }
+}
+
+/// How many times `decoded` names a control `name` (lower case), in any
+/// letter case and quoting (`name=code`, `NAME = 'code'`), wherever it
+/// stands: in a tag the scan reads or not (a comment a browser reads
+/// otherwise, a `<textarea>`, a `<button>`, a script).
+pub(crate) fn name_tokens(decoded: &[u8], name: &[u8]) -> usize {
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(found) = decoded.get(at..).and_then(|rest| {
+        rest.windows(4)
+            .position(|w| w.eq_ignore_ascii_case(b"name"))
+    }) {
+        let start = at + found;
+        at = start + 4;
+        let before = start.checked_sub(1).and_then(|i| decoded.get(i));
+        if before
+            .is_some_and(|&b| !(b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'/' | b'<')))
+        {
+            continue;
+        }
+        let mut i = at;
+        let skip_space = |i: &mut usize| {
+            while decoded.get(*i).is_some_and(u8::is_ascii_whitespace) {
+                *i += 1;
+            }
+        };
+        skip_space(&mut i);
+        if decoded.get(i) != Some(&b'=') {
+            continue;
+        }
+        i += 1;
+        skip_space(&mut i);
+        if matches!(decoded.get(i), Some(b'"' | b'\'')) {
+            i += 1;
+        }
+        let named = decoded
+            .get(i..i + name.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(name));
+        let ends = decoded
+            .get(i + name.len())
+            .is_none_or(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')));
+        count += usize::from(named && ends);
+    }
+    count
 }
 
 fn attr<'a>(page: &[u8], attrs: &'a [Attribute], name: &[u8]) -> Option<&'a Attribute> {
@@ -235,22 +289,35 @@ pub(crate) fn scan(page: &[u8]) -> Scan {
     if handles == 0 {
         return Scan::Clean;
     }
-    let Page { actions, inputs } = read_page(page);
+    let Page {
+        actions,
+        inputs,
+        nested,
+    } = read_page(page);
     // Names in any case: a loose client may fold them.
-    let given = |name: &'static str| {
+    let named = |name: &'static str| {
         inputs
             .iter()
-            .filter(move |i| i.name.eq_ignore_ascii_case(name) && !i.value.is_empty())
+            .filter(move |i| i.name.eq_ignore_ascii_case(name))
     };
-    let codes: Vec<&Input> = given("code").collect();
-    let errors: Vec<&Input> = given("error").collect();
+    let codes: Vec<&Input> = named("code").filter(|i| !i.value.is_empty()).collect();
+    let errors: Vec<&Input> = named("error").filter(|i| !i.value.is_empty()).collect();
     let loose_codes = loose::count_params(&decoded, b"code");
-    if codes.is_empty() && errors.is_empty() && loose_codes == 0 {
+    // Every control named `code` or `error` a browser might read is one the
+    // scan read: anything else (a `<textarea>`, a comment a browser closes
+    // early) is out of its sight.
+    let unread = name_tokens(&decoded, b"code") != named("code").count()
+        || name_tokens(&decoded, b"error") != named("error").count();
+    if codes.is_empty() && errors.is_empty() && loose_codes == 0 && !unread {
         return Scan::Carrier;
     }
     match delivery(&decoded, &actions, &inputs, &codes, &errors) {
         Ok(_) if handles > 1 => Scan::Uncertain("the handle stands more than once"),
         Ok(_) if loose_codes > 0 => Scan::Uncertain("a code stands outside the form's inputs"),
+        Ok(_) if unread => Scan::Uncertain("a control named code or error the scan cannot read"),
+        Ok(_) if nested || actions.len() != 1 => {
+            Scan::Uncertain("a delivery page holds more than its one form")
+        }
         Ok(delivery) => Scan::Delivery(delivery),
         Err(why) => Scan::Uncertain(why),
     }
@@ -358,7 +425,10 @@ fn unescape(text: &str) -> String {
     while let Some(i) = rest.find('&') {
         out.push_str(rest.get(..i).unwrap_or_default());
         rest = rest.get(i..).unwrap_or_default();
-        let decoded = rest.find(';').filter(|&end| end <= 10).and_then(|end| {
+        // A reference is short: looking further for its `;` would make a
+        // page of `&`s quadratic.
+        let end = rest.as_bytes().iter().take(11).position(|&b| b == b';');
+        let decoded = end.and_then(|end| {
             let entity = rest.get(1..end)?;
             let c = match entity {
                 "amp" => '&',
@@ -490,14 +560,6 @@ mod tests {
             format!(
                 "<form><input type=hidden name=state value={H}><input name=code value=\"\"></form>"
             ),
-            // Commented out.
-            format!(
-                "<form><!-- <input type=hidden name=code value=c> --><input type=hidden name=state value={H}></form>"
-            ),
-            // <inputx> is not <input>.
-            format!(
-                "<form><inputx type=hidden name=code value=c><input type=hidden name=state value={H}></form>"
-            ),
             // A login redirect's link.
             format!(
                 "<a href=\"/login?next=%2Fauthorize%3Fstate%3D{H}%26response_type%3Dcode\">go</a>"
@@ -541,6 +603,23 @@ mod tests {
             format!("<form action=/cb>{code}{state}</form><script>location='/cb?code=c'</script>"),
             // The handle twice.
             format!("<form action=/cb>{code}{state}</form><a href=\"/x?s={H}\">x</a>"),
+            // A control the scan does not read, or hidden from it by a
+            // comment that a browser may close otherwise.
+            format!(
+                "<form><!-- <input type=hidden name=code value=c> --><input type=hidden name=state value={H}></form>"
+            ),
+            format!("<form action=/cb><script>x='<!--'</script>{code}{state}<!-- --></form>"),
+            format!(
+                "<form><inputx type=hidden name=code value=c><input type=hidden name=state value={H}></form>"
+            ),
+            format!("<form action=/cb><textarea name=code>c</textarea>{state}</form>"),
+            format!("<form action=/cb><button name=\"code\" value=c>go</button>{state}</form>"),
+            format!("<form action=/cb><select name='CODE'><option>c</select>{state}</form>"),
+            // A form left open: a browser posts what follows to it.
+            format!(
+                "<div><form action=/search><input name=q></div><form action=/cb>{code}{state}</form>"
+            ),
+            format!("<form action=/search></form><form action=/cb>{code}{state}</form>"),
             // The state is more than the handle.
             format!("<form action=/cb>{code}<input type=hidden name=state value=\"{H} \"></form>"),
         ] {
@@ -548,6 +627,25 @@ mod tests {
                 matches!(scan(page.as_bytes()), Scan::Uncertain(_)),
                 "{page}: {:?}",
                 scan(page.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_counted_in_any_quoting_and_nowhere_else() {
+        for (page, n) in [
+            (
+                &b"<input name=code><input NAME = 'Code'><x name=\"code\">"[..],
+                3,
+            ),
+            (b"<input username=code name=codes name=code-x>", 0),
+            (b"name=code", 1),
+        ] {
+            assert_eq!(
+                name_tokens(page, b"code"),
+                n,
+                "{}",
+                String::from_utf8_lossy(page)
             );
         }
     }

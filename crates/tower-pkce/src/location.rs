@@ -216,18 +216,36 @@ fn cut(location: &[u8], whole: &Range<usize>) -> Range<usize> {
 }
 
 /// The targets `location` may be read as sending the client to: what
-/// stands before each `?`, `&` or `#` ahead of the delivery's parameters.
+/// stands before its first `?`, before each `&` of its query (for a
+/// redirect_uri with a query of its own), and before its `#`, when these
+/// come ahead of the delivery's parameters. An `&` before the query ends
+/// no target: a browser reads it as part of the authority or the path.
 pub(crate) fn targets<'a>(
     location: &'a [u8],
     delivery: &Delivery<'_>,
 ) -> impl Iterator<Item = &'a [u8]> {
-    location
-        .get(..delivery.params_at)
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| matches!(b, b'?' | b'&' | b'#'))
-        .filter_map(|(i, _)| location.get(..i))
+    let ahead = location.get(..delivery.params_at).unwrap_or_default();
+    let fragment = crate::scan::find(ahead, b'#');
+    let query = crate::scan::find(
+        ahead
+            .get(..fragment.unwrap_or(ahead.len()))
+            .unwrap_or_default(),
+        b'?',
+    );
+    let ampersands = query.into_iter().flat_map(move |q| {
+        ahead
+            .iter()
+            .enumerate()
+            .take(fragment.unwrap_or(ahead.len()))
+            .skip(q + 1)
+            .filter(|(_, b)| **b == b'&')
+            .map(|(i, _)| i)
+    });
+    query
+        .into_iter()
+        .chain(ampersands)
+        .chain(fragment)
+        .filter_map(|i| location.get(..i))
 }
 
 /// `location` with the handle replaced by the client's own `state`, or the
@@ -274,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn the_targets_are_what_stands_before_each_delimiter_ahead_of_the_parameters() {
+    fn the_targets_are_what_stands_before_the_query_its_ampersands_and_the_fragment() {
         let loc = format!("https://c.example/cb?x=1&y=2#frag=1&code=c&state={H}");
         let d = delivered(&loc);
         let targets: Vec<String> = targets(loc.as_bytes(), &d)
@@ -286,9 +304,21 @@ mod tests {
                 "https://c.example/cb",
                 "https://c.example/cb?x=1",
                 "https://c.example/cb?x=1&y=2",
-                "https://c.example/cb?x=1&y=2#frag=1",
             ]
         );
+    }
+
+    #[test]
+    fn an_ampersand_before_the_query_ends_no_target() {
+        for loc in [
+            format!("https://client.example&@evil.example/?code=c&state={H}"),
+            format!("https://client.example/cb&/../evil?code=c&state={H}"),
+        ] {
+            let d = delivered(&loc);
+            let targets: Vec<&[u8]> = targets(loc.as_bytes(), &d).collect();
+            assert_eq!(targets.len(), 1, "{loc}");
+            assert!(targets[0].contains(&b'&'), "{loc}");
+        }
     }
 
     #[test]

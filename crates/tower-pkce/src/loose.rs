@@ -26,6 +26,32 @@ pub(crate) fn decode(bytes: &[u8], html: bool) -> Cow<'_, [u8]> {
             None => break,
         }
     }
+    // A URL parser drops tabs and line breaks (WHATWG URL), and PHP ends a
+    // name at a NUL: `co<TAB>de=` and `code%00=` are `code=` to them. In a
+    // page they separate attributes, as a space does.
+    if current
+        .iter()
+        .any(|&b| matches!(b, b'\t' | b'\r' | b'\n' | 0))
+    {
+        let owned = current.into_owned();
+        current = Cow::Owned(if html {
+            owned
+                .into_iter()
+                .map(|b| {
+                    if matches!(b, b'\t' | b'\r' | b'\n' | 0) {
+                        b' '
+                    } else {
+                        b
+                    }
+                })
+                .collect()
+        } else {
+            owned
+                .into_iter()
+                .filter(|b| !matches!(b, b'\t' | b'\r' | b'\n' | 0))
+                .collect()
+        });
+    }
     current
 }
 
@@ -141,6 +167,8 @@ mod tests {
         assert_eq!(&*decode(b"code&#61;1&amp;x&#x3D;2", true), b"code=1&x=2");
         assert_eq!(&*decode(b"code&#61;1", false), b"code&#61;1");
         assert_eq!(&*decode(b"bad%zz%2", false), b"bad%zz%2");
+        assert_eq!(&*decode(b"?co\tde=1&code%00=2", false), b"?code=1&code=2");
+        assert_eq!(&*decode(b"<input\nname=code>", true), b"<input name=code>");
         assert!(matches!(decode(b"plain", false), Cow::Borrowed(_)));
     }
 

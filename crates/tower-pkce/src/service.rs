@@ -312,22 +312,6 @@ fn needs_inspection<B: Body>(response: &Response<B>) -> bool {
         || may_be_html(headers, response.body())
 }
 
-/// Whether a response is an HTML page: its media type, before any
-/// parameter, is `text/html` or `application/xhtml+xml`, in any case.
-/// Every response passes here, so this reads bytes and allocates nothing.
-fn is_html(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let bytes = v.as_bytes();
-        let essence = bytes
-            .split(|&b| b == b';')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        essence.eq_ignore_ascii_case(b"text/html")
-            || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
-    })
-}
-
 fn wants_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -350,6 +334,15 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// with no content coding. Another charset or a compressed body could hold
 /// parameters the upstream sees and the middleware does not.
 fn is_form(headers: &HeaderMap) -> bool {
+    // Servers differ on which of several fields they read.
+    if headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return false;
+    }
     let coded = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
@@ -490,7 +483,9 @@ async fn read_body<B: Body<Data = Bytes>>(
 
 fn form_error(e: FormError) -> Rejection {
     match e {
-        FormError::Malformed => Rejection::MalformedParameters,
+        FormError::Malformed | FormError::Bracketed | FormError::NotPairs => {
+            Rejection::MalformedParameters
+        }
         FormError::Repeated(name) => Rejection::RepeatedParameter(name),
     }
 }
@@ -687,6 +682,15 @@ impl<St: Store> Shared<St> {
         if let Some(location) = parts.headers.get(header::LOCATION).cloned() {
             let bytes = location.as_bytes();
             match location::scan(bytes) {
+                // On the answer to the transaction's own request, a code
+                // without its handle (the state dropped or cut short) would
+                // leave unbound.
+                location::Scan::Clean if minted.is_some() && shows_code(bytes, false) => {
+                    return Err(withheld(
+                        Rejection::UncertainDelivery,
+                        "a code without the transaction's handle",
+                    ));
+                }
                 location::Scan::Clean | location::Scan::Carrier => {}
                 location::Scan::Uncertain(why) => {
                     return Err(withheld(Rejection::UncertainDelivery, why));
@@ -726,33 +730,36 @@ impl<St: Store> Shared<St> {
             return Ok(Response::from_parts(parts, ResponseBody::inner(body)));
         }
         let limit = self.config.html_scan_limit;
-        let encoding = parts
+        // Every field: servers and browsers differ on which of several they read.
+        let encoding: Vec<String> = parts
             .headers
-            .get(header::CONTENT_ENCODING)
-            .map(|v| v.as_bytes().trim_ascii())
-            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case(b"identity"))
-            .map(|v| String::from_utf8_lossy(v).into_owned());
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("identity"))
+            .collect();
+        let encoding = (!encoding.is_empty()).then(|| encoding.join(", "));
+        let decoder = || match encoding.as_deref() {
+            None => Ok(None),
+            Some(coding) => coding::Streaming::new(coding).map(Some).ok_or_else(|| {
+                withheld(
+                    Rejection::UncertainDelivery,
+                    "a page in a coding that cannot be read",
+                )
+            }),
+        };
         let (data, trailers) = match collect_bounded(body, limit).await {
             Collected::Complete { data, trailers } => (data, trailers),
             Collected::Over { frames, rest } => {
-                if encoding.is_some() {
-                    // Past the bound, a compressed page cannot be watched:
-                    // see `PkceLayer::html_scan_limit`.
-                    tracing::debug!("compressed page over the scan bound passed unread");
-                    return Ok(Response::from_parts(
-                        parts,
-                        ResponseBody::replay(frames, None, Some(rest)),
-                    ));
-                }
-                let mut watch = Watch::default();
+                let mut watch = Watch::new(decoder()?);
                 if frames
                     .iter()
                     .filter_map(Frame::data_ref)
-                    .any(|d| watch.sees_handle(d))
+                    .any(|d| watch.sees(d))
                 {
                     return Err(withheld(
                         Rejection::UncertainDelivery,
-                        "a page larger than the scan bound carries a handle",
+                        "a page larger than the scan bound shows a handle or a code",
                     ));
                 }
                 return Ok(Response::from_parts(
@@ -761,16 +768,15 @@ impl<St: Store> Shared<St> {
                 ));
             }
             Collected::Failed { frames, error } => {
-                let mut watch = Watch::default();
-                if encoding.is_some()
-                    || frames
-                        .iter()
-                        .filter_map(Frame::data_ref)
-                        .any(|d| watch.sees_handle(d))
+                let mut watch = Watch::new(decoder()?);
+                if frames
+                    .iter()
+                    .filter_map(Frame::data_ref)
+                    .any(|d| watch.sees(d))
                 {
                     return Err(withheld(
                         Rejection::UncertainDelivery,
-                        "a page that failed half-way may carry a handle",
+                        "a page that failed half-way shows a handle or a code",
                     ));
                 }
                 return Ok(Response::from_parts(
@@ -783,22 +789,49 @@ impl<St: Store> Shared<St> {
             None => Cow::Borrowed(&data),
             Some(enc) => match coding::decode_content(enc, &data, limit) {
                 Ok(decoded) => Cow::Owned(decoded),
-                Err(coding::CodingError::Unsupported) => {
-                    return Err(withheld(
-                        Rejection::UncertainDelivery,
-                        "a page in a content coding that was not asked for",
-                    ));
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "html response not scanned");
+                Err(coding::CodingError::TooLarge) => {
+                    // Decoded past the bound: watched as a page that large
+                    // would be, and handed on as it came.
+                    let mut watch = Watch::new(decoder()?);
+                    if watch.sees(&data) || watch.sees_at_end() {
+                        return Err(withheld(
+                            Rejection::UncertainDelivery,
+                            "a page larger than the scan bound shows a handle or a code",
+                        ));
+                    }
                     return Ok(Response::from_parts(
                         parts,
                         ResponseBody::replay(frames_of(data, trailers), None, None),
                     ));
                 }
+                Err(e) => {
+                    // A browser may render what does not decode here (a
+                    // gzip stream with bytes after it, a wrong checksum).
+                    tracing::debug!(error = %e, "html response does not decode");
+                    return Err(withheld(
+                        Rejection::UncertainDelivery,
+                        "a page whose coding does not decode",
+                    ));
+                }
             },
         };
+        if let Some(utf8) = utf16_as_utf8(&parts.headers, &decoded) {
+            // Read, but not rewritten: a handle in it is withheld.
+            if !matches!(html::scan(utf8.as_bytes()), html::Scan::Clean) {
+                return Err(withheld(Rejection::UncertainDelivery, "a UTF-16 page"));
+            }
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::replay(frames_of(data, trailers), None, None),
+            ));
+        }
         let delivery = match html::scan(&decoded) {
+            html::Scan::Clean if minted.is_some() && shows_code(&decoded, true) => {
+                return Err(withheld(
+                    Rejection::UncertainDelivery,
+                    "a code without the transaction's handle",
+                ));
+            }
             html::Scan::Clean | html::Scan::Carrier => {
                 return Ok(Response::from_parts(
                     parts,
@@ -827,6 +860,45 @@ impl<St: Store> Shared<St> {
             ResponseBody::full(Bytes::from(page)),
         ))
     }
+}
+
+/// Whether `bytes` (a `Location`, or a page when `html`) hands a code out,
+/// read as the loosest client would.
+fn shows_code(bytes: &[u8], html: bool) -> bool {
+    let decoded = crate::loose::decode(bytes, html);
+    crate::loose::count_params(&decoded, b"code") > 0
+        || html && crate::html::name_tokens(&decoded, b"code") > 0
+}
+
+/// A page in UTF-16 (by its byte order mark, which a browser heeds over
+/// any charset, or by its charset), in UTF-8 for reading; `None` for any
+/// other page.
+fn utf16_as_utf8(headers: &HeaderMap, page: &[u8]) -> Option<String> {
+    let charset_utf16 = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+        let ct = ct.as_bytes().to_ascii_lowercase();
+        [&b"utf-16"[..], b"ucs-2"]
+            .iter()
+            .any(|c| ct.windows(c.len()).any(|w| w == *c))
+    });
+    let big_endian = match page {
+        [0xfe, 0xff, ..] => true,
+        [0xff, 0xfe, ..] => false,
+        [0xef, 0xbb, 0xbf, ..] => return None,
+        _ if charset_utf16 => headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().to_ascii_lowercase().ends_with(b"be")),
+        _ => return None,
+    };
+    let units = page.chunks_exact(2).map(|pair| match pair {
+        [a, b] if big_endian => u16::from_be_bytes([*a, *b]),
+        [a, b] => u16::from_le_bytes([*a, *b]),
+        _ => 0,
+    });
+    Some(
+        char::decode_utf16(units)
+            .map(|c| c.unwrap_or('\u{fffd}'))
+            .collect(),
+    )
 }
 
 /// What the request that a response answers tells its inspection.
@@ -895,7 +967,9 @@ fn latin1_to_utf8(bytes: &[u8]) -> String {
 }
 
 /// Whether `target` is an absolute URI (RFC 3986 §4.3) whose authority, if
-/// it has one, is not `host`.
+/// it has one, is not `host`, read as a browser reads it: a special scheme
+/// (`https:`) needs no `//`, `\\` stands for `/`, and a default port is
+/// no port.
 fn leaves_the_server(target: &[u8], host: Option<&HeaderValue>) -> bool {
     let Some(colon) = target.iter().position(|&b| b == b':') else {
         return false;
@@ -908,9 +982,27 @@ fn leaves_the_server(target: &[u8], host: Option<&HeaderValue>) -> bool {
     if !is_scheme {
         return false;
     }
-    let Some(rest) = target.get(colon + 1..).and_then(|r| r.strip_prefix(b"//")) else {
+    let default_port: Option<&[u8]> = match scheme.to_ascii_lowercase().as_slice() {
+        b"http" | b"ws" => Some(b"80"),
+        b"https" | b"wss" => Some(b"443"),
+        b"ftp" => Some(b"21"),
+        b"file" => Some(b""),
+        _ => None,
+    };
+    let rest = target.get(colon + 1..).unwrap_or_default();
+    let rest = match default_port {
+        Some(_) => {
+            let slashes = rest
+                .iter()
+                .take_while(|&&b| b == b'/' || b == b'\\')
+                .count();
+            rest.get(slashes..).unwrap_or_default()
+        }
         // A scheme of an application's own (`com.example.app:/cb`).
-        return true;
+        None => match rest.strip_prefix(b"//") {
+            Some(rest) => rest,
+            None => return true,
+        },
     };
     let end = rest
         .iter()
@@ -918,16 +1010,79 @@ fn leaves_the_server(target: &[u8], host: Option<&HeaderValue>) -> bool {
         .unwrap_or(rest.len());
     let authority = rest.get(..end).unwrap_or_default();
     let authority = authority.rsplit(|&b| b == b'@').next().unwrap_or(authority);
-    !authority.is_empty() && !host.is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(authority))
+    if authority.is_empty() {
+        return false;
+    }
+    let same = |host: &HeaderValue| {
+        normal_authority(host.as_bytes(), default_port) == normal_authority(authority, default_port)
+    };
+    !host.is_some_and(same)
 }
 
-/// Whether a response may be an HTML page that a browser renders: it says
-/// so, or it says nothing of its type and has a body a browser would sniff.
-fn may_be_html<B: Body>(headers: &HeaderMap, body: &B) -> bool {
-    if headers.contains_key(header::CONTENT_TYPE) {
-        return is_html(headers);
+/// An authority in lower case, without a trailing dot on its host or a
+/// port that is the scheme's default.
+fn normal_authority(authority: &[u8], default_port: Option<&[u8]>) -> Vec<u8> {
+    let lower = authority.to_ascii_lowercase();
+    let split = lower.iter().rposition(|&b| b == b':').and_then(|i| {
+        let port = lower.get(i + 1..)?;
+        let host = lower.get(..i)?;
+        (port.iter().all(u8::is_ascii_digit) && !port.contains(&b']')).then_some((host, port))
+    });
+    let (host, port) = split.unwrap_or((&lower, &[]));
+    let mut out = host.strip_suffix(b".").unwrap_or(host).to_vec();
+    if !port.is_empty() && Some(port) != default_port {
+        out.push(b':');
+        out.extend_from_slice(port);
     }
-    !body.is_end_stream() && body.size_hint().exact() != Some(0)
+    out
+}
+
+/// Whether a response may be a page a browser renders as HTML: anything
+/// but one `Content-Type` of a kind a browser never renders so (several
+/// fields or a list: a browser takes the last it can read), or no type and
+/// a body a browser would sniff.
+fn may_be_html<B: Body>(headers: &HeaderMap, body: &B) -> bool {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let Some(only) = types.next() else {
+        return !body.is_end_stream() && body.size_hint().exact() != Some(0);
+    };
+    types.next().is_some() || !never_rendered(only.as_bytes())
+}
+
+/// Whether a `Content-Type` value is of a kind a browser never renders as
+/// a page (and never sniffs into one).
+fn never_rendered(value: &[u8]) -> bool {
+    if value.contains(&b',') {
+        return false;
+    }
+    let essence = value
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+        .to_ascii_lowercase();
+    let essence = essence.as_slice();
+    matches!(
+        essence,
+        b"application/json"
+            | b"text/plain"
+            | b"text/css"
+            | b"text/csv"
+            | b"text/javascript"
+            | b"application/javascript"
+            | b"application/ecmascript"
+            | b"application/octet-stream"
+            | b"application/pdf"
+            | b"application/zip"
+            | b"application/gzip"
+            | b"application/wasm"
+            | b"application/jwt"
+            | b"application/x-www-form-urlencoded"
+    ) || essence.ends_with(b"+json")
+        || (essence.starts_with(b"image/") && essence != b"image/svg+xml")
+        || essence.starts_with(b"audio/")
+        || essence.starts_with(b"video/")
+        || essence.starts_with(b"font/")
 }
 
 fn page<B: Body>(rejection: Rejection, wants_json: bool) -> Response<ResponseBody<B>> {
@@ -935,7 +1090,7 @@ fn page<B: Body>(rejection: Rejection, wants_json: bool) -> Response<ResponseBod
 }
 
 /// The parameters of an authorization request that the policy reads.
-const AUTHORIZE_PARAMS: [&str; 7] = [
+const AUTHORIZE_PARAMS: [&str; 9] = [
     "state",
     "code_challenge",
     "code_challenge_method",
@@ -943,6 +1098,8 @@ const AUTHORIZE_PARAMS: [&str; 7] = [
     "redirect_uri",
     "request_uri",
     "request",
+    "code",
+    "error",
 ];
 const STATE: usize = 0;
 const CHALLENGE: usize = 1;
@@ -951,10 +1108,12 @@ const CLIENT_ID: usize = 3;
 const REDIRECT_URI: usize = 4;
 const REQUEST_URI: usize = 5;
 const REQUEST: usize = 6;
+const CODE: usize = 7;
+const ERROR: usize = 8;
 const PKCE_PARAMS: [&str; 2] = ["code_challenge", "code_challenge_method"];
 
-type Params<'a> = [Option<Cow<'a, str>>; 7];
-type AuthorizeLayout = form::Layout<7>;
+type Params<'a> = [Option<Cow<'a, str>>; 9];
+type AuthorizeLayout = form::Layout<9>;
 
 /// Merges query and body parameters; a parameter in both must agree.
 fn merge<'a>(query: Params<'a>, body: Option<Params<'a>>) -> Result<Params<'a>, Rejection> {
@@ -1067,6 +1226,11 @@ fn plan_authorization(config: &Config, query: &str, body: Option<&str>) -> Resul
         .is_some_and(|b| b.get(STATE).is_some_and(Option::is_some));
     let state_in_query = from_query.get(STATE).is_some_and(Option::is_some);
     let params = merge(from_query, from_body)?;
+    // A server that echoes its request into a page beside the handle (a
+    // consent form) would hand the value out as if it had issued it.
+    if get(&params, CODE).is_some() || get(&params, ERROR).is_some() {
+        return Err(Rejection::ResponseParameterInRequest);
+    }
 
     if let Some(state) = get(&params, STATE).filter(|s| handle::is_handle(s)) {
         return continuation(config, state, &params).map(Plan::Continuation);
@@ -1283,8 +1447,8 @@ where
                     return Ok(reject_authorize(Rejection::UnsupportedMediaType, json));
                 }
                 match std::str::from_utf8(d) {
-                    Ok(s) => Some(s),
-                    Err(_) => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
+                    Ok(s) if form::only_pairs(s, form::Separators::Ampersand).is_ok() => Some(s),
+                    _ => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
                 }
             }
             _ => None,
@@ -1465,6 +1629,21 @@ fn assertion_subject(assertion: &str) -> Result<String, Rejection> {
         .ok_or(Rejection::MalformedClientAssertion)
 }
 
+/// Refuses a token request's query that holds a token parameter, in any
+/// spelling a server merging query and body would read.
+fn check_token_query(query: Option<&str>) -> Result<(), Rejection> {
+    let Some(query) = query else {
+        return Ok(());
+    };
+    for pair in form::raw_pairs(query, TOKEN_SEPARATORS) {
+        let name = form::name_of(pair).map_err(|_| Rejection::MalformedParameters)?;
+        if is_token_query_param(&name) {
+            return Err(Rejection::TokenParametersInQuery);
+        }
+    }
+    Ok(())
+}
+
 async fn check_token<St: Store>(
     shared: &Shared<St>,
     headers: &HeaderMap,
@@ -1472,15 +1651,9 @@ async fn check_token<St: Store>(
     data: Bytes,
 ) -> Result<Admitted, Rejection> {
     let config = &shared.config;
-    if let Some(query) = query {
-        for pair in form::raw_pairs(query, TOKEN_SEPARATORS) {
-            let name = form::name_of(pair).map_err(|_| Rejection::MalformedParameters)?;
-            if is_token_query_param(&name) {
-                return Err(Rejection::TokenParametersInQuery);
-            }
-        }
-    }
+    check_token_query(query)?;
     let text = std::str::from_utf8(&data).map_err(|_| Rejection::MalformedParameters)?;
+    form::only_pairs(text, TOKEN_SEPARATORS).map_err(form_error)?;
     let params = form::collect(text, TOKEN_PARAMS, TOKEN_SEPARATORS).map_err(form_error)?;
     let param = |i: usize| params.get(i).and_then(|p| p.as_deref());
     // Only grants known to carry no code pass unchecked; a missing grant
@@ -1691,11 +1864,6 @@ where
                 response.map(ResponseBody::inner)
             }
         };
-        if parts.method == Method::OPTIONS {
-            let request = Request::from_parts(parts, RequestBody::inner(body));
-            let response = inner.call(request).await?;
-            return Ok(answer(response).await);
-        }
         let reject = |rejection: Rejection| {
             tracing::info!(
                 endpoint = "token",
@@ -1706,6 +1874,16 @@ where
                 .token_rejection(rejection, origin.as_ref())
                 .map(ResponseBody::full))
         };
+        if parts.method == Method::OPTIONS {
+            // A server that does not route by method reads a preflight's
+            // query as a token request.
+            if let Err(rejection) = check_token_query(parts.uri.query()) {
+                return reject(rejection);
+            }
+            let request = Request::from_parts(parts, RequestBody::inner(body));
+            let response = inner.call(request).await?;
+            return Ok(answer(response).await);
+        }
         if connection_names_checked_field(&parts.headers) {
             return reject(Rejection::ConnectionNamesCheckedField);
         }
@@ -1869,9 +2047,25 @@ mod tests {
             &b"https://client.example/cb"[..],
             b"com.example.app:/cb",
             b"https://as.example:8443@client.example/cb",
+            // A browser reads the host `cb` here.
+            b"https:///cb",
         ] {
             assert!(leaves(target), "{}", String::from_utf8_lossy(target));
         }
+        let default = HeaderValue::from_static("as.example:443");
+        for target in [
+            &b"https://as.example/authorize"[..],
+            b"https:as.example/authorize",
+            b"https:\\\\AS.example./authorize",
+            b"https://as.example:443/authorize",
+        ] {
+            assert!(
+                !leaves_the_server(target, Some(&default)),
+                "{}",
+                String::from_utf8_lossy(target)
+            );
+        }
+        assert!(leaves_the_server(b"http://as.example/cb", Some(&default)));
         for target in [
             &b"/cb"[..],
             b"cb?x=a:b",
@@ -1879,7 +2073,6 @@ mod tests {
             b"HTTPS://AS.EXAMPLE:8443/cb",
             b"https://user@as.example:8443/cb",
             b"https://as.example:8443\\@evil.example/cb",
-            b"https:///cb",
         ] {
             assert!(!leaves(target), "{}", String::from_utf8_lossy(target));
         }
