@@ -309,25 +309,15 @@ pub(crate) fn escape_unsafe(input: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Checks that `input` is only `name=value` pairs whose names (decoded)
-/// are letters, digits, `_`, `-`, `.` and `~`: what every client writes,
-/// and nothing that reads as another format too.
-///
-/// # Errors
-///
-/// [`FormError::NotPairs`], or what [`name_of`] finds.
-pub(crate) fn only_pairs(input: &str, separators: Separators) -> Result<(), FormError> {
-    for pair in raw_pairs(input, separators) {
-        let name = name_of(pair)?;
-        let named = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'));
-        if !named || !pair.raw.contains('=') {
-            return Err(FormError::NotPairs);
-        }
-    }
-    Ok(())
+/// Whether a pair is what every client writes: `name=value`, its name
+/// (decoded and folded) of letters, digits, `_`, `-`, `.` and `~`; and so
+/// nothing that reads as another format (JSON) too.
+fn is_plain_pair(pair: RawPair<'_>, name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
+        && pair.raw.contains('=')
 }
 
 /// Reads the parameters named in `names` from `input`, after checking that
@@ -335,14 +325,17 @@ pub(crate) fn only_pairs(input: &str, separators: Separators) -> Result<(), Form
 ///
 /// # Errors
 ///
-/// [`FormError::Malformed`] for any bad encoding, and
-/// [`FormError::Repeated`] when one of `names` appears twice.
+/// [`FormError::Malformed`] for any bad encoding,
+/// [`FormError::Repeated`] when one of `names` appears twice, and, when
+/// `pairs_only`, [`FormError::NotPairs`] for anything but `name=value`
+/// pairs of plain names.
 pub(crate) fn collect<'a, const N: usize>(
     input: &'a str,
     names: [&'static str; N],
     separators: Separators,
+    pairs_only: bool,
 ) -> Result<[Option<Cow<'a, str>>; N], FormError> {
-    collect_placed(input, names, separators).map(|parsed| parsed.values)
+    collect_placed(input, names, separators, pairs_only).map(|parsed| parsed.values)
 }
 
 /// What [`collect_placed`] read: the values, and where they stand.
@@ -381,6 +374,7 @@ pub(crate) fn collect_placed<'a, const N: usize>(
     input: &'a str,
     names: [&'static str; N],
     separators: Separators,
+    pairs_only: bool,
 ) -> Result<Placed<'a, N>, FormError> {
     let mut values: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
     let mut places: [Option<Place>; N] = [None; N];
@@ -390,6 +384,9 @@ pub(crate) fn collect_placed<'a, const N: usize>(
         pairs += 1;
         pair_bytes += pair.raw.len();
         let name = name_of(pair)?;
+        if pairs_only && !is_plain_pair(pair, &name) {
+            return Err(FormError::NotPairs);
+        }
         let value = value_of(pair)?;
         let Some(i) = names.iter().position(|n| *n == name) else {
             continue;
@@ -609,30 +606,31 @@ mod tests {
             "code=abc&st%61te=x+y&other=1&&flag",
             ["state", "code", "nope"],
             A,
+            false,
         )
         .unwrap();
         assert_eq!(state.as_deref(), Some("x y"));
         assert_eq!(code.as_deref(), Some("abc"));
         assert_eq!(missing, None);
-        let [empty] = collect("state=", ["state"], A).unwrap();
+        let [empty] = collect("state=", ["state"], A, false).unwrap();
         assert_eq!(empty.as_deref(), Some(""));
     }
 
     #[test]
     fn repeated_and_malformed_are_errors() {
         assert_eq!(
-            collect("state=a&state=b", ["state"], A),
+            collect("state=a&state=b", ["state"], A, false),
             Err(FormError::Repeated("state"))
         );
         assert_eq!(
-            collect("state=a&st%61te=b", ["state"], A),
+            collect("state=a&st%61te=b", ["state"], A, false),
             Err(FormError::Repeated("state"))
         );
         // Repeats of parameters nobody reads are the upstream's business.
-        assert!(collect("scope=a&scope=b&state=x", ["state"], A).is_ok());
+        assert!(collect("scope=a&scope=b&state=x", ["state"], A, false).is_ok());
         for bad in ["state=a&x=%zz", "x=%e9", "%=1", "x=%"] {
             assert_eq!(
-                collect(bad, ["state"], A),
+                collect(bad, ["state"], A, false),
                 Err(FormError::Malformed),
                 "{bad}"
             );
@@ -689,11 +687,11 @@ mod tests {
             "gr%61nt_type",
         ] {
             let input = format!("{spelling}=authorization_code");
-            let [grant] = collect(&input, ["grant_type"], A).unwrap();
+            let [grant] = collect(&input, ["grant_type"], A, false).unwrap();
             assert_eq!(grant.as_deref(), Some("authorization_code"), "{spelling}");
         }
         assert_eq!(
-            collect("code=a&Code=b", ["code"], A),
+            collect("code=a&Code=b", ["code"], A, false),
             Err(FormError::Repeated("code"))
         );
         assert_eq!(fold("client_id"), "client_id");
@@ -708,11 +706,29 @@ mod tests {
         ] {
             let input = format!("{spelling}=x");
             assert_eq!(
-                collect(&input, ["code"], A),
+                collect(&input, ["code"], A, false),
                 Err(FormError::Bracketed),
                 "{spelling}"
             );
         }
+    }
+
+    #[test]
+    fn a_body_must_be_plain_pairs_when_asked() {
+        for body in [
+            "grant_type=refresh_token&flag",
+            "{\"grant_type\":\"authorization_code\",\"x\":\"&grant_type=refresh_token&y=\"}",
+            "grant_type=refresh_token&%7B=1",
+            "a:b=1",
+        ] {
+            assert_eq!(
+                collect(body, ["grant_type"], A, true),
+                Err(FormError::NotPairs),
+                "{body}"
+            );
+            assert!(collect(body, ["grant_type"], A, false).is_ok(), "{body}");
+        }
+        assert!(collect("Grant.Type=x&client_id=a-b~c_d", ["grant_type"], A, true).is_ok());
     }
 
     #[test]
@@ -721,6 +737,7 @@ mod tests {
             "grant_type=authorization_code;code=C",
             ["grant_type", "code"],
             S,
+            false,
         )
         .unwrap();
         assert_eq!(grant.as_deref(), Some("authorization_code"));
@@ -729,6 +746,7 @@ mod tests {
             "grant_type=authorization_code;code=C",
             ["grant_type", "code"],
             A,
+            false,
         )
         .unwrap();
         assert_eq!(grant.as_deref(), Some("authorization_code;code=C"));
@@ -738,7 +756,10 @@ mod tests {
     #[test]
     fn nul_is_malformed() {
         assert_eq!(decode("a%00b"), Err(FormError::Malformed));
-        assert_eq!(collect("%00code=x", ["code"], A), Err(FormError::Malformed));
+        assert_eq!(
+            collect("%00code=x", ["code"], A, false),
+            Err(FormError::Malformed)
+        );
     }
 
     #[test]
@@ -755,7 +776,7 @@ mod tests {
             "",
             "client_id=c&state=",
         ] {
-            let placed = collect_placed(input, names, A).unwrap();
+            let placed = collect_placed(input, names, A, false).unwrap();
             for (i, name) in names.into_iter().enumerate() {
                 let want = edit(input, Some((name, "pkce.X y")), &[], A).unwrap();
                 let got = set_placed(input, &placed.layout, i, name, "pkce.X y").unwrap();
@@ -763,7 +784,7 @@ mod tests {
             }
         }
         for input in ["a=1&&state=x", "&state=x", "state=x&", "a=1;state=x"] {
-            let placed = collect_placed(input, names, S).unwrap();
+            let placed = collect_placed(input, names, S, false).unwrap();
             assert!(!placed.layout.compact, "{input}");
             assert_eq!(set_placed(input, &placed.layout, 0, "state", "h"), None);
         }

@@ -143,21 +143,24 @@ pub(crate) fn count_in(decoded: &[u8]) -> usize {
     let prefix = PREFIX.as_bytes();
     let mut count = 0;
     let mut at = 0;
+    // From each `p`, to the prefix and the encoded bytes after it.
     while let Some(found) = decoded
         .get(at..)
-        .and_then(|rest| rest.windows(prefix.len()).position(|w| w == prefix))
+        .and_then(|rest| crate::scan::find(rest, b'p'))
     {
-        let start = at + found + prefix.len();
+        let start = at + found;
+        at = start + 1;
+        if decoded.get(start..start + prefix.len()) != Some(prefix) {
+            continue;
+        }
         let encoded = decoded
-            .get(start..)
+            .get(start + prefix.len()..)
             .unwrap_or_default()
             .iter()
             .take_while(|&&b| BASE64URL[usize::from(b)])
             .count();
-        if encoded >= ENCODED_LEN {
-            count += 1;
-        }
-        at = start;
+        count += usize::from(encoded >= ENCODED_LEN);
+        at = start + prefix.len();
     }
     count
 }

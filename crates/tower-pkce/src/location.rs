@@ -61,8 +61,7 @@ pub(crate) fn scan(location: &[u8]) -> Scan<'_> {
     if handles == 0 {
         return Scan::Clean;
     }
-    let codes = loose::count_params(&decoded, b"code");
-    let errors = loose::count_params(&decoded, b"error");
+    let [codes, errors] = loose::count_params_of(&decoded, [b"code", b"error"]);
     if codes == 0 && errors == 0 {
         return Scan::Carrier;
     }
@@ -81,9 +80,9 @@ fn delivery(location: &[u8], codes: usize) -> Result<Delivery<'_>, &'static str>
     let query_at = location
         .get(..before_fragment)
         .and_then(|s| crate::scan::find(s, b'?'));
-    let mut components: Vec<(u8, Range<usize>)> = Vec::with_capacity(2);
+    let mut components: [Option<Range<usize>>; 2] = [None, None];
     if let Some(q) = query_at {
-        components.push((0, q + 1..before_fragment));
+        components[0] = Some(q + 1..before_fragment);
     }
     if let Some(f) = fragment_at {
         let fragment = f + 1..location.len();
@@ -93,12 +92,16 @@ fn delivery(location: &[u8], codes: usize) -> Result<Delivery<'_>, &'static str>
         {
             return Err("a second '#'");
         }
-        components.push((1, fragment));
+        components[1] = Some(fragment);
     }
-    let mut states: Vec<Pair> = Vec::new();
-    let mut codes_read: Vec<Pair> = Vec::new();
-    let mut errors: Vec<u8> = Vec::new();
-    for (component, range) in components {
+    let mut states = (0, None);
+    let mut codes_read = (0, None);
+    // Bit `c` set: an error stands in component `c`.
+    let mut errors = 0u8;
+    for (component, range) in (0u8..).zip(components) {
+        let Some(range) = range else {
+            continue;
+        };
         let mut start = range.start;
         for raw in location
             .get(range.clone())
@@ -118,25 +121,32 @@ fn delivery(location: &[u8], codes: usize) -> Result<Delivery<'_>, &'static str>
                 value,
                 component,
             };
-            match name.as_deref() {
-                Some(b"state") => states.push(pair),
-                Some(b"code") => codes_read.push(pair),
-                Some(b"error") => errors.push(component),
-                _ => {}
-            }
+            let counted = match name.as_deref() {
+                Some(b"state") => &mut states,
+                Some(b"code") => &mut codes_read,
+                Some(b"error") => {
+                    errors |= 1 << component;
+                    continue;
+                }
+                _ => continue,
+            };
+            counted.0 += 1;
+            counted.1 = Some(pair);
         }
     }
-    if states.len() > 1 {
+    if states.0 > 1 {
         return Err("more than one state");
     }
-    if codes_read.len() > 1 {
+    if codes_read.0 > 1 {
         return Err("more than one code");
     }
-    let code = codes_read.pop();
-    let state = states.pop().ok_or("no state beside the code")?;
-    let value_of = |pair: &Pair| {
-        decode_exact(location.get(pair.value.clone()).unwrap_or_default())
-            .and_then(|v| String::from_utf8(v.into_owned()).ok())
+    let code = codes_read.1;
+    let state = states.1.ok_or("no state beside the code")?;
+    let value_of = |pair: &Pair| -> Option<Cow<'_, str>> {
+        match decode_exact(location.get(pair.value.clone()).unwrap_or_default())? {
+            Cow::Borrowed(v) => std::str::from_utf8(v).ok().map(Cow::Borrowed),
+            Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
+        }
     };
     let handle = value_of(&state)
         .filter(|h| handle::is_handle(h))
@@ -158,7 +168,7 @@ fn delivery(location: &[u8], codes: usize) -> Result<Delivery<'_>, &'static str>
     if codes != usize::from(code.is_some()) {
         return Err("a code stands where a strict reading does not see it");
     }
-    if code.is_none() && !errors.contains(&state.component) {
+    if code.is_none() && errors & (1 << state.component) == 0 {
         return Err("an error stands apart from the state");
     }
     let params_at = code
@@ -166,8 +176,8 @@ fn delivery(location: &[u8], codes: usize) -> Result<Delivery<'_>, &'static str>
         .map_or(state.whole.start, |c| c.whole.start.min(state.whole.start));
     Ok(Delivery {
         hit: Hit {
-            handle: Cow::Owned(handle),
-            code: code_value.map(Cow::Owned),
+            handle,
+            code: code_value,
             value: state.value.clone(),
             whole: cut(location, &state.whole),
             bare: false,

@@ -57,15 +57,12 @@ pub(crate) fn decode(bytes: &[u8], html: bool) -> Cow<'_, [u8]> {
 
 /// One round; `None` when nothing would change.
 fn decode_once(bytes: &[u8], html: bool) -> Option<Vec<u8>> {
-    let escapes = bytes
-        .iter()
-        .any(|&b| b == b'%' || b == b'+' || (html && b == b'&'));
-    if !escapes {
-        return None;
-    }
+    let is_escape = |b: u8| b == b'%' || b == b'+' || (html && b == b'&');
+    let first = bytes.iter().position(|&b| is_escape(b))?;
     let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(bytes.get(..first).unwrap_or_default());
     let mut changed = false;
-    let mut i = 0;
+    let mut i = first;
     while let Some(&b) = bytes.get(i) {
         if b == b'%'
             && let (Some(hi), Some(lo)) = (
@@ -93,8 +90,15 @@ fn decode_once(bytes: &[u8], html: bool) -> Option<Vec<u8>> {
             changed = true;
             continue;
         }
-        out.push(b);
-        i += 1;
+        // Plain bytes up to the next escape go in one copy.
+        let run = bytes
+            .get(i + 1..)
+            .unwrap_or_default()
+            .iter()
+            .position(|&b| is_escape(b))
+            .map_or(bytes.len(), |p| i + 1 + p);
+        out.extend_from_slice(bytes.get(i..run).unwrap_or_default());
+        i = run;
     }
     changed.then_some(out)
 }
@@ -138,22 +142,36 @@ fn reference(bytes: &[u8]) -> Option<(u8, usize)> {
 /// not a letter, digit, `_` or `-` (so `qrcode=` and `auth_code=` do not
 /// count, while `?code=`, `&code=` and `#?code=` do).
 pub(crate) fn count_params(decoded: &[u8], name: &[u8]) -> usize {
-    let Some(len) = name.len().checked_add(1) else {
-        return 0;
-    };
-    decoded
-        .windows(len)
-        .enumerate()
-        .filter(|(i, w)| {
-            w.get(..name.len())
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-                && w.last() == Some(&b'=')
-                && (*i == 0
-                    || decoded
-                        .get(i - 1)
-                        .is_some_and(|&b| !b.is_ascii_alphanumeric() && b != b'_' && b != b'-'))
-        })
-        .count()
+    let [count] = count_params_of(decoded, [name]);
+    count
+}
+
+/// [`count_params`] for several names, in one pass.
+pub(crate) fn count_params_of<const N: usize>(decoded: &[u8], names: [&[u8]; N]) -> [usize; N] {
+    // From each `=`, which is rare, back to the name.
+    let mut counts = [0; N];
+    let mut at = 0;
+    while let Some(found) = decoded
+        .get(at..)
+        .and_then(|rest| crate::scan::find(rest, b'='))
+    {
+        let eq = at + found;
+        at = eq + 1;
+        for (count, name) in counts.iter_mut().zip(names) {
+            let Some(start) = eq.checked_sub(name.len()) else {
+                continue;
+            };
+            let named = decoded
+                .get(start..eq)
+                .is_some_and(|n| n.eq_ignore_ascii_case(name));
+            let bounded = start == 0
+                || decoded
+                    .get(start - 1)
+                    .is_some_and(|&b| !b.is_ascii_alphanumeric() && b != b'_' && b != b'-');
+            *count += usize::from(named && bounded);
+        }
+    }
+    counts
 }
 
 #[cfg(test)]

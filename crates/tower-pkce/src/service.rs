@@ -729,6 +729,23 @@ impl<St: Store> Shared<St> {
         if !may_be_html(&parts.headers, &body) {
             return Ok(Response::from_parts(parts, ResponseBody::inner(body)));
         }
+        // Boxed: a page's reading holds much across its awaits, and every
+        // request's future would otherwise be that large.
+        Box::pin(self.inspect_page(parts, body, asked, minted)).await
+    }
+
+    /// [`inspect_parts`](Self::inspect_parts) for a page a browser may
+    /// render.
+    async fn inspect_page<B>(
+        &self,
+        mut parts: http::response::Parts,
+        body: B,
+        asked: &Asked,
+        minted: &mut Option<Minted>,
+    ) -> Result<Response<ResponseBody<B>>, Rejection>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+    {
         let limit = self.config.html_scan_limit;
         // Every field: servers and browsers differ on which of several they read.
         let encoding: Vec<String> = parts
@@ -1052,6 +1069,22 @@ fn may_be_html<B: Body>(headers: &HeaderMap, body: &B) -> bool {
 /// Whether a `Content-Type` value is of a kind a browser never renders as
 /// a page (and never sniffs into one).
 fn never_rendered(value: &[u8]) -> bool {
+    const NEVER: [&[u8]; 14] = [
+        b"application/json",
+        b"text/plain",
+        b"text/css",
+        b"text/csv",
+        b"text/javascript",
+        b"application/javascript",
+        b"application/ecmascript",
+        b"application/octet-stream",
+        b"application/pdf",
+        b"application/zip",
+        b"application/gzip",
+        b"application/wasm",
+        b"application/jwt",
+        b"application/x-www-form-urlencoded",
+    ];
     if value.contains(&b',') {
         return false;
     }
@@ -1059,30 +1092,25 @@ fn never_rendered(value: &[u8]) -> bool {
         .split(|&b| b == b';')
         .next()
         .unwrap_or_default()
-        .trim_ascii()
-        .to_ascii_lowercase();
-    let essence = essence.as_slice();
-    matches!(
-        essence,
-        b"application/json"
-            | b"text/plain"
-            | b"text/css"
-            | b"text/csv"
-            | b"text/javascript"
-            | b"application/javascript"
-            | b"application/ecmascript"
-            | b"application/octet-stream"
-            | b"application/pdf"
-            | b"application/zip"
-            | b"application/gzip"
-            | b"application/wasm"
-            | b"application/jwt"
-            | b"application/x-www-form-urlencoded"
-    ) || essence.ends_with(b"+json")
-        || (essence.starts_with(b"image/") && essence != b"image/svg+xml")
-        || essence.starts_with(b"audio/")
-        || essence.starts_with(b"video/")
-        || essence.starts_with(b"font/")
+        .trim_ascii();
+    let starts = |prefix: &[u8]| {
+        essence
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    let ends = |suffix: &[u8]| {
+        essence
+            .len()
+            .checked_sub(suffix.len())
+            .and_then(|i| essence.get(i..))
+            .is_some_and(|s| s.eq_ignore_ascii_case(suffix))
+    };
+    NEVER.iter().any(|n| essence.eq_ignore_ascii_case(n))
+        || ends(b"+json")
+        || (starts(b"image/") && !essence.eq_ignore_ascii_case(b"image/svg+xml"))
+        || starts(b"audio/")
+        || starts(b"video/")
+        || starts(b"font/")
 }
 
 fn page<B: Body>(rejection: Rejection, wants_json: bool) -> Response<ResponseBody<B>> {
@@ -1208,10 +1236,10 @@ fn plan_authorization(config: &Config, query: &str, body: Option<&str>) -> Resul
     let form::Placed {
         values: from_query,
         layout: query_layout,
-    } = form::collect_placed(query, AUTHORIZE_PARAMS, form::Separators::Ampersand)
+    } = form::collect_placed(query, AUTHORIZE_PARAMS, form::Separators::Ampersand, false)
         .map_err(form_error)?;
     let (from_body, body_layout) = match body
-        .map(|b| form::collect_placed(b, AUTHORIZE_PARAMS, form::Separators::Ampersand))
+        .map(|b| form::collect_placed(b, AUTHORIZE_PARAMS, form::Separators::Ampersand, true))
     {
         Some(Ok(placed)) => (Some(placed.values), Some(placed.layout)),
         Some(Err(e)) => return Err(form_error(e)),
@@ -1447,7 +1475,7 @@ where
                     return Ok(reject_authorize(Rejection::UnsupportedMediaType, json));
                 }
                 match std::str::from_utf8(d) {
-                    Ok(s) if form::only_pairs(s, form::Separators::Ampersand).is_ok() => Some(s),
+                    Ok(s) => Some(s),
                     _ => return Ok(reject_authorize(Rejection::MalformedParameters, json)),
                 }
             }
@@ -1653,8 +1681,7 @@ async fn check_token<St: Store>(
     let config = &shared.config;
     check_token_query(query)?;
     let text = std::str::from_utf8(&data).map_err(|_| Rejection::MalformedParameters)?;
-    form::only_pairs(text, TOKEN_SEPARATORS).map_err(form_error)?;
-    let params = form::collect(text, TOKEN_PARAMS, TOKEN_SEPARATORS).map_err(form_error)?;
+    let params = form::collect(text, TOKEN_PARAMS, TOKEN_SEPARATORS, true).map_err(form_error)?;
     let param = |i: usize| params.get(i).and_then(|p| p.as_deref());
     // Only grants known to carry no code pass unchecked; a missing grant
     // type, any spelling a lenient upstream could read as
@@ -2075,6 +2102,33 @@ mod tests {
             b"https://as.example:8443\\@evil.example/cb",
         ] {
             assert!(!leaves(target), "{}", String::from_utf8_lossy(target));
+        }
+    }
+
+    #[test]
+    fn the_types_a_browser_never_renders_as_a_page() {
+        for never in [
+            &b"application/json"[..],
+            b"Application/JSON; charset=utf-8",
+            b"text/plain",
+            b"application/problem+json",
+            b"image/png",
+            b"font/woff2",
+        ] {
+            assert!(never_rendered(never), "{}", String::from_utf8_lossy(never));
+        }
+        for may in [
+            &b"text/html"[..],
+            b"application/xhtml+xml",
+            b"text/xml",
+            b"image/svg+xml",
+            b"text/plain, text/html",
+            b"html",
+            b"unknown/unknown",
+            b"*/*",
+            b"",
+        ] {
+            assert!(!never_rendered(may), "{}", String::from_utf8_lossy(may));
         }
     }
 
