@@ -568,13 +568,6 @@ impl<S: Store> Store for Unhinted<S> {
         self.write(move || self.inner.insert_pending(key, record, ttl))
     }
 
-    fn contains_pending(
-        &self,
-        key: &StoreKey,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        self.inner.contains_pending(key)
-    }
-
     fn get_pending(
         &self,
         key: &StoreKey,

@@ -100,13 +100,6 @@ impl Store for ProxyStore {
         each!(self, s => s.insert_pending(key, record, ttl))
     }
 
-    fn contains_pending(
-        &self,
-        key: &StoreKey,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        each!(self, s => s.contains_pending(key))
-    }
-
     fn get_pending(
         &self,
         key: &StoreKey,

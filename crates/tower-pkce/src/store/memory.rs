@@ -784,19 +784,6 @@ impl Store for MemoryStore {
         ready(self.insert_pending_now(key, record, ttl))
     }
 
-    fn contains_pending(
-        &self,
-        key: &StoreKey,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let now = self.inner.now();
-        ready(Ok(self
-            .inner
-            .pending
-            .of(key)
-            .get(key)
-            .is_some_and(|r| r.expires > now)))
-    }
-
     fn get_pending(
         &self,
         key: &StoreKey,

@@ -283,16 +283,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Whether a live pending authorization exists under `key`.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Unavailable`].
-    fn contains_pending(
-        &self,
-        key: &StoreKey,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
     /// The live pending authorization under `key`, without removing it.
     ///
     /// # Errors

@@ -665,12 +665,6 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn contains_pending(&self, key: &StoreKey) -> Result<bool, StoreError> {
-        let mut connection = self.connection();
-        self.bounded(connection.exists(self.inner.keys.record('p', key)))
-            .await
-    }
-
     async fn get_pending(
         &self,
         key: &StoreKey,
