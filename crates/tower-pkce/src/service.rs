@@ -768,29 +768,19 @@ impl<St: Store> Shared<St> {
         let (data, trailers) = match collect_bounded(body, limit).await {
             Collected::Complete { data, trailers } => (data, trailers),
             Collected::Over { frames, rest } => {
-                let mut watch = Watch::new(decoder()?);
-                if frames
-                    .iter()
-                    .filter_map(Frame::data_ref)
-                    .any(|d| watch.sees(d))
-                {
+                let Some(watch) = watched(&frames, decoder()?) else {
                     return Err(withheld(
                         Rejection::UncertainDelivery,
                         "a page larger than the scan bound shows a handle or a code",
                     ));
-                }
+                };
                 return Ok(Response::from_parts(
                     parts,
                     ResponseBody::watched(frames, rest, watch),
                 ));
             }
             Collected::Failed { frames, error } => {
-                let mut watch = Watch::new(decoder()?);
-                if frames
-                    .iter()
-                    .filter_map(Frame::data_ref)
-                    .any(|d| watch.sees(d))
-                {
+                if watched(&frames, decoder()?).is_none() {
                     return Err(withheld(
                         Rejection::UncertainDelivery,
                         "a page that failed half-way shows a handle or a code",
@@ -877,6 +867,20 @@ impl<St: Store> Shared<St> {
             ResponseBody::full(Bytes::from(page)),
         ))
     }
+}
+
+/// A watch that has seen `frames`, the start of a page, or `None` when
+/// they show a handle or a code.
+fn watched(
+    frames: &std::collections::VecDeque<Frame<Bytes>>,
+    decoder: Option<coding::Streaming>,
+) -> Option<Watch> {
+    let mut watch = Watch::new(decoder);
+    let seen = frames
+        .iter()
+        .filter_map(Frame::data_ref)
+        .any(|d| watch.sees(d));
+    (!seen).then_some(watch)
 }
 
 /// Whether `bytes` (a `Location`, or a page when `html`) hands a code out,

@@ -261,6 +261,16 @@ impl Inner {
     fn sweep_segment(&self, index: usize) -> usize {
         let now = self.now();
         let marks = &self.marks;
+        // An expired binding, spent or not, leaves its mark behind.
+        let mark = |spent: bool| {
+            move |key: &StoreKey, expires: u32| {
+                if expires > now {
+                    marks.of(key).insert(*key, Mark { expires, spent });
+                }
+            }
+        };
+        let unspent = mark(false);
+        let spent = mark(true);
         let removed = self
             .pending
             .remove_expired(index, now, |r| r.expires, |_, _| {})
@@ -268,33 +278,13 @@ impl Inner {
                 index,
                 now,
                 |r| r.expires,
-                |key, r| {
-                    if r.mark_expires > now {
-                        marks.of(key).insert(
-                            *key,
-                            Mark {
-                                expires: r.mark_expires,
-                                spent: false,
-                            },
-                        );
-                    }
-                },
+                |key, r| unspent(key, r.mark_expires),
             )
             + self.spent.remove_expired(
                 index,
                 now,
                 |r| r.expires,
-                |key, r| {
-                    if r.mark_expires > now {
-                        marks.of(key).insert(
-                            *key,
-                            Mark {
-                                expires: r.mark_expires,
-                                spent: true,
-                            },
-                        );
-                    }
-                },
+                |key, r| spent(key, r.mark_expires),
             );
         self.release(removed);
         let forgotten = marks.remove_expired(index, now, |m| m.expires, |_, _| {});
