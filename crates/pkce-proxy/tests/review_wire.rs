@@ -19,6 +19,7 @@
 //! | `finding_authorization_body_on_other_methods_is_never_read` | I1, I2 | `post`, `PROPFIND`, `QUERY /authorize` with a form body: the query is checked, the body goes upstream unread; a server that reads forms for any method takes its `state`, and the code leaves unbound (redeemed without a verifier in optional mode) |
 //! | `finding_a_body_that_never_comes_holds_its_connection_forever` | DoS | a token or authorization POST whose body stalls is never timed out, and nothing bounds the number of connections |
 //! | `control_framing_tricks_are_refused` | I1 | CL+TE, two TE, `chunked, chunked`, space before colon, obs-fold, HTTP/1.0 TE, bad lengths, bad chunk lines, two Hosts, NUL: refused, closed, nothing smuggled |
+//! | `control_h2_bodies_and_connect_are_refused` | I1 | h2c: a GET or DELETE whose headers do not end the stream gets 400 and nothing upstream; a HEAD answer has no body |
 //! | `control_debug_logs_hold_no_secret` | logs | a whole flow at `PKCE_PROXY_LOG=debug`: no code, verifier, handle, state, Basic credential or token in the log |
 
 mod driver;
@@ -157,7 +158,11 @@ async fn finding_authorization_body_on_other_methods_is_never_read() {
                 "{method} /authorize with the challenge in its query: the upstream read the form \
                  body {body:?}, which the proxy never parsed (the sign-in page: {} {})",
                 page.status,
-                if handles(&page.text()).is_empty() { "without the handle" } else { "with the handle" }
+                if handles(&page.text()).is_empty() {
+                    "without the handle"
+                } else {
+                    "with the handle"
+                }
             );
             // The user signs in on the page the upstream showed.
             let txn = page
@@ -240,17 +245,20 @@ async fn finding_a_cookie_carries_token_parameters_past_the_checks() {
         let mut broken = Vec::new();
         // Without any code of the attacker's: a grant that passes unchecked.
         let victim = bound_code(&w, CHALLENGE).await;
-        let req = Req::post("/token", "grant_type=refresh_token&refresh_token=anything")
-            .header(
-                "Cookie",
-                &format!(
-                    "grant_type=authorization_code; code={}; client_id={CLIENT}; redirect_uri={}",
-                    enc(&victim),
-                    enc(REDIRECT)
-                ),
-            );
+        let req = Req::post("/token", "grant_type=refresh_token&refresh_token=anything").header(
+            "Cookie",
+            &format!(
+                "grant_type=authorization_code; code={}; client_id={CLIENT}; redirect_uri={}",
+                enc(&victim),
+                enc(REDIRECT)
+            ),
+        );
         let resp = w.send(&req).await;
-        if w.log().tokens_for(&victim).iter().any(|t| t.answered == Some(200)) {
+        if w.log()
+            .tokens_for(&victim)
+            .iter()
+            .any(|t| t.answered == Some(200))
+        {
             broken.push(format!(
                 "a refresh_token body with Cookie: grant_type=authorization_code; code=<victim>: \
                  the upstream redeemed the victim's code {victim}; the attacker got {}",
@@ -264,7 +272,11 @@ async fn finding_a_cookie_carries_token_parameters_past_the_checks() {
             .legit(&mine)
             .header("Cookie", &format!("code={}", enc(&victim)));
         let resp = w.send(&req).await;
-        if w.log().tokens_for(&victim).iter().any(|t| t.answered == Some(200)) {
+        if w.log()
+            .tokens_for(&victim)
+            .iter()
+            .any(|t| t.answered == Some(200))
+        {
             broken.push(format!(
                 "the attacker's own checked token request with Cookie: code=<victim>: the \
                  upstream redeemed the victim's code {victim}; the attacker got {}",
@@ -417,7 +429,12 @@ async fn finding_an_unread_token_body_spoils_the_next_clients_request() {
     let mut attacker = w.conn().await;
     let poison = Req::post("/token", "grant_type=refresh_token&refresh_token=x");
     let resp = w.send_on(&mut attacker, &poison).await;
-    assert_eq!(resp.status, 401, "the upstream skips the body: {}", resp.describe());
+    assert_eq!(
+        resp.status,
+        401,
+        "the upstream skips the body: {}",
+        resp.describe()
+    );
     drop(attacker);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -441,7 +458,10 @@ async fn finding_an_unread_token_body_spoils_the_next_clients_request() {
          upstream saw:{}",
         victim.id,
         seen.iter()
-            .map(|s| format!("{} {} (from the body before it: {})", s.method, s.target, s.from_body))
+            .map(|s| format!(
+                "{} {} (from the body before it: {})",
+                s.method, s.target, s.from_body
+            ))
             .collect::<Vec<_>>(),
         got.describe(),
         retry.describe(),
@@ -536,7 +556,9 @@ async fn finding_underscore_forwarded_fields_pass_the_replacement() {
         .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v)))
         .collect();
     assert!(
-        !forwarded.iter().any(|f| f.contains("evil.example") || f.contains("6.6.6.6")),
+        !forwarded
+            .iter()
+            .any(|f| f.contains("evil.example") || f.contains("6.6.6.6")),
         "the client's X_Forwarded_* fields reached the upstream beside the proxy's own, which \
          an upstream folding `_` into `-` reads first: {forwarded:?}"
     );
@@ -551,7 +573,12 @@ async fn finding_underscore_forwarded_fields_pass_the_replacement() {
 /// body holds a connection, its task and its file descriptor forever.
 #[tokio::test]
 async fn finding_a_body_that_never_comes_holds_its_connection_forever() {
-    let w = World::start(Mode::Required, Knobs::default(), &["--response-timeout", "1"]).await;
+    let w = World::start(
+        Mode::Required,
+        Knobs::default(),
+        &["--response-timeout", "1"],
+    )
+    .await;
     let heads = [
         "POST /token HTTP/1.1\r\nHost: proxy.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type=",
         "POST /authorize HTTP/1.1\r\nHost: proxy.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nclient_id=",
@@ -659,24 +686,106 @@ async fn control_framing_tricks_are_refused() {
     let smuggled = "GET /other HTTP/1.1\r\nHost: upstream\r\nx-test-id: smuggled\r\n\r\n";
     let n = smuggled.len();
     let cases: Vec<(&str, String)> = vec![
-        ("CL and TE", format!("POST /other HTTP/1.1\r\nHost: h\r\nContent-Length: {n}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}")),
-        ("two TE fields", format!("POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{smuggled}")),
-        ("chunked, chunked", format!("POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n{smuggled}")),
-        ("xchunked", format!("POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}")),
-        ("space before colon", format!("POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\nContent-Length: {n}\r\n\r\n{smuggled}")),
-        ("obs-fold TE", format!("POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{smuggled}")),
-        ("obs-fold CL", format!("POST /other HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n Content-Length: 0\r\nContent-Length: {n}\r\n\r\n{smuggled}")),
-        ("HTTP/1.0 TE", format!("POST /other HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}")),
-        ("CL with a sign", format!("POST /other HTTP/1.1\r\nHost: h\r\nContent-Length: +0\r\n\r\n{smuggled}")),
-        ("CL list", format!("POST /other HTTP/1.1\r\nHost: h\r\nContent-Length: 0, {n}\r\n\r\n{smuggled}")),
-        ("two CLs", format!("POST /other HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: {n}\r\n\r\n{smuggled}")),
-        ("chunk size LF", format!("POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\n\r\n{smuggled}")),
-        ("chunk ext CR", format!("POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0;a\rb\r\n\r\n{smuggled}")),
-        ("chunk size overflow", format!("POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n\r\n{smuggled}")),
-        ("chunk size 0x", format!("POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0x0\r\n\r\n{smuggled}")),
-        ("two hosts", format!("GET /other HTTP/1.1\r\nHost: h\r\nHost: g\r\n\r\n{smuggled}")),
-        ("NUL in a value", format!("GET /other HTTP/1.1\r\nHost: h\r\nX-A: a\0b\r\n\r\n{smuggled}")),
-        ("GET with TE", format!("GET /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}")),
+        (
+            "CL and TE",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nContent-Length: {n}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "two TE fields",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "chunked, chunked",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "xchunked",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "space before colon",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\nContent-Length: {n}\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "obs-fold TE",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "obs-fold CL",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n Content-Length: 0\r\nContent-Length: {n}\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "HTTP/1.0 TE",
+            format!(
+                "POST /other HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "CL with a sign",
+            format!("POST /other HTTP/1.1\r\nHost: h\r\nContent-Length: +0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "CL list",
+            format!("POST /other HTTP/1.1\r\nHost: h\r\nContent-Length: 0, {n}\r\n\r\n{smuggled}"),
+        ),
+        (
+            "two CLs",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: {n}\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "chunk size LF",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "chunk ext CR",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0;a\rb\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "chunk size overflow",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "chunk size 0x",
+            format!(
+                "POST /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0x0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "two hosts",
+            format!("GET /other HTTP/1.1\r\nHost: h\r\nHost: g\r\n\r\n{smuggled}"),
+        ),
+        (
+            "NUL in a value",
+            format!("GET /other HTTP/1.1\r\nHost: h\r\nX-A: a\0b\r\n\r\n{smuggled}"),
+        ),
+        (
+            "GET with TE",
+            format!(
+                "GET /other HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
     ];
     for (what, bytes) in cases {
         let mut conn = w.conn().await;
@@ -685,9 +794,9 @@ async fn control_framing_tricks_are_refused() {
         // A bad head is refused before anything is forwarded (400, or 501
         // for an unknown coding); a bad chunk line is met while the body
         // streams, after the head went upstream: the proxy's own 502.
-        let refused = resp.as_ref().is_ok_and(|r| {
-            matches!(r.status, 400 | 501 | 502) && r.header("x-served").is_none()
-        });
+        let refused = resp
+            .as_ref()
+            .is_ok_and(|r| matches!(r.status, 400 | 501 | 502) && r.header("x-served").is_none());
         assert!(
             refused,
             "{what}: expected the proxy's refusal; got {:?}",
@@ -735,9 +844,12 @@ async fn control_debug_logs_hold_no_secret() {
         .unwrap()
         .to_owned();
     secrets.push(txn.clone());
-    conn.write(&send(Req::post("/login", format!("txn={txn}&username=alice"))))
-        .await
-        .unwrap();
+    conn.write(&send(Req::post(
+        "/login",
+        format!("txn={txn}&username=alice"),
+    )))
+    .await
+    .unwrap();
     let delivered = conn.response(false).await.unwrap();
     let code = up.log().last_issued().unwrap().code.clone();
     secrets.push(code.clone());
@@ -749,7 +861,9 @@ async fn control_debug_logs_hold_no_secret() {
     .header("Authorization", "Basic YXBwOnNlY3JldA==");
     conn.write(&send(wrong)).await.unwrap();
     let _ = conn.response(false).await.unwrap();
-    conn.write(&send(token(&code, Some(VERIFIER)))).await.unwrap();
+    conn.write(&send(token(&code, Some(VERIFIER))))
+        .await
+        .unwrap();
     let redeemed = conn.response(false).await.unwrap();
     if let Some(json) = redeemed.json() {
         for key in ["access_token", "refresh_token"] {
@@ -758,20 +872,87 @@ async fn control_debug_logs_hold_no_secret() {
             }
         }
     }
-    conn.write(b"GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer secret-bearer-1\r\nHost: b\r\n\r\n")
-        .await
-        .unwrap();
+    conn.write(
+        b"GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer secret-bearer-1\r\nHost: b\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let _ = conn.response(false).await;
     secrets.push("secret-bearer-1".into());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = proxy.log();
-    assert!(log.lines().count() > 5, "too little logged to judge:\n{log}");
+    assert!(
+        log.lines().count() > 5,
+        "too little logged to judge:\n{log}"
+    );
     if std::env::var("REVIEW_SHOW_LOG").is_ok() {
         println!("{log}");
     }
-    let leaked: Vec<&String> = secrets.iter().filter(|s| log.contains(s.as_str())).collect();
+    let leaked: Vec<&String> = secrets
+        .iter()
+        .filter(|s| log.contains(s.as_str()))
+        .collect();
     assert!(
         leaked.is_empty(),
         "the debug log holds secrets {leaked:?}:\n{log}"
     );
+}
+
+/// HTTP/2 with prior knowledge: a GET or DELETE whose headers do not end
+/// the stream (a body follows) is refused before anything reaches the
+/// upstream; a HEAD answer has no body.
+#[tokio::test]
+async fn control_h2_bodies_and_connect_are_refused() {
+    use http_body_util::{BodyExt, Full};
+    let w = World::start(Mode::Required, Knobs::default(), &[]).await;
+    let stream = tokio::net::TcpStream::connect(w.proxy.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let ask = |method: &str, path: &str, body: &'static [u8], id: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://proxy.test{path}"))
+            .header("x-test-id", id)
+            .body(Full::new(bytes::Bytes::from_static(body)))
+            .unwrap()
+    };
+    let authorize = format!("/authorize?{}", query(CHALLENGE));
+    for (method, path, body, id) in [
+        ("GET", authorize.as_str(), &b"state=x"[..], "h2-get-body"),
+        (
+            "GET",
+            "/other",
+            &b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            "h2-get-body-2",
+        ),
+        ("DELETE", "/other", &b"x"[..], "h2-delete-body"),
+    ] {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            send.send_request(ask(method, path, body, id)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status(), 400, "{method} {path} with DATA over h2");
+        assert!(
+            w.log().with_id(id).is_empty(),
+            "{method} {path} reached the upstream"
+        );
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        send.send_request(ask("HEAD", "/other", b"", "h2-head")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty(), "a HEAD answer over h2 carried {body:?}");
 }
