@@ -50,7 +50,9 @@ use tower_service::Service;
 use crate::config::{Config, Upstream};
 pub use crate::http1::{ClientBody, ClientBodyError};
 use crate::metrics::Metrics;
-use crate::upstream::{Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared, Retry};
+use crate::upstream::{
+    Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared, Retry, Reuse,
+};
 pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 
 /// The body of a forwarded response: the upstream's, streamed, or the
@@ -129,6 +131,49 @@ pub(crate) fn connection_names_checked_field(headers: &HeaderMap) -> bool {
         CHECKED_FIELDS
             .iter()
             .any(|checked| name.eq_ignore_ascii_case(checked))
+    })
+}
+
+/// Fields a server that reads `_` as `-` in names (CGI's `HTTP_*`
+/// variables, PHP, some Rack servers) would take a `Content_Length` or an
+/// `X_Forwarded_For` for: the framing, the hop-by-hop fields, what the
+/// checks read and what the proxy sets.
+const UNDERSCORE_ALIASED: [&[u8]; 18] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"expect",
+    b"authorization",
+    b"proxy-authorization",
+    b"cookie",
+    b"content-type",
+    b"content-encoding",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+];
+
+/// Whether a field's name, with `_` read as `-`, is one of
+/// [`UNDERSCORE_ALIASED`]: the request is refused, as nginx drops such
+/// names by default, since the upstream may read it as that field while the
+/// proxy read it as another.
+pub(crate) fn underscore_aliases_a_field(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str().as_bytes();
+        name.contains(&b'_')
+            && UNDERSCORE_ALIASED.iter().any(|aliased| {
+                aliased.len() == name.len()
+                    && aliased
+                        .iter()
+                        .zip(name)
+                        .all(|(&a, &n)| a == n || (a == b'-' && n == b'_'))
+            })
     })
 }
 
@@ -403,24 +448,33 @@ fn https_connector(connect_timeout: Duration) -> Result<HttpsConnector<HttpConne
 /// checked (a `POST /token` with a stolen code). So a request with a body
 /// retires its connection, except a token request whose body the PKCE
 /// layer read whole and checked and whose every byte is visible ASCII
-/// (0x21..=0x7E): with no space, CR or LF, what an upstream leaves of it
-/// can neither end a line nor split a request line, so it can only spoil
-/// the next request's method, never make a request of its own. (The layer
-/// forwards a checked body with every other byte percent-encoded, so the
-/// last test holds of every body it checked; it is kept here too, so that
-/// the rule does not rest on that.)
-pub(crate) fn reusable_after<B>(endpoint: Endpoint, body: &RequestBody<B>) -> bool
+/// (0x21..=0x7E, which the layer makes of every body it checked): that one
+/// keeps it only after a 2xx answer, since an upstream that redeemed or
+/// refreshed read the whole request, while one that refused early may have
+/// left the body to spoil the next request's first line. An answer to HEAD
+/// retires its connection too: a naive server writes the GET body after it,
+/// late, where the next request's answer would be read.
+pub(crate) fn reusable_after<B>(endpoint: Endpoint, req: &Request<RequestBody<B>>) -> Reuse
 where
     B: http_body::Body<Data = Bytes>,
 {
     use http_body::Body as _;
-    if body.is_end_stream() || body.size_hint().exact() == Some(0) {
-        return true;
+    if req.method() == http::Method::HEAD {
+        return Reuse::Never;
     }
-    endpoint == Endpoint::Token
+    let body = req.body();
+    if body.is_end_stream() || body.size_hint().exact() == Some(0) {
+        return Reuse::Clean;
+    }
+    let checked = endpoint == Endpoint::Token
         && body
             .as_buffered()
-            .is_some_and(|data| data.iter().all(|b| matches!(b, 0x21..=0x7e)))
+            .is_some_and(|data| data.iter().all(|b| matches!(b, 0x21..=0x7e)));
+    if checked {
+        Reuse::Succeeded
+    } else {
+        Reuse::Never
+    }
 }
 
 /// Marks `progress`, when the request carries one.
@@ -639,7 +693,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
         let Some(uri) = self.upstream_uri(req.uri()) else {
             return ResponseFuture::ready(upstream_error(StatusCode::BAD_GATEWAY, endpoint));
         };
-        let retire = !reusable_after(endpoint, req.body());
+        let reuse = reusable_after(endpoint, &req);
         let overrides = self.forwarded_headers(&req);
         remove_hop_by_hop(req.headers_mut());
         *req.uri_mut() = uri;
@@ -652,12 +706,14 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
             Transport::Plain(pool) => {
                 let home: Arc<dyn Keep> = self.conn.clone();
                 pool.route(&self.conn, progress.as_ref(), |buf| {
-                    Prepared::new(buf, req, &overrides, home, retire)
+                    Prepared::new(buf, req, &overrides, home, reuse)
                 })
             }
             Transport::Tls(client) => {
                 overrides.apply(req.headers_mut());
-                if retire {
+                // hyper's pool cannot wait for the status: a connection that
+                // may only be kept after a 2xx is not kept.
+                if reuse != Reuse::Clean {
                     // hyper's client does not pool a connection whose
                     // request asked to close it.
                     req.headers_mut()
@@ -888,6 +944,23 @@ impl Forwarding {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscore_spellings_of_the_fields_that_matter_are_found() {
+        for (name, aliased) in [
+            ("content_length", true),
+            ("x_forwarded_for", true),
+            ("transfer_encoding", true),
+            ("x_custom_field", false),
+            ("content-length", false),
+            ("contentlength", false),
+            ("content_length_x", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            assert_eq!(underscore_aliases_a_field(&h), aliased, "{name}");
+        }
+    }
 
     #[test]
     fn the_quick_check_knows_every_hop_by_hop_header() {
@@ -1223,20 +1296,24 @@ mod tests {
             let (connections, requests) = std::mem::take(&mut *seen.lock().unwrap());
             let closed: Vec<(&str, bool)> =
                 requests.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+            // A checked token body keeps its connection after a 2xx on the
+            // proxy's own client; hyper's pool cannot wait for the status,
+            // so there it is retired.
+            let token = pooled;
             assert_eq!(
                 closed,
                 [
                     ("/upload", true),
                     ("/next", false),
                     ("/again", false),
-                    ("/token", false),
+                    ("/token", token),
                     ("/after-token", false),
-                    ("/token", false),
+                    ("/token", token),
                     ("/last", false),
                 ],
                 "pooled: {pooled}"
             );
-            assert_eq!(connections, 2, "pooled: {pooled}");
+            assert_eq!(connections, if pooled { 4 } else { 2 }, "pooled: {pooled}");
         }
     }
 }

@@ -252,6 +252,12 @@ fn screen(req: &mut Request<ClientBody>) -> Result<(), Refused> {
     {
         return Err(Refused(why, None));
     }
+    if forward::underscore_aliases_a_field(req.headers()) {
+        return Err(Refused(
+            "a header name with '_' that a server may read as Content-Length, Host, Authorization or another field the proxy sets or checks",
+            None,
+        ));
+    }
     if forward::connection_names_checked_field(req.headers()) {
         return Err(Refused(
             "the Connection header must not name Authorization, Host, Content-Type, Content-Length, Transfer-Encoding or Cookie",

@@ -12,11 +12,11 @@
 //! on both sides, and a response delimited by the connection's close. A
 //! connection is kept for the next request only when both messages were
 //! complete, the whole request was written before the response began, the
-//! upstream spoke HTTP/1.1 without `Connection: close`, and the request
-//! did not retire it: the forwarder decides that by
+//! upstream spoke HTTP/1.1 without `Connection: close`, and the request's
+//! [`Reuse`] allows it: the forwarder decides that by
 //! `forward::reusable_after` (a request with a body whose leftovers could
-//! become a request), and a retired request tells the upstream
-//! `Connection: close`. A request is written again, once, on a new
+//! become a request, a HEAD whose answer may bring a body late), and a
+//! request that never allows it tells the upstream `Connection: close`. A request is written again, once, on a new
 //! connection only when it never left the proxy or has no body and an
 //! idempotent method ([`Exchange::into_retry`]).
 
@@ -471,6 +471,18 @@ pub(crate) trait Keep: Send + Sync {
     fn keep(&self, conn: Box<Connection>);
 }
 
+/// Whether an upstream connection may take another request after this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// When both messages ended cleanly.
+    Clean,
+    /// Only after a 2xx answer as well: an upstream that did the work read
+    /// the whole request (see `forward::reusable_after`).
+    Succeeded,
+    /// Never: the upstream is told `Connection: close`.
+    Never,
+}
+
 /// A request encoded for the upstream and not yet on a connection: what
 /// goes on a new connection, or again on another one when a reused
 /// connection turns out to be closed.
@@ -479,24 +491,23 @@ pub(crate) struct Prepared {
     outgoing: Option<Outgoing>,
     method: Method,
     home: Arc<dyn Keep>,
-    retire: bool,
+    reuse: Reuse,
 }
 
 impl Prepared {
     /// `req` written into `buf`, with `overrides`. `home` takes the
-    /// connection back once the exchange is over, unless `retire`: then the
-    /// upstream is told `Connection: close`, and the connection is closed
-    /// after the response (see `forward::reusable_after`).
+    /// connection back once the exchange is over, when `reuse` allows it
+    /// (see `forward::reusable_after`).
     pub(crate) fn new(
         mut buf: Vec<u8>,
         req: Request<OutgoingBody>,
         overrides: &HeaderOverrides,
         home: Arc<dyn Keep>,
-        retire: bool,
+        reuse: Reuse,
     ) -> Self {
         let (parts, body) = req.into_parts();
         buf.clear();
-        let chunked = encode_head(&mut buf, &parts, overrides, &body, retire);
+        let chunked = encode_head(&mut buf, &parts, overrides, &body, reuse == Reuse::Never);
         // A body known to be empty is not kept: the whole request is in
         // the buffer, its end too (if chunked), and can be sent again.
         let outgoing = match chunked {
@@ -512,7 +523,7 @@ impl Prepared {
             outgoing,
             method: parts.method,
             home,
-            retire,
+            reuse,
         }
     }
 
@@ -529,7 +540,7 @@ impl Prepared {
             early: false,
             method: self.method,
             home: self.home,
-            retire: self.retire,
+            reuse: self.reuse,
         }
     }
 }
@@ -564,7 +575,7 @@ pub(crate) struct Exchange {
     early: bool,
     method: Method,
     home: Arc<dyn Keep>,
-    retire: bool,
+    reuse: Reuse,
 }
 
 impl Exchange {
@@ -614,7 +625,14 @@ impl Exchange {
             // An answer before the whole request was written: the upstream
             // may not read the rest, which would then wait on the
             // connection in front of the next request.
-            keep_alive: head.keep_alive && self.sent && !self.early && !self.retire,
+            keep_alive: head.keep_alive
+                && self.sent
+                && !self.early
+                && match self.reuse {
+                    Reuse::Clean => true,
+                    Reuse::Succeeded => head.status.is_success(),
+                    Reuse::Never => false,
+                },
             home: Some(self.home),
         };
         stream.release_if_done();
@@ -648,7 +666,7 @@ impl Exchange {
             outgoing: self.outgoing,
             method: self.method,
             home: self.home,
-            retire: self.retire,
+            reuse: self.reuse,
         };
         Some(Retry { request, unsent })
     }
@@ -804,7 +822,7 @@ mod tests {
             outgoing: None,
             method,
             home: Arc::new(Nowhere),
-            retire: false,
+            reuse: Reuse::Clean,
         }
     }
 

@@ -102,6 +102,10 @@ pub enum Rejection {
     /// server echoing its request into a page would hand out beside the
     /// transaction handle.
     ResponseParameterInRequest,
+    /// A cookie named as a parameter the request is checked by, which a
+    /// server reading cookies as parameters (PHP's `$_REQUEST`) would take
+    /// over the checked one.
+    ParameterInCookie,
 }
 
 impl Rejection {
@@ -170,6 +174,7 @@ impl Rejection {
             UncertainDelivery => "uncertain_delivery",
             ForeignDelivery => "foreign_delivery",
             ResponseParameterInRequest => "response_parameter_in_request",
+            ParameterInCookie => "parameter_in_cookie",
         }
     }
 
@@ -236,6 +241,9 @@ impl Rejection {
             }
             ResponseParameterInRequest => {
                 "an authorization request must not carry code or error".into()
+            }
+            ParameterInCookie => {
+                "a cookie must not be named as a request parameter".into()
             }
         }
     }

@@ -422,9 +422,13 @@ fn restrict_accept_encoding(headers: &mut HeaderMap) {
 /// OPTIONS request with one is no preflight, and an upstream that does not
 /// route by method could read a token request from it.
 fn has_body<B: Body>(req: &Request<B>) -> bool {
-    req.headers().contains_key(header::TRANSFER_ENCODING)
-        || content_length(req.headers()).is_some_and(|n| n > 0)
-        || !req.body().is_end_stream() && req.body().size_hint().upper() != Some(0)
+    announces_body(req.headers(), req.body())
+}
+
+fn announces_body<B: Body>(headers: &HeaderMap, body: &B) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || content_length(headers).is_some_and(|n| n > 0)
+        || !body.is_end_stream() && body.size_hint().upper() != Some(0)
 }
 
 /// Whether `Connection` names a field that the checks or the framing read.
@@ -458,6 +462,34 @@ fn inert<B>(body: RequestBody<B>, headers: &mut HeaderMap) -> RequestBody<B> {
     };
     set_content_length(headers, escaped.len());
     RequestBody::buffered(Bytes::from(escaped))
+}
+
+/// Whether a `Cookie` field names a parameter that `checked` says the
+/// request is checked by: a server that reads cookies as parameters (PHP's
+/// `$_REQUEST` with cookies in `variables_order`, last one winning) would
+/// take it over the checked one. Names are read as a form's are (decoded,
+/// folded; a bracket starts PHP's array syntax).
+fn cookie_names_checked_parameter(headers: &HeaderMap, checked: impl Fn(&str) -> bool) -> bool {
+    headers.get_all(header::COOKIE).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b';' || b == b',')
+            .any(|pair| {
+                let name = pair
+                    .split(|&b| b == b'=')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                let name = crate::loose::decode(name, false);
+                let name = String::from_utf8_lossy(&name);
+                let base = name.split('[').next().unwrap_or_default();
+                checked(&form::fold(base))
+            })
+    })
+}
+
+fn is_authorize_param(name: &str) -> bool {
+    AUTHORIZE_PARAMS.contains(&name) || name.starts_with("code_challenge")
 }
 
 fn set_content_length(headers: &mut HeaderMap, len: usize) {
@@ -1464,7 +1496,13 @@ where
                 json,
             ));
         }
-        let reads_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+        if cookie_names_checked_parameter(&parts.headers, is_authorize_param) {
+            return Ok(reject_authorize(Rejection::ParameterInCookie, json));
+        }
+        // Whatever the method: a server that reads a form for any method
+        // (or for `post`, a method of its own) would read what was not
+        // checked.
+        let reads_body = announces_body(&parts.headers, &body);
         let (data, body) = if reads_body {
             match read_body(&parts.headers, body, shared.config.max_authorize_body).await {
                 Ok(data) => (Some(data), None),
@@ -1911,12 +1949,18 @@ where
             if let Err(rejection) = check_token_query(parts.uri.query()) {
                 return reject(rejection);
             }
+            if cookie_names_checked_parameter(&parts.headers, is_token_query_param) {
+                return reject(Rejection::ParameterInCookie);
+            }
             let request = Request::from_parts(parts, RequestBody::inner(body));
             let response = inner.call(request).await?;
             return Ok(answer(response).await);
         }
         if connection_names_checked_field(&parts.headers) {
             return reject(Rejection::ConnectionNamesCheckedField);
+        }
+        if cookie_names_checked_parameter(&parts.headers, is_token_query_param) {
+            return reject(Rejection::ParameterInCookie);
         }
         if !is_form(&parts.headers) {
             return reject(Rejection::UnsupportedMediaType);
@@ -2134,6 +2178,36 @@ mod tests {
         ] {
             assert!(!never_rendered(may), "{}", String::from_utf8_lossy(may));
         }
+    }
+
+    #[test]
+    fn cookies_named_as_checked_parameters_are_found() {
+        for (cookie, named) in [
+            ("session=abc; code=x", true),
+            ("Code=x", true),
+            ("c%6Fde=x", true),
+            ("code[0]=x", true),
+            ("grant.type=authorization_code", true),
+            ("client_assertion_type=x", true),
+            ("session=abc; theme=dark", false),
+            ("qrcode=x", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+            assert_eq!(
+                cookie_names_checked_parameter(&headers, is_token_query_param),
+                named,
+                "{cookie}"
+            );
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("sid=1; STATE=x"));
+        assert!(cookie_names_checked_parameter(&headers, is_authorize_param));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("code_challenge_method=x"),
+        );
+        assert!(cookie_names_checked_parameter(&headers, is_authorize_param));
     }
 
     #[test]

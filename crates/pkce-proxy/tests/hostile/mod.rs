@@ -1,25 +1,15 @@
-//! A deliberately hostile legacy authorization server, for `attacks.rs`.
-//!
-//! It knows nothing of PKCE, and it misbehaves at the byte level the way
-//! loose legacy servers do, so that every way a code could leave unbound or
-//! a request could slip past the proxy's checks is there to be tried:
-//!
-//! - It speaks HTTP/1.1 on raw tokio sockets (no hyper), keeps connections
-//!   alive and parses requests loosely from a per-connection buffer. It
-//!   reads a body only on `/token`, `/login` and (when asked) a POST to
-//!   `/authorize`; anywhere else the body's bytes stay in the buffer and are
-//!   parsed as the next request. A request parsed out of bytes that were
-//!   another request's body is logged with `from_body`.
-//! - It redirects to whatever `redirect_uri` it is given and echoes `state`
-//!   verbatim, in the delivery shape the test chose ([`Delivery`]).
-//! - Its token endpoint merges the query string into the body's
-//!   parameters (the query wins), and issues a token for any code it issued
-//!   and did not redeem yet.
-//! - Every answer carries `x-served: <request-target>` and echoes the
-//!   request's `x-test-id`, so that a test can tell which request an answer
-//!   belongs to.
-//!
-//! Everything it parsed, issued and answered is logged ([`Log`]).
+//! A deliberately hostile legacy authorization server, for `attacks.rs`
+//! and `review_wire.rs`. Beyond its defaults, knobs add looser behaviours:
+//! a router and form parser that take `/authorize`'s form body for any
+//! method, the body winning (Rack's `form_data?` and `GET.merge(POST)`,
+//! Express's `app.all` with `urlencoded()`), a token endpoint that reads
+//! parameters the way PHP's `$_REQUEST` does with `variables_order =
+//! "EGPCS"` (query, then body, then cookies, the last one winning), a HEAD
+//! answer whose body (the GET body, which naive servers write for HEAD
+//! too) goes out some time after its head, header names read with `_` as
+//! `-` (CGI-style variables), and unwanted bodies read and dropped after
+//! the answer instead of parsed as the next request. A path `/echo`
+//! answers the decoded query as its `text/plain` body.
 
 #![allow(dead_code)]
 
@@ -140,6 +130,22 @@ pub(crate) struct Knobs {
     /// Answer as an HTTP/1.0 server: `HTTP/1.0` status lines, no
     /// `Content-Length`, the connection closed after each answer.
     pub http10: bool,
+    /// `/authorize` reads a form body for any method, not only POST.
+    pub(crate) authorize_body_any_method: bool,
+    /// `/token` reads parameters from the query, the body and the
+    /// `Cookie` header, in that order, the last one winning (PHP's
+    /// `$_REQUEST` with `variables_order = "EGPCS"`).
+    pub(crate) token_reads_cookies: bool,
+    /// A HEAD request's answer: the head at once, then after this long the
+    /// body a GET would have had.
+    pub(crate) head_body_after: Option<Duration>,
+    /// Header names are read with `_` as `-` (`Content_Length` is
+    /// `Content-Length`), as servers that map headers to CGI-style
+    /// variables (`HTTP_CONTENT_LENGTH`) do.
+    pub(crate) fold_underscores: bool,
+    /// A body the server does not want is read and thrown away after the
+    /// answer, instead of being parsed as the next request.
+    pub(crate) drain_unread_bodies: bool,
 }
 
 impl Default for Knobs {
@@ -152,6 +158,11 @@ impl Default for Knobs {
             token_body_needs_authorization: false,
             token_faults: VecDeque::new(),
             http10: false,
+            authorize_body_any_method: false,
+            token_reads_cookies: false,
+            head_body_after: None,
+            fold_underscores: false,
+            drain_unread_bodies: false,
         }
     }
 }
@@ -709,9 +720,15 @@ impl Connection {
             let head_bytes = self.consume(head_end + 4);
             let Some(head) = parse_head(&head_bytes[..head_end]) else {
                 let answer = Answer::new(400, "text/plain", "bad request\n");
-                let _ = self.write(&answer, "?", None, true).await;
+                let _ = self.write(&answer, "?", None, true, None).await;
                 return;
             };
+            let mut head = head;
+            if lock(&self.inner.knobs).fold_underscores {
+                for (name, _) in &mut head.headers {
+                    *name = name.replace('_', "-");
+                }
+            }
             let framing = if head.has_token("transfer-encoding", "chunked") {
                 Framing::Chunked
             } else if let Some(v) = head.get("content-length") {
@@ -731,6 +748,9 @@ impl Connection {
                 }
                 ("POST", "/login") => true,
                 ("POST", "/authorize") => knobs.authorize_reads_body,
+                (_, "/authorize") => {
+                    knobs.authorize_body_any_method && !matches!(framing, Framing::None)
+                }
                 _ => false,
             };
             let body = if reads_body {
@@ -738,6 +758,8 @@ impl Connection {
                     Some(b) => Some(b),
                     None => return,
                 }
+            } else if knobs.drain_unread_bodies {
+                None
             } else {
                 match framing {
                     Framing::Length(n) if n > 0 => self.body_until = self.offset + n,
@@ -779,7 +801,13 @@ impl Connection {
                 Then::Answer => {}
             }
             if self
-                .write(&answer, &head.target, test_id.as_deref(), close)
+                .write(
+                    &answer,
+                    &head.target,
+                    test_id.as_deref(),
+                    close,
+                    knobs.head_body_after.filter(|_| head.method == "HEAD"),
+                )
                 .await
                 .is_err()
             {
@@ -798,6 +826,13 @@ impl Connection {
                 let _ = self.stream.shutdown().await;
                 return;
             }
+            if knobs.drain_unread_bodies
+                && !reads_body
+                && let Framing::Length(n) = framing
+                && self.exactly(n).await.is_none()
+            {
+                return;
+            }
         }
     }
 
@@ -807,6 +842,7 @@ impl Connection {
         target: &str,
         test_id: Option<&str>,
         close: bool,
+        late_body: Option<Duration>,
     ) -> std::io::Result<()> {
         let http10 = lock(&self.inner.knobs).http10;
         let mut out = Vec::new();
@@ -839,6 +875,12 @@ impl Connection {
             field("Connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
+        if let Some(wait) = late_body {
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await?;
+            tokio::time::sleep(wait).await;
+            out.clear();
+        }
         out.extend_from_slice(&answer.body);
         self.stream.write_all(&out).await?;
         self.stream.flush().await
@@ -861,7 +903,15 @@ impl Connection {
             (_, "/authorize") => {
                 let mut all = params(query);
                 if let Some(body) = body {
-                    all.extend(params(&String::from_utf8_lossy(body)));
+                    let form = params(&String::from_utf8_lossy(body));
+                    if knobs.authorize_body_any_method {
+                        // Rack's `params`: `GET.merge(POST)`, the body wins.
+                        let mut merged = form;
+                        merged.extend(all);
+                        all = merged;
+                    } else {
+                        all.extend(form);
+                    }
                 }
                 match knobs.flow {
                     Flow::Direct => self.deliver(&all, test_id, knobs),
@@ -890,6 +940,7 @@ impl Connection {
                 Some(body) => self.token(head, query, body, index),
             },
             (_, "/other") => Answer::new(200, "text/plain", "other\n"),
+            (_, "/echo") => Answer::new(200, "text/plain", decode(query)),
             _ => Answer::new(404, "text/plain", "not found\n"),
         }
     }
@@ -919,6 +970,12 @@ impl Connection {
     fn token(&self, head: &Head, query: &str, body: &[u8], index: usize) -> Answer {
         let mut all = params(&String::from_utf8_lossy(body));
         all.extend(params(query));
+        if lock(&self.inner.knobs).token_reads_cookies {
+            for cookie in head.headers.iter().filter(|(n, _)| n == "cookie") {
+                let text = String::from_utf8_lossy(&cookie.1).into_owned();
+                all.extend(params(&text.replace("; ", "&").replace(';', "&")));
+            }
+        }
         let code = last(&all, "code").map(|p| p.value.clone());
         let grant_type = last(&all, "grant_type").map(|p| p.value.clone());
         let fault = lock(&self.inner.knobs).token_faults.pop_front();
