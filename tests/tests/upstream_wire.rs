@@ -317,9 +317,12 @@ async fn an_http_1_0_answer_is_not_reused() {
 
 #[tokio::test]
 async fn malformed_answers_get_502() {
-    let answers: [&'static [u8]; 5] = [
+    let answers: [&'static [u8]; 7] = [
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        // Past the signed 64-bit range.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 9223372036854775808\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\nok",
         b"NOT HTTP AT ALL\r\n\r\n",
         b"HTTP/1.1 2000 Odd\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n",

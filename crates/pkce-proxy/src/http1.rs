@@ -1349,8 +1349,18 @@ mod tests {
     #[tokio::test]
     async fn smuggling_shapes_and_bad_heads_are_refused() {
         let (addr, _) = server(settings()).await;
-        let cases: [(&[u8], &str); 11] = [
+        let cases: [(&[u8], &str); 13] = [
             (b"GET / HTTP/1.1\r\n\r\n", "400"),
+            // Past the signed 64-bit range (RFC 9110 §8.6 lets a recipient
+            // refuse what it cannot hold; nginx does).
+            (
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 9223372036854775808\r\n\r\n",
+                "400",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 18446744073709551616\r\n\r\n",
+                "400",
+            ),
             (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", "400"),
             (
                 b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",

@@ -363,13 +363,19 @@ pub(crate) fn read_frame(
 /// The longest chunk-size line taken, extensions included.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
+/// The largest body or chunk length taken: what a signed 64-bit offset
+/// holds. Servers that keep lengths in an `off_t` (nginx among them) refuse
+/// more, and one that wraps a larger length reads the message differently.
+pub(crate) const MAX_LENGTH: u64 = i64::MAX as u64;
+
 /// Parses a chunk-size line (RFC 9112 §7.1) at the front of `buffered`:
 /// the bytes it takes and the size, or `None` when the line is not all
 /// there yet. Strict, because a lenient reading is a way to smuggle a
 /// request past a proxy in front that reads the line differently: at least
-/// one hex digit, extensions only after `;` (with optional blanks before
-/// it), no control characters in them, and the line ends with CRLF, never
-/// a bare LF.
+/// one hex digit, a size no larger than [`MAX_LENGTH`] (leading zeros
+/// allowed), extensions only after `;` (with optional blanks before it),
+/// no control characters in them, and the line ends with CRLF, never a
+/// bare LF.
 pub(crate) fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
     let digits = buffered
         .iter()
@@ -382,8 +388,8 @@ pub(crate) fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, 
             Err("invalid chunk size")
         };
     }
-    if digits > 16 {
-        return Err("chunk size too large");
+    if digits > MAX_CHUNK_LINE {
+        return Err("chunk size line too long");
     }
     let mut size = 0u64;
     for &b in &buffered[..digits] {
@@ -392,6 +398,9 @@ pub(crate) fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, 
             b'a'..=b'f' => b - b'a' + 10,
             _ => b - b'A' + 10,
         };
+        if size > MAX_LENGTH >> 4 {
+            return Err("chunk size too large");
+        }
         size = (size << 4) | u64::from(digit);
     }
     let rest = &buffered[digits..];
@@ -425,13 +434,18 @@ pub(crate) fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, 
     }
 }
 
-/// A `Content-Length` value: digits only, no sign, no list.
+/// A `Content-Length` value: digits only (leading zeros allowed), no sign,
+/// no list, at most [`MAX_LENGTH`].
 pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() {
         return None;
     }
     value.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        (n <= MAX_LENGTH).then_some(n)
     })
 }
 
@@ -610,8 +624,23 @@ mod tests {
     fn lengths() {
         assert_eq!(parse_length(b"0"), Some(0));
         assert_eq!(parse_length(b"1234"), Some(1234));
-        assert_eq!(parse_length(b"18446744073709551615"), None);
-        for bad in [&b""[..], b"-1", b"+1", b"1,1", b" 1", b"0x10"] {
+        assert_eq!(parse_length(b"0000000000000000000000012"), Some(12));
+        assert_eq!(parse_length(b"9223372036854775807"), Some(MAX_LENGTH));
+        // Past the signed 64-bit range, which a server keeping lengths in an
+        // `off_t` cannot hold.
+        for bad in [
+            &b"9223372036854775808"[..],
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"99999999999999999999999",
+            b"",
+            b"-1",
+            b"+1",
+            b"1,1",
+            b" 1",
+            b"0x10",
+            b"1 ",
+        ] {
             assert_eq!(parse_length(bad), None, "{bad:?}");
         }
     }
@@ -625,8 +654,12 @@ mod tests {
         assert_eq!(parse_chunk_size(b"5\r"), Ok(None));
         assert_eq!(parse_chunk_size(b""), Ok(None));
         assert_eq!(
-            parse_chunk_size(b"ffffffffffffffff\r\n"),
-            Ok(Some((18, u64::MAX)))
+            parse_chunk_size(b"7fffffffffffffff\r\n"),
+            Ok(Some((18, MAX_LENGTH)))
+        );
+        assert_eq!(
+            parse_chunk_size(b"000000000000000000000a\r\n"),
+            Ok(Some((24, 10)))
         );
         for bad in [
             &b"\r\n"[..],
@@ -637,6 +670,9 @@ mod tests {
             b"2;a\x00b\r\n",
             b"2\r\r\n",
             b"10000000000000000\r\n",
+            b"8000000000000000\r\n",
+            b"ffffffffffffffff\r\n",
+            b"8000000000000000",
             b"-1\r\n",
         ] {
             assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
