@@ -193,9 +193,11 @@ fn lock(inbound: &Mutex<Inbound>) -> MutexGuard<'_, Inbound> {
     inbound.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Why a client's request body could not be read.
+/// Why a client's request body could not be read: a framing error, or the
+/// client going away. The client's fault, never the upstream's, wherever
+/// it surfaces (see [`is_client_body_error`]).
 #[derive(Debug)]
-struct RequestBodyError(WireError);
+struct RequestBodyError(ClientBodyError);
 
 impl std::fmt::Display for RequestBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,8 +207,21 @@ impl std::fmt::Display for RequestBodyError {
 
 impl std::error::Error for RequestBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
+        Some(&*self.0)
     }
+}
+
+/// Whether `error`, or an error it wraps (hyper's client wraps the body's
+/// error in its own), is a client's request body failing.
+pub(crate) fn is_client_body_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<RequestBodyError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl Inbound {
@@ -314,8 +329,10 @@ impl Body for ClientBody {
             BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyKind::Stream(inbound) => lock(inbound)
                 .poll_frame(cx)
-                .map_err(|e| RequestBodyError(e).into()),
-            BodyKind::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+                .map_err(|e| RequestBodyError(e.into()).into()),
+            BodyKind::H2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| RequestBodyError(e.into()).into()),
         }
     }
 
@@ -756,7 +773,7 @@ async fn write_body<B>(
 ) -> io::Result<bool>
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<ClientBodyError>,
 {
     if outgoing == Outgoing::None {
         drop(body);
@@ -813,7 +830,13 @@ where
                         continue;
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        tracing::debug!(error = %e, "the response body failed; closing the connection");
+                        let e: ClientBodyError = e.into();
+                        if is_client_body_error(&*e) {
+                            // The response had begun: too late for a 400.
+                            tracing::info!(error = %e, "the client's request body failed during the response; closing the connection");
+                        } else {
+                            tracing::debug!(error = %e, "the response body failed; closing the connection");
+                        }
                         return Poll::Ready(Err(io::Error::other("the response body failed")));
                     }
                     Poll::Pending if conn.written == conn.out.len() => return Poll::Pending,

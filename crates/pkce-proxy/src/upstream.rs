@@ -39,8 +39,9 @@ use crate::wire::{self, Copies, Framing, Inbox, MAX_HEAD, encode_data, encode_en
 /// The request body the forwarder sends.
 pub(crate) type OutgoingBody = RequestBody<ClientBody>;
 
-/// The most header fields in a response head.
-const MAX_HEADERS: usize = 128;
+/// The most header fields in a response head (hyper's pooled client, for
+/// an HTTPS upstream, takes as many).
+pub(crate) const MAX_HEADERS: usize = 128;
 /// Request bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 /// A write buffer that grew past this is shrunk after its exchange.
@@ -378,7 +379,9 @@ fn parse_head(conn: &mut Connection, method: &Method) -> Result<Option<Head>, Ht
 }
 
 const FEW_HEADERS: usize = 24;
-const TOO_MANY_HEADERS: &str = "too many header fields";
+/// The limits a response head can break, named in the log of its 502.
+const TOO_MANY_HEADERS: &str = "the response head has more than 128 header fields";
+const HEAD_TOO_LARGE: &str = "the response head is larger than 64 KiB";
 
 /// Parses a head at the front of `buffered` into `fields`; with its length.
 fn parse_head_with<'b>(
@@ -579,6 +582,10 @@ impl Exchange {
                     // the request was whole.
                     self.early = !self.conn.inbox.is_empty();
                 }
+                // The client's framing error is the answer, whatever the
+                // upstream made of the request cut short (and this
+                // connection, holding half a request, is dropped).
+                Poll::Ready(Err(e @ Http1Error::RequestBody(_))) => return Poll::Ready(Err(e)),
                 Poll::Ready(Err(e)) => write_error = Some(e),
                 Poll::Pending => {}
             }
@@ -600,7 +607,10 @@ impl Exchange {
             if let Some(e) = write_error.take() {
                 return Poll::Ready(Err(e));
             }
-            ready!(self.conn.poll_more(cx, MAX_HEAD))?;
+            ready!(self.conn.poll_more(cx, MAX_HEAD)).map_err(|e| match e {
+                Http1Error::Malformed(_) => Http1Error::Malformed(HEAD_TOO_LARGE),
+                e => e,
+            })?;
         }
     }
 
@@ -692,6 +702,15 @@ impl ResponseStream {
         if self.outgoing.is_some() {
             match poll_send(conn, &mut self.outgoing, cx) {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
+                // The client's body broke after the answer began: the
+                // answer is cut (its client connection closes), and so is
+                // this connection, which holds half a request.
+                Poll::Ready(Err(e @ Http1Error::RequestBody(_))) => {
+                    self.conn = None;
+                    self.outgoing = None;
+                    self.framing = Framing::Done;
+                    return Poll::Ready(Some(Err(e)));
+                }
                 // The upstream stopped reading; its response may still be
                 // whole, but the connection is not used again.
                 Poll::Ready(Err(_)) => {
@@ -860,6 +879,25 @@ mod tests {
             let _ = theirs.read(&mut buf).await;
             let _ = theirs.write_all(b"HTTP/1.1 200 OK\r\n").await;
         });
+    }
+
+    #[test]
+    fn the_limits_a_head_breaks_are_named_as_they_are() {
+        assert!(TOO_MANY_HEADERS.contains(&format!(" {MAX_HEADERS} ")));
+        assert!(HEAD_TOO_LARGE.contains(&format!(" {} KiB", MAX_HEAD / 1024)));
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            head.extend_from_slice(format!("x-f{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut copies = Copies::default();
+        let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let parsed = parse_head_with(&head, &Method::GET, &mut many, &mut copies);
+        assert!(
+            matches!(parsed, Err(Http1Error::Malformed(why)) if why == TOO_MANY_HEADERS),
+            "{:?}",
+            parsed.err()
+        );
     }
 
     #[tokio::test]
