@@ -50,14 +50,16 @@ use tower_service::Service;
 use crate::config::{Config, Upstream};
 pub use crate::http1::{ClientBody, ClientBodyError};
 use crate::metrics::Metrics;
-use crate::upstream::{Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared, Retry};
+use crate::upstream::{
+    Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared, Retry, WithoutTrailers,
+};
 pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 
 /// The body of a forwarded response: the upstream's, streamed, or the
 /// proxy's own error.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody<ClientBody>>;
+type HttpsClient = Client<HttpsConnector<HttpConnector>, WithoutTrailers<RequestBody<ClientBody>>>;
 
 /// Idle upstream connections kept in the shared pool, at most.
 const MAX_SHARED_IDLE: usize = 1024;
@@ -760,7 +762,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 mark(progress.as_ref(), ForwardProgress::sent);
-                let sending = client.request(req);
+                let sending = client.request(req.map(WithoutTrailers));
                 Step::Pooled(Box::pin(async move {
                     sending
                         .await
@@ -1437,6 +1439,53 @@ mod tests {
                     "{length}, pooled: {pooled}"
                 );
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn request_trailers_are_dropped_on_both_transports() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // An upstream (hyper's server) that answers with the trailers it read.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let collected = req.into_body().collect().await.unwrap();
+                        let trailers = format!("{:?}", collected.trailers());
+                        let body = format!(
+                            "{}|{trailers}",
+                            String::from_utf8_lossy(&collected.to_bytes())
+                        );
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        for pooled in [false, true] {
+            let addr = client_side(harness(&up, pooled)).await;
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntrailer: x-digest, host, authorization\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\nx-digest: d1\r\nhost: evil.example\r\nauthorization: Basic YTpi\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = String::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                got.starts_with("HTTP/1.1 200 OK\r\n"),
+                "pooled: {pooled}: {got}"
+            );
+            assert!(
+                got.ends_with("\r\n\r\nhello|None"),
+                "pooled: {pooled}: {got}"
+            );
         }
     }
 }

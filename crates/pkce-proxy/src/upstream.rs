@@ -312,9 +312,10 @@ fn poll_send(
                 match Pin::new(&mut request.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                         Ok(data) => encode_data(&mut conn.out, &data, request.chunked),
-                        Err(frame) => {
+                        // Request trailers are dropped (see `WithoutTrailers`).
+                        Err(_) => {
                             if request.chunked {
-                                encode_end(&mut conn.out, frame.trailers_ref());
+                                encode_end(&mut conn.out, None);
                             }
                             *outgoing = None;
                             break;
@@ -740,6 +741,83 @@ impl ResponseStream {
     }
 }
 
+/// A request body as hyper's client sends it: without its trailers.
+///
+/// Request trailers are never forwarded, on either transport (nginx drops
+/// them too). A server that merges trailers into the header section would
+/// read fields the checks never saw (`Host`, `Authorization`, a length),
+/// and no field is defined that an origin server needs from a client's
+/// trailer.
+#[derive(Debug)]
+pub(crate) struct WithoutTrailers<B>(pub(crate) B);
+
+impl<B: Body<Data = Bytes> + Unpin> Body for WithoutTrailers<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        loop {
+            match ready!(Pin::new(&mut self.0).poll_frame(cx)) {
+                Some(Ok(frame)) if frame.is_trailers() => {}
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// Whether a response trailer field is passed on to the client: only those
+/// defined for trailers and harmless there (RFC 9110 §6.5.1): integrity
+/// digests (`Content-Digest`, `Repr-Digest`, the older `Digest`),
+/// `Server-Timing`, and gRPC's status fields. Everything else is dropped:
+/// framing (`Content-Length`, `Transfer-Encoding`), routing and control
+/// (`Host`, `Location`, `Refresh`, `Cache-Control`, `Set-Cookie`, ...),
+/// authentication, content coding and type, hop-by-hop fields, and any
+/// field the proxy does not know, which a client merging trailers into the
+/// header section might act on. The PKCE layer reads a response's header
+/// section for a code; a trailer it never read must not deliver one.
+/// `ETag` is dropped too: no definition lets a cache merge it from a
+/// trailer, so a validator there is at best ignored.
+fn allowed_trailer(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-digest"
+            | "repr-digest"
+            | "digest"
+            | "server-timing"
+            | "grpc-status"
+            | "grpc-message"
+            | "grpc-status-details-bin"
+    )
+}
+
+/// `frame`, with only the trailer fields the client may have.
+fn filter_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(trailers) if trailers.keys().all(allowed_trailer) => Frame::trailers(trailers),
+        Ok(trailers) => {
+            let mut kept = HeaderMap::new();
+            for (name, value) in &trailers {
+                if allowed_trailer(name) {
+                    kept.append(name, value.clone());
+                }
+            }
+            Frame::trailers(kept)
+        }
+        Err(frame) => frame,
+    }
+}
+
 /// A response body from the upstream: read directly on a plain-HTTP
 /// connection, or from hyper's client for an HTTPS upstream.
 pub struct UpstreamBody(BodyKind);
@@ -773,10 +851,13 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
-        match &mut self.get_mut().0 {
-            BodyKind::Direct(stream) => stream.poll_body(cx).map_err(Into::into),
-            BodyKind::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
+        let frame = match &mut self.get_mut().0 {
+            BodyKind::Direct(stream) => ready!(stream.poll_body(cx)).map(|f| f.map_err(Into::into)),
+            BodyKind::Pooled(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(Into::into))
+            }
+        };
+        Poll::Ready(frame.map(|f| f.map(filter_trailers)))
     }
 
     fn is_end_stream(&self) -> bool {
