@@ -1265,3 +1265,65 @@ async fn a_response_past_the_field_limit_gets_a_502_whose_log_names_the_limit() 
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn hosts_and_paths_that_name_something_else_never_reach_the_upstream() {
+    let (up, seen) = scripted(oks(4)).await;
+    let proxy = proxy(up).await;
+    for (request, why) in [
+        (
+            "GET /x HTTP/1.1\r\nhost: a b\r\n\r\n",
+            "invalid Host: a host name",
+        ),
+        (
+            "GET /x HTTP/1.1\r\nhost: attacker@login.example\r\n\r\n",
+            "invalid Host: a host name",
+        ),
+        (
+            "GET /token%00 HTTP/1.1\r\nhost: x\r\n\r\n",
+            "a control character in the request path",
+        ),
+        (
+            "GET /token%0a HTTP/1.1\r\nhost: x\r\n\r\n",
+            "a control character in the request path",
+        ),
+        (
+            "GET /authorize%09 HTTP/1.1\r\nhost: x\r\n\r\n",
+            "a control character in the request path",
+        ),
+        (
+            "GET /%c0%ae%c0%ae/token HTTP/1.1\r\nhost: x\r\n\r\n",
+            "the request path is not UTF-8 once decoded",
+        ),
+    ] {
+        let (head, body) = raw(&proxy, request.as_bytes()).await;
+        assert!(
+            head.starts_with("http/1.1 400 bad request\r\n"),
+            "{request}: {head}"
+        );
+        assert!(body.starts_with(why), "{request}: {body}");
+    }
+    // HTTP/2: the path, and a Host that is not the :authority.
+    let client = h2_client();
+    for (path, host) in [
+        ("/token%00", None),
+        ("/x", Some("a b")),
+        ("/x", Some("other.example")),
+    ] {
+        let mut req = Request::get(format!("http://{}{path}", proxy.addr));
+        if let Some(host) = host {
+            req = req.header(header::HOST, host);
+        }
+        let response = client.request(req.body(empty()).unwrap()).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{path} {host:?}"
+        );
+    }
+    assert!(
+        seen.lock().unwrap().requests.is_empty(),
+        "the upstream saw a refused request"
+    );
+    proxy.shutdown().await;
+}

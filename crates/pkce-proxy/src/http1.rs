@@ -438,6 +438,7 @@ fn parse_head_with<'b>(
     let head = wire::HeadCopy::new(buffered, len, copies);
     let uri = Uri::from_maybe_shared(head.share(target.as_bytes()))
         .map_err(|_| Refusal(BAD, "invalid request target"))?;
+    crate::target::check_path(uri.path().as_bytes()).map_err(|why| Refusal(BAD, why))?;
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + wire::HEADER_ROOM);
     let mut length: Option<u64> = None;
     let mut codings = 0;
@@ -475,7 +476,12 @@ fn parse_head_with<'b>(
                 expect_continue |= bytes.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             }
             header::TE => trailers_ok |= wire::has_token(bytes, b"trailers"),
-            header::HOST => hosts += 1,
+            header::HOST => {
+                hosts += 1;
+                if !crate::target::check_host(bytes) {
+                    return Err(Refusal(BAD, crate::target::INVALID_HOST));
+                }
+            }
             _ => {}
         }
         headers.append(name, value);
@@ -1507,6 +1513,64 @@ mod tests {
         .await;
         assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
         assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn hosts_and_paths_that_name_something_else_are_refused_unserved() {
+        use crate::target::{CONTROL_IN_PATH, INVALID_HOST, MALFORMED_ESCAPE, PATH_NOT_UTF8};
+        let (addr, calls) = counting_server().await;
+        for (request, why) in [
+            ("GET / HTTP/1.1\r\nhost: a b\r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.1\r\nhost: \r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.1\r\nhost: user@h\r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.1\r\nhost: h/x\r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.1\r\nhost: h:99999\r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.0\r\nhost: h h\r\n\r\n", INVALID_HOST),
+            ("GET /token%00 HTTP/1.1\r\nhost: h\r\n\r\n", CONTROL_IN_PATH),
+            ("GET /token%09 HTTP/1.1\r\nhost: h\r\n\r\n", CONTROL_IN_PATH),
+            ("GET /token%0a HTTP/1.1\r\nhost: h\r\n\r\n", CONTROL_IN_PATH),
+            (
+                "GET /a/%2500/token HTTP/1.1\r\nhost: h\r\n\r\n",
+                CONTROL_IN_PATH,
+            ),
+            (
+                "GET /%c0%ae%c0%ae/token HTTP/1.1\r\nhost: h\r\n\r\n",
+                PATH_NOT_UTF8,
+            ),
+            (
+                "GET /token%zz HTTP/1.1\r\nhost: h\r\n\r\n",
+                MALFORMED_ESCAPE,
+            ),
+            (
+                "GET http://h/token%00 HTTP/1.1\r\nhost: h\r\n\r\n",
+                CONTROL_IN_PATH,
+            ),
+        ] {
+            let mut s = connect(addr).await;
+            let got = ask(&mut s, request.as_bytes(), "\n\n").await;
+            assert!(
+                got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{request}: {got}"
+            );
+            assert!(
+                got.ends_with(&format!("\r\n\r\n{why}\n")),
+                "{request}: {got}"
+            );
+            assert!(closed(&mut s).await, "{request}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler was called");
+        // The query is not the path's business, and these are names.
+        let mut s = connect(addr).await;
+        for request in [
+            "GET /a?x=%00%c0 HTTP/1.1\r\nhost: h\r\n\r\n",
+            "GET /token%20 HTTP/1.1\r\nhost: login.example.com:8443\r\n\r\n",
+            "GET /token%3f HTTP/1.1\r\nhost: [::1]:8080\r\n\r\n",
+            "GET /caf%C3%A9 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
+        ] {
+            let got = ask(&mut s, request.as_bytes(), "ok").await;
+            assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{request}: {got}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]
