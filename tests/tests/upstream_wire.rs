@@ -321,8 +321,11 @@ async fn an_http_1_0_answer_is_not_reused() {
 
 #[tokio::test]
 async fn malformed_answers_get_502() {
-    let answers: [&'static [u8]; 7] = [
+    let answers: [&'static [u8]; 9] = [
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        // No transfer coding in HTTP/1.0 (RFC 9112 §6.1).
+        b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
         // Past the signed 64-bit range.
         b"HTTP/1.1 200 OK\r\ncontent-length: 9223372036854775808\r\n\r\nok",

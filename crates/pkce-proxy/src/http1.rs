@@ -1785,6 +1785,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bare_lf_in_a_trailer_section_is_refused_and_nothing_is_smuggled() {
+        let (addr, _) = server(settings()).await;
+        // hyper reads on past these LFs to the next CRLF CRLF, and takes
+        // the request after them for trailers: a reader that ends the body
+        // at the LF sees one request more.
+        for tail in [
+            "0\r\n\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+            "0\r\nx-t: 1\n\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+            "0\r\nx-t: 1\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+        ] {
+            let mut s = connect(addr).await;
+            let request = format!(
+                "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n{tail}"
+            );
+            s.write_all(request.as_bytes()).await.unwrap();
+            let got = read_for(&mut s, "\u{0}").await;
+            assert!(
+                got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{tail:?}: {got}"
+            );
+            assert_eq!(got.matches("HTTP/1.1").count(), 1, "{tail:?}: {got}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_body_shorter_than_its_length_with_trailers_closes_the_connection() {
         let (addr, _) = server(settings()).await;
         let mut s = connect(addr).await;

@@ -442,6 +442,12 @@ fn parse_head_with<'b>(
         || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
         Framing::Done
+    } else if transfer_encoding && version == Version::HTTP_10 {
+        // RFC 9112 §6.1: HTTP/1.0 has no transfer coding; its framing is
+        // faulty whatever the field says (hyper refuses it too).
+        return Err(Http1Error::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 response",
+        ));
     } else if transfer_encoding {
         // The coding replaces any length (RFC 9112 §6.3), and the length
         // must not go on with a body the server re-frames.

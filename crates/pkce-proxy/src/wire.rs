@@ -320,6 +320,11 @@ pub(crate) fn read_frame(
                     *framing = Framing::Done;
                     continue;
                 }
+                if has_bare_lf(trailer_section(available)) {
+                    return Poll::Ready(Err(WireError::Malformed(
+                        "a trailer line must end with CRLF",
+                    )));
+                }
                 let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
                 match httparse::parse_headers(available, &mut fields) {
                     Ok(httparse::Status::Complete((used, parsed))) => {
@@ -358,6 +363,27 @@ pub(crate) fn read_frame(
             }
         }
     }
+}
+
+/// The trailer section at the front of `buffered`, up to its blank line,
+/// or all of `buffered` while that has not come.
+fn trailer_section(buffered: &[u8]) -> &[u8] {
+    buffered
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buffered, |end| &buffered[..end + 4])
+}
+
+/// Whether `bytes` has a LF that no CR precedes. A chunked body's lines end
+/// with CRLF (RFC 9112 §7.1); a reader that also ends a trailer line, or
+/// the body, at a bare LF finds the end of the message where one that does
+/// not (hyper, for one) reads on into what follows: a request smuggled in
+/// the gap.
+fn has_bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
 }
 
 /// The longest chunk-size line taken, extensions included.
@@ -679,6 +705,26 @@ mod tests {
         }
         let long = [b"1;".as_slice(), &[b'a'; MAX_CHUNK_LINE]].concat();
         assert!(parse_chunk_size(&long).is_err());
+    }
+
+    #[test]
+    fn a_trailer_section_ends_only_at_crlf() {
+        assert_eq!(
+            trailer_section(b"a: 1\r\n\r\nGET / HTTP/1.1"),
+            b"a: 1\r\n\r\n"
+        );
+        assert_eq!(trailer_section(b"a: 1\r\n"), b"a: 1\r\n");
+        for bare in [
+            &b"\n"[..],
+            b"\nGET / HTTP/1.1\r\n\r\n",
+            b"a: 1\n\r\n",
+            b"a: 1\r\nb: 2\n\n",
+        ] {
+            assert!(has_bare_lf(trailer_section(bare)), "{bare:?}");
+        }
+        for clean in [&b"a: 1\r\n\r\n"[..], b"a: 1\r\nb: 2\r\n\r\nX\nY", b"a: 1\r"] {
+            assert!(!has_bare_lf(trailer_section(clean)), "{clean:?}");
+        }
     }
 
     #[test]
