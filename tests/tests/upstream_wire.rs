@@ -267,10 +267,10 @@ async fn interim_answers_are_skipped() {
 }
 
 #[tokio::test]
-async fn chunked_answers_with_extensions_and_trailers() {
+async fn chunked_answers_with_extensions_and_filtered_trailers() {
     let (up, seen) = scripted(vec![
         (
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: content-digest\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ncontent-digest: sha-256=:ZHVtbXk=:\r\nx-sum: 42\r\nset-cookie: sid=1\r\ncontent-length: 99\r\nlocation: /elsewhere\r\nServer-Timing: db;dur=5\r\n\r\n",
             false,
         ),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
@@ -289,7 +289,11 @@ async fn chunked_answers_with_extensions_and_trailers() {
         .collect()
         .await
         .unwrap();
-    assert_eq!(collected.trailers().unwrap()["x-sum"], "42");
+    // Only fields defined for trailers and harmless there are passed on.
+    let trailers = collected.trailers().unwrap();
+    assert_eq!(trailers["content-digest"], "sha-256=:ZHVtbXk=:");
+    assert_eq!(trailers["server-timing"], "db;dur=5");
+    assert_eq!(trailers.len(), 2, "{trailers:?}");
     assert_eq!(collected.to_bytes(), "hello world");
     let (_, _, body) = get(&proxy, Method::GET, "/d").await;
     assert_eq!(body.unwrap(), "ok");
@@ -323,9 +327,15 @@ async fn an_http_1_0_answer_is_not_reused() {
 
 #[tokio::test]
 async fn malformed_answers_get_502() {
-    let answers: [&'static [u8]; 5] = [
+    let answers: [&'static [u8]; 9] = [
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        // No transfer coding in HTTP/1.0 (RFC 9112 §6.1).
+        b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        // Past the signed 64-bit range.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 9223372036854775808\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\nok",
         b"NOT HTTP AT ALL\r\n\r\n",
         b"HTTP/1.1 2000 Odd\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n",
@@ -414,11 +424,18 @@ async fn request_bodies_are_framed_by_the_proxy() {
         Frame::trailers({
             let mut t = HeaderMap::new();
             t.insert("x-digest", "d1".parse().unwrap());
+            t.insert("host", "evil.example".parse().unwrap());
+            t.insert("authorization", "Basic YTpi".parse().unwrap());
+            t.insert("content-length", "5".parse().unwrap());
+            t.insert("transfer-encoding", "chunked".parse().unwrap());
             t
         }),
     ]));
     let req = Request::post(format!("http://{}/chunked", proxy.addr))
-        .header(header::TRAILER, "x-digest")
+        .header(
+            header::TRAILER,
+            "x-digest, host, authorization, content-length, transfer-encoding",
+        )
         .body(frames.map_err(|e| match e {}).boxed())
         .unwrap();
     let response = client().request(req).await.unwrap();
@@ -439,10 +456,15 @@ async fn request_bodies_are_framed_by_the_proxy() {
         second.contains("transfer-encoding: chunked\r\n"),
         "{second}"
     );
-    assert!(!second.contains("content-length"), "{second}");
+    assert!(!second.contains("content-length:"), "{second}");
     assert!(second.contains("part one, "), "{second}");
     assert!(second.contains("part two"), "{second}");
-    assert!(second.ends_with("0\r\nx-digest: d1\r\n\r\n"), "{second}");
+    // Request trailers are dropped, as nginx drops them.
+    assert!(second.ends_with("part two\r\n0\r\n\r\n"), "{second}");
+    assert!(
+        !second.contains("x-digest: d1") && !second.contains("evil.example"),
+        "{second}"
+    );
     proxy.shutdown().await;
 }
 
@@ -1039,4 +1061,278 @@ async fn a_dropped_request_is_sent_again_once_and_only_when_safe() {
         assert_eq!(seen.lock().unwrap().connections, POOLED + 2, "{protocol}");
         proxy.shutdown().await;
     }
+}
+
+/// The admin listener's `/metrics` text.
+async fn metrics(proxy: &Running) -> String {
+    let mut s = TcpStream::connect(proxy.admin_addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+/// An upstream that records, for each connection, the bytes it received
+/// before the proxy closed it; `answer` is written once a request head is
+/// in (and the connection is then read to its end).
+async fn watching(answer: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let record = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered = false;
+                while fill(&mut stream, &mut buf).await {
+                    if !answered && find(&buf, b"\r\n\r\n").is_some() && !answer.is_empty() {
+                        answered = true;
+                        let _ = stream.write_all(answer).await;
+                    }
+                }
+                record.lock().unwrap().push(buf);
+            });
+        }
+    });
+    (addr, closed)
+}
+
+/// Reads what the proxy sends until it closes the connection (or five
+/// seconds pass: then `None`).
+async fn until_closed(s: &mut TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let read = async { while fill(s, &mut got).await {} };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+const CHUNKED_POST: &str = "POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+
+#[tokio::test]
+async fn a_malformed_chunked_request_body_is_the_clients_fault() {
+    let (up, closed) = watching(b"").await;
+    let proxy = proxy(up).await;
+    let cases = [
+        // A chunk size past the signed 64-bit range, and past 64 bits.
+        "5\r\nhello\r\n8000000000000000\r\nx",
+        "5\r\nhello\r\n10000000000000000\r\nx",
+        // A bare CR, and a bare LF, in an extension.
+        "5\r\nhello\r\n3;a\rb\r\nabc\r\n0\r\n\r\n",
+        "5\r\nhello\r\n3;a\nb\r\nabc\r\n0\r\n\r\n",
+        // More data than the chunk announced.
+        "5\r\nhello\r\n3\r\nabcdef\r\n0\r\n\r\n",
+    ];
+    for (i, body) in cases.iter().enumerate() {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(format!("{CHUNKED_POST}{body}").as_bytes())
+            .await
+            .unwrap();
+        let got = until_closed(&mut s).await.expect("the connection closes");
+        assert!(
+            got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{body:?}: {got}"
+        );
+        assert!(got.contains("connection: close\r\n"), "{body:?}: {got}");
+        assert!(
+            got.ends_with("\r\n\r\nthe request body is malformed or was cut short\n"),
+            "{body:?}: {got}"
+        );
+        // The upstream connection that took the start of the request is
+        // closed, never kept for another.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while closed.lock().unwrap().len() <= i {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{body:?}: not closed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let text = metrics(&proxy).await;
+    assert!(
+        text.contains(&format!(
+            "pkce_proxy_rejections_total{{reason=\"body_unreadable\"}} {}",
+            cases.len()
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains("pkce_proxy_upstream_failures_total{"),
+        "counted as the upstream's failure: {text}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_body_that_breaks_after_the_answer_began_closes_both_connections() {
+    // The upstream answers as soon as the head is in, with half a body.
+    let (up, closed) = watching(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\nhello",
+    )
+    .await;
+    let proxy = proxy(up).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(format!("{CHUNKED_POST}5\r\nhello\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let began = async {
+        while find(&buf, b"hello").is_none() {
+            assert!(fill(&mut s, &mut buf).await, "the answer began");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), began)
+        .await
+        .expect("the answer began");
+    s.write_all(b"zz\r\n").await.unwrap();
+    let rest = until_closed(&mut s)
+        .await
+        .expect("the client connection closes mid-answer");
+    let got = String::from_utf8_lossy(&buf).into_owned() + &rest;
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\nhello"), "the answer is cut: {got}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while closed.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream connection is closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.shutdown().await;
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A head with `n` fields besides `content-length: 2`, and the body "ok".
+fn head_with_fields(n: usize) -> &'static [u8] {
+    let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..n {
+        answer.extend_from_slice(format!("x-f{i}: v\r\n").as_bytes());
+    }
+    answer.extend_from_slice(b"content-length: 2\r\n\r\nok");
+    answer.leak()
+}
+
+#[tokio::test]
+async fn a_response_past_the_field_limit_gets_a_502_whose_log_names_the_limit() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // 128 fields are taken; 129 are not.
+    let (up, _) = scripted(vec![
+        (head_with_fields(127), false),
+        (head_with_fields(128), false),
+    ])
+    .await;
+    let proxy = proxy(up).await;
+    let (head, body) = raw(&proxy, b"GET /many HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert_eq!(body, "ok");
+    let (head, body) = raw(&proxy, b"GET /too-many HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 502 bad gateway\r\n"), "{head}");
+    assert_eq!(
+        body,
+        "502 Bad Gateway: the upstream server sent an invalid response\n"
+    );
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("upstream request failed"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{logs}"));
+    assert!(
+        line.contains("the response head has more than 128 header fields")
+            && line.contains("invalid_response"),
+        "{line}"
+    );
+    let text = metrics(&proxy).await;
+    assert!(
+        text.contains("pkce_proxy_upstream_failures_total{kind=\"invalid_response\"} 1"),
+        "{text}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn hosts_and_paths_that_name_something_else_never_reach_the_upstream() {
+    let (up, seen) = scripted(oks(4)).await;
+    let proxy = proxy(up).await;
+    for (request, why) in [
+        (
+            "GET /x HTTP/1.1\r\nhost: a b\r\n\r\n",
+            "invalid Host: a host name",
+        ),
+        (
+            "GET /x HTTP/1.1\r\nhost: attacker@login.example\r\n\r\n",
+            "invalid Host: a host name",
+        ),
+        (
+            "GET /token%00 HTTP/1.1\r\nhost: x\r\n\r\n",
+            "a control character in the request path",
+        ),
+        (
+            "GET /token%0a HTTP/1.1\r\nhost: x\r\n\r\n",
+            "a control character in the request path",
+        ),
+        (
+            "GET /authorize%09 HTTP/1.1\r\nhost: x\r\n\r\n",
+            "a control character in the request path",
+        ),
+        (
+            "GET /%c0%ae%c0%ae/token HTTP/1.1\r\nhost: x\r\n\r\n",
+            "the request path is not UTF-8 once decoded",
+        ),
+    ] {
+        let (head, body) = raw(&proxy, request.as_bytes()).await;
+        assert!(
+            head.starts_with("http/1.1 400 bad request\r\n"),
+            "{request}: {head}"
+        );
+        assert!(body.starts_with(why), "{request}: {body}");
+    }
+    // HTTP/2: the path, and a Host that is not the :authority.
+    let client = h2_client();
+    for (path, host) in [
+        ("/token%00", None),
+        ("/x", Some("a b")),
+        ("/x", Some("other.example")),
+    ] {
+        let mut req = Request::get(format!("http://{}{path}", proxy.addr));
+        if let Some(host) = host {
+            req = req.header(header::HOST, host);
+        }
+        let response = client.request(req.body(empty()).unwrap()).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{path} {host:?}"
+        );
+    }
+    assert!(
+        seen.lock().unwrap().requests.is_empty(),
+        "the upstream saw a refused request"
+    );
+    proxy.shutdown().await;
 }

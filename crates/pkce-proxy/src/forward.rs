@@ -44,7 +44,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
-use tower_pkce::{Endpoint, ForwardProgress, RequestBody};
+use tower_pkce::{Endpoint, ForwardProgress, Rejection, RequestBody};
 use tower_service::Service;
 
 use crate::config::{Config, Upstream};
@@ -52,6 +52,7 @@ pub use crate::http1::{ClientBody, ClientBodyError};
 use crate::metrics::Metrics;
 use crate::upstream::{
     Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared, Retry, Reuse,
+    WithoutTrailers,
 };
 pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 
@@ -59,7 +60,7 @@ pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 /// proxy's own error.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody<ClientBody>>;
+type HttpsClient = Client<HttpsConnector<HttpConnector>, WithoutTrailers<RequestBody<ClientBody>>>;
 
 /// Idle upstream connections kept in the shared pool, at most.
 const MAX_SHARED_IDLE: usize = 1024;
@@ -387,6 +388,8 @@ enum UpstreamError {
     ConnectTimeout,
     Exchange(Http1Error),
     Client(hyper_util::client::legacy::Error),
+    /// hyper's client took a response the proxy's own would refuse.
+    Invalid(&'static str),
 }
 
 impl UpstreamError {
@@ -395,6 +398,35 @@ impl UpstreamError {
     /// sent only once connected.)
     fn nothing_sent(&self) -> bool {
         matches!(self, Self::Client(e) if e.is_connect())
+    }
+
+    /// Whether the client's request body failed (a framing error, or the
+    /// client went away) while the request was sent: the client's fault.
+    fn client_body_failed(&self) -> bool {
+        match self {
+            Self::Exchange(Http1Error::RequestBody(_)) => true,
+            Self::Client(e) => crate::http1::is_client_body_error(e),
+            _ => false,
+        }
+    }
+
+    /// Whether the upstream answered with something that is not HTTP/1.1
+    /// the proxy takes (malformed, or past a limit).
+    fn invalid_response(&self) -> bool {
+        match self {
+            Self::Exchange(Http1Error::Malformed(_)) | Self::Invalid(_) => true,
+            Self::Client(e) => {
+                let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                while let Some(e) = next {
+                    if let Some(e) = e.downcast_ref::<hyper::Error>() {
+                        return e.is_parse() || e.is_parse_status();
+                    }
+                    next = e.source();
+                }
+                false
+            }
+            _ => false,
+        }
     }
 }
 
@@ -405,6 +437,7 @@ impl std::fmt::Display for UpstreamError {
             Self::ConnectTimeout => f.write_str("connect timed out"),
             Self::Exchange(e) => write!(f, "{e}"),
             Self::Client(e) => write!(f, "{e}"),
+            Self::Invalid(why) => write!(f, "invalid response from the upstream: {why}"),
         }
     }
 }
@@ -413,11 +446,25 @@ impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Connect(e) => Some(e),
-            Self::ConnectTimeout => None,
+            Self::ConnectTimeout | Self::Invalid(_) => None,
             Self::Exchange(e) => std::error::Error::source(e),
             Self::Client(e) => std::error::Error::source(e),
         }
     }
+}
+
+/// What hyper's client accepts in a response head and the proxy's own
+/// connections refuse: a `Content-Length` that is a list, or past the
+/// signed 64-bit range. Both transports answer such a response alike.
+fn check_pooled(response: &Response<UpstreamBody>) -> Result<(), UpstreamError> {
+    let lengths = response.headers().get_all(header::CONTENT_LENGTH);
+    if lengths
+        .iter()
+        .any(|value| crate::wire::parse_length(value.as_bytes()).is_none())
+    {
+        return Err(UpstreamError::Invalid("invalid Content-Length"));
+    }
+    Ok(())
 }
 
 /// The TLS client configuration: webpki roots, the ring provider.
@@ -508,6 +555,7 @@ impl Forwarder {
             Transport::Tls(Box::new(
                 Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(IDLE_TIMEOUT)
+                    .http1_max_headers(crate::upstream::MAX_HEADERS)
                     .build(https_connector(config.connect_timeout)?),
             ))
         } else {
@@ -642,12 +690,41 @@ impl std::fmt::Debug for Forwarder {
 /// The proxy's own answer when the upstream fails: JSON at the token
 /// endpoint (RFC 6749 §5.2 shape), plain text elsewhere.
 pub(crate) fn upstream_error(status: StatusCode, endpoint: Endpoint) -> Response<ProxyBody> {
+    if status == StatusCode::GATEWAY_TIMEOUT {
+        proxy_error(
+            status,
+            endpoint,
+            "the authorization server did not answer in time",
+            "504 Gateway Timeout: the upstream server did not answer in time\n",
+        )
+    } else {
+        proxy_error(
+            status,
+            endpoint,
+            "the authorization server cannot be reached",
+            "502 Bad Gateway: the upstream server cannot be reached\n",
+        )
+    }
+}
+
+/// The proxy's 502 when the upstream's answer is malformed or past a limit
+/// (the log says which).
+fn invalid_response(endpoint: Endpoint) -> Response<ProxyBody> {
+    proxy_error(
+        StatusCode::BAD_GATEWAY,
+        endpoint,
+        "the authorization server sent an invalid response",
+        "502 Bad Gateway: the upstream server sent an invalid response\n",
+    )
+}
+
+fn proxy_error(
+    status: StatusCode,
+    endpoint: Endpoint,
+    description: &'static str,
+    text: &'static str,
+) -> Response<ProxyBody> {
     let (content_type, body) = if endpoint == Endpoint::Token {
-        let description = if status == StatusCode::GATEWAY_TIMEOUT {
-            "the authorization server did not answer in time"
-        } else {
-            "the authorization server cannot be reached"
-        };
         (
             "application/json",
             Bytes::from(
@@ -659,11 +736,6 @@ pub(crate) fn upstream_error(status: StatusCode, endpoint: Endpoint) -> Response
             ),
         )
     } else {
-        let text = if status == StatusCode::GATEWAY_TIMEOUT {
-            "504 Gateway Timeout: the upstream server did not answer in time\n"
-        } else {
-            "502 Bad Gateway: the upstream server cannot be reached\n"
-        };
         (
             "text/plain; charset=utf-8",
             Bytes::from_static(text.as_bytes()),
@@ -674,6 +746,31 @@ pub(crate) fn upstream_error(status: StatusCode, endpoint: Endpoint) -> Response
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The proxy's answer when the client's request body broke while it was
+/// forwarded, before any response began: 400, counted as a refusal
+/// (`body_unreadable`), never as an upstream failure.
+fn client_body_error(endpoint: Endpoint) -> Response<ProxyBody> {
+    const WHY: &str = "the request body is malformed or was cut short";
+    let (content_type, body) = if endpoint == Endpoint::Token {
+        (
+            "application/json",
+            Bytes::from(
+                serde_json::json!({"error": "invalid_request", "error_description": WHY})
+                    .to_string(),
+            ),
+        )
+    } else {
+        ("text/plain; charset=utf-8", Bytes::from(format!("{WHY}\n")))
+    };
+    let mut response = Response::new(Either::Right(Full::new(body)));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.extensions_mut().insert(Rejection::BodyUnreadable);
     response
 }
 
@@ -720,7 +817,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 mark(progress.as_ref(), ForwardProgress::sent);
-                let sending = client.request(req);
+                let sending = client.request(req.map(WithoutTrailers));
                 Step::Pooled(Box::pin(async move {
                     sending
                         .await
@@ -886,7 +983,7 @@ impl Forwarding {
                 Step::Pooled(sending) => {
                     let result = ready!(sending.as_mut().poll(cx));
                     self.step = Step::Done;
-                    return Poll::Ready(result);
+                    return Poll::Ready(result.and_then(|r| check_pooled(&r).map(|()| r)));
                 }
                 Step::Done => {
                     return Poll::Ready(Err(UpstreamError::Exchange(Http1Error::Closed)));
@@ -920,14 +1017,33 @@ impl Forwarding {
                 } else {
                     mark(self.progress.as_ref(), ForwardProgress::unanswered);
                 }
+                if e.client_body_failed() {
+                    tracing::info!(
+                        endpoint = endpoint.as_str(),
+                        error = %e,
+                        "request refused: the client's request body is malformed or cut short"
+                    );
+                    return client_body_error(endpoint);
+                }
+                let invalid = e.invalid_response();
+                let kind = if invalid {
+                    "invalid_response"
+                } else {
+                    "unreachable"
+                };
                 tracing::warn!(
                     endpoint = endpoint.as_str(),
+                    kind,
                     error = %e,
                     source = ?std::error::Error::source(&e).map(ToString::to_string),
                     "upstream request failed"
                 );
-                metrics.upstream_failure("unreachable");
-                upstream_error(StatusCode::BAD_GATEWAY, endpoint)
+                metrics.upstream_failure(kind);
+                if invalid {
+                    invalid_response(endpoint)
+                } else {
+                    upstream_error(StatusCode::BAD_GATEWAY, endpoint)
+                }
             }
             None => {
                 mark(self.progress.as_ref(), ForwardProgress::unanswered);
@@ -1314,6 +1430,138 @@ mod tests {
                 "pooled: {pooled}"
             );
             assert_eq!(connections, if pooled { 4 } else { 2 }, "pooled: {pooled}");
+        }
+    }
+
+    /// Serves client connections with the proxy's HTTP/1.1 engine, each
+    /// request through `harness`.
+    async fn client_side(harness: Harness) -> SocketAddr {
+        use tower::ServiceExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Arc::new(crate::http1::Shutdown::default());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let harness = harness.clone();
+                let handler = move |req: Request<ClientBody>| {
+                    let harness = harness.clone();
+                    async move { harness.oneshot(req).await.unwrap() }
+                };
+                tokio::spawn(crate::http1::serve_connection(
+                    stream,
+                    handler,
+                    shutdown.enter(),
+                    crate::http1::Settings {
+                        head_timeout: Duration::from_secs(5),
+                    },
+                ));
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_malformed_request_body_gets_400_on_both_transports() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for pooled in [false, true] {
+            let (up, seen) = recording().await;
+            let addr = client_side(harness(&up, pooled)).await;
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n3;a\rb\r\nabc\r\n0\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = String::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "pooled: {pooled}: {got}"
+            );
+            assert!(
+                got.ends_with("\r\n\r\nthe request body is malformed or was cut short\n"),
+                "pooled: {pooled}: {got}"
+            );
+            // The upstream never saw the request whole.
+            assert!(seen.lock().unwrap().1.is_empty(), "pooled: {pooled}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_length_past_the_signed_range_is_an_invalid_response_on_both_transports() {
+        use tokio::io::AsyncWriteExt;
+        for pooled in [false, true] {
+            for length in ["9223372036854775808", "18446744073709551613", "2, 2"] {
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\nok");
+                let up = upstream(move |mut stream| {
+                    let answer = answer.clone();
+                    async move {
+                        let _ = stream.write_all(answer.as_bytes()).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                })
+                .await;
+                let mut harness = harness(&up, pooled);
+                let (status, body, _) = send(&mut harness, Endpoint::Other, get("/big")).await;
+                assert_eq!(
+                    status,
+                    StatusCode::BAD_GATEWAY,
+                    "{length}, pooled: {pooled}"
+                );
+                assert_eq!(
+                    &body[..],
+                    b"502 Bad Gateway: the upstream server sent an invalid response\n",
+                    "{length}, pooled: {pooled}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn request_trailers_are_dropped_on_both_transports() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // An upstream (hyper's server) that answers with the trailers it read.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let collected = req.into_body().collect().await.unwrap();
+                        let trailers = format!("{:?}", collected.trailers());
+                        let body = format!(
+                            "{}|{trailers}",
+                            String::from_utf8_lossy(&collected.to_bytes())
+                        );
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        for pooled in [false, true] {
+            let addr = client_side(harness(&up, pooled)).await;
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntrailer: x-digest, host, authorization\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\nx-digest: d1\r\nhost: evil.example\r\nauthorization: Basic YTpi\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = String::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                got.starts_with("HTTP/1.1 200 OK\r\n"),
+                "pooled: {pooled}: {got}"
+            );
+            assert!(
+                got.ends_with("\r\n\r\nhello|None"),
+                "pooled: {pooled}: {got}"
+            );
         }
     }
 }

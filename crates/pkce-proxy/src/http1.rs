@@ -193,9 +193,11 @@ fn lock(inbound: &Mutex<Inbound>) -> MutexGuard<'_, Inbound> {
     inbound.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Why a client's request body could not be read.
+/// Why a client's request body could not be read: a framing error, or the
+/// client going away. The client's fault, never the upstream's, wherever
+/// it surfaces (see [`is_client_body_error`]).
 #[derive(Debug)]
-struct RequestBodyError(WireError);
+struct RequestBodyError(ClientBodyError);
 
 impl std::fmt::Display for RequestBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,8 +207,21 @@ impl std::fmt::Display for RequestBodyError {
 
 impl std::error::Error for RequestBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.0)
+        Some(&*self.0)
     }
+}
+
+/// Whether `error`, or an error it wraps (hyper's client wraps the body's
+/// error in its own), is a client's request body failing.
+pub(crate) fn is_client_body_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<RequestBodyError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl Inbound {
@@ -314,8 +329,10 @@ impl Body for ClientBody {
             BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyKind::Stream(inbound) => lock(inbound)
                 .poll_frame(cx)
-                .map_err(|e| RequestBodyError(e).into()),
-            BodyKind::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+                .map_err(|e| RequestBodyError(e.into()).into()),
+            BodyKind::H2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| RequestBodyError(e.into()).into()),
         }
     }
 
@@ -421,6 +438,7 @@ fn parse_head_with<'b>(
     let head = wire::HeadCopy::new(buffered, len, copies);
     let uri = Uri::from_maybe_shared(head.share(target.as_bytes()))
         .map_err(|_| Refusal(BAD, "invalid request target"))?;
+    crate::target::check_path(uri.path().as_bytes()).map_err(|why| Refusal(BAD, why))?;
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + wire::HEADER_ROOM);
     let mut length: Option<u64> = None;
     let mut codings = 0;
@@ -458,7 +476,12 @@ fn parse_head_with<'b>(
                 expect_continue |= bytes.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             }
             header::TE => trailers_ok |= wire::has_token(bytes, b"trailers"),
-            header::HOST => hosts += 1,
+            header::HOST => {
+                hosts += 1;
+                if !crate::target::check_host(bytes) {
+                    return Err(Refusal(BAD, crate::target::INVALID_HOST));
+                }
+            }
             _ => {}
         }
         headers.append(name, value);
@@ -756,7 +779,7 @@ async fn write_body<B>(
 ) -> io::Result<bool>
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<ClientBodyError>,
 {
     if outgoing == Outgoing::None {
         drop(body);
@@ -813,7 +836,13 @@ where
                         continue;
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        tracing::debug!(error = %e, "the response body failed; closing the connection");
+                        let e: ClientBodyError = e.into();
+                        if is_client_body_error(&*e) {
+                            // The response had begun: too late for a 400.
+                            tracing::info!(error = %e, "the client's request body failed during the response; closing the connection");
+                        } else {
+                            tracing::debug!(error = %e, "the response body failed; closing the connection");
+                        }
                         return Poll::Ready(Err(io::Error::other("the response body failed")));
                     }
                     Poll::Pending if conn.written == conn.out.len() => return Poll::Pending,
@@ -1349,8 +1378,18 @@ mod tests {
     #[tokio::test]
     async fn smuggling_shapes_and_bad_heads_are_refused() {
         let (addr, _) = server(settings()).await;
-        let cases: [(&[u8], &str); 11] = [
+        let cases: [(&[u8], &str); 13] = [
             (b"GET / HTTP/1.1\r\n\r\n", "400"),
+            // Past the signed 64-bit range (RFC 9110 §8.6 lets a recipient
+            // refuse what it cannot hold; nginx does).
+            (
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 9223372036854775808\r\n\r\n",
+                "400",
+            ),
+            (
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 18446744073709551616\r\n\r\n",
+                "400",
+            ),
             (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", "400"),
             (
                 b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -1474,6 +1513,64 @@ mod tests {
         .await;
         assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
         assert_eq!(calls.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn hosts_and_paths_that_name_something_else_are_refused_unserved() {
+        use crate::target::{CONTROL_IN_PATH, INVALID_HOST, MALFORMED_ESCAPE, PATH_NOT_UTF8};
+        let (addr, calls) = counting_server().await;
+        for (request, why) in [
+            ("GET / HTTP/1.1\r\nhost: a b\r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.1\r\nhost: \r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.1\r\nhost: user@h\r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.1\r\nhost: h/x\r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.1\r\nhost: h:99999\r\n\r\n", INVALID_HOST),
+            ("GET / HTTP/1.0\r\nhost: h h\r\n\r\n", INVALID_HOST),
+            ("GET /token%00 HTTP/1.1\r\nhost: h\r\n\r\n", CONTROL_IN_PATH),
+            ("GET /token%09 HTTP/1.1\r\nhost: h\r\n\r\n", CONTROL_IN_PATH),
+            ("GET /token%0a HTTP/1.1\r\nhost: h\r\n\r\n", CONTROL_IN_PATH),
+            (
+                "GET /a/%2500/token HTTP/1.1\r\nhost: h\r\n\r\n",
+                CONTROL_IN_PATH,
+            ),
+            (
+                "GET /%c0%ae%c0%ae/token HTTP/1.1\r\nhost: h\r\n\r\n",
+                PATH_NOT_UTF8,
+            ),
+            (
+                "GET /token%zz HTTP/1.1\r\nhost: h\r\n\r\n",
+                MALFORMED_ESCAPE,
+            ),
+            (
+                "GET http://h/token%00 HTTP/1.1\r\nhost: h\r\n\r\n",
+                CONTROL_IN_PATH,
+            ),
+        ] {
+            let mut s = connect(addr).await;
+            let got = ask(&mut s, request.as_bytes(), "\n\n").await;
+            assert!(
+                got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{request}: {got}"
+            );
+            assert!(
+                got.ends_with(&format!("\r\n\r\n{why}\n")),
+                "{request}: {got}"
+            );
+            assert!(closed(&mut s).await, "{request}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler was called");
+        // The query is not the path's business, and these are names.
+        let mut s = connect(addr).await;
+        for request in [
+            "GET /a?x=%00%c0 HTTP/1.1\r\nhost: h\r\n\r\n",
+            "GET /token%20 HTTP/1.1\r\nhost: login.example.com:8443\r\n\r\n",
+            "GET /token%3f HTTP/1.1\r\nhost: [::1]:8080\r\n\r\n",
+            "GET /caf%C3%A9 HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
+        ] {
+            let got = ask(&mut s, request.as_bytes(), "ok").await;
+            assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{request}: {got}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]
@@ -1685,6 +1782,31 @@ mod tests {
         let got = read_for(&mut s, "\u{0}").await;
         assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
         assert_eq!(got.matches("HTTP/1.1").count(), 1, "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_bare_lf_in_a_trailer_section_is_refused_and_nothing_is_smuggled() {
+        let (addr, _) = server(settings()).await;
+        // hyper reads on past these LFs to the next CRLF CRLF, and takes
+        // the request after them for trailers: a reader that ends the body
+        // at the LF sees one request more.
+        for tail in [
+            "0\r\n\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+            "0\r\nx-t: 1\n\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+            "0\r\nx-t: 1\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+        ] {
+            let mut s = connect(addr).await;
+            let request = format!(
+                "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n{tail}"
+            );
+            s.write_all(request.as_bytes()).await.unwrap();
+            let got = read_for(&mut s, "\u{0}").await;
+            assert!(
+                got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{tail:?}: {got}"
+            );
+            assert_eq!(got.matches("HTTP/1.1").count(), 1, "{tail:?}: {got}");
+        }
     }
 
     #[tokio::test]

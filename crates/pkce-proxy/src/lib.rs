@@ -28,6 +28,7 @@ pub mod legacy;
 pub mod metrics;
 pub mod server;
 pub mod store;
+mod target;
 mod upstream;
 mod wire;
 

@@ -247,6 +247,9 @@ fn screen(req: &mut Request<ClientBody>) -> Result<(), Refused> {
     if method == Method::CONNECT {
         return Err(Refused(http1::CONNECT_REFUSED, None));
     }
+    if req.version() == http::Version::HTTP_2 {
+        screen_h2(req).map_err(|why| Refused(why, None))?;
+    }
     if let Some(why) = http1::body_refused(method)
         && announces_body(req.headers(), req.body())
     {
@@ -265,6 +268,41 @@ fn screen(req: &mut Request<ClientBody>) -> Result<(), Refused> {
         ));
     }
     forward::remove_hop_by_hop(req.headers_mut());
+    Ok(())
+}
+
+/// What `http1` checks in an HTTP/1.1 head, for an HTTP/2 request, whose
+/// head hyper parsed: the path, the host (`:authority`, and a `Host` field,
+/// which must name the same one; RFC 9113 §8.3.1), and `Content-Length`.
+fn screen_h2(req: &Request<ClientBody>) -> Result<(), &'static str> {
+    crate::target::check_path(req.uri().path().as_bytes())?;
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("a request needs at most one Host header");
+    }
+    let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+    for named in [authority, host.map(http::HeaderValue::as_bytes)]
+        .into_iter()
+        .flatten()
+    {
+        if !crate::target::check_host(named) {
+            return Err(crate::target::INVALID_HOST);
+        }
+    }
+    if let (Some(authority), Some(host)) = (authority, host)
+        && !authority.eq_ignore_ascii_case(host.as_bytes())
+    {
+        return Err("the Host header and :authority name different hosts");
+    }
+    if req
+        .headers()
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .any(|value| wire::parse_length(value.as_bytes()).is_none())
+    {
+        return Err("invalid Content-Length");
+    }
     Ok(())
 }
 
@@ -673,6 +711,48 @@ mod tests {
             ClientBody::full(Bytes::from_static(b"x")),
         );
         assert_eq!(screen(&mut post), Ok(()));
+    }
+
+    #[test]
+    fn http2_requests_are_held_to_what_http1_checks_in_a_head() {
+        use crate::target::{CONTROL_IN_PATH, INVALID_HOST, PATH_NOT_UTF8};
+        let h2 = |uri: &str, fields: &[(&str, &str)]| {
+            let mut req = request(Method::GET, fields, ClientBody::empty());
+            *req.version_mut() = http::Version::HTTP_2;
+            *req.uri_mut() = uri.parse().unwrap();
+            req
+        };
+        for (mut req, why) in [
+            (h2("http://user@h/x", &[]), INVALID_HOST),
+            (h2("http://h/x", &[("host", "a b")]), INVALID_HOST),
+            (
+                h2("http://h/x", &[("host", "h"), ("host", "h")]),
+                "a request needs at most one Host header",
+            ),
+            (
+                h2("http://h/x", &[("host", "other")]),
+                "the Host header and :authority name different hosts",
+            ),
+            (h2("http://h/token%00", &[]), CONTROL_IN_PATH),
+            (h2("http://h/%c0%ae", &[]), PATH_NOT_UTF8),
+            (
+                h2("http://h/x", &[("content-length", "9223372036854775808")]),
+                "invalid Content-Length",
+            ),
+        ] {
+            assert_eq!(screen(&mut req), Err(Refused(why, None)), "{req:?}");
+        }
+        for mut req in [
+            h2("http://h/x", &[]),
+            h2("http://H:8080/x", &[("host", "h:8080")]),
+            h2("/x", &[("host", "[::1]")]),
+            h2("http://h/token%3f", &[("content-length", "0")]),
+        ] {
+            assert_eq!(screen(&mut req), Ok(()), "{req:?}");
+        }
+        // HTTP/1.1 heads were checked by `http1` already.
+        let mut req = request(Method::GET, &[("host", "a b")], ClientBody::empty());
+        assert_eq!(screen(&mut req), Ok(()));
     }
 
     #[test]

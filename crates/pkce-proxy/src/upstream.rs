@@ -39,8 +39,9 @@ use crate::wire::{self, Copies, Framing, Inbox, MAX_HEAD, encode_data, encode_en
 /// The request body the forwarder sends.
 pub(crate) type OutgoingBody = RequestBody<ClientBody>;
 
-/// The most header fields in a response head.
-const MAX_HEADERS: usize = 128;
+/// The most header fields in a response head (hyper's pooled client, for
+/// an HTTPS upstream, takes as many).
+pub(crate) const MAX_HEADERS: usize = 128;
 /// Request bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 /// A write buffer that grew past this is shrunk after its exchange.
@@ -311,9 +312,10 @@ fn poll_send(
                 match Pin::new(&mut request.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                         Ok(data) => encode_data(&mut conn.out, &data, request.chunked),
-                        Err(frame) => {
+                        // Request trailers are dropped (see `WithoutTrailers`).
+                        Err(_) => {
                             if request.chunked {
-                                encode_end(&mut conn.out, frame.trailers_ref());
+                                encode_end(&mut conn.out, None);
                             }
                             *outgoing = None;
                             break;
@@ -378,7 +380,9 @@ fn parse_head(conn: &mut Connection, method: &Method) -> Result<Option<Head>, Ht
 }
 
 const FEW_HEADERS: usize = 24;
-const TOO_MANY_HEADERS: &str = "too many header fields";
+/// The limits a response head can break, named in the log of its 502.
+const TOO_MANY_HEADERS: &str = "the response head has more than 128 header fields";
+const HEAD_TOO_LARGE: &str = "the response head is larger than 64 KiB";
 
 /// Parses a head at the front of `buffered` into `fields`; with its length.
 fn parse_head_with<'b>(
@@ -438,6 +442,12 @@ fn parse_head_with<'b>(
         || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
         Framing::Done
+    } else if transfer_encoding && version == Version::HTTP_10 {
+        // RFC 9112 §6.1: HTTP/1.0 has no transfer coding; its framing is
+        // faulty whatever the field says (hyper refuses it too).
+        return Err(Http1Error::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 response",
+        ));
     } else if transfer_encoding {
         // The coding replaces any length (RFC 9112 §6.3), and the length
         // must not go on with a body the server re-frames.
@@ -590,6 +600,10 @@ impl Exchange {
                     // the request was whole.
                     self.early = !self.conn.inbox.is_empty();
                 }
+                // The client's framing error is the answer, whatever the
+                // upstream made of the request cut short (and this
+                // connection, holding half a request, is dropped).
+                Poll::Ready(Err(e @ Http1Error::RequestBody(_))) => return Poll::Ready(Err(e)),
                 Poll::Ready(Err(e)) => write_error = Some(e),
                 Poll::Pending => {}
             }
@@ -611,7 +625,10 @@ impl Exchange {
             if let Some(e) = write_error.take() {
                 return Poll::Ready(Err(e));
             }
-            ready!(self.conn.poll_more(cx, MAX_HEAD))?;
+            ready!(self.conn.poll_more(cx, MAX_HEAD)).map_err(|e| match e {
+                Http1Error::Malformed(_) => Http1Error::Malformed(HEAD_TOO_LARGE),
+                e => e,
+            })?;
         }
     }
 
@@ -710,6 +727,15 @@ impl ResponseStream {
         if self.outgoing.is_some() {
             match poll_send(conn, &mut self.outgoing, cx) {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
+                // The client's body broke after the answer began: the
+                // answer is cut (its client connection closes), and so is
+                // this connection, which holds half a request.
+                Poll::Ready(Err(e @ Http1Error::RequestBody(_))) => {
+                    self.conn = None;
+                    self.outgoing = None;
+                    self.framing = Framing::Done;
+                    return Poll::Ready(Some(Err(e)));
+                }
                 // The upstream stopped reading; its response may still be
                 // whole, but the connection is not used again.
                 Poll::Ready(Err(_)) => {
@@ -736,6 +762,83 @@ impl ResponseStream {
                 Poll::Ready(Some(Err(e.into())))
             }
         }
+    }
+}
+
+/// A request body as hyper's client sends it: without its trailers.
+///
+/// Request trailers are never forwarded, on either transport (nginx drops
+/// them too). A server that merges trailers into the header section would
+/// read fields the checks never saw (`Host`, `Authorization`, a length),
+/// and no field is defined that an origin server needs from a client's
+/// trailer.
+#[derive(Debug)]
+pub(crate) struct WithoutTrailers<B>(pub(crate) B);
+
+impl<B: Body<Data = Bytes> + Unpin> Body for WithoutTrailers<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        loop {
+            match ready!(Pin::new(&mut self.0).poll_frame(cx)) {
+                Some(Ok(frame)) if frame.is_trailers() => {}
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// Whether a response trailer field is passed on to the client: only those
+/// defined for trailers and harmless there (RFC 9110 §6.5.1): integrity
+/// digests (`Content-Digest`, `Repr-Digest`, the older `Digest`),
+/// `Server-Timing`, and gRPC's status fields. Everything else is dropped:
+/// framing (`Content-Length`, `Transfer-Encoding`), routing and control
+/// (`Host`, `Location`, `Refresh`, `Cache-Control`, `Set-Cookie`, ...),
+/// authentication, content coding and type, hop-by-hop fields, and any
+/// field the proxy does not know, which a client merging trailers into the
+/// header section might act on. The PKCE layer reads a response's header
+/// section for a code; a trailer it never read must not deliver one.
+/// `ETag` is dropped too: no definition lets a cache merge it from a
+/// trailer, so a validator there is at best ignored.
+fn allowed_trailer(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-digest"
+            | "repr-digest"
+            | "digest"
+            | "server-timing"
+            | "grpc-status"
+            | "grpc-message"
+            | "grpc-status-details-bin"
+    )
+}
+
+/// `frame`, with only the trailer fields the client may have.
+fn filter_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(trailers) if trailers.keys().all(allowed_trailer) => Frame::trailers(trailers),
+        Ok(trailers) => {
+            let mut kept = HeaderMap::new();
+            for (name, value) in &trailers {
+                if allowed_trailer(name) {
+                    kept.append(name, value.clone());
+                }
+            }
+            Frame::trailers(kept)
+        }
+        Err(frame) => frame,
     }
 }
 
@@ -772,10 +875,13 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
-        match &mut self.get_mut().0 {
-            BodyKind::Direct(stream) => stream.poll_body(cx).map_err(Into::into),
-            BodyKind::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
+        let frame = match &mut self.get_mut().0 {
+            BodyKind::Direct(stream) => ready!(stream.poll_body(cx)).map(|f| f.map_err(Into::into)),
+            BodyKind::Pooled(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(Into::into))
+            }
+        };
+        Poll::Ready(frame.map(|f| f.map(filter_trailers)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -878,6 +984,25 @@ mod tests {
             let _ = theirs.read(&mut buf).await;
             let _ = theirs.write_all(b"HTTP/1.1 200 OK\r\n").await;
         });
+    }
+
+    #[test]
+    fn the_limits_a_head_breaks_are_named_as_they_are() {
+        assert!(TOO_MANY_HEADERS.contains(&format!(" {MAX_HEADERS} ")));
+        assert!(HEAD_TOO_LARGE.contains(&format!(" {} KiB", MAX_HEAD / 1024)));
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            head.extend_from_slice(format!("x-f{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut copies = Copies::default();
+        let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let parsed = parse_head_with(&head, &Method::GET, &mut many, &mut copies);
+        assert!(
+            matches!(parsed, Err(Http1Error::Malformed(why)) if why == TOO_MANY_HEADERS),
+            "{:?}",
+            parsed.err()
+        );
     }
 
     #[tokio::test]

@@ -320,6 +320,11 @@ pub(crate) fn read_frame(
                     *framing = Framing::Done;
                     continue;
                 }
+                if has_bare_lf(trailer_section(available)) {
+                    return Poll::Ready(Err(WireError::Malformed(
+                        "a trailer line must end with CRLF",
+                    )));
+                }
                 let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
                 match httparse::parse_headers(available, &mut fields) {
                     Ok(httparse::Status::Complete((used, parsed))) => {
@@ -360,16 +365,43 @@ pub(crate) fn read_frame(
     }
 }
 
+/// The trailer section at the front of `buffered`, up to its blank line,
+/// or all of `buffered` while that has not come.
+fn trailer_section(buffered: &[u8]) -> &[u8] {
+    buffered
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buffered, |end| &buffered[..end + 4])
+}
+
+/// Whether `bytes` has a LF that no CR precedes. A chunked body's lines end
+/// with CRLF (RFC 9112 §7.1); a reader that also ends a trailer line, or
+/// the body, at a bare LF finds the end of the message where one that does
+/// not (hyper, for one) reads on into what follows: a request smuggled in
+/// the gap.
+fn has_bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+}
+
 /// The longest chunk-size line taken, extensions included.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// The largest body or chunk length taken: what a signed 64-bit offset
+/// holds. Servers that keep lengths in an `off_t` (nginx among them) refuse
+/// more, and one that wraps a larger length reads the message differently.
+pub(crate) const MAX_LENGTH: u64 = i64::MAX as u64;
 
 /// Parses a chunk-size line (RFC 9112 §7.1) at the front of `buffered`:
 /// the bytes it takes and the size, or `None` when the line is not all
 /// there yet. Strict, because a lenient reading is a way to smuggle a
 /// request past a proxy in front that reads the line differently: at least
-/// one hex digit, extensions only after `;` (with optional blanks before
-/// it), no control characters in them, and the line ends with CRLF, never
-/// a bare LF.
+/// one hex digit, a size no larger than [`MAX_LENGTH`] (leading zeros
+/// allowed), extensions only after `;` (with optional blanks before it),
+/// no control characters in them, and the line ends with CRLF, never a
+/// bare LF.
 pub(crate) fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
     let digits = buffered
         .iter()
@@ -382,8 +414,8 @@ pub(crate) fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, 
             Err("invalid chunk size")
         };
     }
-    if digits > 16 {
-        return Err("chunk size too large");
+    if digits > MAX_CHUNK_LINE {
+        return Err("chunk size line too long");
     }
     let mut size = 0u64;
     for &b in &buffered[..digits] {
@@ -392,6 +424,9 @@ pub(crate) fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, 
             b'a'..=b'f' => b - b'a' + 10,
             _ => b - b'A' + 10,
         };
+        if size > MAX_LENGTH >> 4 {
+            return Err("chunk size too large");
+        }
         size = (size << 4) | u64::from(digit);
     }
     let rest = &buffered[digits..];
@@ -425,13 +460,18 @@ pub(crate) fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, 
     }
 }
 
-/// A `Content-Length` value: digits only, no sign, no list.
+/// A `Content-Length` value: digits only (leading zeros allowed), no sign,
+/// no list, at most [`MAX_LENGTH`].
 pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() {
         return None;
     }
     value.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        (n <= MAX_LENGTH).then_some(n)
     })
 }
 
@@ -610,8 +650,23 @@ mod tests {
     fn lengths() {
         assert_eq!(parse_length(b"0"), Some(0));
         assert_eq!(parse_length(b"1234"), Some(1234));
-        assert_eq!(parse_length(b"18446744073709551615"), None);
-        for bad in [&b""[..], b"-1", b"+1", b"1,1", b" 1", b"0x10"] {
+        assert_eq!(parse_length(b"0000000000000000000000012"), Some(12));
+        assert_eq!(parse_length(b"9223372036854775807"), Some(MAX_LENGTH));
+        // Past the signed 64-bit range, which a server keeping lengths in an
+        // `off_t` cannot hold.
+        for bad in [
+            &b"9223372036854775808"[..],
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"99999999999999999999999",
+            b"",
+            b"-1",
+            b"+1",
+            b"1,1",
+            b" 1",
+            b"0x10",
+            b"1 ",
+        ] {
             assert_eq!(parse_length(bad), None, "{bad:?}");
         }
     }
@@ -625,8 +680,12 @@ mod tests {
         assert_eq!(parse_chunk_size(b"5\r"), Ok(None));
         assert_eq!(parse_chunk_size(b""), Ok(None));
         assert_eq!(
-            parse_chunk_size(b"ffffffffffffffff\r\n"),
-            Ok(Some((18, u64::MAX)))
+            parse_chunk_size(b"7fffffffffffffff\r\n"),
+            Ok(Some((18, MAX_LENGTH)))
+        );
+        assert_eq!(
+            parse_chunk_size(b"000000000000000000000a\r\n"),
+            Ok(Some((24, 10)))
         );
         for bad in [
             &b"\r\n"[..],
@@ -637,12 +696,35 @@ mod tests {
             b"2;a\x00b\r\n",
             b"2\r\r\n",
             b"10000000000000000\r\n",
+            b"8000000000000000\r\n",
+            b"ffffffffffffffff\r\n",
+            b"8000000000000000",
             b"-1\r\n",
         ] {
             assert!(parse_chunk_size(bad).is_err(), "{bad:?}");
         }
         let long = [b"1;".as_slice(), &[b'a'; MAX_CHUNK_LINE]].concat();
         assert!(parse_chunk_size(&long).is_err());
+    }
+
+    #[test]
+    fn a_trailer_section_ends_only_at_crlf() {
+        assert_eq!(
+            trailer_section(b"a: 1\r\n\r\nGET / HTTP/1.1"),
+            b"a: 1\r\n\r\n"
+        );
+        assert_eq!(trailer_section(b"a: 1\r\n"), b"a: 1\r\n");
+        for bare in [
+            &b"\n"[..],
+            b"\nGET / HTTP/1.1\r\n\r\n",
+            b"a: 1\n\r\n",
+            b"a: 1\r\nb: 2\n\n",
+        ] {
+            assert!(has_bare_lf(trailer_section(bare)), "{bare:?}");
+        }
+        for clean in [&b"a: 1\r\n\r\n"[..], b"a: 1\r\nb: 2\r\n\r\nX\nY", b"a: 1\r"] {
+            assert!(!has_bare_lf(trailer_section(clean)), "{clean:?}");
+        }
     }
 
     #[test]

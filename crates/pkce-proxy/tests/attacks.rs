@@ -57,7 +57,7 @@
 //! | `i5_connection_still_removes_other_fields` | I5 | `Connection: x-foo`: forwarded without `x-foo` |
 //! | `i5_token_parameters_in_the_query_are_refused` | I5 | `code`, `code_verifier`, `grant_type`, `redirect_uri`, `client_id`, `client_assertion` in a token query: 400 `invalid_request`, nothing upstream |
 //! | `i5_token_trailers_are_refused` | I5 | a chunked token request with trailers: 400, nothing upstream |
-//! | `i5_token_path_aliases_are_checked` | I5, beyond | `/TOKEN`, `/token/`, `//token`, `/token;x`, `/%74oken`, `/a/../token`: checked, wrong verifier refused |
+//! | `i5_token_path_aliases_are_checked` | I5, beyond | `/TOKEN`, `/token/`, `//token`, `/token;x`, `/%74oken`, `/a/../token`, `/token%3f`, `/token%23`, `/token%20`: checked, wrong verifier refused; `%00`, `%09`, `%0a`, `%2500`, `%c0%ae` in the path: 400, nothing upstream |
 //! | `i6_a_5xx_from_the_token_upstream_restores_the_binding` | I6 | 500/502/503: the retry with the right verifier succeeds |
 //! | `i6_an_unreachable_upstream_restores_the_binding` | I6 | 502, then the retry succeeds |
 //! | `i6_a_token_timeout_leaves_the_binding_spent` | I6 | 504, retry 400 `invalid_grant`, the upstream saw the code once |
@@ -1625,6 +1625,13 @@ async fn i5_token_path_aliases_are_checked() {
             "/%74oken",
             "/a/../token",
             "/Token/",
+            // A server that decodes before it splits the target, or trims.
+            "/token%3f",
+            "/token%3Fx=1",
+            "/token%23",
+            "/token%20",
+            "/TOKEN%20/",
+            "/token%253f",
         ] {
             let req = Req::post(path, token_body(&code, Some(WRONG_VERIFIER), REDIRECT));
             assert_refused(
@@ -1635,6 +1642,27 @@ async fn i5_token_path_aliases_are_checked() {
                 "invalid_grant",
             )
             .await;
+        }
+        // A control character or an overlong form anywhere in the path: the
+        // proxy refuses the request before the layer sees it.
+        for path in [
+            "/token%00",
+            "/token%09",
+            "/token%0a",
+            "/token%2500",
+            "/%c0%ae%c0%ae/token",
+            "/x/..%c0%af/token",
+        ] {
+            let req = Req::post(path, token_body(&code, Some(VERIFIER), REDIRECT));
+            let resp = w.send(&req).await;
+            assert_eq!(
+                resp.status,
+                400,
+                "{} POST {path}: must get 400; got {}",
+                w.tag(),
+                resp.describe()
+            );
+            w.assert_not_forwarded(&req, &resp);
         }
         w.finish();
     })

@@ -86,11 +86,15 @@ pub(crate) struct Config {
 impl Config {
     pub(crate) fn endpoint(&self, raw_path: &str) -> Endpoint {
         let normalized = path::normalize(raw_path);
-        if self.token_path.matches(&normalized) {
+        // A path that decodes to a `?`, `#` or NUL is matched as a server
+        // that cuts it there would read it too: over-matching is safe.
+        let truncated = path::truncated(raw_path);
+        let readings = || std::iter::once(&*normalized).chain(truncated.as_deref());
+        if readings().any(|p| self.token_path.matches(p)) {
             Endpoint::Token
-        } else if self.authorize_path.matches(&normalized) {
+        } else if readings().any(|p| self.authorize_path.matches(p)) {
             Endpoint::Authorize
-        } else if path::is_metadata_path(&normalized) {
+        } else if readings().any(path::is_metadata_path) {
             Endpoint::Metadata
         } else {
             Endpoint::Other
@@ -240,6 +244,7 @@ impl<St: Store> PkceLayer<St> {
     ///
     /// let layer = PkceLayer::strict();
     /// assert_eq!(layer.endpoint("//Token/"), Endpoint::Token);
+    /// assert_eq!(layer.endpoint("/token%3f"), Endpoint::Token);
     /// assert_eq!(layer.endpoint("/userinfo"), Endpoint::Other);
     /// ```
     pub fn endpoint(&self, path: &str) -> Endpoint {

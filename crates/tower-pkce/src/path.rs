@@ -5,6 +5,14 @@
 //! Spring MVC server with suffix matching serves `/token.json` too. An alias
 //! that slips past the middleware is a complete PKCE bypass, so paths are
 //! normalised before they are compared, erring on the side of matching.
+//!
+//! Encoded characters that end a path or a name for some server count as
+//! an alias too. A server that decodes before it splits the target reads
+//! `/token%3fx` as `/token` with a query, `/token%23x` as `/token` with a
+//! fragment, and a C string ends at `%00`; one that trims reads `/token%20`
+//! or `/token%0a` as `/token`. So a path is matched twice, as written and
+//! cut at its first decoded `?`, `#` or NUL ([`truncated`]), and white space
+//! and control characters at either end of a segment are ignored.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -55,7 +63,23 @@ fn is_canonical(raw: &str) -> bool {
     !matches!(dots, Some(0..=2))
 }
 
+/// The other reading of a path: cut at its first decoded `?`, `#` or NUL,
+/// then normalised as [`normalize`] does; `None` when decoding yields none
+/// of them (always, for a path without `%`).
+pub(crate) fn truncated(raw: &str) -> Option<String> {
+    if !raw.contains('%') {
+        return None;
+    }
+    let bytes = decode_rounds(raw);
+    let end = bytes.iter().position(|&b| matches!(b, b'?' | b'#' | 0))?;
+    Some(canonical(&bytes[..end]))
+}
+
 fn rewrite(raw: &str) -> String {
+    canonical(&decode_rounds(raw))
+}
+
+fn decode_rounds(raw: &str) -> Vec<u8> {
     let mut bytes = raw.as_bytes().to_vec();
     for _ in 0..DECODE_ROUNDS {
         if !bytes.contains(&b'%') {
@@ -67,10 +91,18 @@ fn rewrite(raw: &str) -> String {
         }
         bytes = decoded;
     }
-    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    bytes
+}
+
+fn canonical(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes).to_ascii_lowercase();
     let mut segments: Vec<&str> = Vec::new();
     for segment in text.split(['/', '\\']) {
-        let segment = segment.split(';').next().unwrap_or("");
+        let segment = segment
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim_matches(|c: char| c.is_ascii_whitespace() || c.is_ascii_control());
         match segment {
             "" | "." => {}
             ".." => {
@@ -214,8 +246,41 @@ mod tests {
             "\\token",
             "/x/..%2Ftoken",
             "/token%3Bx=1",
+            // White space and controls at the ends of a segment, which a
+            // server that trims ignores.
+            "/token%20",
+            "/token%09",
+            "/token%0a",
+            "/token%0D%0A",
+            "/%20token",
+            "/token%2520",
+            "/token%20/",
+            "/token%00",
         ] {
             assert_eq!(normalize(alias), "/token", "{alias}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_decodes_to_a_query_fragment_or_nul_is_read_cut_there_too() {
+        for (raw, cut) in [
+            ("/token%3f", "/token"),
+            ("/token%3Fgrant_type=x", "/token"),
+            ("/token%23", "/token"),
+            ("/token%23frag/x", "/token"),
+            ("/token%00.php", "/token"),
+            ("/token%253f", "/token"),
+            ("/TOKEN/%3F/../x", "/token"),
+            ("/a%3f/../token", "/a"),
+            ("/%3f", "/"),
+        ] {
+            assert_eq!(truncated(raw).as_deref(), Some(cut), "{raw}");
+        }
+        // As written, the same paths read otherwise.
+        assert_eq!(normalize("/token%3fx"), "/token?x");
+        assert_eq!(normalize("/a%3f/../token"), "/token");
+        for raw in ["/token", "/Token/", "/to%6ben", "/a%2fb", "/%zz"] {
+            assert_eq!(truncated(raw), None, "{raw}");
         }
     }
 
