@@ -857,6 +857,23 @@ impl Forwarding {
                 remove_hop_by_hop(response.headers_mut());
                 response
             }
+            Some(Err(e)) if crate::http1::is_body_timeout(&e) => {
+                // Part of the request may have reached the upstream.
+                mark(self.progress.as_ref(), ForwardProgress::unanswered);
+                tracing::info!(
+                    endpoint = endpoint.as_str(),
+                    "the request body paused past the body timeout while it was forwarded"
+                );
+                let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+                    b"the request body paused for too long\n",
+                ))));
+                *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
+            }
             Some(Err(e)) => {
                 // `unanswered` leaves a request that was never sent as it is.
                 if e.nothing_sent() {

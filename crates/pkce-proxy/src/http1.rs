@@ -55,6 +55,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::{Limit, Metrics};
 use crate::wire::{
     self, Copies, Framing, Inbox, MAX_HEAD, WireError, encode_data, encode_end, encode_field,
 };
@@ -76,12 +77,31 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// How client connections are served.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Settings {
     /// How long a client has to send a request head, counted from when the
     /// connection starts waiting for it; this also closes idle keep-alive
     /// connections.
     pub(crate) head_timeout: Duration,
+    /// The longest pause between two reads of a request body.
+    pub(crate) body_timeout: Duration,
+    /// The longest a response may wait for the client to take more of it.
+    pub(crate) send_timeout: Duration,
+    /// Where the limits that act are counted.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Settings {
+    /// Settings with this head timeout, for tests; the others at 30 s.
+    #[cfg(test)]
+    pub(crate) fn for_tests(head_timeout: Duration) -> Self {
+        Self {
+            head_timeout,
+            body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            metrics: Arc::new(Metrics::new().unwrap_or_else(|e| unreachable!("{e}"))),
+        }
+    }
 }
 
 /// Tells connections to finish, and counts those still open.
@@ -103,6 +123,11 @@ impl Shutdown {
 
     fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The connections open now.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Resolves when no connection is open.
@@ -142,9 +167,20 @@ impl Drop for OpenConnection {
 pub struct ClientBody(BodyKind);
 
 enum BodyKind {
-    Full(Option<Bytes>),
-    Stream(Arc<Mutex<Inbound>>),
-    H2(Incoming),
+    Full {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    /// Still on the wire; `first`, what was read of it already.
+    Stream {
+        first: Option<Bytes>,
+        inbound: Arc<Mutex<Inbound>>,
+    },
+    H2 {
+        first: Option<Bytes>,
+        body: Incoming,
+        timer: ReadTimer,
+    },
 }
 
 /// An error while a client's request body was read.
@@ -153,17 +189,200 @@ pub type ClientBodyError = Box<dyn std::error::Error + Send + Sync>;
 impl ClientBody {
     /// A body with nothing in it.
     pub fn empty() -> Self {
-        Self(BodyKind::Full(None))
+        Self::full(Bytes::new())
     }
 
     /// A body that is already whole.
     pub fn full(data: Bytes) -> Self {
-        Self(BodyKind::Full((!data.is_empty()).then_some(data)))
+        Self(BodyKind::Full {
+            data: (!data.is_empty()).then_some(data),
+            trailers: None,
+        })
     }
 
-    pub(crate) fn h2(body: Incoming) -> Self {
-        Self(BodyKind::H2(body))
+    pub(crate) fn h2(body: Incoming, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self(BodyKind::H2 {
+            first: None,
+            body,
+            timer: ReadTimer::new(timeout, metrics),
+        })
     }
+
+    /// Whether the body is in memory, whole.
+    pub(crate) fn is_whole(&self) -> bool {
+        matches!(self.0, BodyKind::Full { .. })
+    }
+
+    /// Reads the body until it ends or `limit` bytes are exceeded: a body
+    /// that ends within the bound comes back whole, in memory; a larger
+    /// one as the bytes read so far followed by the rest, still streaming.
+    /// A body that pauses longer than the body timeout fails.
+    ///
+    /// # Errors
+    ///
+    /// The body's own error: it was cut short, malformed or too slow.
+    pub(crate) async fn buffered(mut self, limit: usize) -> Result<Self, ClientBodyError> {
+        let mut gathered = Gathered::default();
+        if let Some(n) = self.size_hint().exact() {
+            gathered.expect(n, limit);
+        }
+        loop {
+            let frame = poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await;
+            match frame.transpose()?.map(Frame::into_data) {
+                None => return Ok(gathered.whole(None)),
+                Some(Ok(data)) => {
+                    gathered.push(data);
+                    if self.is_end_stream() {
+                        return Ok(gathered.whole(None));
+                    }
+                    if gathered.len() > limit {
+                        return Ok(self.after(gathered.take()));
+                    }
+                }
+                Some(Err(frame)) => return Ok(gathered.whole(frame.into_trailers().ok())),
+            }
+        }
+    }
+
+    /// This body, with `first` read from it already.
+    fn after(mut self, data: Bytes) -> Self {
+        match &mut self.0 {
+            BodyKind::Stream { first, .. } | BodyKind::H2 { first, .. } => *first = Some(data),
+            // Not reached: a whole body ends within any bound.
+            BodyKind::Full { .. } => {}
+        }
+        self
+    }
+}
+
+/// The bytes of a body read so far: one chunk as it came, or several
+/// copied together.
+#[derive(Default)]
+struct Gathered {
+    first: Option<Bytes>,
+    joined: Option<bytes::BytesMut>,
+    capacity: usize,
+}
+
+impl Gathered {
+    /// Room for a body of `n` bytes, when it fits within `limit`.
+    fn expect(&mut self, n: u64, limit: usize) {
+        self.capacity = usize::try_from(n).map_or(0, |n| if n <= limit { n } else { 0 });
+    }
+
+    fn len(&self) -> usize {
+        self.joined
+            .as_ref()
+            .map_or_else(|| self.first.as_ref().map_or(0, Bytes::len), |j| j.len())
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if let Some(joined) = self.joined.as_mut() {
+            joined.extend_from_slice(&data);
+        } else if let Some(first) = self.first.take() {
+            let mut joined =
+                bytes::BytesMut::with_capacity(self.capacity.max(first.len() + data.len()));
+            joined.extend_from_slice(&first);
+            joined.extend_from_slice(&data);
+            self.joined = Some(joined);
+        } else {
+            self.first = Some(data);
+        }
+    }
+
+    fn take(&mut self) -> Bytes {
+        match self.joined.take() {
+            Some(joined) => joined.freeze(),
+            None => self.first.take().unwrap_or_default(),
+        }
+    }
+
+    fn whole(mut self, trailers: Option<HeaderMap>) -> ClientBody {
+        let data = self.take();
+        ClientBody(BodyKind::Full {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+        })
+    }
+}
+
+/// The body timeout: a request body that goes longer than `timeout`
+/// without a byte while it is being read fails. Armed only when a read
+/// finds nothing, so a body that keeps coming never reads the clock.
+struct ReadTimer {
+    timeout: Duration,
+    deadline: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ReadTimer {
+    fn new(timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            timeout,
+            deadline: None,
+            sleep: None,
+            metrics,
+        }
+    }
+
+    /// Some of the body came.
+    fn progressed(&mut self) {
+        self.deadline = None;
+    }
+
+    /// Nothing to read: whether the pause has lasted the timeout (then it
+    /// is counted), else the task is woken when it will have.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + self.timeout);
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        let expired = sleep.as_mut().poll(cx).is_ready();
+        if expired {
+            self.metrics.limit_reached(Limit::BodyTimeout);
+        }
+        expired
+    }
+}
+
+/// A request body paused longer than the body timeout.
+#[derive(Debug)]
+struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body paused longer than the body timeout")
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+fn body_timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, BodyTimeout)
+}
+
+/// Whether `e`, or an error it wraps, is the body timeout.
+pub(crate) fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let ours = |io: &io::Error| io.get_ref().is_some_and(|inner| inner.is::<BodyTimeout>());
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<io::Error>().is_some_and(ours)
+            || matches!(e.downcast_ref::<WireError>(), Some(WireError::Io(io)) if ours(io))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl std::fmt::Debug for ClientBody {
@@ -187,6 +406,7 @@ struct Inbound {
     failed: bool,
     /// Who waits for more of the body: woken when the connection lets go.
     waker: Option<std::task::Waker>,
+    timer: ReadTimer,
 }
 
 fn lock(inbound: &Mutex<Inbound>) -> MutexGuard<'_, Inbound> {
@@ -220,9 +440,13 @@ impl Inbound {
                 if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     self.waker = Some(cx.waker().clone());
                 }
+                if self.timer.poll_expired(cx) {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(WireError::Io(body_timed_out()))));
+                }
             }
             Poll::Ready(Some(Err(_))) => self.failed = true,
-            Poll::Ready(_) => {}
+            Poll::Ready(_) => self.timer.progressed(),
         }
         result
     }
@@ -311,37 +535,76 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match &mut self.get_mut().0 {
-            BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyKind::Stream(inbound) => lock(inbound)
+            BodyKind::Full { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            BodyKind::Stream { first, .. } | BodyKind::H2 { first, .. } if first.is_some() => {
+                Poll::Ready(first.take().map(|data| Ok(Frame::data(data))))
+            }
+            BodyKind::Stream { inbound, .. } => lock(inbound)
                 .poll_frame(cx)
                 .map_err(|e| RequestBodyError(e).into()),
-            BodyKind::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            BodyKind::H2 { body, timer, .. } => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending if timer.poll_expired(cx) => {
+                    Poll::Ready(Some(Err(body_timed_out().into())))
+                }
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(frame) => {
+                    timer.progressed();
+                    Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                }
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
-            BodyKind::Full(data) => data.is_none(),
-            BodyKind::Stream(inbound) => {
+            BodyKind::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            BodyKind::Stream { first: Some(_), .. } | BodyKind::H2 { first: Some(_), .. } => false,
+            BodyKind::Stream { inbound, .. } => {
                 let inbound = lock(inbound);
                 inbound.framing == Framing::Done || inbound.failed
             }
-            BodyKind::H2(body) => body.is_end_stream(),
+            BodyKind::H2 { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            BodyKind::Full(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+        let (first, rest) = match &self.0 {
+            BodyKind::Full {
+                data,
+                trailers: None,
+            } => return SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            // Not exact: the trailers need a chunked message.
+            BodyKind::Full {
+                data,
+                trailers: Some(_),
+            } => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(data.as_ref().map_or(0, |d| d.len() as u64));
+                return hint;
             }
-            BodyKind::Stream(inbound) => match lock(inbound).framing {
-                Framing::Done => SizeHint::with_exact(0),
-                Framing::Length(n) => SizeHint::with_exact(n),
-                _ => SizeHint::default(),
-            },
-            BodyKind::H2(body) => body.size_hint(),
+            BodyKind::Stream { first, inbound } => (
+                first,
+                match lock(inbound).framing {
+                    Framing::Done => SizeHint::with_exact(0),
+                    Framing::Length(n) => SizeHint::with_exact(n),
+                    _ => SizeHint::default(),
+                },
+            ),
+            BodyKind::H2 { first, body, .. } => (first, body.size_hint()),
+        };
+        let Some(first) = first else { return rest };
+        let n = first.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(n));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(n));
         }
+        hint
     }
 }
 
@@ -533,6 +796,10 @@ struct Connection {
     watching: bool,
     /// How much of a partial head has been searched for its end.
     scanned: usize,
+    /// When a response that the client does not read times out, while it
+    /// waits (see `poll_flush`), and the timer for it.
+    send_deadline: Option<Instant>,
+    send_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -602,6 +869,11 @@ impl Connection {
             while timer.as_mut().poll(cx).is_ready() {
                 if Instant::now() >= deadline {
                     tracing::debug!("no request head within the timeout; closing");
+                    // Idle keep-alive connections close this way every day;
+                    // a head begun and not finished is what is counted.
+                    if !self.inbox.is_empty() {
+                        self.settings.metrics.limit_reached(Limit::HeadTimeout);
+                    }
                     return Poll::Ready(Next::Close);
                 }
                 timer.as_mut().reset(deadline);
@@ -610,9 +882,37 @@ impl Connection {
         }
     }
 
-    /// Writes `out` to the client.
+    /// Writes `out` to the client, which has the send timeout to take
+    /// more each time its socket is full.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written)
+        let before = self.written;
+        let result = wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written);
+        if result.is_ready() {
+            self.send_deadline = None;
+            return result;
+        }
+        // Only a client that stops reading gets here: a write that
+        // completes reads no clock.
+        let deadline = match self.send_deadline {
+            Some(deadline) if self.written == before => deadline,
+            _ => *self
+                .send_deadline
+                .insert(Instant::now() + self.settings.send_timeout),
+        };
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            self.settings.metrics.limit_reached(Limit::SendTimeout);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read the response within the send timeout",
+            )));
+        }
+        Poll::Pending
     }
 
     async fn flush(&mut self) -> io::Result<()> {
@@ -857,6 +1157,8 @@ pub(crate) async fn serve_connection<H, F, B>(
         timer: None,
         watching: false,
         scanned: 0,
+        send_deadline: None,
+        send_timer: None,
     };
     let mut first = true;
     // The body of the request being answered, while it is on the wire.
@@ -912,9 +1214,16 @@ pub(crate) async fn serve_connection<H, F, B>(
                     answered: false,
                     failed: false,
                     waker: None,
+                    timer: ReadTimer::new(
+                        conn.settings.body_timeout,
+                        conn.settings.metrics.clone(),
+                    ),
                 }));
                 inbound = Some(shared.clone());
-                ClientBody(BodyKind::Stream(shared))
+                ClientBody(BodyKind::Stream {
+                    first: None,
+                    inbound: shared,
+                })
             }
         };
         let response = handler(request.map(|()| body)).await;
@@ -1018,6 +1327,7 @@ where
         stream,
         inbox,
         shutdown,
+        settings,
         ..
     } = conn;
     let Ok(stream) = Arc::try_unwrap(stream) else {
@@ -1029,7 +1339,8 @@ where
     });
     let handler = Arc::new(handler);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let answer = (*handler)(req.map(ClientBody::h2));
+        let (timeout, metrics) = (settings.body_timeout, settings.metrics.clone());
+        let answer = (*handler)(req.map(|body| ClientBody::h2(body, timeout, metrics)));
         async move { Ok::<_, Infallible>(answer.await) }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -1213,7 +1524,7 @@ mod tests {
                     stream,
                     answer,
                     connections.enter(),
-                    Settings { head_timeout },
+                    Settings::for_tests(head_timeout),
                 ));
             }
         });
@@ -1411,9 +1722,7 @@ mod tests {
                     stream,
                     handler,
                     shutdown.enter(),
-                    Settings {
-                        head_timeout: settings(),
-                    },
+                    Settings::for_tests(settings()),
                 ));
             }
         });
@@ -1724,15 +2033,7 @@ mod tests {
         let open = shutdown.enter();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            serve_connection(
-                stream,
-                handler,
-                open,
-                Settings {
-                    head_timeout: settings(),
-                },
-            )
-            .await;
+            serve_connection(stream, handler, open, Settings::for_tests(settings())).await;
         });
         // The body never comes whole: the connection answers and closes,
         // and the reader gets an error rather than waiting on a socket that
@@ -1763,6 +2064,7 @@ mod tests {
             answered: false,
             failed: false,
             waker: None,
+            timer: ReadTimer::new(Duration::from_secs(30), Arc::new(Metrics::new().unwrap())),
         };
         let mut out = Vec::new();
         inbound.answer(&mut out);

@@ -1,0 +1,417 @@
+//! Resource limits, each pushed past its bound through the proxy in
+//! process: the limit acts, the proxy goes on serving other clients
+//! meanwhile, it recovers once the pressure is gone, and `/metrics` counts
+//! it. Every wait is bounded; nothing asserts on speed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use pkce_proxy::config::{Config, RawSettings};
+use pkce_proxy::server::{Running, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The bound on every wait in these tests.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type UpBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+fn full(body: &'static str) -> UpBody {
+    Full::new(Bytes::from_static(body.as_bytes()))
+        .map_err(|e| match e {})
+        .boxed()
+}
+
+/// A response body that never ends.
+struct Endless;
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))))
+    }
+}
+
+/// What the test upstream saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Connections accepted.
+    connections: AtomicUsize,
+    /// Requests whose head arrived.
+    requests: AtomicUsize,
+    /// Requests being answered now, and the most at once.
+    busy: AtomicUsize,
+    most_busy: AtomicUsize,
+}
+
+/// An upstream (hyper's HTTP/1.1 server) that answers `GET /slow` after
+/// `slow`, `/endless` with a body that never ends, a request with a body
+/// with the body's length once it has read it, and anything else with "ok".
+async fn upstream(slow: Duration) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let counted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = counted.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    seen.requests.fetch_add(1, Ordering::SeqCst);
+                    let now = seen.busy.fetch_add(1, Ordering::SeqCst) + 1;
+                    seen.most_busy.fetch_max(now, Ordering::SeqCst);
+                    let response = match req.uri().path() {
+                        "/slow" => {
+                            tokio::time::sleep(slow).await;
+                            Response::new(full("slow"))
+                        }
+                        "/endless" => Response::new(Endless.boxed()),
+                        _ if req.method() == http::Method::POST => {
+                            let body = req.into_body().collect().await;
+                            let n = body.map(|b| b.to_bytes().len()).unwrap_or(0);
+                            Response::new(
+                                Full::new(Bytes::from(n.to_string()))
+                                    .map_err(|e| match e {})
+                                    .boxed(),
+                            )
+                        }
+                        _ => Response::new(full("ok")),
+                    };
+                    seen.busy.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+fn settings(upstream: SocketAddr, extra: &[(&str, &str)]) -> RawSettings {
+    let mut s = RawSettings {
+        upstream: Some(format!("http://{upstream}")),
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        ..RawSettings::default()
+    };
+    for (name, value) in extra {
+        let value = Some((*value).to_owned());
+        match *name {
+            "max_connections" => s.max_connections = value,
+            "max_upstream_connections" => s.max_upstream_connections = value,
+            "max_upstream_connections_per_client" => s.max_upstream_connections_per_client = value,
+            "max_idle_upstream_connections" => s.max_idle_upstream_connections = value,
+            "upstream_idle_timeout" => s.upstream_idle_timeout = value,
+            "head_timeout" => s.head_timeout = value,
+            "body_timeout" => s.body_timeout = value,
+            "send_timeout" => s.send_timeout = value,
+            "request_buffer" => s.request_buffer = value,
+            "connect_timeout" => s.connect_timeout = value,
+            "h2_idle_timeout" => s.h2_idle_timeout = value,
+            "h2_keepalive_interval" => s.h2_keepalive_interval = value,
+            "h2_keepalive_timeout" => s.h2_keepalive_timeout = value,
+            "h2_max_header_list_size" => s.h2_max_header_list_size = value,
+            "h2_max_concurrent_streams" => s.h2_max_concurrent_streams = value,
+            other => panic!("no setting {other} in these tests"),
+        }
+    }
+    s
+}
+
+async fn proxy(upstream: SocketAddr, extra: &[(&str, &str)]) -> Running {
+    start(Config::resolve(&settings(upstream, extra)).unwrap())
+        .await
+        .unwrap()
+}
+
+/// A response read off the wire: its status, head and body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// Reads one response (framed by `Content-Length`, or by the close).
+async fn read_answer(stream: &mut TcpStream) -> Option<Answer> {
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse::<usize>().unwrap());
+                if let Some(length) = length
+                    && buf.len() >= end + 4 + length
+                {
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]).into();
+                    return Some((head, body));
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let body = String::from_utf8_lossy(&buf[end + 4..]).into();
+                    return Some((head, body));
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let (head, body) = tokio::time::timeout(PATIENCE, read).await.ok()??;
+    let status = head.get(9..12)?.parse().ok()?;
+    Some(Answer { status, head, body })
+}
+
+/// Sends `request` on `stream` and reads the answer.
+async fn ask(stream: &mut TcpStream, request: &str) -> Option<Answer> {
+    stream.write_all(request.as_bytes()).await.ok()?;
+    read_answer(stream).await
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nhost: proxy.test\r\n\r\n")
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.unwrap()
+}
+
+/// `GET path` on a new connection: the status.
+async fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = connect(addr).await;
+    ask(&mut s, &get(path)).await.map(|a| a.status)
+}
+
+/// Whether the peer closes `stream` (after whatever it still sends).
+async fn closed(stream: &mut TcpStream) -> bool {
+    let drained = async {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, drained).await.is_ok()
+}
+
+/// The proxy's metrics text.
+async fn metrics(proxy: &Running) -> String {
+    let mut s = connect(proxy.admin_addr).await;
+    let answer = ask(
+        &mut s,
+        "GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    answer.body
+}
+
+/// The value of the metric line that starts with `series ` (0 if absent).
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+fn limit(name: &str) -> String {
+    format!("pkce_proxy_limit_reached_total{{limit=\"{name}\"}}")
+}
+
+/// Waits until the metric `series` satisfies `ok`; its last value.
+async fn until(proxy: &Running, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let v = value(&metrics(proxy).await, series);
+        if ok(v) || tokio::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_limit_is_in_the_metrics_from_the_start() {
+    let (up, _) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[]).await;
+    let text = metrics(&proxy).await;
+    for name in [
+        "connections",
+        "upstream_connections",
+        "upstream_connections_per_client",
+        "head_timeout",
+        "body_timeout",
+        "send_timeout",
+    ] {
+        assert!(
+            text.contains(&format!("{} 0", limit(name))),
+            "{name}: {text}"
+        );
+    }
+    for gauge in [
+        "pkce_proxy_client_connections",
+        "pkce_proxy_upstream_connections",
+        "pkce_proxy_upstream_idle_connections",
+        "pkce_proxy_upstream_waiting_requests",
+    ] {
+        assert!(text.contains(&format!("\n{gauge} ")), "{gauge}: {text}");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_and_the_others_served() {
+    let (up, _) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[("max_connections", "2")]).await;
+    let mut a = connect(proxy.addr).await;
+    let mut b = connect(proxy.addr).await;
+    assert_eq!(ask(&mut a, &get("/a")).await.unwrap().status, 200);
+    assert_eq!(ask(&mut b, &get("/b")).await.unwrap().status, 200);
+    // A third is closed at once, unanswered.
+    let mut c = connect(proxy.addr).await;
+    assert!(ask(&mut c, &get("/c")).await.is_none());
+    assert!(closed(&mut c).await);
+    // The two open ones are served meanwhile.
+    assert_eq!(ask(&mut a, &get("/a2")).await.unwrap().status, 200);
+    assert_eq!(ask(&mut b, &get("/b2")).await.unwrap().status, 200);
+    let text = metrics(&proxy).await;
+    assert_eq!(value(&text, &limit("connections")), 1.0, "{text}");
+    assert_eq!(value(&text, "pkce_proxy_client_connections"), 2.0, "{text}");
+    // One ends: a new one is served.
+    drop(b);
+    let open = until(&proxy, "pkce_proxy_client_connections", |v| v < 2.0).await;
+    assert_eq!(open, 1.0);
+    let mut d = connect(proxy.addr).await;
+    assert_eq!(ask(&mut d, &get("/d")).await.unwrap().status, 200);
+    assert_eq!(ask(&mut a, &get("/a3")).await.unwrap().status, 200);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_head_that_stops_coming_is_closed_and_counted() {
+    let (up, _) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[("head_timeout", "0.3")]).await;
+    let mut slow = connect(proxy.addr).await;
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = connect(proxy.addr).await;
+    assert_eq!(status_of(proxy.addr, "/meanwhile").await, Some(200));
+    assert!(closed(&mut slow).await);
+    assert!(closed(&mut idle).await);
+    // The idle connection is not counted: keep-alive connections end so.
+    assert_eq!(
+        until(&proxy, &limit("head_timeout"), |v| v >= 1.0).await,
+        1.0
+    );
+    assert_eq!(status_of(proxy.addr, "/after").await, Some(200));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_that_stops_coming_gets_408_and_never_reaches_the_upstream() {
+    let (up, seen) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[("body_timeout", "0.3")]).await;
+    for framing in [
+        "content-length: 100\r\n\r\n0123456789",
+        "transfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n",
+    ] {
+        let mut slow = connect(proxy.addr).await;
+        slow.write_all(format!("POST /upload HTTP/1.1\r\nhost: x\r\n{framing}").as_bytes())
+            .await
+            .unwrap();
+        // Another client is served while this body waits.
+        assert_eq!(status_of(proxy.addr, "/meanwhile").await, Some(200));
+        let answer = read_answer(&mut slow).await.unwrap();
+        assert_eq!(answer.status, 408, "{answer:?}");
+        assert!(answer.head.contains("connection: close"), "{answer:?}");
+        assert!(closed(&mut slow).await);
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 2, "only the two GETs");
+    assert_eq!(value(&metrics(&proxy).await, &limit("body_timeout")), 2.0);
+    // A body that keeps coming, in pieces, is not cut.
+    let mut s = connect(proxy.addr).await;
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 30\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(b"0123456789").await.unwrap();
+    }
+    let answer = read_answer(&mut s).await.unwrap();
+    assert_eq!((answer.status, answer.body.as_str()), (200, "30"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_large_body_streams_and_a_pause_in_it_closes_the_connection() {
+    let (up, seen) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[("body_timeout", "0.3"), ("request_buffer", "1024")]).await;
+    let mut s = connect(proxy.addr).await;
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'a'; 3000]).await.unwrap();
+    let answer = read_answer(&mut s).await.unwrap();
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(closed(&mut s).await);
+    // Past the buffer, the body went on to the upstream as it came.
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(value(&metrics(&proxy).await, &limit("body_timeout")), 1.0);
+    // The same size, sent without a pause, goes through whole.
+    let mut s = connect(proxy.addr).await;
+    let mut request = b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10000\r\n\r\n".to_vec();
+    request.extend_from_slice(&[b'a'; 10000]);
+    s.write_all(&request).await.unwrap();
+    let answer = read_answer(&mut s).await.unwrap();
+    assert_eq!((answer.status, answer.body.as_str()), (200, "10000"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let (up, _) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[("send_timeout", "0.3")]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(proxy.addr).await.unwrap();
+    stalled.write_all(get("/endless").as_bytes()).await.unwrap();
+    // It reads nothing; the others are served meanwhile.
+    assert_eq!(status_of(proxy.addr, "/meanwhile").await, Some(200));
+    assert_eq!(
+        until(&proxy, &limit("send_timeout"), |v| v >= 1.0).await,
+        1.0
+    );
+    assert!(closed(&mut stalled).await);
+    assert_eq!(status_of(proxy.addr, "/after").await, Some(200));
+    proxy.shutdown().await;
+}
