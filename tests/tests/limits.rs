@@ -415,3 +415,294 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     assert_eq!(status_of(proxy.addr, "/after").await, Some(200));
     proxy.shutdown().await;
 }
+
+/// `GET path` on a new connection, in a task of its own.
+fn spawn_get(addr: SocketAddr, path: &'static str) -> tokio::task::JoinHandle<Option<Answer>> {
+    tokio::spawn(async move {
+        let mut s = connect(addr).await;
+        ask(&mut s, &get(path)).await
+    })
+}
+
+/// Waits until `seen` shows `n` requests being answered.
+async fn busy(seen: &Seen, n: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while seen.busy.load(Ordering::SeqCst) < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.busy.load(Ordering::SeqCst), n);
+}
+
+#[tokio::test]
+async fn past_the_upstream_bound_a_request_waits_then_gets_503() {
+    let (up, seen) = upstream(Duration::from_millis(1500)).await;
+    let proxy = proxy(
+        up,
+        &[
+            ("max_upstream_connections", "2"),
+            ("connect_timeout", "0.3"),
+        ],
+    )
+    .await;
+    let slow = [
+        spawn_get(proxy.addr, "/slow"),
+        spawn_get(proxy.addr, "/slow"),
+    ];
+    busy(&seen, 2).await;
+    // Both connections allowed are busy: a third request waits, then 503.
+    let mut s = connect(proxy.addr).await;
+    let answer = ask(&mut s, &get("/fast")).await.unwrap();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.head.contains("retry-after: 1"), "{answer:?}");
+    assert!(answer.body.contains("upstream"), "{answer:?}");
+    // The proxy goes on answering what it answers itself.
+    let mut s = connect(proxy.addr).await;
+    let answer = ask(&mut s, &get("/authorize?client_id=app")).await.unwrap();
+    assert_eq!(answer.status, 400, "{answer:?}");
+    let text = metrics(&proxy).await;
+    assert_eq!(value(&text, &limit("upstream_connections")), 1.0, "{text}");
+    assert_eq!(
+        value(&text, "pkce_proxy_upstream_connections"),
+        2.0,
+        "{text}"
+    );
+    for request in slow {
+        assert_eq!(request.await.unwrap().unwrap().status, 200);
+    }
+    // The pressure gone, requests go through again.
+    assert_eq!(status_of(proxy.addr, "/fast").await, Some(200));
+    assert!(seen.connections.load(Ordering::SeqCst) <= 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_that_waits_gets_the_connection_that_comes_free() {
+    let (up, seen) = upstream(Duration::from_millis(400)).await;
+    let proxy = proxy(
+        up,
+        &[("max_upstream_connections", "1"), ("connect_timeout", "5")],
+    )
+    .await;
+    let first = spawn_get(proxy.addr, "/slow");
+    busy(&seen, 1).await;
+    let second = spawn_get(proxy.addr, "/fast");
+    assert_eq!(
+        until(&proxy, "pkce_proxy_upstream_waiting_requests", |v| v >= 1.0).await,
+        1.0
+    );
+    assert_eq!(first.await.unwrap().unwrap().status, 200);
+    let answer = second.await.unwrap().unwrap();
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+    // The one connection went from the first client to the second.
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    let text = metrics(&proxy).await;
+    assert_eq!(value(&text, &limit("upstream_connections")), 0.0, "{text}");
+    assert_eq!(value(&text, "pkce_proxy_upstream_waiting_requests"), 0.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_connections_that_silent_clients_keep_are_taken_at_the_bound() {
+    let (up, seen) = upstream(Duration::ZERO).await;
+    let proxy = proxy(
+        up,
+        &[
+            ("max_upstream_connections", "1"),
+            ("connect_timeout", "0.5"),
+        ],
+    )
+    .await;
+    // Each client connection keeps the upstream connection it used, and
+    // stays open, silent.
+    let mut a = connect(proxy.addr).await;
+    assert_eq!(ask(&mut a, &get("/a")).await.unwrap().status, 200);
+    let mut b = connect(proxy.addr).await;
+    assert_eq!(ask(&mut b, &get("/b")).await.unwrap().status, 200);
+    assert_eq!(ask(&mut a, &get("/a2")).await.unwrap().status, 200);
+    let mut c = connect(proxy.addr).await;
+    assert_eq!(ask(&mut c, &get("/c")).await.unwrap().status, 200);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    let text = metrics(&proxy).await;
+    assert_eq!(value(&text, &limit("upstream_connections")), 0.0, "{text}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_small_body_holds_no_upstream_connection() {
+    let (up, seen) = upstream(Duration::ZERO).await;
+    let proxy = proxy(
+        up,
+        &[
+            ("max_upstream_connections", "1"),
+            ("connect_timeout", "0.3"),
+        ],
+    )
+    .await;
+    let mut slow = connect(proxy.addr).await;
+    slow.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    // While that body trickles in, the one upstream connection serves
+    // others, for longer than a request would wait for it.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(status_of(proxy.addr, "/meanwhile").await, Some(200));
+    }
+    slow.write_all(b"0123456789").await.unwrap();
+    let answer = read_answer(&mut slow).await.unwrap();
+    assert_eq!((answer.status, answer.body.as_str()), (200, "20"));
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 4);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_shared_pool_keeps_at_most_its_bound_for_at_most_its_timeout() {
+    let (up, seen) = upstream(Duration::from_millis(300)).await;
+    let proxy = proxy(
+        up,
+        &[
+            ("max_idle_upstream_connections", "1"),
+            ("upstream_idle_timeout", "1"),
+        ],
+    )
+    .await;
+    // Three client connections use three upstream connections at once,
+    // then close: the shared pool keeps one of them.
+    let clients = [
+        spawn_get(proxy.addr, "/slow"),
+        spawn_get(proxy.addr, "/slow"),
+        spawn_get(proxy.addr, "/slow"),
+    ];
+    for client in clients {
+        assert_eq!(client.await.unwrap().unwrap().status, 200);
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+    let open = until(&proxy, "pkce_proxy_upstream_connections", |v| v <= 1.0).await;
+    assert_eq!(open, 1.0);
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        value(&text, "pkce_proxy_upstream_idle_connections"),
+        1.0,
+        "{text}"
+    );
+    // Past the idle timeout it is closed, with no request to notice.
+    let open = until(&proxy, "pkce_proxy_upstream_connections", |v| v == 0.0).await;
+    assert_eq!(open, 0.0);
+    assert_eq!(
+        value(
+            &metrics(&proxy).await,
+            "pkce_proxy_upstream_idle_connections"
+        ),
+        0.0
+    );
+    assert_eq!(status_of(proxy.addr, "/after").await, Some(200));
+    proxy.shutdown().await;
+}
+
+/// An HTTP/2 client (prior knowledge) of the proxy.
+fn h2_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// `GET path` over `client`, in a task of its own: the status.
+fn spawn_h2_get(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    addr: SocketAddr,
+    path: &'static str,
+) -> tokio::task::JoinHandle<u16> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let req = Request::get(format!("http://{addr}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(PATIENCE, client.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = response.status().as_u16();
+        let _ = response.into_body().collect().await;
+        status
+    })
+}
+
+#[tokio::test]
+async fn an_http2_client_uses_at_most_its_share_of_upstream_connections() {
+    let (up, seen) = upstream(Duration::from_millis(200)).await;
+    let proxy = proxy(
+        up,
+        &[
+            ("max_upstream_connections_per_client", "2"),
+            ("connect_timeout", "5"),
+        ],
+    )
+    .await;
+    let client = h2_client();
+    let requests: Vec<_> = (0..6)
+        .map(|_| spawn_h2_get(&client, proxy.addr, "/slow"))
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 6);
+    assert!(seen.most_busy.load(Ordering::SeqCst) <= 2);
+    assert!(seen.connections.load(Ordering::SeqCst) <= 2);
+    proxy.shutdown().await;
+
+    // Past the wait, the requests beyond the share get 503; other clients
+    // are served meanwhile, and the client itself once its share is free.
+    let (up, seen) = upstream(Duration::from_millis(1500)).await;
+    let proxy = self::proxy(
+        up,
+        &[
+            ("max_upstream_connections_per_client", "1"),
+            ("connect_timeout", "0.3"),
+        ],
+    )
+    .await;
+    let client = h2_client();
+    let requests: Vec<_> = (0..3)
+        .map(|_| spawn_h2_get(&client, proxy.addr, "/slow"))
+        .collect();
+    busy(&seen, 1).await;
+    assert_eq!(status_of(proxy.addr, "/meanwhile").await, Some(200));
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 503, 503]);
+    assert_eq!(
+        value(
+            &metrics(&proxy).await,
+            &limit("upstream_connections_per_client")
+        ),
+        2.0
+    );
+    assert_eq!(
+        spawn_h2_get(&client, proxy.addr, "/after").await.unwrap(),
+        200
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_use_one_upstream_connection() {
+    let (up, seen) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[("max_upstream_connections_per_client", "1")]).await;
+    let mut s = connect(proxy.addr).await;
+    let pipelined: String = (0..5).map(|i| get(&format!("/p{i}"))).collect();
+    s.write_all(pipelined.as_bytes()).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(read_answer(&mut s).await.unwrap().status, 200);
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    proxy.shutdown().await;
+}

@@ -23,6 +23,7 @@
 pub mod config;
 pub mod demo;
 pub mod forward;
+mod gate;
 mod http1;
 pub mod legacy;
 pub mod metrics;

@@ -503,6 +503,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|e| StartError(e.to_string()))?;
     let admin_addr = admin.local_addr().map_err(|e| StartError(e.to_string()))?;
 
+    let upstream_load = forwarder.clone();
     let pkce: ProxyService = layer.layer(forwarder);
     let (stop, stop_rx) = watch::channel(false);
     let limits = &config.limits;
@@ -566,6 +567,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             store: layer.get_store().clone(),
             metrics,
             connections,
+            forwarder: upstream_load,
         });
         serve(admin, stop_rx, config.drain_timeout, "admin", move |_| {
             let state = state.clone();
@@ -667,6 +669,8 @@ struct Admin {
     metrics: Arc<Metrics>,
     /// The client connections, counted.
     connections: Arc<http1::Shutdown>,
+    /// The upstream connections, counted.
+    forwarder: Forwarder,
 }
 
 /// A small response with a body and its content type.
@@ -701,9 +705,12 @@ impl Admin {
                 if let Ok(stats) = self.store.stats().await {
                     self.metrics.set_entries(stats.pending, stats.bindings);
                 }
+                let (upstream_connections, upstream_idle, upstream_waiting) = self.forwarder.load();
                 self.metrics.set_load(Load {
                     client_connections: self.connections.open_connections(),
-                    ..Load::default()
+                    upstream_connections,
+                    upstream_idle,
+                    upstream_waiting,
                 });
                 text(
                     StatusCode::OK,

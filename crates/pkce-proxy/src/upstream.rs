@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tower_pkce::RequestBody;
 
+use crate::gate::Slot;
 use crate::http1::ClientBody;
 use crate::wire::{self, Copies, Framing, Inbox, MAX_HEAD, encode_data, encode_end, encode_field};
 
@@ -101,12 +102,16 @@ pub(crate) struct Connection {
     written: usize,
     /// The kernel took at least one byte of the current request.
     wrote: bool,
+    /// Its place among the upstream connections open, given up when the
+    /// connection closes.
+    _slot: Slot,
 }
 
 impl Connection {
-    /// A connection on `stream`, boxed: it moves from the pool to a request
-    /// and on to its response body, a pointer's worth each time.
-    pub(crate) fn new(stream: TcpStream) -> Box<Self> {
+    /// A connection on `stream`, holding `slot`, boxed: it moves from the
+    /// pool to a request and on to its response body, a pointer's worth
+    /// each time.
+    pub(crate) fn new(stream: TcpStream, slot: Slot) -> Box<Self> {
         Box::new(Self {
             stream,
             inbox: Inbox::default(),
@@ -114,6 +119,7 @@ impl Connection {
             out: Vec::with_capacity(1024),
             written: 0,
             wrote: false,
+            _slot: slot,
         })
     }
 
@@ -469,6 +475,29 @@ fn parse_head_with<'b>(
 pub(crate) trait Keep: Send + Sync {
     /// Takes back a connection ready for another request.
     fn keep(&self, conn: Box<Connection>);
+
+    /// The request that held a share of the client connection's upstream
+    /// connections is done with it.
+    fn release(&self) {}
+}
+
+/// A request's claim on its client connection: where its upstream
+/// connection goes back, and its share of that client connection's
+/// upstream connections, released when the claim is dropped: once the
+/// connection is back (or closed), or the request given up.
+pub(crate) struct Home(Arc<dyn Keep>);
+
+impl Home {
+    /// A claim on `keep`, whose share is already taken.
+    pub(crate) fn new(keep: Arc<dyn Keep>) -> Self {
+        Self(keep)
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 /// A request encoded for the upstream and not yet on a connection: what
@@ -478,7 +507,7 @@ pub(crate) struct Prepared {
     out: Vec<u8>,
     outgoing: Option<Outgoing>,
     method: Method,
-    home: Arc<dyn Keep>,
+    home: Home,
     retire: bool,
 }
 
@@ -491,7 +520,7 @@ impl Prepared {
         mut buf: Vec<u8>,
         req: Request<OutgoingBody>,
         overrides: &HeaderOverrides,
-        home: Arc<dyn Keep>,
+        home: Home,
         retire: bool,
     ) -> Self {
         let (parts, body) = req.into_parts();
@@ -563,7 +592,7 @@ pub(crate) struct Exchange {
     /// An answer began before the whole request was written.
     early: bool,
     method: Method,
-    home: Arc<dyn Keep>,
+    home: Home,
     retire: bool,
 }
 
@@ -661,7 +690,7 @@ struct ResponseStream {
     outgoing: Option<Outgoing>,
     framing: Framing,
     keep_alive: bool,
-    home: Option<Arc<dyn Keep>>,
+    home: Option<Home>,
 }
 
 impl ResponseStream {
@@ -676,8 +705,8 @@ impl ResponseStream {
         };
         if self.keep_alive && self.outgoing.is_none() && conn.inbox.is_empty() {
             conn.finish_exchange();
-            if let Some(home) = home {
-                home.keep(conn);
+            if let Some(home) = &home {
+                home.0.keep(conn);
             }
         }
     }
@@ -727,13 +756,14 @@ pub struct UpstreamBody(BodyKind);
 
 enum BodyKind {
     Direct(ResponseStream),
-    Pooled(Incoming),
+    /// With the request's claim, released when the body ends.
+    Pooled(Incoming, Option<Home>),
 }
 
 impl UpstreamBody {
-    /// A body from hyper's pooled client.
-    pub(crate) fn pooled(body: Incoming) -> Self {
-        Self(BodyKind::Pooled(body))
+    /// A body from hyper's pooled client, for a request that holds `home`.
+    pub(crate) fn pooled(body: Incoming, home: Home) -> Self {
+        Self(BodyKind::Pooled(body, Some(home)))
     }
 }
 
@@ -756,14 +786,20 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         match &mut self.get_mut().0 {
             BodyKind::Direct(stream) => stream.poll_body(cx).map_err(Into::into),
-            BodyKind::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            BodyKind::Pooled(body, home) => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                if frame.is_none() || body.is_end_stream() {
+                    drop(home.take());
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             BodyKind::Direct(stream) => stream.framing == Framing::Done,
-            BodyKind::Pooled(body) => body.is_end_stream(),
+            BodyKind::Pooled(body, _) => body.is_end_stream(),
         }
     }
 
@@ -774,7 +810,7 @@ impl Body for UpstreamBody {
                 Framing::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
             },
-            BodyKind::Pooled(body) => body.size_hint(),
+            BodyKind::Pooled(body, _) => body.size_hint(),
         }
     }
 }
@@ -803,7 +839,7 @@ mod tests {
                 .into_bytes(),
             outgoing: None,
             method,
-            home: Arc::new(Nowhere),
+            home: Home::new(Arc::new(Nowhere)),
             retire: false,
         }
     }
@@ -827,7 +863,7 @@ mod tests {
     {
         let (ours, theirs) = pair().await;
         then(theirs).await;
-        let mut exchange = prepared(method).send_on(Connection::new(ours));
+        let mut exchange = prepared(method).send_on(Connection::new(ours, Slot::uncounted()));
         let e = poll_fn(|cx| exchange.poll_head(cx))
             .await
             .err()
