@@ -706,3 +706,236 @@ async fn pipelined_requests_use_one_upstream_connection() {
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
     proxy.shutdown().await;
 }
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame.
+const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// The frames the proxy sends on `stream` until it closes it: type, flags
+/// and payload of each; `None` if it does not close within the patience.
+async fn frames_until_closed(stream: &mut TcpStream) -> Option<Vec<(u8, u8, Vec<u8>)>> {
+    let mut bytes = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read).await.ok()?;
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        let payload = rest.get(9..9 + len)?.to_vec();
+        frames.push((rest[3], rest[4], payload));
+        rest = &rest[9 + len..];
+    }
+    Some(frames)
+}
+
+/// The value of `id` in a SETTINGS payload.
+fn setting(payload: &[u8], id: u16) -> Option<u32> {
+    payload.chunks(6).find_map(|p| {
+        (u16::from_be_bytes([p[0], p[1]]) == id)
+            .then(|| u32::from_be_bytes([p[2], p[3], p[4], p[5]]))
+    })
+}
+
+#[tokio::test]
+async fn an_http2_connection_with_no_request_open_is_closed_after_the_idle_timeout() {
+    let (up, _) = upstream(Duration::from_millis(800)).await;
+    let proxy = proxy(
+        up,
+        &[
+            ("h2_idle_timeout", "0.3"),
+            ("h2_keepalive_timeout", "0.3"),
+            ("h2_max_concurrent_streams", "7"),
+            ("h2_max_header_list_size", "4096"),
+        ],
+    )
+    .await;
+    // The preface and SETTINGS, then nothing: the GOAWAY goes
+    // unacknowledged, and the connection is cut.
+    let mut s = connect(proxy.addr).await;
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(SETTINGS).await.unwrap();
+    let frames = frames_until_closed(&mut s).await.expect("closed");
+    let (kind, _, settings) = &frames[0];
+    assert_eq!(*kind, 4, "SETTINGS first: {frames:?}");
+    assert_eq!(setting(settings, 0x3), Some(7), "MAX_CONCURRENT_STREAMS");
+    assert_eq!(setting(settings, 0x6), Some(4096), "MAX_HEADER_LIST_SIZE");
+    assert!(
+        frames.iter().any(|(kind, ..)| *kind == 7),
+        "a GOAWAY: {frames:?}"
+    );
+    // A request open longer than the idle timeout is not cut.
+    let client = h2_client();
+    assert_eq!(
+        spawn_h2_get(&client, proxy.addr, "/slow").await.unwrap(),
+        200
+    );
+    proxy.shutdown().await;
+
+    // A client that acknowledges the GOAWAY sees its connection closed
+    // at once, well within the keep-alive timeout (20 s).
+    let proxy = self::proxy(up, &[("h2_idle_timeout", "0.3")]).await;
+    let client = h2_client();
+    assert_eq!(
+        spawn_h2_get(&client, proxy.addr, "/once").await.unwrap(),
+        200
+    );
+    let open = until(&proxy, "pkce_proxy_client_connections", |v| v == 0.0).await;
+    assert_eq!(open, 0.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http2_client_that_does_not_answer_pings_is_closed() {
+    let (up, _) = upstream(Duration::ZERO).await;
+    let proxy = proxy(
+        up,
+        &[
+            ("h2_keepalive_interval", "0.2"),
+            ("h2_keepalive_timeout", "0.2"),
+        ],
+    )
+    .await;
+    let mut s = connect(proxy.addr).await;
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(SETTINGS).await.unwrap();
+    // Closed long before the idle timeout (60 s), by the unanswered ping.
+    let frames = frames_until_closed(&mut s).await.expect("closed");
+    assert!(
+        frames
+            .iter()
+            .any(|(kind, flags, _)| *kind == 6 && flags & 1 == 0),
+        "a PING: {frames:?}"
+    );
+    // A client that answers is served.
+    let client = h2_client();
+    assert_eq!(
+        spawn_h2_get(&client, proxy.addr, "/after").await.unwrap(),
+        200
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_streams_and_header_lists_are_bounded() {
+    let (up, seen) = upstream(Duration::from_millis(200)).await;
+    let proxy = proxy(
+        up,
+        &[
+            ("h2_max_concurrent_streams", "2"),
+            ("h2_max_header_list_size", "4096"),
+        ],
+    )
+    .await;
+    // Once the client has the proxy's SETTINGS, it opens two streams at a
+    // time (streams past the bound before that are refused).
+    let client = h2_client();
+    assert_eq!(
+        spawn_h2_get(&client, proxy.addr, "/first").await.unwrap(),
+        200
+    );
+    let requests: Vec<_> = (0..6)
+        .map(|_| spawn_h2_get(&client, proxy.addr, "/slow"))
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert!(seen.most_busy.load(Ordering::SeqCst) <= 2);
+    let before = seen.requests.load(Ordering::SeqCst);
+    let req = Request::get(format!("http://{}/big-head", proxy.addr))
+        .header("x-big", "a".repeat(8 * 1024))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // Refused by the proxy (431), or by the client, which read the bound.
+    let answered = tokio::time::timeout(PATIENCE, client.request(req))
+        .await
+        .unwrap();
+    if let Ok(response) = answered {
+        assert_eq!(response.status(), 431);
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), before);
+    assert_eq!(
+        spawn_h2_get(&client, proxy.addr, "/after").await.unwrap(),
+        200
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let (up, _) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[("send_timeout", "0.3")]).await;
+    let client = h2_client();
+    let req = Request::get(format!("http://{}/endless", proxy.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // The head is read, the body never: the client's window fills.
+    let response = client.request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(status_of(proxy.addr, "/meanwhile").await, Some(200));
+    assert_eq!(
+        until(&proxy, &limit("send_timeout"), |v| v >= 1.0).await,
+        1.0
+    );
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect()).await;
+    assert!(body.unwrap().is_err(), "the connection was closed");
+    assert_eq!(
+        spawn_h2_get(&h2_client(), proxy.addr, "/after")
+            .await
+            .unwrap(),
+        200
+    );
+    proxy.shutdown().await;
+}
+
+/// A request body that sends ten bytes and then nothing, ever.
+struct Stalling(bool);
+
+impl http_body::Body for Stalling {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if std::mem::replace(&mut self.0, true) {
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"0123456789")))))
+    }
+}
+
+#[tokio::test]
+async fn an_http2_body_that_stops_coming_gets_408() {
+    let (up, seen) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[("body_timeout", "0.3")]).await;
+    let client: hyper_util::client::legacy::Client<_, Stalling> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = Request::post(format!("http://{}/upload", proxy.addr))
+        .body(Stalling(false))
+        .unwrap();
+    let response = tokio::time::timeout(PATIENCE, client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(value(&metrics(&proxy).await, &limit("body_timeout")), 1.0);
+    assert_eq!(
+        spawn_h2_get(&h2_client(), proxy.addr, "/after")
+            .await
+            .unwrap(),
+        200
+    );
+    proxy.shutdown().await;
+}

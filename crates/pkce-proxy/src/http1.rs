@@ -49,12 +49,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use crate::h2;
+pub(crate) use crate::h2::H2Settings;
 use crate::metrics::{Limit, Metrics};
 use crate::wire::{
     self, Copies, Framing, Inbox, MAX_HEAD, WireError, encode_data, encode_end, encode_field,
@@ -89,6 +91,8 @@ pub(crate) struct Settings {
     pub(crate) send_timeout: Duration,
     /// Where the limits that act are counted.
     pub(crate) metrics: Arc<Metrics>,
+    /// For a connection that turns out to be HTTP/2.
+    pub(crate) h2: H2Settings,
 }
 
 impl Settings {
@@ -100,6 +104,13 @@ impl Settings {
             body_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
             metrics: Arc::new(Metrics::new().unwrap_or_else(|e| unreachable!("{e}"))),
+            h2: H2Settings {
+                idle_timeout: Duration::from_secs(60),
+                keepalive_interval: Duration::from_secs(20),
+                keepalive_timeout: Duration::from_secs(20),
+                max_header_list_size: 65_536,
+                max_concurrent_streams: 100,
+            },
         }
     }
 }
@@ -1314,7 +1325,12 @@ async fn close(stream: &TcpStream, linger: bool) {
 }
 
 /// Hands the connection to hyper's HTTP/2 server; what was read so far is
-/// read again first.
+/// read again first. hyper bounds the streams, the header lists and the
+/// keep-alive pings; the connection closes, besides, when no request has
+/// been open for the idle timeout (gracefully, as at shutdown), and when a
+/// response has waited for the client past the send timeout (at once:
+/// that client reads no GOAWAY). An idle close that the client does not
+/// acknowledge is cut after the keep-alive timeout.
 async fn serve_h2<H, F, B>(conn: Connection, handler: H, open: OpenConnection)
 where
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
@@ -1338,26 +1354,69 @@ where
         stream,
     });
     let handler = Arc::new(handler);
+    let watch = h2::Watch::new();
+    let (body_timeout, metrics) = (settings.body_timeout, settings.metrics.clone());
+    let watched = watch.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (timeout, metrics) = (settings.body_timeout, settings.metrics.clone());
-        let answer = (*handler)(req.map(|body| ClientBody::h2(body, timeout, metrics)));
-        async move { Ok::<_, Infallible>(answer.await) }
+        let stream = h2::Stream::open(&watched);
+        let metrics = metrics.clone();
+        let answer = (*handler)(req.map(|body| ClientBody::h2(body, body_timeout, metrics)));
+        async move {
+            let response = answer.await;
+            Ok::<_, Infallible>(response.map(|body| h2::Watched::new(body, stream)))
+        }
     });
+    let limits = settings.h2;
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout)
+        .max_header_list_size(limits.max_header_list_size)
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .serve_connection(io, service);
     let mut served = pin!(served);
     let stop = shutdown.stop.notified();
     let mut stop = pin!(stop);
     stop.as_mut().enable();
-    let result = if shutdown.is_stopping() {
+    let mut stopping = false;
+    if shutdown.is_stopping() {
         served.as_mut().graceful_shutdown();
-        served.await
-    } else {
+        stopping = true;
+    }
+    let tick = (settings.send_timeout / 2).max(Duration::from_millis(5));
+    let mut stall = pin!(tokio::time::sleep(tick));
+    // The idle timer, then, once the idle close has begun, its bound.
+    let mut idle = pin!(tokio::time::sleep(limits.idle_timeout));
+    let mut closing = false;
+    let result = loop {
         tokio::select! {
-            result = served.as_mut() => result,
-            () = stop => {
+            result = served.as_mut() => break result,
+            () = stop.as_mut(), if !stopping => {
+                stopping = true;
                 served.as_mut().graceful_shutdown();
-                served.await
+            }
+            () = idle.as_mut() => match watch.idle_deadline(limits.idle_timeout) {
+                _ if closing => break Ok(()),
+                Some(deadline) if deadline <= Instant::now() => {
+                    tracing::debug!("HTTP/2 connection idle past the idle timeout; closing");
+                    closing = true;
+                    if !stopping {
+                        served.as_mut().graceful_shutdown();
+                    }
+                    // The graceful close waits for the client to answer a
+                    // PING; as long as a keep-alive ping may wait.
+                    idle.as_mut().reset(Instant::now() + limits.keepalive_timeout);
+                }
+                Some(deadline) => idle.as_mut().reset(deadline),
+                None => idle.as_mut().reset(Instant::now() + limits.idle_timeout),
+            },
+            () = stall.as_mut() => {
+                if watch.tick() {
+                    tracing::debug!("an HTTP/2 response waited past the send timeout; closing");
+                    settings.metrics.limit_reached(Limit::SendTimeout);
+                    break Ok(());
+                }
+                stall.as_mut().reset(Instant::now() + tick);
             }
         }
     };

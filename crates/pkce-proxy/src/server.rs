@@ -513,6 +513,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             body_timeout: limits.body_timeout,
             send_timeout: limits.send_timeout,
             metrics: metrics.clone(),
+            h2: http1::H2Settings {
+                idle_timeout: limits.h2_idle_timeout,
+                keepalive_interval: limits.h2_keepalive_interval,
+                keepalive_timeout: limits.h2_keepalive_timeout,
+                max_header_list_size: limits.h2_max_header_list_size,
+                max_concurrent_streams: limits.h2_max_concurrent_streams,
+            },
         },
         max_connections: limits.max_connections,
         shutdown: Arc::new(http1::Shutdown::default()),
