@@ -574,8 +574,8 @@ fn seconds_within(
 
 /// The limits' settings. Defaults and bounds, with why:
 ///
-/// - 10,000 client connections: an idle one costs about 10 KiB (its read
-///   and write buffers and its task), so 100 MB at the bound, and with the
+/// - 10,000 client connections: an idle one costs about 13 KiB (its read
+///   and write buffers and its task), so 130 MB at the bound, and with the
 ///   upstream connections it fits the usual 65,536 open files.
 /// - 1,024 upstream connections, 8 per client connection: more than the
 ///   workers of most legacy servers, and a browser opens 6 HTTP/1.1

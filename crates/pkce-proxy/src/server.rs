@@ -479,6 +479,38 @@ impl Future for Answer {
     }
 }
 
+/// The soft limit on open files in `/proc/self/limits` text.
+fn open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Warns when the process may open fewer files than the connection bounds
+/// need: past that, accepts and upstream connects fail instead of the
+/// limits acting. (Linux only; elsewhere nothing is read.)
+fn check_open_files(config: &Config) {
+    let Some(soft) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| open_files_limit(&text))
+    else {
+        return;
+    };
+    let limits = &config.limits;
+    // The listeners, the admin connections, Redis and the like.
+    let needed = (limits.max_connections + limits.max_upstream_connections) as u64 + 64;
+    if soft < needed {
+        tracing::warn!(
+            open_files = soft,
+            needed,
+            "the open files limit is below --max-connections plus              --max-upstream-connections: raise it (ulimit -n, systemd's LimitNOFILE)              or lower them"
+        );
+    }
+}
+
 /// Binds both listeners and starts serving. Everything in `config` is
 /// already valid; what can still fail is binding a port.
 ///
@@ -487,6 +519,7 @@ impl Future for Answer {
 /// [`StartError`] when a port cannot be bound or the TLS client cannot be
 /// set up.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    check_open_files(&config);
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError(e.to_string()))?);
     let store = ProxyStore::from_config(&config).map_err(|e| StartError(e.to_string()))?;
     let layer = Arc::new(
@@ -767,6 +800,18 @@ mod tests {
             );
         }
         req
+    }
+
+    #[test]
+    fn the_open_files_limit_is_read() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63704                63704                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(open_files_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(open_files_limit(unlimited), None);
+        assert_eq!(open_files_limit(""), None);
     }
 
     #[test]
