@@ -556,6 +556,25 @@ async fn a_slow_small_body_holds_no_upstream_connection() {
 }
 
 #[tokio::test]
+async fn a_buffered_body_still_retires_its_upstream_connection() {
+    let (up, seen) = upstream(Duration::ZERO).await;
+    let proxy = proxy(up, &[]).await;
+    let mut s = connect(proxy.addr).await;
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"0123456789").await.unwrap();
+    let answer = read_answer(&mut s).await.unwrap();
+    assert_eq!((answer.status, answer.body.as_str()), (200, "20"));
+    // Read whole by the proxy or not, a body may hold what a loose
+    // upstream would take for a request: its connection is not reused.
+    assert_eq!(ask(&mut s, &get("/next")).await.unwrap().status, 200);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_shared_pool_keeps_at_most_its_bound_for_at_most_its_timeout() {
     let (up, seen) = upstream(Duration::from_millis(300)).await;
     let proxy = proxy(

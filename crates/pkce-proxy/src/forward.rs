@@ -1765,6 +1765,73 @@ mod tests {
         }
     }
 
+    /// A request that waits for the one upstream connection allowed is
+    /// reported sent only once it has it, and goes on the connection the
+    /// first request gives back (another client connection's), on both
+    /// transports.
+    #[tokio::test]
+    async fn a_request_that_waited_is_sent_on_the_connection_that_came_free() {
+        use tower_pkce::Progress;
+
+        let (up, seen) = recording_after(Duration::from_millis(400)).await;
+        for pooled in [false, true] {
+            let mut harnesses = clients(
+                crate::config::RawSettings {
+                    upstream: Some(up.clone()),
+                    max_upstream_connections: Some("1".into()),
+                    connect_timeout: Some("5".into()),
+                    ..Default::default()
+                },
+                pooled,
+            );
+            let mut second = harnesses.pop().unwrap();
+            let mut first = harnesses.pop().unwrap();
+            let first =
+                tokio::spawn(async move { send(&mut first, Endpoint::Other, get("/first")).await });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (status, _, progress) = send(&mut second, Endpoint::Other, get("/second")).await;
+            assert_eq!(
+                (status, progress),
+                (StatusCode::OK, Progress::Sent),
+                "{pooled}"
+            );
+            let (status, _, progress) = first.await.unwrap();
+            assert_eq!(
+                (status, progress),
+                (StatusCode::OK, Progress::Sent),
+                "{pooled}"
+            );
+        }
+        // One connection for each transport.
+        assert_eq!(seen.lock().unwrap().0, 2);
+    }
+
+    /// [`recording`], answering after `delay`.
+    async fn recording_after(
+        delay: Duration,
+    ) -> (String, Arc<Mutex<(usize, Vec<(String, bool)>)>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new((0, Vec::new())));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                record.lock().unwrap().0 += 1;
+                let service = hyper::service::service_fn(
+                    move |_: Request<hyper::body::Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
     /// An upstream (hyper's server) that answers "ok" after reading each
     /// body; records how many connections it accepted and, for each request,
     /// its path and whether it asked to close the connection.

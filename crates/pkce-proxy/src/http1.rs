@@ -26,6 +26,11 @@
 //!   otherwise (close-delimited for an HTTP/1.0 client), trailers when the
 //!   client sent `TE: trailers`, no body after HEAD, 1xx, 204 and 304, and
 //!   `Date` when the response has none.
+//! - Slow clients: a request body that pauses past the body timeout fails
+//!   (on both protocols; see [`ClientBody::buffered`] for the body read
+//!   before the request goes on), and a response that the client does not
+//!   take for the send timeout closes the connection. Either timer is
+//!   armed only when a read or write finds the client not ready.
 //! - Keep-alive as RFC 9112 §9.3 has it; the connection closes after a
 //!   response whose request body was not read to its end. A closing
 //!   connection shuts its write side and reads what the client still sends
@@ -2110,6 +2115,57 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(3), shutdown.drained())
             .await
             .expect("the connection closed");
+    }
+
+    /// A body read before the request goes on: whole when it ends within
+    /// the bound (with its trailers), else the part read and then the rest,
+    /// which together are the body, with its length still known.
+    #[tokio::test]
+    async fn a_buffered_body_is_whole_within_the_bound_and_streams_past_it() {
+        let handler = |req: Request<ClientBody>| async move {
+            let body = req.into_body().buffered(8).await.unwrap();
+            let (whole, hint) = (body.is_whole(), body.size_hint().exact());
+            let collected = body.collect().await.unwrap();
+            let trailer = collected.trailers().and_then(|t| t.get("x-t")).cloned();
+            let text = format!(
+                "{whole} {hint:?} {} {:?}",
+                String::from_utf8_lossy(&collected.to_bytes()),
+                trailer
+            );
+            Response::new(Frames(VecDeque::from([Frame::data(Bytes::from(text))])))
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Arc::new(Shutdown::default());
+        let connections = shutdown.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(
+                    stream,
+                    handler,
+                    connections.enter(),
+                    Settings::for_tests(settings()),
+                ));
+            }
+        });
+        let mut s = connect(addr).await;
+        s.write_all(
+            b"POST /x HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = ask(&mut s, b"0\r\nx-t: 1\r\n\r\n", "\"1\")").await;
+        assert!(got.contains("\r\ntrue None abc Some(\"1\")\r\n"), "{got}");
+        s.write_all(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = ask(&mut s, b"abcdefghij", "None").await;
+        assert!(
+            got.contains("\r\nfalse Some(20) 0123456789abcdefghij None\r\n"),
+            "{got}"
+        );
     }
 
     #[test]
