@@ -129,6 +129,7 @@ fn settings(upstream: SocketAddr, extra: &[(&str, &str)]) -> RawSettings {
             "body_timeout" => s.body_timeout = value,
             "send_timeout" => s.send_timeout = value,
             "request_buffer" => s.request_buffer = value,
+            "request_buffer_total" => s.request_buffer_total = value,
             "connect_timeout" => s.connect_timeout = value,
             "h2_idle_timeout" => s.h2_idle_timeout = value,
             "h2_keepalive_interval" => s.h2_keepalive_interval = value,
@@ -271,6 +272,7 @@ async fn every_limit_is_in_the_metrics_from_the_start() {
         "head_timeout",
         "body_timeout",
         "send_timeout",
+        "request_buffer_total",
     ] {
         assert!(
             text.contains(&format!("{} 0", limit(name))),
@@ -282,6 +284,7 @@ async fn every_limit_is_in_the_metrics_from_the_start() {
         "pkce_proxy_upstream_connections",
         "pkce_proxy_upstream_idle_connections",
         "pkce_proxy_upstream_waiting_requests",
+        "pkce_proxy_request_buffer_bytes",
     ] {
         assert!(text.contains(&format!("\n{gauge} ")), "{gauge}: {text}");
     }
@@ -552,6 +555,53 @@ async fn a_slow_small_body_holds_no_upstream_connection() {
     let answer = read_answer(&mut slow).await.unwrap();
     assert_eq!((answer.status, answer.body.as_str()), (200, "20"));
     assert_eq!(seen.requests.load(Ordering::SeqCst), 4);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn past_the_read_ahead_budget_a_body_streams() {
+    let (up, _) = upstream(Duration::ZERO).await;
+    let proxy = proxy(
+        up,
+        &[
+            ("request_buffer", "16"),
+            ("request_buffer_total", "16"),
+            ("max_upstream_connections", "1"),
+            ("connect_timeout", "0.3"),
+        ],
+    )
+    .await;
+    let head = "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n0123456789";
+    // The first body is read ahead, and holds ten of the sixteen bytes.
+    let mut first = connect(proxy.addr).await;
+    first.write_all(head.as_bytes()).await.unwrap();
+    let held = until(&proxy, "pkce_proxy_request_buffer_bytes", |v| v >= 10.0).await;
+    assert_eq!(held, 10.0);
+    // The second has no room: it streams, holding the one upstream
+    // connection while it waits for the rest.
+    let mut second = connect(proxy.addr).await;
+    second.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(
+        until(&proxy, "pkce_proxy_upstream_connections", |v| v >= 1.0).await,
+        1.0
+    );
+    assert_eq!(status_of(proxy.addr, "/fast").await, Some(503));
+    let text = metrics(&proxy).await;
+    assert_eq!(value(&text, &limit("request_buffer_total")), 1.0, "{text}");
+    assert_eq!(
+        value(&text, "pkce_proxy_request_buffer_bytes"),
+        10.0,
+        "{text}"
+    );
+    for client in [&mut second, &mut first] {
+        client.write_all(b"abcdefghij").await.unwrap();
+        let answer = read_answer(client).await.unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (200, "20"));
+    }
+    assert_eq!(
+        value(&metrics(&proxy).await, "pkce_proxy_request_buffer_bytes"),
+        0.0
+    );
     proxy.shutdown().await;
 }
 

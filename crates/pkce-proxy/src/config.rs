@@ -164,6 +164,10 @@ pub struct RawSettings {
     /// upstream connection is chosen; larger ones stream [default: 65536].
     #[arg(long, env = "PKCE_PROXY_REQUEST_BUFFER", value_name = "BYTES")]
     pub request_buffer: Option<String>,
+    /// The most bytes of request bodies read ahead at once, all requests
+    /// together; past it, a body streams [default: 67108864].
+    #[arg(long, env = "PKCE_PROXY_REQUEST_BUFFER_TOTAL", value_name = "BYTES")]
+    pub request_buffer_total: Option<String>,
     /// Seconds an HTTP/2 connection with no request open is kept [default: 60].
     #[arg(long, env = "PKCE_PROXY_H2_IDLE_TIMEOUT", value_name = "SECONDS")]
     pub h2_idle_timeout: Option<String>,
@@ -292,6 +296,8 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Request bodies up to this size are read whole before forwarding.
     pub request_buffer: usize,
+    /// The bytes of request bodies read ahead at once, all together.
+    pub request_buffer_total: usize,
     /// How long an HTTP/2 connection with no request open stays open.
     pub h2_idle_timeout: Duration,
     /// The interval between HTTP/2 keep-alive pings.
@@ -408,6 +414,7 @@ const FILE_KEYS: &[&str] = &[
     "body_timeout",
     "send_timeout",
     "request_buffer",
+    "request_buffer_total",
     "h2_idle_timeout",
     "h2_keepalive_interval",
     "h2_keepalive_timeout",
@@ -581,6 +588,8 @@ fn seconds_within(
 ///   workers of most legacy servers, and a browser opens 6 HTTP/1.1
 ///   connections to an origin, so an HTTP/2 client loses nothing.
 /// - Timeouts between client reads and writes of 30 s, as for the head.
+/// - 64 KiB read ahead per request body, the token body's bound too, and
+///   64 MiB for all of them together: a thousand such bodies at once.
 fn parse_limits(src: &Sources, raw: &RawSettings) -> Result<Limits, ConfigError> {
     const SECONDS: (f64, f64) = (0.001, 3600.0);
     let max_upstream_connections = count_within(
@@ -590,6 +599,12 @@ fn parse_limits(src: &Sources, raw: &RawSettings) -> Result<Limits, ConfigError>
         (1, 65_535),
     )?;
     let per_upstream_total = (1, max_upstream_connections);
+    let request_buffer = count_within(
+        "request_buffer",
+        src.get(&raw.request_buffer, "request_buffer")?,
+        65_536,
+        (1, 16 << 20),
+    )?;
     let seconds = |key: &str, cli: &Option<String>, default: f64| {
         seconds_within(key, src.get(cli, key)?, default, SECONDS)
     };
@@ -627,11 +642,15 @@ fn parse_limits(src: &Sources, raw: &RawSettings) -> Result<Limits, ConfigError>
         head_timeout: seconds("head_timeout", &raw.head_timeout, 30.0)?,
         body_timeout: seconds("body_timeout", &raw.body_timeout, 30.0)?,
         send_timeout: seconds("send_timeout", &raw.send_timeout, 30.0)?,
-        request_buffer: count_within(
-            "request_buffer",
-            src.get(&raw.request_buffer, "request_buffer")?,
-            65_536,
-            (1, 16 << 20),
+        request_buffer,
+        request_buffer_total: count_within(
+            "request_buffer_total",
+            src.get(&raw.request_buffer_total, "request_buffer_total")?,
+            64 << 20,
+            (
+                request_buffer,
+                usize::try_from(16u64 << 30).unwrap_or(usize::MAX),
+            ),
         )?,
         h2_idle_timeout: seconds("h2_idle_timeout", &raw.h2_idle_timeout, 60.0)?,
         h2_keepalive_interval: seconds("h2_keepalive_interval", &raw.h2_keepalive_interval, 20.0)?,
@@ -756,7 +775,8 @@ impl Limits {
             "max_connections = {}\nmax_upstream_connections = {}\n\
              max_upstream_connections_per_client = {}\nmax_idle_upstream_connections = {}\n\
              upstream_idle_timeout = {}\nhead_timeout = {}\nbody_timeout = {}\n\
-             send_timeout = {}\nrequest_buffer = {}\nh2_idle_timeout = {}\n\
+             send_timeout = {}\nrequest_buffer = {}\nrequest_buffer_total = {}\n\
+             h2_idle_timeout = {}\n\
              h2_keepalive_interval = {}\nh2_keepalive_timeout = {}\n\
              h2_max_header_list_size = {}\nh2_max_concurrent_streams = {}\n",
             self.max_connections,
@@ -768,6 +788,7 @@ impl Limits {
             self.body_timeout.as_secs_f64(),
             self.send_timeout.as_secs_f64(),
             self.request_buffer,
+            self.request_buffer_total,
             self.h2_idle_timeout.as_secs_f64(),
             self.h2_keepalive_interval.as_secs_f64(),
             self.h2_keepalive_timeout.as_secs_f64(),
@@ -1030,10 +1051,11 @@ mod tests {
                 l.max_upstream_connections_per_client,
                 l.max_idle_upstream_connections,
                 l.request_buffer,
+                l.request_buffer_total,
                 l.h2_max_header_list_size,
                 l.h2_max_concurrent_streams,
             ),
-            (10_000, 1024, 8, 1024, 65_536, 65_536, 100)
+            (10_000, 1024, 8, 1024, 65_536, 64 << 20, 65_536, 100)
         );
         assert_eq!(l.upstream_idle_timeout, Duration::from_secs(90));
         assert_eq!(
@@ -1085,6 +1107,8 @@ mod tests {
             ("--send-timeout", "1e9"),
             ("--request-buffer", "0"),
             ("--request-buffer", "16777217"),
+            ("--request-buffer-total", "65535"),
+            ("--request-buffer-total", "17179869185"),
             ("--h2-idle-timeout", "0"),
             ("--h2-keepalive-interval", "0"),
             ("--h2-keepalive-timeout", "-1"),

@@ -179,8 +179,9 @@ impl Drop for OpenConnection {
 }
 
 /// The body of a client's request: read from the connection as it is
-/// polled, or already whole, or from hyper for HTTP/2.
-pub struct ClientBody(BodyKind);
+/// polled, or already whole, or from hyper for HTTP/2; with the share of
+/// the read-ahead budget that what it holds in memory takes, if any.
+pub struct ClientBody(BodyKind, Option<Held>);
 
 enum BodyKind {
     Full {
@@ -210,18 +211,24 @@ impl ClientBody {
 
     /// A body that is already whole.
     pub fn full(data: Bytes) -> Self {
-        Self(BodyKind::Full {
-            data: (!data.is_empty()).then_some(data),
-            trailers: None,
-        })
+        Self(
+            BodyKind::Full {
+                data: (!data.is_empty()).then_some(data),
+                trailers: None,
+            },
+            None,
+        )
     }
 
     pub(crate) fn h2(body: Incoming, timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        Self(BodyKind::H2 {
-            first: None,
-            body,
-            timer: ReadTimer::new(timeout, metrics),
-        })
+        Self(
+            BodyKind::H2 {
+                first: None,
+                body,
+                timer: ReadTimer::new(timeout, metrics),
+            },
+            None,
+        )
     }
 
     /// Whether the body is in memory, whole.
@@ -232,42 +239,119 @@ impl ClientBody {
     /// Reads the body until it ends or `limit` bytes are exceeded: a body
     /// that ends within the bound comes back whole, in memory; a larger
     /// one as the bytes read so far followed by the rest, still streaming.
-    /// A body that pauses longer than the body timeout fails.
+    /// What is read takes its share of `budget` until it is handed on; a
+    /// body that the budget has no room for streams too. A body that
+    /// pauses longer than the body timeout fails.
     ///
     /// # Errors
     ///
     /// The body's own error: it was cut short, malformed or too slow.
-    pub(crate) async fn buffered(mut self, limit: usize) -> Result<Self, ClientBodyError> {
+    pub(crate) async fn buffered(
+        mut self,
+        limit: usize,
+        budget: &Arc<Budget>,
+    ) -> Result<Self, ClientBodyError> {
         let mut gathered = Gathered::default();
+        let mut held = Held::new(budget);
         if let Some(n) = self.size_hint().exact() {
             gathered.expect(n, limit);
         }
         loop {
             let frame = poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await;
             match frame.transpose()?.map(Frame::into_data) {
-                None => return Ok(gathered.whole(None)),
+                None => return Ok(gathered.whole(None, held)),
                 Some(Ok(data)) => {
+                    let room = held.grow(data.len());
                     gathered.push(data);
                     if self.is_end_stream() {
-                        return Ok(gathered.whole(None));
+                        return Ok(gathered.whole(None, held));
+                    }
+                    if !room {
+                        budget.metrics.limit_reached(Limit::RequestBufferTotal);
+                        return Ok(self.after(gathered.take(), held));
                     }
                     if gathered.len() > limit {
-                        return Ok(self.after(gathered.take()));
+                        return Ok(self.after(gathered.take(), held));
                     }
                 }
-                Some(Err(frame)) => return Ok(gathered.whole(frame.into_trailers().ok())),
+                Some(Err(frame)) => {
+                    return Ok(gathered.whole(frame.into_trailers().ok(), held));
+                }
             }
         }
     }
 
-    /// This body, with `first` read from it already.
-    fn after(mut self, data: Bytes) -> Self {
+    /// This body, with `first` read from it already, held in `held`.
+    fn after(mut self, data: Bytes, held: Held) -> Self {
         match &mut self.0 {
             BodyKind::Stream { first, .. } | BodyKind::H2 { first, .. } => *first = Some(data),
             // Not reached: a whole body ends within any bound.
             BodyKind::Full { .. } => {}
         }
+        self.1 = Some(held);
         self
+    }
+}
+
+/// The bytes of request bodies read ahead and held in memory, all
+/// requests together, and at most how many (`--request-buffer-total`).
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Budget {
+    pub(crate) fn new(max: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+            metrics,
+        })
+    }
+
+    /// The bytes held now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+}
+
+/// One body's share of a [`Budget`], given back when dropped.
+struct Held {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Held {
+    fn new(budget: &Arc<Budget>) -> Self {
+        Self {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes `n` more bytes, unless that would pass the budget's bound;
+    /// whether it did.
+    fn grow(&mut self, n: usize) -> bool {
+        let max = self.budget.max;
+        let taken = self
+            .budget
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(n).filter(|&total| total <= max)
+            })
+            .is_ok();
+        if taken {
+            self.bytes += n;
+        }
+        taken
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
 
@@ -316,12 +400,15 @@ impl Gathered {
         }
     }
 
-    fn whole(mut self, trailers: Option<HeaderMap>) -> ClientBody {
+    fn whole(mut self, trailers: Option<HeaderMap>, held: Held) -> ClientBody {
         let data = self.take();
-        ClientBody(BodyKind::Full {
-            data: (!data.is_empty()).then_some(data),
-            trailers,
-        })
+        ClientBody(
+            BodyKind::Full {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
+            Some(held),
+        )
     }
 }
 
@@ -550,7 +637,36 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        match &mut self.get_mut().0 {
+        let this = self.get_mut();
+        // What was held in memory goes on with the first frame out.
+        if this.1.is_some() {
+            let frame = Pin::new(&mut this.0).poll_frame(cx);
+            if frame.is_ready() {
+                this.1 = None;
+            }
+            return frame;
+        }
+        Pin::new(&mut this.0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+impl Body for BodyKind {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
             BodyKind::Full { data, trailers } => Poll::Ready(
                 data.take()
                     .map(Frame::data)
@@ -577,7 +693,7 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
+        match self {
             BodyKind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             BodyKind::Stream { first: Some(_), .. } | BodyKind::H2 { first: Some(_), .. } => false,
             BodyKind::Stream { inbound, .. } => {
@@ -589,7 +705,7 @@ impl Body for ClientBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let (first, rest) = match &self.0 {
+        let (first, rest) = match self {
             BodyKind::Full {
                 data,
                 trailers: None,
@@ -1236,10 +1352,13 @@ pub(crate) async fn serve_connection<H, F, B>(
                     ),
                 }));
                 inbound = Some(shared.clone());
-                ClientBody(BodyKind::Stream {
-                    first: None,
-                    inbound: shared,
-                })
+                ClientBody(
+                    BodyKind::Stream {
+                        first: None,
+                        inbound: shared,
+                    },
+                    None,
+                )
             }
         };
         let response = handler(request.map(|()| body)).await;
@@ -2122,8 +2241,17 @@ mod tests {
     /// which together are the body, with its length still known.
     #[tokio::test]
     async fn a_buffered_body_is_whole_within_the_bound_and_streams_past_it() {
-        let handler = |req: Request<ClientBody>| async move {
-            let body = req.into_body().buffered(8).await.unwrap();
+        let budget = Budget::new(1 << 20, Arc::new(Metrics::new().unwrap()));
+        let held = budget.clone();
+        let handler = move |req: Request<ClientBody>| {
+            let budget = budget.clone();
+            async move { buffer_and_tell(req, &budget).await }
+        };
+        async fn buffer_and_tell(
+            req: Request<ClientBody>,
+            budget: &Arc<Budget>,
+        ) -> Response<Frames> {
+            let body = req.into_body().buffered(8, budget).await.unwrap();
             let (whole, hint) = (body.is_whole(), body.size_hint().exact());
             let collected = body.collect().await.unwrap();
             let trailer = collected.trailers().and_then(|t| t.get("x-t")).cloned();
@@ -2133,7 +2261,7 @@ mod tests {
                 trailer
             );
             Response::new(Frames(VecDeque::from([Frame::data(Bytes::from(text))])))
-        };
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Arc::new(Shutdown::default());
@@ -2142,7 +2270,7 @@ mod tests {
             while let Ok((stream, _)) = listener.accept().await {
                 tokio::spawn(serve_connection(
                     stream,
-                    handler,
+                    handler.clone(),
                     connections.enter(),
                     Settings::for_tests(settings()),
                 ));
@@ -2166,6 +2294,24 @@ mod tests {
             got.contains("\r\nfalse Some(20) 0123456789abcdefghij None\r\n"),
             "{got}"
         );
+        // Handed on, nothing is held.
+        assert_eq!(held.used(), 0);
+    }
+
+    #[test]
+    fn the_read_ahead_budget_is_shared_and_given_back() {
+        let budget = Budget::new(10, Arc::new(Metrics::new().unwrap()));
+        let mut a = Held::new(&budget);
+        let mut b = Held::new(&budget);
+        assert!(a.grow(6));
+        assert!(!b.grow(5), "past the bound");
+        assert!(b.grow(4));
+        assert_eq!(budget.used(), 10);
+        drop(a);
+        assert_eq!(budget.used(), 4);
+        assert!(b.grow(6));
+        drop(b);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

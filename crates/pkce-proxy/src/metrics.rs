@@ -43,16 +43,20 @@ pub(crate) enum Limit {
     BodyTimeout,
     /// `--send-timeout`.
     SendTimeout,
+    /// `--request-buffer-total`: a body streamed instead of being read
+    /// ahead.
+    RequestBufferTotal,
 }
 
 impl Limit {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Connections,
         Self::UpstreamConnections,
         Self::UpstreamConnectionsPerClient,
         Self::HeadTimeout,
         Self::BodyTimeout,
         Self::SendTimeout,
+        Self::RequestBufferTotal,
     ];
 
     /// The `limit` label.
@@ -64,6 +68,7 @@ impl Limit {
             Self::HeadTimeout => "head_timeout",
             Self::BodyTimeout => "body_timeout",
             Self::SendTimeout => "send_timeout",
+            Self::RequestBufferTotal => "request_buffer_total",
         }
     }
 }
@@ -80,6 +85,8 @@ pub(crate) struct Load {
     pub(crate) upstream_idle: usize,
     /// Requests waiting for an upstream connection.
     pub(crate) upstream_waiting: usize,
+    /// Bytes of request bodies read ahead and held.
+    pub(crate) request_buffer_bytes: usize,
 }
 
 /// The proxy's metrics.
@@ -97,11 +104,12 @@ pub struct Metrics {
     /// By endpoint.
     upstream_latency: [Histogram; 4],
     /// By limit (as in `Limit::ALL`).
-    limits_reached: [IntCounter; 6],
+    limits_reached: [IntCounter; 7],
     client_connections: IntGauge,
     upstream_connections: IntGauge,
     upstream_idle: IntGauge,
     upstream_waiting: IntGauge,
+    request_buffer_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -177,6 +185,10 @@ impl Metrics {
             "pkce_proxy_upstream_waiting_requests",
             "Requests waiting for an upstream connection.",
         )?;
+        let request_buffer_bytes = gauge(
+            "pkce_proxy_request_buffer_bytes",
+            "Bytes of request bodies read ahead and held in memory.",
+        )?;
         registry.register(Box::new(limits_reached.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -197,6 +209,7 @@ impl Metrics {
             upstream_connections,
             upstream_idle,
             upstream_waiting,
+            request_buffer_bytes,
         })
     }
 
@@ -247,6 +260,8 @@ impl Metrics {
             .set(clamp(load.upstream_connections));
         self.upstream_idle.set(clamp(load.upstream_idle));
         self.upstream_waiting.set(clamp(load.upstream_waiting));
+        self.request_buffer_bytes
+            .set(clamp(load.request_buffer_bytes));
     }
 
     /// Sets the store gauges.
@@ -305,6 +320,7 @@ mod tests {
             upstream_connections: 3,
             upstream_idle: 1,
             upstream_waiting: 2,
+            request_buffer_bytes: 5,
         });
         let text = String::from_utf8(m.render()).unwrap();
         for limit in Limit::ALL {
@@ -320,6 +336,7 @@ mod tests {
             "pkce_proxy_upstream_connections 3",
             "pkce_proxy_upstream_idle_connections 1",
             "pkce_proxy_upstream_waiting_requests 2",
+            "pkce_proxy_request_buffer_bytes 5",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

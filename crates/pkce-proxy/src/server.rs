@@ -331,12 +331,12 @@ fn buffer_then_handle(
     metrics: Arc<Metrics>,
     endpoint: Endpoint,
     req: Request<ClientBody>,
-    limit: usize,
+    (limit, budget): (usize, Arc<http1::Budget>),
 ) -> Answer {
     pkce.get_mut().set_endpoint(endpoint);
     let (parts, body) = req.into_parts();
     let future = Box::pin(async move {
-        match body.buffered(limit).await {
+        match body.buffered(limit, &budget).await {
             Ok(body) => {
                 let req = Request::from_parts(parts, body);
                 match pkce.ready().await {
@@ -559,6 +559,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let connections = clients.shutdown.clone();
     let request_buffer = limits.request_buffer;
+    let budget = http1::Budget::new(limits.request_buffer_total, metrics.clone());
+    let buffered = budget.clone();
     let proxy_task = {
         let layer = layer.clone();
         let metrics = metrics.clone();
@@ -575,6 +577,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 *pkce.get_mut() = forwarder;
                 let layer = layer.clone();
                 let metrics = metrics.clone();
+                let budget = budget.clone();
                 move |mut req: Request<ClientBody>| {
                     let endpoint = layer.endpoint(req.uri().path());
                     let bodiless =
@@ -589,7 +592,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                                 metrics.clone(),
                                 endpoint,
                                 req,
-                                request_buffer,
+                                (request_buffer, budget.clone()),
                             )
                         }
                         Ok(()) => handle(pkce.clone(), metrics.clone(), endpoint, req),
@@ -608,6 +611,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics,
             connections,
             forwarder: upstream_load,
+            buffered,
         });
         serve(admin, stop_rx, config.drain_timeout, "admin", move |_| {
             let state = state.clone();
@@ -711,6 +715,8 @@ struct Admin {
     connections: Arc<http1::Shutdown>,
     /// The upstream connections, counted.
     forwarder: Forwarder,
+    /// The request bodies read ahead, counted.
+    buffered: Arc<http1::Budget>,
 }
 
 /// A small response with a body and its content type.
@@ -751,6 +757,7 @@ impl Admin {
                     upstream_connections,
                     upstream_idle,
                     upstream_waiting,
+                    request_buffer_bytes: self.buffered.used(),
                 });
                 text(
                     StatusCode::OK,

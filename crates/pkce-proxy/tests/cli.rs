@@ -136,6 +136,18 @@ fn limits_out_of_bounds_exit_64_naming_the_setting() {
         ),
         (vec!["--config", path], vec![], "--request-buffer"),
         (
+            vec![
+                "--upstream",
+                up,
+                "--request-buffer",
+                "4096",
+                "--request-buffer-total",
+                "4095",
+            ],
+            vec![],
+            "--request-buffer-total",
+        ),
+        (
             vec!["--upstream", up, "--h2-idle-timeout", "0"],
             vec![],
             "--h2-idle-timeout",
