@@ -97,7 +97,8 @@ pub struct RawSettings {
     /// Log format: pretty or json [default: pretty].
     #[arg(long, env = "PKCE_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
-    /// Seconds to wait for a connection to the upstream [default: 5].
+    /// Seconds to wait for a connection to the upstream, new or, at the
+    /// connection bounds, one that comes free [default: 5].
     #[arg(long, env = "PKCE_PROXY_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub connect_timeout: Option<String>,
     /// Seconds to wait for the upstream's response headers [default: 30].
