@@ -472,33 +472,27 @@ impl Pool {
         })
     }
 
-    /// A request on an idle connection of `client`'s or of the pool's, else
-    /// on a new one, else, when a bound is reached, waiting for one.
-    /// `outbound` is written into the idle connection's buffer, which keeps
-    /// its allocation from request to request, or into a new one.
+    /// A request that has its share of `client`'s upstream connections on
+    /// an idle connection of `client`'s or of the pool's, else on a new
+    /// one, else, at the upstream bound, waiting for one. `prepare` writes
+    /// the request into the buffer it is given: the idle connection's,
+    /// which keeps its allocation from request to request, or a new one.
     fn route(
         &self,
         shared: &Arc<Shared>,
         client: &Arc<ClientConnection>,
         progress: Option<&ForwardProgress>,
-        outbound: Outbound,
+        prepare: impl FnOnce(Vec<u8>) -> Prepared,
     ) -> Step {
-        let Some(home) = client.try_share() else {
-            return Step::Waiting(wait_for_connection(
-                shared.clone(),
-                client.clone(),
-                Pending::Unshared(Box::new(outbound)),
-            ));
-        };
         if let Some(mut upstream) = client.checkout().or_else(|| self.checkout()) {
-            let request = outbound.prepare(upstream.take_buffer(), home);
+            let request = prepare(upstream.take_buffer());
             mark(progress, ForwardProgress::sent);
             return Step::Exchanging {
                 exchange: request.send_on(upstream),
                 reused: true,
             };
         }
-        let request = outbound.prepare(Vec::with_capacity(1024), home);
+        let request = prepare(Vec::with_capacity(1024));
         match Slot::take(&shared.open) {
             Some(slot) => Step::Connecting(Box::new(Connecting {
                 connect: self.connect(slot),
@@ -543,7 +537,10 @@ type Waiting = Pin<Box<dyn Future<Output = Result<(Prepared, Source), UpstreamEr
 /// Waits, within the connect timeout, for what `pending` lacks: a share of
 /// `client`'s upstream connections, then an idle connection or room for a
 /// new one (an idle one that another client connection keeps, when every
-/// one allowed is open).
+/// one allowed is open). Cold, and kept out of line: only a request that
+/// meets a bound comes here.
+#[cold]
+#[inline(never)]
 fn wait_for_connection(
     shared: Arc<Shared>,
     client: Arc<ClientConnection>,
@@ -1004,6 +1001,8 @@ impl Forwarder {
 impl Forwarder {
     /// `req` through hyper's client once one of this client connection's
     /// shares comes free, within the connect timeout.
+    #[cold]
+    #[inline(never)]
     fn pooled_after_wait(
         &self,
         client: &HttpsClient,
@@ -1109,14 +1108,20 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
             .conn
             .response_timer(started + self.shared.response_timeout);
         let step = match &self.shared.transport {
-            Transport::Plain(pool) => {
-                let outbound = Outbound {
-                    req,
-                    overrides,
-                    retire,
-                };
-                pool.route(&self.shared, &self.conn, progress.as_ref(), outbound)
-            }
+            Transport::Plain(pool) => match self.conn.try_share() {
+                Some(home) => pool.route(&self.shared, &self.conn, progress.as_ref(), |buf| {
+                    Prepared::new(buf, req, &overrides, home, retire)
+                }),
+                None => Step::Waiting(wait_for_connection(
+                    self.shared.clone(),
+                    self.conn.clone(),
+                    Pending::Unshared(Box::new(Outbound {
+                        req,
+                        overrides,
+                        retire,
+                    })),
+                )),
+            },
             Transport::Tls(client) => {
                 overrides.apply(req.headers_mut());
                 if retire {

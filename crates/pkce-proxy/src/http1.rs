@@ -179,25 +179,32 @@ impl Drop for OpenConnection {
 }
 
 /// The body of a client's request: read from the connection as it is
-/// polled, or already whole, or from hyper for HTTP/2; with the share of
-/// the read-ahead budget that what it holds in memory takes, if any.
-pub struct ClientBody(BodyKind, Option<Held>);
+/// polled, or already whole, or from hyper for HTTP/2, or what the proxy
+/// read of it ahead and then the rest (see [`ClientBody::buffered`]). A
+/// body is moved with its request several times, so what only some bodies
+/// need is boxed.
+pub struct ClientBody(BodyKind);
 
 enum BodyKind {
-    Full {
-        data: Option<Bytes>,
-        trailers: Option<HeaderMap>,
-    },
-    /// Still on the wire; `first`, what was read of it already.
-    Stream {
-        first: Option<Bytes>,
-        inbound: Arc<Mutex<Inbound>>,
-    },
-    H2 {
-        first: Option<Bytes>,
-        body: Incoming,
-        timer: ReadTimer,
-    },
+    Full(Option<Bytes>),
+    Stream(Arc<Mutex<Inbound>>),
+    H2(Box<H2Body>),
+    Ahead(Box<(ReadAhead, BodyKind)>),
+}
+
+/// A body from hyper's HTTP/2 server, under the body timeout.
+struct H2Body {
+    body: Incoming,
+    timer: ReadTimer,
+}
+
+/// What was read of a body before it went on: its data goes first and
+/// its trailers (of a body read whole) last; it holds its share of the
+/// read-ahead budget until its data is out.
+struct ReadAhead {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    held: Option<Held>,
 }
 
 /// An error while a client's request body was read.
@@ -211,29 +218,32 @@ impl ClientBody {
 
     /// A body that is already whole.
     pub fn full(data: Bytes) -> Self {
-        Self(
-            BodyKind::Full {
-                data: (!data.is_empty()).then_some(data),
-                trailers: None,
-            },
-            None,
-        )
+        Self(BodyKind::Full((!data.is_empty()).then_some(data)))
     }
 
     pub(crate) fn h2(body: Incoming, timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        Self(
-            BodyKind::H2 {
-                first: None,
-                body,
-                timer: ReadTimer::new(timeout, metrics),
-            },
-            None,
-        )
+        let timer = ReadTimer::new(timeout, metrics);
+        Self(BodyKind::H2(Box::new(H2Body { body, timer })))
     }
 
     /// Whether the body is in memory, whole.
     pub(crate) fn is_whole(&self) -> bool {
-        matches!(self.0, BodyKind::Full { .. })
+        match &self.0 {
+            BodyKind::Full(_) => true,
+            BodyKind::Ahead(ahead) => matches!(ahead.1, BodyKind::Full(_)),
+            BodyKind::Stream(_) | BodyKind::H2(_) => false,
+        }
+    }
+
+    /// Whether some of the body is still to be read from the client: the
+    /// test is inline for a body in memory, which most are.
+    pub(crate) fn is_unread(&self) -> bool {
+        !matches!(self.0, BodyKind::Full(_)) && self.is_unread_out_of_line()
+    }
+
+    #[inline(never)]
+    fn is_unread_out_of_line(&self) -> bool {
+        !self.is_whole() && !self.is_end_stream()
     }
 
     /// Reads the body until it ends or `limit` bytes are exceeded: a body
@@ -281,15 +291,14 @@ impl ClientBody {
         }
     }
 
-    /// This body, with `first` read from it already, held in `held`.
-    fn after(mut self, data: Bytes, held: Held) -> Self {
-        match &mut self.0 {
-            BodyKind::Stream { first, .. } | BodyKind::H2 { first, .. } => *first = Some(data),
-            // Not reached: a whole body ends within any bound.
-            BodyKind::Full { .. } => {}
-        }
-        self.1 = Some(held);
-        self
+    /// This body, with `data` read from it already, held in `held`.
+    fn after(self, data: Bytes, held: Held) -> Self {
+        let ahead = ReadAhead {
+            data: (!data.is_empty()).then_some(data),
+            trailers: None,
+            held: Some(held),
+        };
+        Self(BodyKind::Ahead(Box::new((ahead, self.0))))
     }
 }
 
@@ -402,13 +411,12 @@ impl Gathered {
 
     fn whole(mut self, trailers: Option<HeaderMap>, held: Held) -> ClientBody {
         let data = self.take();
-        ClientBody(
-            BodyKind::Full {
-                data: (!data.is_empty()).then_some(data),
-                trailers,
-            },
-            Some(held),
-        )
+        let ahead = ReadAhead {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+            held: Some(held),
+        };
+        ClientBody(BodyKind::Ahead(Box::new((ahead, BodyKind::Full(None)))))
     }
 }
 
@@ -439,6 +447,7 @@ impl ReadTimer {
 
     /// Nothing to read: whether the pause has lasted the timeout (then it
     /// is counted), else the task is woken when it will have.
+    #[cold]
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let deadline = *self
             .deadline
@@ -637,16 +646,7 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let this = self.get_mut();
-        // What was held in memory goes on with the first frame out.
-        if this.1.is_some() {
-            let frame = Pin::new(&mut this.0).poll_frame(cx);
-            if frame.is_ready() {
-                this.1 = None;
-            }
-            return frame;
-        }
-        Pin::new(&mut this.0).poll_frame(cx)
+        Pin::new(&mut self.get_mut().0).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -667,76 +667,72 @@ impl Body for BodyKind {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            BodyKind::Full { data, trailers } => Poll::Ready(
-                data.take()
-                    .map(Frame::data)
-                    .or_else(|| trailers.take().map(Frame::trailers))
-                    .map(Ok),
-            ),
-            BodyKind::Stream { first, .. } | BodyKind::H2 { first, .. } if first.is_some() => {
-                Poll::Ready(first.take().map(|data| Ok(Frame::data(data))))
-            }
-            BodyKind::Stream { inbound, .. } => lock(inbound)
+            BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyKind::Stream(inbound) => lock(inbound)
                 .poll_frame(cx)
                 .map_err(|e| RequestBodyError(e).into()),
-            BodyKind::H2 { body, timer, .. } => match Pin::new(body).poll_frame(cx) {
-                Poll::Pending if timer.poll_expired(cx) => {
+            BodyKind::H2(h2) => match Pin::new(&mut h2.body).poll_frame(cx) {
+                Poll::Pending if h2.timer.poll_expired(cx) => {
                     Poll::Ready(Some(Err(body_timed_out().into())))
                 }
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(frame) => {
-                    timer.progressed();
+                    h2.timer.progressed();
                     Poll::Ready(frame.map(|f| f.map_err(Into::into)))
                 }
             },
+            BodyKind::Ahead(ahead) => {
+                let (ahead, rest) = &mut **ahead;
+                if let Some(data) = ahead.data.take() {
+                    ahead.held = None;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                match ready!(Pin::new(rest).poll_frame(cx)) {
+                    None => Poll::Ready(ahead.trailers.take().map(|t| Ok(Frame::trailers(t)))),
+                    frame => Poll::Ready(frame),
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            BodyKind::Full { data, trailers } => data.is_none() && trailers.is_none(),
-            BodyKind::Stream { first: Some(_), .. } | BodyKind::H2 { first: Some(_), .. } => false,
-            BodyKind::Stream { inbound, .. } => {
+            BodyKind::Full(data) => data.is_none(),
+            BodyKind::Stream(inbound) => {
                 let inbound = lock(inbound);
                 inbound.framing == Framing::Done || inbound.failed
             }
-            BodyKind::H2 { body, .. } => body.is_end_stream(),
+            BodyKind::H2(h2) => h2.body.is_end_stream(),
+            BodyKind::Ahead(ahead) => {
+                ahead.0.data.is_none() && ahead.0.trailers.is_none() && ahead.1.is_end_stream()
+            }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let (first, rest) = match self {
-            BodyKind::Full {
-                data,
-                trailers: None,
-            } => return SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            // Not exact: the trailers need a chunked message.
-            BodyKind::Full {
-                data,
-                trailers: Some(_),
-            } => {
-                let mut hint = SizeHint::new();
-                hint.set_lower(data.as_ref().map_or(0, |d| d.len() as u64));
-                return hint;
+        match self {
+            BodyKind::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            BodyKind::Stream { first, inbound } => (
-                first,
-                match lock(inbound).framing {
-                    Framing::Done => SizeHint::with_exact(0),
-                    Framing::Length(n) => SizeHint::with_exact(n),
-                    _ => SizeHint::default(),
-                },
-            ),
-            BodyKind::H2 { first, body, .. } => (first, body.size_hint()),
-        };
-        let Some(first) = first else { return rest };
-        let n = first.len() as u64;
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower().saturating_add(n));
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper.saturating_add(n));
+            BodyKind::Stream(inbound) => match lock(inbound).framing {
+                Framing::Done => SizeHint::with_exact(0),
+                Framing::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+            BodyKind::H2(h2) => h2.body.size_hint(),
+            BodyKind::Ahead(ahead) => {
+                let (ahead, rest) = &**ahead;
+                let rest = rest.size_hint();
+                let n = ahead.data.as_ref().map_or(0, |d| d.len() as u64);
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(n));
+                // Trailers need a chunked message: the size is then not told.
+                if let Some(upper) = rest.upper().filter(|_| ahead.trailers.is_none()) {
+                    hint.set_upper(upper.saturating_add(n));
+                }
+                hint
+            }
         }
-        hint
     }
 }
 
@@ -1023,8 +1019,14 @@ impl Connection {
             self.send_deadline = None;
             return result;
         }
-        // Only a client that stops reading gets here: a write that
-        // completes reads no clock.
+        self.poll_send_timeout(cx, before)
+    }
+
+    /// A write found the client's socket full, after `before` bytes: the
+    /// send timeout runs from the last byte it took. A write that
+    /// completes never comes here, nor reads the clock.
+    #[cold]
+    fn poll_send_timeout(&mut self, cx: &mut Context<'_>, before: usize) -> Poll<io::Result<()>> {
         let deadline = match self.send_deadline {
             Some(deadline) if self.written == before => deadline,
             _ => *self
@@ -1352,13 +1354,7 @@ pub(crate) async fn serve_connection<H, F, B>(
                     ),
                 }));
                 inbound = Some(shared.clone());
-                ClientBody(
-                    BodyKind::Stream {
-                        first: None,
-                        inbound: shared,
-                    },
-                    None,
-                )
+                ClientBody(BodyKind::Stream(shared))
             }
         };
         let response = handler(request.map(|()| body)).await;
