@@ -701,7 +701,8 @@ fn events(log: &str) -> Vec<Event<'_>> {
             }
             (line.contains("request refused")
                 || line.contains("refused a request head")
-                || line.contains("the client's request body failed"))
+                || line.contains("the client's request body failed")
+                || line.contains("request body failed"))
             .then_some(Event::Refused(line))
         })
         .collect()

@@ -1114,10 +1114,13 @@ async fn until_closed(s: &mut TcpStream) -> Option<String> {
 
 const CHUNKED_POST: &str = "POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
 
+/// A chunked body that breaks: read ahead whole (the default for small
+/// bodies), no upstream connection is ever opened; streamed (a read-ahead
+/// buffer of one byte), the upstream connection that took the start of the
+/// request is closed, never kept for another. Either way the client gets
+/// the same 400, counted as its fault.
 #[tokio::test]
 async fn a_malformed_chunked_request_body_is_the_clients_fault() {
-    let (up, closed) = watching(b"").await;
-    let proxy = proxy(up).await;
     let cases = [
         // A chunk size past the signed 64-bit range, and past 64 bits.
         "5\r\nhello\r\n8000000000000000\r\nx",
@@ -1128,45 +1131,62 @@ async fn a_malformed_chunked_request_body_is_the_clients_fault() {
         // More data than the chunk announced.
         "5\r\nhello\r\n3\r\nabcdef\r\n0\r\n\r\n",
     ];
-    for (i, body) in cases.iter().enumerate() {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(format!("{CHUNKED_POST}{body}").as_bytes())
-            .await
-            .unwrap();
-        let got = until_closed(&mut s).await.expect("the connection closes");
-        assert!(
-            got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-            "{body:?}: {got}"
-        );
-        assert!(got.contains("connection: close\r\n"), "{body:?}: {got}");
-        assert!(
-            got.ends_with("\r\n\r\nthe request body is malformed or was cut short\n"),
-            "{body:?}: {got}"
-        );
-        // The upstream connection that took the start of the request is
-        // closed, never kept for another.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while closed.lock().unwrap().len() <= i {
+    for streamed in [false, true] {
+        let (up, closed) = watching(b"").await;
+        let proxy = proxy_with(up, |s| {
+            if streamed {
+                s.request_buffer = Some("1".into());
+            }
+        })
+        .await;
+        for (i, body) in cases.iter().enumerate() {
+            let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+            s.write_all(format!("{CHUNKED_POST}{body}").as_bytes())
+                .await
+                .unwrap();
+            let got = until_closed(&mut s).await.expect("the connection closes");
             assert!(
-                tokio::time::Instant::now() < deadline,
-                "{body:?}: not closed"
+                got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{streamed} {body:?}: {got}"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(got.contains("connection: close\r\n"), "{body:?}: {got}");
+            assert!(
+                got.ends_with("\r\n\r\nthe request body is malformed or was cut short\n"),
+                "{streamed} {body:?}: {got}"
+            );
+            if streamed {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+                while closed.lock().unwrap().len() <= i {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{body:?}: not closed"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
         }
+        if !streamed {
+            // Give a wrongly opened connection time to show.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                closed.lock().unwrap().is_empty(),
+                "a broken body read ahead reached the upstream"
+            );
+        }
+        let text = metrics(&proxy).await;
+        assert!(
+            text.contains(&format!(
+                "pkce_proxy_rejections_total{{reason=\"body_unreadable\"}} {}",
+                cases.len()
+            )),
+            "{streamed}: {text}"
+        );
+        assert!(
+            !text.contains("pkce_proxy_upstream_failures_total{"),
+            "counted as the upstream's failure: {text}"
+        );
+        proxy.shutdown().await;
     }
-    let text = metrics(&proxy).await;
-    assert!(
-        text.contains(&format!(
-            "pkce_proxy_rejections_total{{reason=\"body_unreadable\"}} {}",
-            cases.len()
-        )),
-        "{text}"
-    );
-    assert!(
-        !text.contains("pkce_proxy_upstream_failures_total{"),
-        "counted as the upstream's failure: {text}"
-    );
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -1176,7 +1196,8 @@ async fn a_request_body_that_breaks_after_the_answer_began_closes_both_connectio
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\nhello",
     )
     .await;
-    let proxy = proxy(up).await;
+    // A body that streams: one past the read-ahead buffer.
+    let proxy = proxy_with(up, |s| s.request_buffer = Some("4".into())).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(format!("{CHUNKED_POST}5\r\nhello\r\n").as_bytes())
         .await

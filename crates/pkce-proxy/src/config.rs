@@ -97,7 +97,8 @@ pub struct RawSettings {
     /// Log format: pretty or json [default: pretty].
     #[arg(long, env = "PKCE_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
-    /// Seconds to wait for a connection to the upstream [default: 5].
+    /// Seconds to wait for a connection to the upstream, new or, at the
+    /// connection bounds, one that comes free [default: 5].
     #[arg(long, env = "PKCE_PROXY_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub connect_timeout: Option<String>,
     /// Seconds to wait for the upstream's response headers [default: 30].
@@ -124,6 +125,66 @@ pub struct RawSettings {
     /// Seconds to wait for Redis before failing closed with 503 [default: 1].
     #[arg(long, env = "PKCE_PROXY_REDIS_TIMEOUT", value_name = "SECONDS")]
     pub redis_timeout: Option<String>,
+    /// The most client connections open at once; past it, new ones are
+    /// closed as soon as they are accepted [default: 10000].
+    #[arg(long, env = "PKCE_PROXY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// The most connections to the upstream open at once, idle ones
+    /// included [default: 1024].
+    #[arg(long, env = "PKCE_PROXY_MAX_UPSTREAM_CONNECTIONS", value_name = "N")]
+    pub max_upstream_connections: Option<String>,
+    /// The most upstream connections one client connection's requests use
+    /// at once [default: 8].
+    #[arg(
+        long,
+        env = "PKCE_PROXY_MAX_UPSTREAM_CONNECTIONS_PER_CLIENT",
+        value_name = "N"
+    )]
+    pub max_upstream_connections_per_client: Option<String>,
+    /// The most idle upstream connections kept in the shared pool [default: 1024].
+    #[arg(
+        long,
+        env = "PKCE_PROXY_MAX_IDLE_UPSTREAM_CONNECTIONS",
+        value_name = "N"
+    )]
+    pub max_idle_upstream_connections: Option<String>,
+    /// Seconds an idle upstream connection is kept in the shared pool [default: 90].
+    #[arg(long, env = "PKCE_PROXY_UPSTREAM_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub upstream_idle_timeout: Option<String>,
+    /// Seconds a client has to send a request head; also how long an idle
+    /// HTTP/1.1 connection is kept [default: 30].
+    #[arg(long, env = "PKCE_PROXY_HEAD_TIMEOUT", value_name = "SECONDS")]
+    pub head_timeout: Option<String>,
+    /// Seconds a request body may pause between two reads [default: 30].
+    #[arg(long, env = "PKCE_PROXY_BODY_TIMEOUT", value_name = "SECONDS")]
+    pub body_timeout: Option<String>,
+    /// Seconds a response may wait for a client that does not read [default: 30].
+    #[arg(long, env = "PKCE_PROXY_SEND_TIMEOUT", value_name = "SECONDS")]
+    pub send_timeout: Option<String>,
+    /// Request bodies up to this many bytes are read whole before an
+    /// upstream connection is chosen; larger ones stream [default: 65536].
+    #[arg(long, env = "PKCE_PROXY_REQUEST_BUFFER", value_name = "BYTES")]
+    pub request_buffer: Option<String>,
+    /// The most bytes of request bodies read ahead at once, all requests
+    /// together; past it, a body streams [default: 67108864].
+    #[arg(long, env = "PKCE_PROXY_REQUEST_BUFFER_TOTAL", value_name = "BYTES")]
+    pub request_buffer_total: Option<String>,
+    /// Seconds an HTTP/2 connection with no request open is kept [default: 60].
+    #[arg(long, env = "PKCE_PROXY_H2_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub h2_idle_timeout: Option<String>,
+    /// Seconds between HTTP/2 PING frames to a silent client [default: 20].
+    #[arg(long, env = "PKCE_PROXY_H2_KEEPALIVE_INTERVAL", value_name = "SECONDS")]
+    pub h2_keepalive_interval: Option<String>,
+    /// Seconds an HTTP/2 client has to answer a PING before the connection
+    /// closes [default: 20].
+    #[arg(long, env = "PKCE_PROXY_H2_KEEPALIVE_TIMEOUT", value_name = "SECONDS")]
+    pub h2_keepalive_timeout: Option<String>,
+    /// The largest HTTP/2 header list, in bytes (RFC 9113 §6.5.2) [default: 65536].
+    #[arg(long, env = "PKCE_PROXY_H2_MAX_HEADER_LIST_SIZE", value_name = "BYTES")]
+    pub h2_max_header_list_size: Option<String>,
+    /// The most requests open at once on one HTTP/2 connection [default: 100].
+    #[arg(long, env = "PKCE_PROXY_H2_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    pub h2_max_concurrent_streams: Option<String>,
 }
 
 /// Where the proxy keeps its records.
@@ -213,6 +274,43 @@ impl Upstream {
     }
 }
 
+/// The bounds on what clients and the upstream may hold: connections,
+/// timeouts and buffers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Client connections open at once.
+    pub max_connections: usize,
+    /// Upstream connections open at once, idle ones included.
+    pub max_upstream_connections: usize,
+    /// Upstream connections one client connection's requests use at once.
+    pub max_upstream_connections_per_client: usize,
+    /// Idle upstream connections in the shared pool.
+    pub max_idle_upstream_connections: usize,
+    /// How long an idle upstream connection stays in the shared pool.
+    pub upstream_idle_timeout: Duration,
+    /// How long a client has to send a request head (and an idle HTTP/1.1
+    /// connection stays open).
+    pub head_timeout: Duration,
+    /// The longest pause between two reads of a request body.
+    pub body_timeout: Duration,
+    /// The longest a response waits for a client to read it.
+    pub send_timeout: Duration,
+    /// Request bodies up to this size are read whole before forwarding.
+    pub request_buffer: usize,
+    /// The bytes of request bodies read ahead at once, all together.
+    pub request_buffer_total: usize,
+    /// How long an HTTP/2 connection with no request open stays open.
+    pub h2_idle_timeout: Duration,
+    /// The interval between HTTP/2 keep-alive pings.
+    pub h2_keepalive_interval: Duration,
+    /// How long a keep-alive ping may go unanswered.
+    pub h2_keepalive_timeout: Duration,
+    /// The largest HTTP/2 header list a client may send.
+    pub h2_max_header_list_size: u32,
+    /// The most concurrent streams on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -254,6 +352,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Where records are kept.
     pub store: StoreSetting,
+    /// Connections, timeouts and buffers.
+    pub limits: Limits,
 }
 
 /// A setting that cannot be used. Its `Display` is the one line printed
@@ -306,6 +406,21 @@ const FILE_KEYS: &[&str] = &[
     "store",
     "redis_prefix",
     "redis_timeout",
+    "max_connections",
+    "max_upstream_connections",
+    "max_upstream_connections_per_client",
+    "max_idle_upstream_connections",
+    "upstream_idle_timeout",
+    "head_timeout",
+    "body_timeout",
+    "send_timeout",
+    "request_buffer",
+    "request_buffer_total",
+    "h2_idle_timeout",
+    "h2_keepalive_interval",
+    "h2_keepalive_timeout",
+    "h2_max_header_list_size",
+    "h2_max_concurrent_streams",
 ];
 
 /// One setting's text from the highest-precedence source that has it.
@@ -431,6 +546,131 @@ fn parse_seconds(
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A count between `min` and `max` (`default` when unset).
+fn count_within(
+    key: &str,
+    text: Option<String>,
+    default: usize,
+    (min, max): (usize, usize),
+) -> Result<usize, ConfigError> {
+    let n = parse_count(key, text, default, min)?;
+    if n > max {
+        return Err(ConfigError::new(
+            &flag(key),
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(n)
+}
+
+/// A number of seconds between `min` and `max` (`default` when unset).
+fn seconds_within(
+    key: &str,
+    text: Option<String>,
+    default: f64,
+    (min, max): (f64, f64),
+) -> Result<Duration, ConfigError> {
+    let d = parse_seconds(key, text, default, min)?;
+    if d.as_secs_f64() > max {
+        return Err(ConfigError::new(
+            &flag(key),
+            format!("must be between {min} and {max} seconds"),
+        ));
+    }
+    Ok(d)
+}
+
+/// The limits' settings. Defaults and bounds, with why:
+///
+/// - 10,000 client connections: an idle one costs about 13 KiB (its read
+///   and write buffers and its task), so 130 MB at the bound, and with the
+///   upstream connections it fits the usual 65,536 open files.
+/// - 1,024 upstream connections, 8 per client connection: more than the
+///   workers of most legacy servers, and a browser opens 6 HTTP/1.1
+///   connections to an origin, so an HTTP/2 client loses nothing.
+/// - Timeouts between client reads and writes of 30 s, as for the head.
+/// - 64 KiB read ahead per request body, the token body's bound too, and
+///   64 MiB for all of them together: a thousand such bodies at once.
+fn parse_limits(src: &Sources, raw: &RawSettings) -> Result<Limits, ConfigError> {
+    const SECONDS: (f64, f64) = (0.001, 3600.0);
+    let max_upstream_connections = count_within(
+        "max_upstream_connections",
+        src.get(&raw.max_upstream_connections, "max_upstream_connections")?,
+        1024,
+        (1, 65_535),
+    )?;
+    let per_upstream_total = (1, max_upstream_connections);
+    let request_buffer = count_within(
+        "request_buffer",
+        src.get(&raw.request_buffer, "request_buffer")?,
+        65_536,
+        (1, 16 << 20),
+    )?;
+    let seconds = |key: &str, cli: &Option<String>, default: f64| {
+        seconds_within(key, src.get(cli, key)?, default, SECONDS)
+    };
+    let h2_count = |key: &str, cli: &Option<String>, default: usize, bounds: (usize, usize)| {
+        count_within(key, src.get(cli, key)?, default, bounds)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    Ok(Limits {
+        max_connections: count_within(
+            "max_connections",
+            src.get(&raw.max_connections, "max_connections")?,
+            10_000,
+            (1, 1_000_000),
+        )?,
+        max_upstream_connections,
+        max_upstream_connections_per_client: count_within(
+            "max_upstream_connections_per_client",
+            src.get(
+                &raw.max_upstream_connections_per_client,
+                "max_upstream_connections_per_client",
+            )?,
+            8.min(max_upstream_connections),
+            per_upstream_total,
+        )?,
+        max_idle_upstream_connections: count_within(
+            "max_idle_upstream_connections",
+            src.get(
+                &raw.max_idle_upstream_connections,
+                "max_idle_upstream_connections",
+            )?,
+            1024.min(max_upstream_connections),
+            per_upstream_total,
+        )?,
+        upstream_idle_timeout: seconds("upstream_idle_timeout", &raw.upstream_idle_timeout, 90.0)?,
+        head_timeout: seconds("head_timeout", &raw.head_timeout, 30.0)?,
+        body_timeout: seconds("body_timeout", &raw.body_timeout, 30.0)?,
+        send_timeout: seconds("send_timeout", &raw.send_timeout, 30.0)?,
+        request_buffer,
+        request_buffer_total: count_within(
+            "request_buffer_total",
+            src.get(&raw.request_buffer_total, "request_buffer_total")?,
+            64 << 20,
+            (
+                request_buffer,
+                usize::try_from(16u64 << 30).unwrap_or(usize::MAX),
+            ),
+        )?,
+        h2_idle_timeout: seconds("h2_idle_timeout", &raw.h2_idle_timeout, 60.0)?,
+        h2_keepalive_interval: seconds("h2_keepalive_interval", &raw.h2_keepalive_interval, 20.0)?,
+        h2_keepalive_timeout: seconds("h2_keepalive_timeout", &raw.h2_keepalive_timeout, 20.0)?,
+        h2_max_header_list_size: h2_count(
+            "h2_max_header_list_size",
+            &raw.h2_max_header_list_size,
+            65_536,
+            (1024, 16 << 20),
+        )?,
+        h2_max_concurrent_streams: h2_count(
+            "h2_max_concurrent_streams",
+            &raw.h2_max_concurrent_streams,
+            100,
+            (1, 10_000),
+        )?,
+    })
+}
+
 fn parse_addr(key: &str, text: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
     let text = text.unwrap_or_else(|| default.to_owned());
     text.trim().parse().map_err(|_| {
@@ -527,6 +767,35 @@ fn parse_store(src: &Sources, raw: &RawSettings) -> Result<StoreSetting, ConfigE
                 redact_url(other)
             ),
         )),
+    }
+}
+
+impl Limits {
+    fn to_toml(self) -> String {
+        format!(
+            "max_connections = {}\nmax_upstream_connections = {}\n\
+             max_upstream_connections_per_client = {}\nmax_idle_upstream_connections = {}\n\
+             upstream_idle_timeout = {}\nhead_timeout = {}\nbody_timeout = {}\n\
+             send_timeout = {}\nrequest_buffer = {}\nrequest_buffer_total = {}\n\
+             h2_idle_timeout = {}\n\
+             h2_keepalive_interval = {}\nh2_keepalive_timeout = {}\n\
+             h2_max_header_list_size = {}\nh2_max_concurrent_streams = {}\n",
+            self.max_connections,
+            self.max_upstream_connections,
+            self.max_upstream_connections_per_client,
+            self.max_idle_upstream_connections,
+            self.upstream_idle_timeout.as_secs_f64(),
+            self.head_timeout.as_secs_f64(),
+            self.body_timeout.as_secs_f64(),
+            self.send_timeout.as_secs_f64(),
+            self.request_buffer,
+            self.request_buffer_total,
+            self.h2_idle_timeout.as_secs_f64(),
+            self.h2_keepalive_interval.as_secs_f64(),
+            self.h2_keepalive_timeout.as_secs_f64(),
+            self.h2_max_header_list_size,
+            self.h2_max_concurrent_streams,
+        )
     }
 }
 
@@ -629,6 +898,7 @@ impl Config {
                 })
                 .unwrap_or_default(),
             store: parse_store(&src, raw)?,
+            limits: parse_limits(&src, raw)?,
         };
         if config.ttl.as_secs_f64().fract() != 0.0 {
             return Err(ConfigError::new(
@@ -729,7 +999,7 @@ impl Config {
         ) + &match self.worker_threads {
             Some(n) => format!("worker_threads = {n}\n"),
             None => "worker_threads = \"auto\"\n".to_owned(),
-        }
+        } + &self.limits.to_toml()
     }
 
     /// The number of runtime worker threads: the setting, or the CPUs this
@@ -769,6 +1039,88 @@ mod tests {
         assert_eq!(c.upstream.host_port(), ("127.0.0.1".to_owned(), 8080));
         assert_eq!(c.worker_threads, None);
         assert!(c.runtime_threads() >= 1);
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bounds() {
+        let c = Config::resolve(&raw(&["--upstream", "http://x"])).unwrap();
+        let l = c.limits;
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_upstream_connections,
+                l.max_upstream_connections_per_client,
+                l.max_idle_upstream_connections,
+                l.request_buffer,
+                l.request_buffer_total,
+                l.h2_max_header_list_size,
+                l.h2_max_concurrent_streams,
+            ),
+            (10_000, 1024, 8, 1024, 65_536, 64 << 20, 65_536, 100)
+        );
+        assert_eq!(l.upstream_idle_timeout, Duration::from_secs(90));
+        assert_eq!(
+            (l.head_timeout, l.body_timeout, l.send_timeout),
+            (
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+                Duration::from_secs(30)
+            )
+        );
+        assert_eq!(l.h2_idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            (l.h2_keepalive_interval, l.h2_keepalive_timeout),
+            (Duration::from_secs(20), Duration::from_secs(20))
+        );
+        // A small upstream bound brings the shares that default above it down.
+        let c = Config::resolve(&raw(&[
+            "--upstream",
+            "http://x",
+            "--max-upstream-connections",
+            "4",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                c.limits.max_upstream_connections_per_client,
+                c.limits.max_idle_upstream_connections
+            ),
+            (4, 4)
+        );
+        let printed: toml::Table = c.to_toml().parse().unwrap();
+        assert_eq!(printed["max_upstream_connections"].as_integer(), Some(4));
+        assert_eq!(printed["body_timeout"].as_integer(), Some(30));
+        for (flag, value) in [
+            ("--max-connections", "0"),
+            ("--max-connections", "1000001"),
+            ("--max-upstream-connections", "0"),
+            ("--max-upstream-connections", "65536"),
+            ("--max-upstream-connections-per-client", "0"),
+            ("--max-upstream-connections-per-client", "1025"),
+            ("--max-idle-upstream-connections", "0"),
+            ("--max-idle-upstream-connections", "2000"),
+            ("--upstream-idle-timeout", "0"),
+            ("--head-timeout", "0"),
+            ("--head-timeout", "3601"),
+            ("--body-timeout", "0"),
+            ("--body-timeout", "forever"),
+            ("--send-timeout", "0"),
+            ("--send-timeout", "1e9"),
+            ("--request-buffer", "0"),
+            ("--request-buffer", "16777217"),
+            ("--request-buffer-total", "65535"),
+            ("--request-buffer-total", "17179869185"),
+            ("--h2-idle-timeout", "0"),
+            ("--h2-keepalive-interval", "0"),
+            ("--h2-keepalive-timeout", "-1"),
+            ("--h2-max-header-list-size", "0"),
+            ("--h2-max-header-list-size", "99999999"),
+            ("--h2-max-concurrent-streams", "0"),
+            ("--h2-max-concurrent-streams", "10001"),
+        ] {
+            let e = err(&["--upstream", "http://x", &format!("{flag}={value}")]);
+            assert_eq!(e.setting, flag, "{value}: {e}");
+        }
     }
 
     #[test]

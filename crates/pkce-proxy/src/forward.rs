@@ -11,6 +11,15 @@
 //! upstream is reached through hyper-util's pooled client (rustls; HTTP/1.1
 //! or HTTP/2 by ALPN).
 //!
+//! Upstream connections are bounded on both transports: in all (idle ones
+//! included: each holds a `Slot` while it is open), and per client
+//! connection (each request holds a share of its client connection's, in
+//! its `Home`, until its upstream connection is back). Taking and giving
+//! back are atomics. A request that finds a bound reached waits for a
+//! connection within the connect timeout, and takes an idle one that
+//! another client connection keeps if it must; past the wait it gets 503,
+//! never having been sent.
+//!
 //! Both transports reuse an upstream connection after a request only when
 //! `reusable_after` says so: a body that a loose upstream leaves unread
 //! is read as the next request, so a request with a body retires its
@@ -24,12 +33,15 @@
 //! is taken, sent right before it goes on a connection (or to hyper's
 //! client), and unanswered when the proxy answers 502 or 504 itself after
 //! that, so that the layer restores the code only when the upstream cannot
-//! have redeemed it (I6).
+//! have redeemed it (I6). A request that waits for a connection is not
+//! sent until it has one.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -41,31 +53,29 @@ use http_body_util::{Either, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tower_pkce::{Endpoint, ForwardProgress, Rejection, RequestBody};
 use tower_service::Service;
 
 use crate::config::{Config, Upstream};
+use crate::gate::{self, Gate, Slot};
 pub use crate::http1::{ClientBody, ClientBodyError};
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::upstream::{
-    Connection, Exchange, HeaderOverrides, Http1Error, Keep, Prepared, Retry, Reuse,
+    Connection, Exchange, HeaderOverrides, Home, Http1Error, Keep, Prepared, Retry, Reuse,
     WithoutTrailers,
 };
 pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of a forwarded response: the upstream's, streamed, or the
 /// proxy's own error.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, WithoutTrailers<RequestBody<ClientBody>>>;
-
-/// Idle upstream connections kept in the shared pool, at most.
-const MAX_SHARED_IDLE: usize = 1024;
-/// How long an idle connection waits in the shared pool before it is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+type HttpsClient = Client<HttpsConnector<Counted>, WithoutTrailers<RequestBody<ClientBody>>>;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. `Trailer` is
 /// end to end: it announces the trailers that follow. A `static`, so that
@@ -229,6 +239,16 @@ struct Shared {
     response_timeout: Duration,
     trust_forwarded: bool,
     metrics: Arc<Metrics>,
+    /// Every upstream connection open holds one of these.
+    open: Arc<Gate>,
+    /// How many upstream connections one client connection's requests use
+    /// at once, at most.
+    per_client: usize,
+    /// How long a request waits for an upstream connection when a bound is
+    /// reached (the connect timeout).
+    wait: Duration,
+    /// Requests waiting for an upstream connection.
+    waiting: AtomicUsize,
 }
 
 enum Transport {
@@ -236,30 +256,76 @@ enum Transport {
     Tls(Box<HttpsClient>),
 }
 
+/// The idle connections of one client connection, boxed: a connection
+/// moves between the pool, a request and its response as one pointer.
+type IdleList = Mutex<Vec<Box<Connection>>>;
+
 /// Connections to a plain-HTTP upstream, idle, that no client connection
-/// holds.
+/// holds, and a way to reach those that client connections hold.
 struct Pool {
     host: String,
     port: u16,
     connect_timeout: Duration,
     idle: Mutex<Vec<(Box<Connection>, Instant)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Each client connection's idle list, by its number: when every
+    /// upstream connection allowed is open, a request takes an idle one
+    /// that another client connection keeps (see [`Pool::steal`]).
+    held: Mutex<HashMap<u64, Arc<IdleList>>>,
+    next_id: AtomicU64,
 }
 
 /// What one client connection keeps: its peer's address, ready to be an
-/// `X-Forwarded-For` value, and its idle upstream connections.
+/// `X-Forwarded-For` value, its idle upstream connections, and its
+/// requests' shares of upstream connections.
 struct ClientConnection {
     client_ip: Option<HeaderValue>,
-    #[expect(
-        clippy::vec_box,
-        reason = "a connection moves between the pool, a request and its response as one pointer"
-    )]
-    idle: Mutex<Vec<Box<Connection>>>,
+    idle: Arc<IdleList>,
     shared: Option<Arc<Shared>>,
     /// A response timer that outlives its request, lent to the next one.
     timer: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// One taken by each request from when it is routed until its
+    /// upstream connection is back (see [`Home`]).
+    shares: Gate,
+    /// Its number in the pool's `held`.
+    id: u64,
 }
 
 impl ClientConnection {
+    /// A client connection's state, with its idle list reachable from the
+    /// pool.
+    fn new(shared: &Arc<Shared>, client_ip: Option<HeaderValue>) -> Arc<Self> {
+        let idle = Arc::new(Mutex::new(Vec::new()));
+        let id = match &shared.transport {
+            Transport::Plain(pool) => pool.hold(&idle),
+            Transport::Tls(_) => 0,
+        };
+        Arc::new(Self {
+            client_ip,
+            idle,
+            shared: Some(shared.clone()),
+            timer: Mutex::new(None),
+            shares: Gate::new(shared.per_client),
+            id,
+        })
+    }
+
+    /// A share of this connection's upstream connections, unless its
+    /// requests use them all.
+    fn try_share(self: &Arc<Self>) -> Option<Home> {
+        self.shares.try_take().then(|| Home::new(self.clone()))
+    }
+
+    /// The plain-HTTP pool, with the count of upstream connections.
+    fn pool(&self) -> Option<(&Pool, &Gate)> {
+        let shared = self.shared.as_deref()?;
+        match &shared.transport {
+            Transport::Plain(pool) => Some((pool, &shared.open)),
+            Transport::Tls(_) => None,
+        }
+    }
+
     fn checkout(&self) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(conn) = idle.pop() {
@@ -301,47 +367,143 @@ impl ClientConnection {
 
 impl Keep for ClientConnection {
     fn keep(&self, conn: Box<Connection>) {
+        // While requests wait for an upstream connection, an idle one goes
+        // where any of them can take it.
+        if let Some((pool, open)) = self.pool()
+            && open.waiting() > 0
+        {
+            pool.put(conn, open);
+            return;
+        }
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(conn);
     }
+
+    fn release(&self) {
+        self.shares.give_back();
+    }
 }
 
 impl Drop for ClientConnection {
     fn drop(&mut self) {
-        let Some(Transport::Plain(pool)) = self.shared.as_ref().map(|s| &s.transport) else {
+        let Some((pool, open)) = self.pool() else {
             return;
         };
-        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(PoisonError::into_inner));
-        if idle.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let mut shared = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.let_go(self.id);
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
         for conn in idle {
-            if shared.len() < MAX_SHARED_IDLE && conn.is_usable() {
-                shared.push((conn, now));
-            }
+            pool.put(conn, open);
         }
     }
 }
 
+/// Where a request's upstream connection comes from, once it has waited.
+enum Source {
+    /// An idle connection.
+    Idle(Box<Connection>),
+    /// A place for a new one.
+    New(Slot),
+}
+
 impl Pool {
+    fn new(upstream: &Upstream, config: &Config) -> Self {
+        let (host, port) = upstream.host_port();
+        Self {
+            host,
+            port,
+            connect_timeout: config.connect_timeout,
+            idle: Mutex::new(Vec::new()),
+            max_idle: config.limits.max_idle_upstream_connections,
+            idle_timeout: config.limits.upstream_idle_timeout,
+            held: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
     fn checkout(&self) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && conn.is_usable() {
+            if since.elapsed() < self.idle_timeout && conn.is_usable() {
                 return Some(conn);
             }
         }
         None
     }
 
-    /// A new connection to the upstream, in a future of its own: a request
-    /// waits for it in its state, and most requests never do.
+    /// Keeps `conn` idle in the shared pool, unless the pool is full or
+    /// the connection unusable (then it closes); either way one waiting
+    /// request is told.
+    fn put(&self, conn: Box<Connection>, open: &Gate) {
+        if conn.is_usable() {
+            let now = Instant::now();
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < self.max_idle {
+                idle.push((conn, now));
+            }
+        }
+        open.wake();
+    }
+
+    /// The idle connections in the shared pool.
+    fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Closes the idle connections that have waited past the idle timeout
+    /// or that the upstream closed.
+    fn sweep(&self) {
+        let timeout = self.idle_timeout;
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(conn, since)| since.elapsed() < timeout && conn.is_usable());
+    }
+
+    /// Registers a client connection's idle list; its number.
+    fn hold(&self, idle: &Arc<IdleList>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, idle.clone());
+        id
+    }
+
+    fn let_go(&self, id: u64) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// An idle connection that some client connection keeps for its next
+    /// request: taken when every upstream connection allowed is open, so
+    /// that connections idle with clients that are silent cannot keep the
+    /// others waiting. Only a request that waits pays for the search.
+    fn steal(&self) -> Option<Box<Connection>> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for idle in held.values() {
+            let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
+            while let Some(conn) = idle.pop() {
+                if conn.is_usable() {
+                    return Some(conn);
+                }
+            }
+        }
+        None
+    }
+
+    /// A new connection to the upstream, holding `slot`, in a future of
+    /// its own: a request waits for it in its state, and most requests
+    /// never do.
     fn connect(
         &self,
+        slot: Slot,
     ) -> Pin<Box<dyn Future<Output = Result<Box<Connection>, UpstreamError>> + Send>> {
         let (host, port, timeout) = (self.host.clone(), self.port, self.connect_timeout);
         Box::pin(async move {
@@ -350,35 +512,122 @@ impl Pool {
                 .map_err(|_| UpstreamError::ConnectTimeout)?
                 .map_err(UpstreamError::Connect)?;
             let _ = stream.set_nodelay(true);
-            Ok(Connection::new(stream))
+            Ok(Connection::new(stream, slot))
         })
     }
 
-    /// A request on an idle connection of `client`'s or of the pool's, else
-    /// on a new one. `prepare` writes the request into the buffer it is
-    /// given: the idle connection's, which keeps its allocation from
-    /// request to request, or a new one.
+    /// A request that has its share of `client`'s upstream connections on
+    /// an idle connection of `client`'s or of the pool's, else on a new
+    /// one, else, at the upstream bound, waiting for one. `prepare` writes
+    /// the request into the buffer it is given: the idle connection's,
+    /// which keeps its allocation from request to request, or a new one.
     fn route(
         &self,
-        client: &ClientConnection,
+        shared: &Arc<Shared>,
+        client: &Arc<ClientConnection>,
         progress: Option<&ForwardProgress>,
         prepare: impl FnOnce(Vec<u8>) -> Prepared,
     ) -> Step {
-        match client.checkout().or_else(|| self.checkout()) {
-            Some(mut upstream) => {
-                let request = prepare(upstream.take_buffer());
-                mark(progress, ForwardProgress::sent);
-                Step::Exchanging {
-                    exchange: request.send_on(upstream),
-                    reused: true,
-                }
-            }
-            None => Step::Connecting(Box::new(Connecting {
-                connect: self.connect(),
-                request: prepare(Vec::with_capacity(1024)),
+        if let Some(mut upstream) = client.checkout().or_else(|| self.checkout()) {
+            let request = prepare(upstream.take_buffer());
+            mark(progress, ForwardProgress::sent);
+            return Step::Exchanging {
+                exchange: request.send_on(upstream),
+                reused: true,
+            };
+        }
+        let request = prepare(Vec::with_capacity(1024));
+        match Slot::take(&shared.open) {
+            Some(slot) => Step::Connecting(Box::new(Connecting {
+                connect: self.connect(slot),
+                request,
             })),
+            None => Step::Waiting(wait_for_connection(
+                shared.clone(),
+                client.clone(),
+                Pending::Shared(request),
+            )),
         }
     }
+}
+
+/// A request not yet written: it is, once it has a share of its client
+/// connection's upstream connections.
+struct Outbound {
+    req: Request<RequestBody<ClientBody>>,
+    overrides: HeaderOverrides,
+    reuse: Reuse,
+}
+
+impl Outbound {
+    fn prepare(self, buf: Vec<u8>, home: Home) -> Prepared {
+        Prepared::new(buf, self.req, &self.overrides, home, self.reuse)
+    }
+}
+
+/// What a request that waits for an upstream connection has.
+enum Pending {
+    /// Not yet a share of its client connection's.
+    Unshared(Box<Outbound>),
+    /// A share, but no connection.
+    Shared(Prepared),
+    /// A share, and it must go on a new connection: it is sent again after
+    /// a reused one failed.
+    Again(Prepared),
+}
+
+type Waiting = Pin<Box<dyn Future<Output = Result<(Prepared, Source), UpstreamError>> + Send>>;
+
+/// Waits, within the connect timeout, for what `pending` lacks: a share of
+/// `client`'s upstream connections, then an idle connection or room for a
+/// new one (an idle one that another client connection keeps, when every
+/// one allowed is open). Cold, and kept out of line: only a request that
+/// meets a bound comes here.
+#[cold]
+#[inline(never)]
+fn wait_for_connection(
+    shared: Arc<Shared>,
+    client: Arc<ClientConnection>,
+    pending: Pending,
+) -> Waiting {
+    Box::pin(async move {
+        let _waiting = gate::Waiter::count(&shared.waiting);
+        let deadline = tokio::time::Instant::now() + shared.wait;
+        let open = &shared.open;
+        let request = match pending {
+            Pending::Shared(request) => request,
+            Pending::Unshared(outbound) => {
+                let home = client
+                    .shares
+                    .wait_for(deadline, || client.try_share())
+                    .await
+                    .ok_or(UpstreamError::Limit(Limit::UpstreamConnectionsPerClient))?;
+                outbound.prepare(Vec::with_capacity(1024), home)
+            }
+            Pending::Again(request) => {
+                let slot = open
+                    .wait_for(deadline, || Slot::take(open))
+                    .await
+                    .ok_or(UpstreamError::Limit(Limit::UpstreamConnections))?;
+                return Ok((request, Source::New(slot)));
+            }
+        };
+        let Transport::Plain(pool) = &shared.transport else {
+            return Err(UpstreamError::Limit(Limit::UpstreamConnections));
+        };
+        let source = open
+            .wait_for(deadline, || {
+                client
+                    .checkout()
+                    .or_else(|| pool.checkout())
+                    .map(Source::Idle)
+                    .or_else(|| Slot::take(open).map(Source::New))
+                    .or_else(|| pool.steal().map(Source::Idle))
+            })
+            .await
+            .ok_or(UpstreamError::Limit(Limit::UpstreamConnections))?;
+        Ok((request, source))
+    })
 }
 
 /// Why a request did not get the upstream's response.
@@ -390,14 +639,35 @@ enum UpstreamError {
     Client(hyper_util::client::legacy::Error),
     /// hyper's client took a response the proxy's own would refuse.
     Invalid(&'static str),
+    /// No upstream connection came free within the wait.
+    Limit(Limit),
 }
 
 impl UpstreamError {
     /// Whether the request certainly did not reach the upstream: hyper's
-    /// client could not connect. (The proxy's own connections are marked
-    /// sent only once connected.)
+    /// client could not connect, or no connection came free. (The proxy's
+    /// own connections are marked sent only once connected.)
     fn nothing_sent(&self) -> bool {
-        matches!(self, Self::Client(e) if e.is_connect())
+        matches!(self, Self::Client(e) if e.is_connect()) || matches!(self, Self::Limit(_))
+    }
+
+    /// The bound that kept the request from an upstream connection, if one
+    /// did: hyper's connector says so with [`NoSlot`].
+    fn limit(&self) -> Option<Limit> {
+        match self {
+            Self::Limit(limit) => Some(*limit),
+            Self::Client(e) if e.is_connect() => {
+                let mut next = std::error::Error::source(e);
+                while let Some(e) = next {
+                    if e.is::<NoSlot>() {
+                        return Some(Limit::UpstreamConnections);
+                    }
+                    next = e.source();
+                }
+                None
+            }
+            _ => None,
+        }
     }
 
     /// Whether the client's request body failed (a framing error, or the
@@ -438,6 +708,7 @@ impl std::fmt::Display for UpstreamError {
             Self::Exchange(e) => write!(f, "{e}"),
             Self::Client(e) => write!(f, "{e}"),
             Self::Invalid(why) => write!(f, "invalid response from the upstream: {why}"),
+            Self::Limit(_) => f.write_str("no upstream connection came free in time"),
         }
     }
 }
@@ -446,7 +717,7 @@ impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Connect(e) => Some(e),
-            Self::ConnectTimeout | Self::Invalid(_) => None,
+            Self::ConnectTimeout | Self::Invalid(_) | Self::Limit(_) => None,
             Self::Exchange(e) => std::error::Error::source(e),
             Self::Client(e) => std::error::Error::source(e),
         }
@@ -467,8 +738,115 @@ fn check_pooled(response: &Response<UpstreamBody>) -> Result<(), UpstreamError> 
     Ok(())
 }
 
-/// The TLS client configuration: webpki roots, the ring provider.
-fn https_connector(connect_timeout: Duration) -> Result<HttpsConnector<HttpConnector>, String> {
+/// hyper's connector failed to open a connection: every one allowed was
+/// open, and none closed within the wait.
+#[derive(Debug)]
+struct NoSlot;
+
+impl std::fmt::Display for NoSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("every upstream connection allowed is open")
+    }
+}
+
+impl std::error::Error for NoSlot {}
+
+/// The connector of hyper's client, with each connection it opens counted
+/// against the upstream bound: past it, a new connection waits (within
+/// the connect timeout) for one to close, or fails with [`NoSlot`].
+#[derive(Clone)]
+struct Counted {
+    inner: HttpConnector,
+    open: Arc<Gate>,
+    wait: Duration,
+}
+
+impl Service<Uri> for Counted {
+    type Response = CountedIo;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<CountedIo, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (mut inner, open, wait) = (self.inner.clone(), self.open.clone(), self.wait);
+        Box::pin(async move {
+            let slot = match Slot::take(&open) {
+                Some(slot) => slot,
+                None => {
+                    let deadline = tokio::time::Instant::now() + wait;
+                    open.wait_for(deadline, || Slot::take(&open))
+                        .await
+                        .ok_or(NoSlot)?
+                }
+            };
+            std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+            let io = inner.call(uri).await?;
+            Ok(CountedIo { io, _slot: slot })
+        })
+    }
+}
+
+/// A connection of hyper's client, counted while it is open.
+struct CountedIo {
+    io: TokioIo<TcpStream>,
+    _slot: Slot,
+}
+
+impl hyper::rt::Read for CountedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for CountedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for CountedIo {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.io.connected()
+    }
+}
+
+/// The TLS client configuration: webpki roots, the ring provider, and
+/// every connection counted in `open`.
+fn https_connector(
+    connect_timeout: Duration,
+    open: Arc<Gate>,
+) -> Result<HttpsConnector<Counted>, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
@@ -480,7 +858,11 @@ fn https_connector(connect_timeout: Duration) -> Result<HttpsConnector<HttpConne
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http))
+        .wrap_connector(Counted {
+            inner: http,
+            open,
+            wait: connect_timeout,
+        }))
 }
 
 /// Whether the upstream connection that `body`'s request goes on may serve
@@ -524,6 +906,32 @@ where
     }
 }
 
+/// Closes the shared pool's idle connections past the idle timeout, a few
+/// times per timeout, for as long as the forwarder lives. Without a
+/// runtime (a forwarder built outside one) they are closed when a request
+/// meets them instead.
+fn sweep_idle(shared: &Arc<Shared>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Transport::Plain(pool) = &shared.transport else {
+        return;
+    };
+    let every = (pool.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    let shared = Arc::downgrade(shared);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if let Transport::Plain(pool) = &shared.transport {
+                pool.sweep();
+            }
+        }
+    });
+}
+
 /// Marks `progress`, when the request carries one.
 fn mark(progress: Option<&ForwardProgress>, step: fn(&ForwardProgress)) {
     if let Some(progress) = progress {
@@ -551,21 +959,19 @@ impl Forwarder {
         pooled: bool,
     ) -> Result<Self, String> {
         let upstream = config.upstream.clone();
+        let limits = &config.limits;
+        let open = Arc::new(Gate::new(limits.max_upstream_connections));
         let transport = if pooled {
             Transport::Tls(Box::new(
                 Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(IDLE_TIMEOUT)
+                    .pool_idle_timeout(limits.upstream_idle_timeout)
+                    .pool_max_idle_per_host(limits.max_idle_upstream_connections)
+                    .pool_timer(TokioTimer::new())
                     .http1_max_headers(crate::upstream::MAX_HEADERS)
-                    .build(https_connector(config.connect_timeout)?),
+                    .build(https_connector(config.connect_timeout, open.clone())?),
             ))
         } else {
-            let (host, port) = upstream.host_port();
-            Transport::Plain(Pool {
-                host,
-                port,
-                connect_timeout: config.connect_timeout,
-                idle: Mutex::new(Vec::new()),
-            })
+            Transport::Plain(Pool::new(&upstream, config))
         };
         let shared = Arc::new(Shared {
             transport,
@@ -574,14 +980,16 @@ impl Forwarder {
             response_timeout: config.response_timeout,
             trust_forwarded: config.trust_forwarded,
             metrics,
+            open,
+            per_client: limits.max_upstream_connections_per_client,
+            wait: config.connect_timeout,
+            waiting: AtomicUsize::new(0),
         });
+        if matches!(shared.transport, Transport::Plain(_)) {
+            sweep_idle(&shared);
+        }
         Ok(Self {
-            conn: Arc::new(ClientConnection {
-                client_ip: None,
-                idle: Mutex::new(Vec::new()),
-                shared: Some(shared.clone()),
-                timer: Mutex::new(None),
-            }),
+            conn: ClientConnection::new(&shared, None),
             shared,
             endpoint: Endpoint::Other,
         })
@@ -593,13 +1001,24 @@ impl Forwarder {
     pub fn for_connection(&self, peer: SocketAddr) -> Self {
         Self {
             shared: self.shared.clone(),
-            conn: Arc::new(ClientConnection {
-                client_ip: HeaderValue::try_from(peer.ip().to_string()).ok(),
-                idle: Mutex::new(Vec::new()),
-                shared: Some(self.shared.clone()),
-                timer: Mutex::new(None),
-            }),
+            conn: ClientConnection::new(
+                &self.shared,
+                HeaderValue::try_from(peer.ip().to_string()).ok(),
+            ),
             endpoint: Endpoint::Other,
+        }
+    }
+
+    /// The upstream connections open, the idle ones in the shared pool,
+    /// and the requests waiting for one.
+    pub(crate) fn load(&self) -> (usize, usize, usize) {
+        let shared = &self.shared;
+        let waiting = shared.waiting.load(Ordering::SeqCst);
+        match &shared.transport {
+            Transport::Plain(pool) => (shared.open.taken(), pool.idle_count(), waiting),
+            // hyper's pool does not tell its idle connections; its
+            // connector's waits are counted by the gate.
+            Transport::Tls(_) => (shared.open.taken(), 0, waiting + shared.open.waiting()),
         }
     }
 
@@ -679,6 +1098,37 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// `req` through hyper's client once one of this client connection's
+    /// shares comes free, within the connect timeout.
+    #[cold]
+    #[inline(never)]
+    fn pooled_after_wait(
+        &self,
+        client: &HttpsClient,
+        req: Request<RequestBody<ClientBody>>,
+        progress: Option<ForwardProgress>,
+    ) -> Pooled {
+        let (client, conn, shared) = (client.clone(), self.conn.clone(), self.shared.clone());
+        Box::pin(async move {
+            let home = {
+                let _waiting = gate::Waiter::count(&shared.waiting);
+                let deadline = tokio::time::Instant::now() + shared.wait;
+                conn.shares
+                    .wait_for(deadline, || conn.try_share())
+                    .await
+                    .ok_or(UpstreamError::Limit(Limit::UpstreamConnectionsPerClient))?
+            };
+            mark(progress.as_ref(), ForwardProgress::sent);
+            client
+                .request(req.map(WithoutTrailers))
+                .await
+                .map(|r| r.map(|body| UpstreamBody::pooled(body, home)))
+                .map_err(UpstreamError::Client)
+        })
+    }
+}
+
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
@@ -696,6 +1146,13 @@ pub(crate) fn upstream_error(status: StatusCode, endpoint: Endpoint) -> Response
             endpoint,
             "the authorization server did not answer in time",
             "504 Gateway Timeout: the upstream server did not answer in time\n",
+        )
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
+        proxy_error(
+            status,
+            endpoint,
+            "the proxy is at its bound of connections to the authorization server",
+            "503 Service Unavailable: every connection to the upstream server allowed is in use\n",
         )
     } else {
         proxy_error(
@@ -746,6 +1203,9 @@ fn proxy_error(
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     response
 }
 
@@ -753,6 +1213,13 @@ fn proxy_error(
 /// forwarded, before any response began: 400, counted as a refusal
 /// (`body_unreadable`), never as an upstream failure.
 fn client_body_error(endpoint: Endpoint) -> Response<ProxyBody> {
+    client_body_refusal(endpoint).map(Either::Right)
+}
+
+/// The 400 for a client's request body that is malformed or cut short,
+/// whether it broke while it was read ahead or while it was forwarded: the
+/// token endpoint answers in RFC 6749 §5.2's JSON, the others in text.
+pub(crate) fn client_body_refusal(endpoint: Endpoint) -> Response<Full<Bytes>> {
     const WHY: &str = "the request body is malformed or was cut short";
     let (content_type, body) = if endpoint == Endpoint::Token {
         (
@@ -765,7 +1232,7 @@ fn client_body_error(endpoint: Endpoint) -> Response<ProxyBody> {
     } else {
         ("text/plain; charset=utf-8", Bytes::from(format!("{WHY}\n")))
     };
-    let mut response = Response::new(Either::Right(Full::new(body)));
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = StatusCode::BAD_REQUEST;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -800,12 +1267,20 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
             .conn
             .response_timer(started + self.shared.response_timeout);
         let step = match &self.shared.transport {
-            Transport::Plain(pool) => {
-                let home: Arc<dyn Keep> = self.conn.clone();
-                pool.route(&self.conn, progress.as_ref(), |buf| {
+            Transport::Plain(pool) => match self.conn.try_share() {
+                Some(home) => pool.route(&self.shared, &self.conn, progress.as_ref(), |buf| {
                     Prepared::new(buf, req, &overrides, home, reuse)
-                })
-            }
+                }),
+                None => Step::Waiting(wait_for_connection(
+                    self.shared.clone(),
+                    self.conn.clone(),
+                    Pending::Unshared(Box::new(Outbound {
+                        req,
+                        overrides,
+                        reuse,
+                    })),
+                )),
+            },
             Transport::Tls(client) => {
                 overrides.apply(req.headers_mut());
                 // hyper's pool cannot wait for the status: a connection that
@@ -816,14 +1291,19 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
                     req.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                mark(progress.as_ref(), ForwardProgress::sent);
-                let sending = client.request(req.map(WithoutTrailers));
-                Step::Pooled(Box::pin(async move {
-                    sending
-                        .await
-                        .map(|r| r.map(UpstreamBody::pooled))
-                        .map_err(UpstreamError::Client)
-                }))
+                match self.conn.try_share() {
+                    Some(home) => {
+                        mark(progress.as_ref(), ForwardProgress::sent);
+                        let sending = client.request(req.map(WithoutTrailers));
+                        Step::Pooled(Box::pin(async move {
+                            sending
+                                .await
+                                .map(|r| r.map(|body| UpstreamBody::pooled(body, home)))
+                                .map_err(UpstreamError::Client)
+                        }))
+                    }
+                    None => Step::Pooled(self.pooled_after_wait(client, req, progress.clone())),
+                }
             }
         };
         ResponseFuture(State::Forwarding(Forwarding {
@@ -869,6 +1349,9 @@ struct Forwarding {
 type Pooled = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send>>;
 
 enum Step {
+    /// Waiting for a share of the client connection's upstream
+    /// connections, or for one of them, because a bound is reached.
+    Waiting(Waiting),
     /// Waiting for a new connection, with the request ready for it.
     Connecting(Box<Connecting>),
     /// On a connection of the proxy's own; `reused` when it served a
@@ -958,13 +1441,39 @@ impl Forwarding {
                             if unsent {
                                 mark(self.progress.as_ref(), ForwardProgress::not_sent);
                             }
-                            self.step = Step::Connecting(Box::new(Connecting {
-                                connect: pool.connect(),
-                                request,
-                            }));
+                            self.step = match Slot::take(&self.shared.open) {
+                                Some(slot) => Step::Connecting(Box::new(Connecting {
+                                    connect: pool.connect(slot),
+                                    request,
+                                })),
+                                None => Step::Waiting(wait_for_connection(
+                                    self.shared.clone(),
+                                    self.conn.clone(),
+                                    Pending::Again(request),
+                                )),
+                            };
                         }
                         _ => return Poll::Ready(Err(UpstreamError::Exchange(e))),
                     }
+                }
+                Step::Waiting(waiting) => {
+                    let (request, source) = ready!(waiting.as_mut().poll(cx))?;
+                    let Transport::Plain(pool) = &self.shared.transport else {
+                        return Poll::Ready(Err(UpstreamError::Limit(Limit::UpstreamConnections)));
+                    };
+                    self.step = match source {
+                        Source::Idle(upstream) => {
+                            mark(self.progress.as_ref(), ForwardProgress::sent);
+                            Step::Exchanging {
+                                exchange: request.send_on(upstream),
+                                reused: true,
+                            }
+                        }
+                        Source::New(slot) => Step::Connecting(Box::new(Connecting {
+                            connect: pool.connect(slot),
+                            request,
+                        })),
+                    };
                 }
                 Step::Connecting(connecting) => {
                     let connected = ready!(connecting.connect.as_mut().poll(cx));
@@ -1009,6 +1518,43 @@ impl Forwarding {
                 let mut response = response.map(Either::Left);
                 remove_hop_by_hop(response.headers_mut());
                 response
+            }
+            Some(Err(e)) if crate::http1::is_body_timeout(&e) => {
+                // Part of the request may have reached the upstream.
+                mark(self.progress.as_ref(), ForwardProgress::unanswered);
+                tracing::info!(
+                    endpoint = endpoint.as_str(),
+                    "the request body paused past the body timeout while it was forwarded"
+                );
+                let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+                    b"the request body paused for too long\n",
+                ))));
+                *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
+            }
+            Some(Err(e)) if e.limit().is_some() => {
+                mark(self.progress.as_ref(), ForwardProgress::not_sent);
+                let limit = e.limit().unwrap_or(Limit::UpstreamConnections);
+                let (setting, max) = match limit {
+                    Limit::UpstreamConnectionsPerClient => (
+                        "--max-upstream-connections-per-client",
+                        self.shared.per_client,
+                    ),
+                    _ => ("--max-upstream-connections", self.shared.open.max()),
+                };
+                tracing::warn!(
+                    endpoint = endpoint.as_str(),
+                    setting,
+                    max,
+                    waited = ?self.shared.wait,
+                    "no upstream connection came free in time: answered 503"
+                );
+                metrics.limit_reached(limit);
+                upstream_error(StatusCode::SERVICE_UNAVAILABLE, endpoint)
             }
             Some(Err(e)) => {
                 // `unanswered` leaves a request that was never sent as it is.
@@ -1194,22 +1740,35 @@ mod tests {
     /// The PKCE layer in front of a forwarder to `upstream` (0.3 s response
     /// timeout), over hyper's pooled client when `pooled`.
     fn harness(upstream: &str, pooled: bool) -> Harness {
+        harness_with(
+            crate::config::RawSettings {
+                upstream: Some(upstream.to_owned()),
+                response_timeout: Some("0.3".into()),
+                ..Default::default()
+            },
+            pooled,
+        )
+    }
+
+    fn harness_with(settings: crate::config::RawSettings, pooled: bool) -> Harness {
+        clients(settings, pooled).pop().unwrap()
+    }
+
+    /// Harnesses for two client connections of one forwarder.
+    fn clients(settings: crate::config::RawSettings, pooled: bool) -> Vec<Harness> {
         use tower::Layer;
-        let config = Config::resolve(&crate::config::RawSettings {
-            upstream: Some(upstream.to_owned()),
-            response_timeout: Some("0.3".into()),
-            ..Default::default()
-        })
-        .unwrap();
+        let config = Config::resolve(&settings).unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let forwarder = Forwarder::with_transport(&config, metrics, pooled)
-            .unwrap()
-            .for_connection(([127, 0, 0, 1], 1).into());
-        tower_pkce::PkceLayer::strict().layer(Reported {
-            forwarder,
-            progress: ForwardProgress::default(),
-            endpoint: Endpoint::Other,
-        })
+        let base = Forwarder::with_transport(&config, metrics, pooled).unwrap();
+        (1..=2)
+            .map(|port| {
+                tower_pkce::PkceLayer::strict().layer(Reported {
+                    forwarder: base.for_connection(([127, 0, 0, 1], port).into()),
+                    progress: ForwardProgress::default(),
+                    endpoint: Endpoint::Other,
+                })
+            })
+            .collect()
     }
 
     /// Sends `req` through `harness` as a request for `endpoint`, with a
@@ -1341,6 +1900,140 @@ mod tests {
         );
     }
 
+    /// On both transports, a second request waits for the client
+    /// connection's share, or for the one upstream connection allowed, and
+    /// gets 503 when none comes free, reported never sent.
+    #[tokio::test]
+    async fn both_transports_keep_to_the_upstream_bounds() {
+        use tokio::io::AsyncWriteExt;
+        use tower_pkce::Progress;
+
+        let slow = upstream(|mut stream| async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        })
+        .await;
+        for (bound, value, pooled) in [
+            (
+                "per client",
+                ("max_upstream_connections_per_client", "1"),
+                false,
+            ),
+            ("in all", ("max_upstream_connections", "1"), false),
+            (
+                "per client",
+                ("max_upstream_connections_per_client", "1"),
+                true,
+            ),
+            ("in all", ("max_upstream_connections", "1"), true),
+        ] {
+            let mut settings = crate::config::RawSettings {
+                upstream: Some(slow.clone()),
+                connect_timeout: Some("0.2".into()),
+                ..Default::default()
+            };
+            match value.0 {
+                "max_upstream_connections" => {
+                    settings.max_upstream_connections = Some(value.1.into())
+                }
+                _ => settings.max_upstream_connections_per_client = Some(value.1.into()),
+            }
+            // Per client: both requests on one client connection; in all,
+            // one on each of two.
+            let mut harnesses = clients(settings, pooled);
+            let mut second = harnesses.pop().unwrap();
+            let mut first = match bound {
+                "per client" => second.clone(),
+                _ => harnesses.pop().unwrap(),
+            };
+            let first =
+                tokio::spawn(async move { send(&mut first, Endpoint::Other, get("/first")).await });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (status, _, progress) = send(&mut second, Endpoint::Other, get("/second")).await;
+            assert_eq!(
+                (status, progress),
+                (StatusCode::SERVICE_UNAVAILABLE, Progress::NotSent),
+                "{bound}, pooled: {pooled}"
+            );
+            let (status, body, _) = first.await.unwrap();
+            assert_eq!(
+                (status, &body[..]),
+                (StatusCode::OK, &b"ok"[..]),
+                "{bound}, pooled: {pooled}"
+            );
+        }
+    }
+
+    /// A request that waits for the one upstream connection allowed is
+    /// reported sent only once it has it, and goes on the connection the
+    /// first request gives back (another client connection's), on both
+    /// transports.
+    #[tokio::test]
+    async fn a_request_that_waited_is_sent_on_the_connection_that_came_free() {
+        use tower_pkce::Progress;
+
+        let (up, seen) = recording_after(Duration::from_millis(400)).await;
+        for pooled in [false, true] {
+            let mut harnesses = clients(
+                crate::config::RawSettings {
+                    upstream: Some(up.clone()),
+                    max_upstream_connections: Some("1".into()),
+                    connect_timeout: Some("5".into()),
+                    ..Default::default()
+                },
+                pooled,
+            );
+            let mut second = harnesses.pop().unwrap();
+            let mut first = harnesses.pop().unwrap();
+            let first =
+                tokio::spawn(async move { send(&mut first, Endpoint::Other, get("/first")).await });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (status, _, progress) = send(&mut second, Endpoint::Other, get("/second")).await;
+            assert_eq!(
+                (status, progress),
+                (StatusCode::OK, Progress::Sent),
+                "{pooled}"
+            );
+            let (status, _, progress) = first.await.unwrap();
+            assert_eq!(
+                (status, progress),
+                (StatusCode::OK, Progress::Sent),
+                "{pooled}"
+            );
+        }
+        // One connection for each transport.
+        assert_eq!(seen.lock().unwrap().0, 2);
+    }
+
+    /// [`recording`], answering after `delay`.
+    async fn recording_after(
+        delay: Duration,
+    ) -> (String, Arc<Mutex<(usize, Vec<(String, bool)>)>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new((0, Vec::new())));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                record.lock().unwrap().0 += 1;
+                let service = hyper::service::service_fn(
+                    move |_: Request<hyper::body::Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
     /// An upstream (hyper's server) that answers "ok" after reading each
     /// body; records how many connections it accepted and, for each request,
     /// its path and whether it asked to close the connection.
@@ -1451,9 +2144,7 @@ mod tests {
                     stream,
                     handler,
                     shutdown.enter(),
-                    crate::http1::Settings {
-                        head_timeout: Duration::from_secs(5),
-                    },
+                    crate::http1::Settings::for_tests(Duration::from_secs(5)),
                 ));
             }
         });

@@ -26,6 +26,11 @@
 //!   otherwise (close-delimited for an HTTP/1.0 client), trailers when the
 //!   client sent `TE: trailers`, no body after HEAD, 1xx, 204 and 304, and
 //!   `Date` when the response has none.
+//! - Slow clients: a request body that pauses past the body timeout fails
+//!   (on both protocols; see [`ClientBody::buffered`] for the body read
+//!   before the request goes on), and a response that the client does not
+//!   take for the send timeout closes the connection. Either timer is
+//!   armed only when a read or write finds the client not ready.
 //! - Keep-alive as RFC 9112 §9.3 has it; the connection closes after a
 //!   response whose request body was not read to its end. A closing
 //!   connection shuts its write side and reads what the client still sends
@@ -49,12 +54,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use crate::h2;
+pub(crate) use crate::h2::H2Settings;
+use crate::metrics::{Limit, Metrics};
 use crate::wire::{
     self, Copies, Framing, Inbox, MAX_HEAD, WireError, encode_data, encode_end, encode_field,
 };
@@ -76,12 +84,40 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// How client connections are served.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Settings {
     /// How long a client has to send a request head, counted from when the
     /// connection starts waiting for it; this also closes idle keep-alive
     /// connections.
     pub(crate) head_timeout: Duration,
+    /// The longest pause between two reads of a request body.
+    pub(crate) body_timeout: Duration,
+    /// The longest a response may wait for the client to take more of it.
+    pub(crate) send_timeout: Duration,
+    /// Where the limits that act are counted.
+    pub(crate) metrics: Arc<Metrics>,
+    /// For a connection that turns out to be HTTP/2.
+    pub(crate) h2: H2Settings,
+}
+
+impl Settings {
+    /// Settings with this head timeout, for tests; the others at 30 s.
+    #[cfg(test)]
+    pub(crate) fn for_tests(head_timeout: Duration) -> Self {
+        Self {
+            head_timeout,
+            body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            metrics: Arc::new(Metrics::new().unwrap_or_else(|e| unreachable!("{e}"))),
+            h2: H2Settings {
+                idle_timeout: Duration::from_secs(60),
+                keepalive_interval: Duration::from_secs(20),
+                keepalive_timeout: Duration::from_secs(20),
+                max_header_list_size: 65_536,
+                max_concurrent_streams: 100,
+            },
+        }
+    }
 }
 
 /// Tells connections to finish, and counts those still open.
@@ -103,6 +139,11 @@ impl Shutdown {
 
     fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The connections open now.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Resolves when no connection is open.
@@ -138,13 +179,32 @@ impl Drop for OpenConnection {
 }
 
 /// The body of a client's request: read from the connection as it is
-/// polled, or already whole, or from hyper for HTTP/2.
+/// polled, or already whole, or from hyper for HTTP/2, or what the proxy
+/// read of it ahead and then the rest (see [`ClientBody::buffered`]). A
+/// body is moved with its request several times, so what only some bodies
+/// need is boxed.
 pub struct ClientBody(BodyKind);
 
 enum BodyKind {
     Full(Option<Bytes>),
     Stream(Arc<Mutex<Inbound>>),
-    H2(Incoming),
+    H2(Box<H2Body>),
+    Ahead(Box<(ReadAhead, BodyKind)>),
+}
+
+/// A body from hyper's HTTP/2 server, under the body timeout.
+struct H2Body {
+    body: Incoming,
+    timer: ReadTimer,
+}
+
+/// What was read of a body before it went on: its data goes first and
+/// its trailers (of a body read whole) last; it holds its share of the
+/// read-ahead budget until its data is out.
+struct ReadAhead {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    held: Option<Held>,
 }
 
 /// An error while a client's request body was read.
@@ -153,7 +213,7 @@ pub type ClientBodyError = Box<dyn std::error::Error + Send + Sync>;
 impl ClientBody {
     /// A body with nothing in it.
     pub fn empty() -> Self {
-        Self(BodyKind::Full(None))
+        Self::full(Bytes::new())
     }
 
     /// A body that is already whole.
@@ -161,9 +221,280 @@ impl ClientBody {
         Self(BodyKind::Full((!data.is_empty()).then_some(data)))
     }
 
-    pub(crate) fn h2(body: Incoming) -> Self {
-        Self(BodyKind::H2(body))
+    pub(crate) fn h2(body: Incoming, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        let timer = ReadTimer::new(timeout, metrics);
+        Self(BodyKind::H2(Box::new(H2Body { body, timer })))
     }
+
+    /// Whether the body is in memory, whole.
+    pub(crate) fn is_whole(&self) -> bool {
+        match &self.0 {
+            BodyKind::Full(_) => true,
+            BodyKind::Ahead(ahead) => matches!(ahead.1, BodyKind::Full(_)),
+            BodyKind::Stream(_) | BodyKind::H2(_) => false,
+        }
+    }
+
+    /// Whether some of the body is still to be read from the client: the
+    /// test is inline for a body in memory, which most are.
+    pub(crate) fn is_unread(&self) -> bool {
+        !matches!(self.0, BodyKind::Full(_)) && self.is_unread_out_of_line()
+    }
+
+    #[inline(never)]
+    fn is_unread_out_of_line(&self) -> bool {
+        !self.is_whole() && !self.is_end_stream()
+    }
+
+    /// Reads the body until it ends or `limit` bytes are exceeded: a body
+    /// that ends within the bound comes back whole, in memory; a larger
+    /// one as the bytes read so far followed by the rest, still streaming.
+    /// What is read takes its share of `budget` until it is handed on; a
+    /// body that the budget has no room for streams too. A body that
+    /// pauses longer than the body timeout fails.
+    ///
+    /// # Errors
+    ///
+    /// The body's own error: it was cut short, malformed or too slow.
+    pub(crate) async fn buffered(
+        mut self,
+        limit: usize,
+        budget: &Arc<Budget>,
+    ) -> Result<Self, ClientBodyError> {
+        let mut gathered = Gathered::default();
+        let mut held = Held::new(budget);
+        if let Some(n) = self.size_hint().exact() {
+            gathered.expect(n, limit);
+        }
+        loop {
+            let frame = poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await;
+            match frame.transpose()?.map(Frame::into_data) {
+                None => return Ok(gathered.whole(None, held)),
+                Some(Ok(data)) => {
+                    let room = held.grow(data.len());
+                    gathered.push(data);
+                    if self.is_end_stream() {
+                        return Ok(gathered.whole(None, held));
+                    }
+                    if !room {
+                        budget.metrics.limit_reached(Limit::RequestBufferTotal);
+                        return Ok(self.after(gathered.take(), held));
+                    }
+                    if gathered.len() > limit {
+                        return Ok(self.after(gathered.take(), held));
+                    }
+                }
+                Some(Err(frame)) => {
+                    return Ok(gathered.whole(frame.into_trailers().ok(), held));
+                }
+            }
+        }
+    }
+
+    /// This body, with `data` read from it already, held in `held`.
+    fn after(self, data: Bytes, held: Held) -> Self {
+        let ahead = ReadAhead {
+            data: (!data.is_empty()).then_some(data),
+            trailers: None,
+            held: Some(held),
+        };
+        Self(BodyKind::Ahead(Box::new((ahead, self.0))))
+    }
+}
+
+/// The bytes of request bodies read ahead and held in memory, all
+/// requests together, and at most how many (`--request-buffer-total`).
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Budget {
+    pub(crate) fn new(max: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+            metrics,
+        })
+    }
+
+    /// The bytes held now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::SeqCst)
+    }
+}
+
+/// One body's share of a [`Budget`], given back when dropped.
+struct Held {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Held {
+    fn new(budget: &Arc<Budget>) -> Self {
+        Self {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes `n` more bytes, unless that would pass the budget's bound;
+    /// whether it did.
+    fn grow(&mut self, n: usize) -> bool {
+        let max = self.budget.max;
+        let taken = self
+            .budget
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(n).filter(|&total| total <= max)
+            })
+            .is_ok();
+        if taken {
+            self.bytes += n;
+        }
+        taken
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// The bytes of a body read so far: one chunk as it came, or several
+/// copied together.
+#[derive(Default)]
+struct Gathered {
+    first: Option<Bytes>,
+    joined: Option<bytes::BytesMut>,
+    capacity: usize,
+}
+
+impl Gathered {
+    /// Room for a body of `n` bytes, when it fits within `limit`.
+    fn expect(&mut self, n: u64, limit: usize) {
+        self.capacity = usize::try_from(n).map_or(0, |n| if n <= limit { n } else { 0 });
+    }
+
+    fn len(&self) -> usize {
+        self.joined
+            .as_ref()
+            .map_or_else(|| self.first.as_ref().map_or(0, Bytes::len), |j| j.len())
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if let Some(joined) = self.joined.as_mut() {
+            joined.extend_from_slice(&data);
+        } else if let Some(first) = self.first.take() {
+            let mut joined =
+                bytes::BytesMut::with_capacity(self.capacity.max(first.len() + data.len()));
+            joined.extend_from_slice(&first);
+            joined.extend_from_slice(&data);
+            self.joined = Some(joined);
+        } else {
+            self.first = Some(data);
+        }
+    }
+
+    fn take(&mut self) -> Bytes {
+        match self.joined.take() {
+            Some(joined) => joined.freeze(),
+            None => self.first.take().unwrap_or_default(),
+        }
+    }
+
+    fn whole(mut self, trailers: Option<HeaderMap>, held: Held) -> ClientBody {
+        let data = self.take();
+        let ahead = ReadAhead {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+            held: Some(held),
+        };
+        ClientBody(BodyKind::Ahead(Box::new((ahead, BodyKind::Full(None)))))
+    }
+}
+
+/// The body timeout: a request body that goes longer than `timeout`
+/// without a byte while it is being read fails. Armed only when a read
+/// finds nothing, so a body that keeps coming never reads the clock.
+struct ReadTimer {
+    timeout: Duration,
+    deadline: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ReadTimer {
+    fn new(timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            timeout,
+            deadline: None,
+            sleep: None,
+            metrics,
+        }
+    }
+
+    /// Some of the body came.
+    fn progressed(&mut self) {
+        self.deadline = None;
+    }
+
+    /// Nothing to read: whether the pause has lasted the timeout (then it
+    /// is counted), else the task is woken when it will have.
+    #[cold]
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + self.timeout);
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        let expired = sleep.as_mut().poll(cx).is_ready();
+        if expired {
+            self.metrics.limit_reached(Limit::BodyTimeout);
+        }
+        expired
+    }
+}
+
+/// A request body paused longer than the body timeout.
+#[derive(Debug)]
+struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body paused longer than the body timeout")
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+fn body_timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, BodyTimeout)
+}
+
+/// Whether `e`, or an error it wraps, is the body timeout.
+pub(crate) fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let ours = |io: &io::Error| io.get_ref().is_some_and(|inner| inner.is::<BodyTimeout>());
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<io::Error>().is_some_and(ours)
+            || matches!(e.downcast_ref::<WireError>(), Some(WireError::Io(io)) if ours(io))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl std::fmt::Debug for ClientBody {
@@ -187,6 +518,7 @@ struct Inbound {
     failed: bool,
     /// Who waits for more of the body: woken when the connection lets go.
     waker: Option<std::task::Waker>,
+    timer: ReadTimer,
 }
 
 fn lock(inbound: &Mutex<Inbound>) -> MutexGuard<'_, Inbound> {
@@ -235,9 +567,13 @@ impl Inbound {
                 if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     self.waker = Some(cx.waker().clone());
                 }
+                if self.timer.poll_expired(cx) {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(WireError::Io(body_timed_out()))));
+                }
             }
             Poll::Ready(Some(Err(_))) => self.failed = true,
-            Poll::Ready(_) => {}
+            Poll::Ready(_) => self.timer.progressed(),
         }
         result
     }
@@ -325,30 +661,71 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        match &mut self.get_mut().0 {
+        Pin::new(&mut self.get_mut().0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+impl Body for BodyKind {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
             BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             BodyKind::Stream(inbound) => lock(inbound)
                 .poll_frame(cx)
                 .map_err(|e| RequestBodyError(e.into()).into()),
-            BodyKind::H2(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map_err(|e| RequestBodyError(e.into()).into()),
+            BodyKind::H2(h2) => match Pin::new(&mut h2.body).poll_frame(cx) {
+                Poll::Pending if h2.timer.poll_expired(cx) => {
+                    Poll::Ready(Some(Err(RequestBodyError(body_timed_out().into()).into())))
+                }
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(frame) => {
+                    h2.timer.progressed();
+                    Poll::Ready(frame.map(|f| f.map_err(|e| RequestBodyError(e.into()).into())))
+                }
+            },
+            BodyKind::Ahead(ahead) => {
+                let (ahead, rest) = &mut **ahead;
+                if let Some(data) = ahead.data.take() {
+                    ahead.held = None;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                match ready!(Pin::new(rest).poll_frame(cx)) {
+                    None => Poll::Ready(ahead.trailers.take().map(|t| Ok(Frame::trailers(t)))),
+                    frame => Poll::Ready(frame),
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
+        match self {
             BodyKind::Full(data) => data.is_none(),
             BodyKind::Stream(inbound) => {
                 let inbound = lock(inbound);
                 inbound.framing == Framing::Done || inbound.failed
             }
-            BodyKind::H2(body) => body.is_end_stream(),
+            BodyKind::H2(h2) => h2.body.is_end_stream(),
+            BodyKind::Ahead(ahead) => {
+                ahead.0.data.is_none() && ahead.0.trailers.is_none() && ahead.1.is_end_stream()
+            }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
+        match self {
             BodyKind::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -357,7 +734,19 @@ impl Body for ClientBody {
                 Framing::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
             },
-            BodyKind::H2(body) => body.size_hint(),
+            BodyKind::H2(h2) => h2.body.size_hint(),
+            BodyKind::Ahead(ahead) => {
+                let (ahead, rest) = &**ahead;
+                let rest = rest.size_hint();
+                let n = ahead.data.as_ref().map_or(0, |d| d.len() as u64);
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(n));
+                // Trailers need a chunked message: the size is then not told.
+                if let Some(upper) = rest.upper().filter(|_| ahead.trailers.is_none()) {
+                    hint.set_upper(upper.saturating_add(n));
+                }
+                hint
+            }
         }
     }
 }
@@ -556,6 +945,10 @@ struct Connection {
     watching: bool,
     /// How much of a partial head has been searched for its end.
     scanned: usize,
+    /// When a response that the client does not read times out, while it
+    /// waits (see `poll_flush`), and the timer for it.
+    send_deadline: Option<Instant>,
+    send_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -625,6 +1018,11 @@ impl Connection {
             while timer.as_mut().poll(cx).is_ready() {
                 if Instant::now() >= deadline {
                     tracing::debug!("no request head within the timeout; closing");
+                    // Idle keep-alive connections close this way every day;
+                    // a head begun and not finished is what is counted.
+                    if !self.inbox.is_empty() {
+                        self.settings.metrics.limit_reached(Limit::HeadTimeout);
+                    }
                     return Poll::Ready(Next::Close);
                 }
                 timer.as_mut().reset(deadline);
@@ -633,9 +1031,43 @@ impl Connection {
         }
     }
 
-    /// Writes `out` to the client.
+    /// Writes `out` to the client, which has the send timeout to take
+    /// more each time its socket is full.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written)
+        let before = self.written;
+        let result = wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written);
+        if result.is_ready() {
+            self.send_deadline = None;
+            return result;
+        }
+        self.poll_send_timeout(cx, before)
+    }
+
+    /// A write found the client's socket full, after `before` bytes: the
+    /// send timeout runs from the last byte it took. A write that
+    /// completes never comes here, nor reads the clock.
+    #[cold]
+    fn poll_send_timeout(&mut self, cx: &mut Context<'_>, before: usize) -> Poll<io::Result<()>> {
+        let deadline = match self.send_deadline {
+            Some(deadline) if self.written == before => deadline,
+            _ => *self
+                .send_deadline
+                .insert(Instant::now() + self.settings.send_timeout),
+        };
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            self.settings.metrics.limit_reached(Limit::SendTimeout);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read the response within the send timeout",
+            )));
+        }
+        Poll::Pending
     }
 
     async fn flush(&mut self) -> io::Result<()> {
@@ -886,6 +1318,8 @@ pub(crate) async fn serve_connection<H, F, B>(
         timer: None,
         watching: false,
         scanned: 0,
+        send_deadline: None,
+        send_timer: None,
     };
     let mut first = true;
     // The body of the request being answered, while it is on the wire.
@@ -941,6 +1375,10 @@ pub(crate) async fn serve_connection<H, F, B>(
                     answered: false,
                     failed: false,
                     waker: None,
+                    timer: ReadTimer::new(
+                        conn.settings.body_timeout,
+                        conn.settings.metrics.clone(),
+                    ),
                 }));
                 inbound = Some(shared.clone());
                 ClientBody(BodyKind::Stream(shared))
@@ -1034,7 +1472,12 @@ async fn close(stream: &TcpStream, linger: bool) {
 }
 
 /// Hands the connection to hyper's HTTP/2 server; what was read so far is
-/// read again first.
+/// read again first. hyper bounds the streams, the header lists and the
+/// keep-alive pings; the connection closes, besides, when no request has
+/// been open for the idle timeout (gracefully, as at shutdown), and when a
+/// response has waited for the client past the send timeout (at once:
+/// that client reads no GOAWAY). An idle close that the client does not
+/// acknowledge is cut after the keep-alive timeout.
 async fn serve_h2<H, F, B>(conn: Connection, handler: H, open: OpenConnection)
 where
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
@@ -1047,6 +1490,7 @@ where
         stream,
         inbox,
         shutdown,
+        settings,
         ..
     } = conn;
     let Ok(stream) = Arc::try_unwrap(stream) else {
@@ -1057,25 +1501,69 @@ where
         stream,
     });
     let handler = Arc::new(handler);
+    let watch = h2::Watch::new();
+    let (body_timeout, metrics) = (settings.body_timeout, settings.metrics.clone());
+    let watched = watch.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let answer = (*handler)(req.map(ClientBody::h2));
-        async move { Ok::<_, Infallible>(answer.await) }
+        let stream = h2::Stream::open(&watched);
+        let metrics = metrics.clone();
+        let answer = (*handler)(req.map(|body| ClientBody::h2(body, body_timeout, metrics)));
+        async move {
+            let response = answer.await;
+            Ok::<_, Infallible>(response.map(|body| h2::Watched::new(body, stream)))
+        }
     });
+    let limits = settings.h2;
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout)
+        .max_header_list_size(limits.max_header_list_size)
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .serve_connection(io, service);
     let mut served = pin!(served);
     let stop = shutdown.stop.notified();
     let mut stop = pin!(stop);
     stop.as_mut().enable();
-    let result = if shutdown.is_stopping() {
+    let mut stopping = false;
+    if shutdown.is_stopping() {
         served.as_mut().graceful_shutdown();
-        served.await
-    } else {
+        stopping = true;
+    }
+    let tick = (settings.send_timeout / 2).max(Duration::from_millis(5));
+    let mut stall = pin!(tokio::time::sleep(tick));
+    // The idle timer, then, once the idle close has begun, its bound.
+    let mut idle = pin!(tokio::time::sleep(limits.idle_timeout));
+    let mut closing = false;
+    let result = loop {
         tokio::select! {
-            result = served.as_mut() => result,
-            () = stop => {
+            result = served.as_mut() => break result,
+            () = stop.as_mut(), if !stopping => {
+                stopping = true;
                 served.as_mut().graceful_shutdown();
-                served.await
+            }
+            () = idle.as_mut() => match watch.idle_deadline(limits.idle_timeout) {
+                _ if closing => break Ok(()),
+                Some(deadline) if deadline <= Instant::now() => {
+                    tracing::debug!("HTTP/2 connection idle past the idle timeout; closing");
+                    closing = true;
+                    if !stopping {
+                        served.as_mut().graceful_shutdown();
+                    }
+                    // The graceful close waits for the client to answer a
+                    // PING; as long as a keep-alive ping may wait.
+                    idle.as_mut().reset(Instant::now() + limits.keepalive_timeout);
+                }
+                Some(deadline) => idle.as_mut().reset(deadline),
+                None => idle.as_mut().reset(Instant::now() + limits.idle_timeout),
+            },
+            () = stall.as_mut() => {
+                if watch.tick() {
+                    tracing::debug!("an HTTP/2 response waited past the send timeout; closing");
+                    settings.metrics.limit_reached(Limit::SendTimeout);
+                    break Ok(());
+                }
+                stall.as_mut().reset(Instant::now() + tick);
             }
         }
     };
@@ -1242,7 +1730,7 @@ mod tests {
                     stream,
                     answer,
                     connections.enter(),
-                    Settings { head_timeout },
+                    Settings::for_tests(head_timeout),
                 ));
             }
         });
@@ -1450,9 +1938,7 @@ mod tests {
                     stream,
                     handler,
                     shutdown.enter(),
-                    Settings {
-                        head_timeout: settings(),
-                    },
+                    Settings::for_tests(settings()),
                 ));
             }
         });
@@ -1846,15 +2332,7 @@ mod tests {
         let open = shutdown.enter();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            serve_connection(
-                stream,
-                handler,
-                open,
-                Settings {
-                    head_timeout: settings(),
-                },
-            )
-            .await;
+            serve_connection(stream, handler, open, Settings::for_tests(settings())).await;
         });
         // The body never comes whole: the connection answers and closes,
         // and the reader gets an error rather than waiting on a socket that
@@ -1874,6 +2352,84 @@ mod tests {
             .expect("the connection closed");
     }
 
+    /// A body read before the request goes on: whole when it ends within
+    /// the bound (with its trailers), else the part read and then the rest,
+    /// which together are the body, with its length still known.
+    #[tokio::test]
+    async fn a_buffered_body_is_whole_within_the_bound_and_streams_past_it() {
+        let budget = Budget::new(1 << 20, Arc::new(Metrics::new().unwrap()));
+        let held = budget.clone();
+        let handler = move |req: Request<ClientBody>| {
+            let budget = budget.clone();
+            async move { buffer_and_tell(req, &budget).await }
+        };
+        async fn buffer_and_tell(
+            req: Request<ClientBody>,
+            budget: &Arc<Budget>,
+        ) -> Response<Frames> {
+            let body = req.into_body().buffered(8, budget).await.unwrap();
+            let (whole, hint) = (body.is_whole(), body.size_hint().exact());
+            let collected = body.collect().await.unwrap();
+            let trailer = collected.trailers().and_then(|t| t.get("x-t")).cloned();
+            let text = format!(
+                "{whole} {hint:?} {} {:?}",
+                String::from_utf8_lossy(&collected.to_bytes()),
+                trailer
+            );
+            Response::new(Frames(VecDeque::from([Frame::data(Bytes::from(text))])))
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Arc::new(Shutdown::default());
+        let connections = shutdown.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(
+                    stream,
+                    handler.clone(),
+                    connections.enter(),
+                    Settings::for_tests(settings()),
+                ));
+            }
+        });
+        let mut s = connect(addr).await;
+        s.write_all(
+            b"POST /x HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = ask(&mut s, b"0\r\nx-t: 1\r\n\r\n", "\"1\")").await;
+        assert!(got.contains("\r\ntrue None abc Some(\"1\")\r\n"), "{got}");
+        s.write_all(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = ask(&mut s, b"abcdefghij", "None").await;
+        assert!(
+            got.contains("\r\nfalse Some(20) 0123456789abcdefghij None\r\n"),
+            "{got}"
+        );
+        // Handed on, nothing is held.
+        assert_eq!(held.used(), 0);
+    }
+
+    #[test]
+    fn the_read_ahead_budget_is_shared_and_given_back() {
+        let budget = Budget::new(10, Arc::new(Metrics::new().unwrap()));
+        let mut a = Held::new(&budget);
+        let mut b = Held::new(&budget);
+        assert!(a.grow(6));
+        assert!(!b.grow(5), "past the bound");
+        assert!(b.grow(4));
+        assert_eq!(budget.used(), 10);
+        drop(a);
+        assert_eq!(budget.used(), 4);
+        assert!(b.grow(6));
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
     #[test]
     fn an_interim_answer_begun_is_finished_before_the_final_one() {
         let mut inbound = Inbound {
@@ -1885,6 +2441,7 @@ mod tests {
             answered: false,
             failed: false,
             waker: None,
+            timer: ReadTimer::new(Duration::from_secs(30), Arc::new(Metrics::new().unwrap())),
         };
         let mut out = Vec::new();
         inbound.answer(&mut out);

@@ -23,6 +23,8 @@
 pub mod config;
 pub mod demo;
 pub mod forward;
+mod gate;
+mod h2;
 mod http1;
 pub mod legacy;
 pub mod metrics;

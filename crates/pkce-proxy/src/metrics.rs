@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tower_pkce::{Endpoint, Rejection};
 
@@ -25,6 +25,70 @@ fn endpoint_index(endpoint: Endpoint) -> usize {
     }
 }
 
+/// A limit that acted: a connection closed or refused, or a request
+/// answered 503, because a bound was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// `--max-connections`: a new client connection was closed at once.
+    Connections,
+    /// `--max-upstream-connections`: a request waited for an upstream
+    /// connection in vain.
+    UpstreamConnections,
+    /// `--max-upstream-connections-per-client`: the same, for the client
+    /// connection's own share.
+    UpstreamConnectionsPerClient,
+    /// `--head-timeout`, with part of a head received.
+    HeadTimeout,
+    /// `--body-timeout`.
+    BodyTimeout,
+    /// `--send-timeout`.
+    SendTimeout,
+    /// `--request-buffer-total`: a body streamed instead of being read
+    /// ahead.
+    RequestBufferTotal,
+}
+
+impl Limit {
+    const ALL: [Self; 7] = [
+        Self::Connections,
+        Self::UpstreamConnections,
+        Self::UpstreamConnectionsPerClient,
+        Self::HeadTimeout,
+        Self::BodyTimeout,
+        Self::SendTimeout,
+        Self::RequestBufferTotal,
+    ];
+
+    /// The `limit` label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::UpstreamConnections => "upstream_connections",
+            Self::UpstreamConnectionsPerClient => "upstream_connections_per_client",
+            Self::HeadTimeout => "head_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::SendTimeout => "send_timeout",
+            Self::RequestBufferTotal => "request_buffer_total",
+        }
+    }
+}
+
+/// What the gauges show: read from the proxy's own counters when
+/// `/metrics` is asked for, so that serving costs nothing more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// Client connections open.
+    pub(crate) client_connections: usize,
+    /// Upstream connections open, idle ones included.
+    pub(crate) upstream_connections: usize,
+    /// Idle upstream connections in the shared pool.
+    pub(crate) upstream_idle: usize,
+    /// Requests waiting for an upstream connection.
+    pub(crate) upstream_waiting: usize,
+    /// Bytes of request bodies read ahead and held.
+    pub(crate) request_buffer_bytes: usize,
+}
+
 /// The proxy's metrics.
 ///
 /// The series counted on every request are looked up once, at start:
@@ -39,6 +103,13 @@ pub struct Metrics {
     requests: [[IntCounter; 5]; 4],
     /// By endpoint.
     upstream_latency: [Histogram; 4],
+    /// By limit (as in `Limit::ALL`).
+    limits_reached: [IntCounter; 7],
+    client_connections: IntGauge,
+    upstream_connections: IntGauge,
+    upstream_idle: IntGauge,
+    upstream_waiting: IntGauge,
+    request_buffer_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -88,6 +159,37 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let limits_reached = IntCounterVec::new(
+            Opts::new(
+                "pkce_proxy_limit_reached_total",
+                "Times a limit acted: a connection refused or closed, or a request answered 503.",
+            ),
+            &["limit"],
+        )?;
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let gauge = IntGauge::new(name, help)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let client_connections =
+            gauge("pkce_proxy_client_connections", "Client connections open.")?;
+        let upstream_connections = gauge(
+            "pkce_proxy_upstream_connections",
+            "Upstream connections open, idle ones included.",
+        )?;
+        let upstream_idle = gauge(
+            "pkce_proxy_upstream_idle_connections",
+            "Idle upstream connections in the shared pool.",
+        )?;
+        let upstream_waiting = gauge(
+            "pkce_proxy_upstream_waiting_requests",
+            "Requests waiting for an upstream connection.",
+        )?;
+        let request_buffer_bytes = gauge(
+            "pkce_proxy_request_buffer_bytes",
+            "Bytes of request bodies read ahead and held in memory.",
+        )?;
+        registry.register(Box::new(limits_reached.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(entries.clone()))?;
@@ -102,6 +204,12 @@ impl Metrics {
             upstream_failures,
             requests: ENDPOINTS.map(counters),
             upstream_latency: ENDPOINTS.map(latency),
+            limits_reached: Limit::ALL.map(|l| limits_reached.with_label_values(&[l.as_str()])),
+            client_connections,
+            upstream_connections,
+            upstream_idle,
+            upstream_waiting,
+            request_buffer_bytes,
         })
     }
 
@@ -135,6 +243,25 @@ impl Metrics {
 
     pub(crate) fn upstream_failure(&self, kind: &str) {
         self.upstream_failures.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a limit that acted.
+    pub(crate) fn limit_reached(&self, limit: Limit) {
+        if let Some(counter) = self.limits_reached.get(limit as usize) {
+            counter.inc();
+        }
+    }
+
+    /// Sets the connection gauges.
+    pub(crate) fn set_load(&self, load: Load) {
+        let clamp = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.client_connections.set(clamp(load.client_connections));
+        self.upstream_connections
+            .set(clamp(load.upstream_connections));
+        self.upstream_idle.set(clamp(load.upstream_idle));
+        self.upstream_waiting.set(clamp(load.upstream_waiting));
+        self.request_buffer_bytes
+            .set(clamp(load.request_buffer_bytes));
     }
 
     /// Sets the store gauges.
@@ -182,5 +309,36 @@ mod tests {
         assert!(text.contains("pkce_proxy_rejections_total{reason=\"verifier_mismatch\"} 1"));
         assert!(text.contains("pkce_proxy_store_entries{family=\"bindings\"} 4"));
         assert!(text.contains("pkce_proxy_upstream_duration_seconds_count{route=\"token\"} 1"));
+    }
+
+    #[test]
+    fn every_limit_is_shown_from_the_start() {
+        let m = Metrics::new().unwrap();
+        m.limit_reached(Limit::BodyTimeout);
+        m.set_load(Load {
+            client_connections: 7,
+            upstream_connections: 3,
+            upstream_idle: 1,
+            upstream_waiting: 2,
+            request_buffer_bytes: 5,
+        });
+        let text = String::from_utf8(m.render()).unwrap();
+        for limit in Limit::ALL {
+            let count = u8::from(limit == Limit::BodyTimeout);
+            let line = format!(
+                "pkce_proxy_limit_reached_total{{limit=\"{}\"}} {count}",
+                limit.as_str()
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        for line in [
+            "pkce_proxy_client_connections 7",
+            "pkce_proxy_upstream_connections 3",
+            "pkce_proxy_upstream_idle_connections 1",
+            "pkce_proxy_upstream_waiting_requests 2",
+            "pkce_proxy_request_buffer_bytes 5",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

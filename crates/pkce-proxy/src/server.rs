@@ -34,7 +34,7 @@ use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody};
 use crate::config::{Config, Upstream};
 use crate::forward::{self, ClientBody, Forwarder, ProxyBody};
 use crate::http1;
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Load, Metrics};
 use crate::store::ProxyStore;
 use crate::wire;
 
@@ -152,7 +152,7 @@ where
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT);
+            .header_read_timeout(ADMIN_HEAD_TIMEOUT);
         let graceful = GracefulShutdown::new();
         let watcher = &graceful;
         let connection = move |stream: TcpStream, peer| {
@@ -169,17 +169,30 @@ where
     })
 }
 
-/// How long a client has to send a request head; also the idle limit of a
-/// keep-alive connection.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client of the admin listener has to send a request head.
+const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the client listener serves: its connections' settings, and at most
+/// how many it keeps open.
+struct Clients {
+    settings: http1::Settings,
+    max_connections: usize,
+    /// Counts the open connections, and drains them at shutdown.
+    shutdown: Arc<http1::Shutdown>,
+}
 
 /// Serves the proxy's clients on `listener` (see `http1`), each connection
 /// with the handler `make` builds for its peer, until `stop` turns true;
 /// then drains.
+///
+/// A connection accepted while `max_connections` are open is closed at
+/// once: the ones open keep their share, and a client that is turned away
+/// learns it at once rather than waiting in the listen queue.
 fn serve_clients<M, H, F, B>(
     listener: TcpListener,
     stop: watch::Receiver<bool>,
     drain: Duration,
+    clients: Clients,
     make: M,
 ) -> JoinHandle<()>
 where
@@ -190,18 +203,38 @@ where
     B::Data: Send,
     B::Error: Into<BoxError> + std::fmt::Display,
 {
-    let settings = http1::Settings {
-        head_timeout: HEAD_TIMEOUT,
-    };
+    let Clients {
+        settings,
+        max_connections,
+        shutdown,
+    } = clients;
     tokio::spawn(async move {
-        let shutdown = Arc::new(http1::Shutdown::default());
         let connections = shutdown.clone();
+        let mut full = false;
         let connection = move |stream, peer| {
+            let open = connections.open_connections();
+            if open >= max_connections {
+                settings.metrics.limit_reached(Limit::Connections);
+                // One line when the bound is reached, not one a connection.
+                if !full {
+                    full = true;
+                    tracing::warn!(
+                        max_connections,
+                        "client connection limit reached: new connections are closed until some end"
+                    );
+                }
+                drop(stream);
+                return;
+            }
+            if full && open < max_connections * 9 / 10 {
+                full = false;
+                tracing::info!(open, "client connections below the limit again");
+            }
             tokio::spawn(http1::serve_connection(
                 stream,
                 make(peer),
                 connections.enter(),
-                settings,
+                settings.clone(),
             ));
         };
         accept_until_stopped(listener, stop, "proxy", connection).await;
@@ -332,6 +365,73 @@ fn refusal(refused: Refused, endpoint: Endpoint, metrics: Arc<Metrics>) -> Answe
     }
 }
 
+/// The answer to a request whose body has not all arrived: the body is
+/// read first, up to `limit` bytes (see [`ClientBody::buffered`]), so that
+/// a slow client holds no upstream connection while it sends a small body,
+/// and only then does the request go to the layer and on to the upstream.
+/// A body that pauses past the body timeout gets 408, one that fails 400.
+/// Cold: most bodies come with their head, and keeping this out of the
+/// request closure leaves the layer's call inlined there.
+#[cold]
+#[inline(never)]
+fn buffer_then_handle(
+    mut pkce: ProxyService,
+    metrics: Arc<Metrics>,
+    endpoint: Endpoint,
+    req: Request<ClientBody>,
+    (limit, budget): (usize, Arc<http1::Budget>),
+) -> Answer {
+    pkce.get_mut().set_endpoint(endpoint);
+    let (parts, body) = req.into_parts();
+    let future = Box::pin(async move {
+        match body.buffered(limit, &budget).await {
+            Ok(body) => {
+                let req = Request::from_parts(parts, body);
+                match pkce.ready().await {
+                    Ok(ready) => match ready.call(req).await {
+                        Ok(response) => response.map(Either::Left),
+                        Err(never) => match never {},
+                    },
+                    Err(never) => match never {},
+                }
+            }
+            Err(e) => body_failed(&*e, endpoint).map(Either::Right),
+        }
+    });
+    Answer {
+        state: AnswerState::Buffering { future },
+        metrics,
+        endpoint,
+        bodiless: false,
+    }
+}
+
+/// The answer to a request whose body could not be read: 408 when it
+/// paused past the body timeout, else 400. Either way the connection
+/// closes after it (HTTP/1.1; the body is unread), or the stream ends
+/// (HTTP/2).
+fn body_failed(e: &(dyn std::error::Error + 'static), endpoint: Endpoint) -> Response<Full<Bytes>> {
+    if !http1::is_body_timeout(e) {
+        // The error names a framing fault, never a value of the request.
+        tracing::info!(endpoint = endpoint.as_str(), error = %e, "request body failed");
+        return crate::forward::client_body_refusal(endpoint);
+    }
+    tracing::info!(
+        endpoint = endpoint.as_str(),
+        "request body paused past the body timeout"
+    );
+    let mut response = text(
+        StatusCode::REQUEST_TIMEOUT,
+        "text/plain; charset=utf-8",
+        "the request body paused for too long\n".to_string(),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
 /// The service readied and called at once, so that the request goes
 /// straight into the call and is never held in a future of its own. The
 /// forwarder is always ready; a service that is not gets the request from a
@@ -389,6 +489,7 @@ pin_project! {
     enum AnswerState {
         Called { #[pin] future: ProxyFuture },
         Waiting { future: Pin<Box<dyn Future<Output = ProxyResponse> + Send>> },
+        Buffering { future: Pin<Box<dyn Future<Output = ClientResponse> + Send>> },
         Refused { response: Option<Response<Full<Bytes>>> },
     }
 }
@@ -404,6 +505,7 @@ impl Future for Answer {
                 Err(never) => match never {},
             },
             AnswerProj::Waiting { future } => ready!(future.as_mut().poll(cx)).map(Either::Left),
+            AnswerProj::Buffering { future } => ready!(future.as_mut().poll(cx)),
             // Polled again after its answer: an empty 400 rather than a panic.
             AnswerProj::Refused { response } => response
                 .take()
@@ -426,6 +528,38 @@ impl Future for Answer {
     }
 }
 
+/// The soft limit on open files in `/proc/self/limits` text.
+fn open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Warns when the process may open fewer files than the connection bounds
+/// need: past that, accepts and upstream connects fail instead of the
+/// limits acting. (Linux only; elsewhere nothing is read.)
+fn check_open_files(config: &Config) {
+    let Some(soft) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| open_files_limit(&text))
+    else {
+        return;
+    };
+    let limits = &config.limits;
+    // The listeners, the admin connections, Redis and the like.
+    let needed = (limits.max_connections + limits.max_upstream_connections) as u64 + 64;
+    if soft < needed {
+        tracing::warn!(
+            open_files = soft,
+            needed,
+            "the open files limit is below --max-connections plus              --max-upstream-connections: raise it (ulimit -n, systemd's LimitNOFILE)              or lower them"
+        );
+    }
+}
+
 /// Binds both listeners and starts serving. Everything in `config` is
 /// already valid; what can still fail is binding a port.
 ///
@@ -434,6 +568,7 @@ impl Future for Answer {
 /// [`StartError`] when a port cannot be bound or the TLS client cannot be
 /// set up.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    check_open_files(&config);
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError(e.to_string()))?);
     let store = ProxyStore::from_config(&config).map_err(|e| StartError(e.to_string()))?;
     let layer = Arc::new(
@@ -450,8 +585,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|e| StartError(e.to_string()))?;
     let admin_addr = admin.local_addr().map_err(|e| StartError(e.to_string()))?;
 
+    let upstream_load = forwarder.clone();
     let pkce: ProxyService = layer.layer(forwarder);
     let (stop, stop_rx) = watch::channel(false);
+    let limits = &config.limits;
+    let clients = Clients {
+        settings: http1::Settings {
+            head_timeout: limits.head_timeout,
+            body_timeout: limits.body_timeout,
+            send_timeout: limits.send_timeout,
+            metrics: metrics.clone(),
+            h2: http1::H2Settings {
+                idle_timeout: limits.h2_idle_timeout,
+                keepalive_interval: limits.h2_keepalive_interval,
+                keepalive_timeout: limits.h2_keepalive_timeout,
+                max_header_list_size: limits.h2_max_header_list_size,
+                max_concurrent_streams: limits.h2_max_concurrent_streams,
+            },
+        },
+        max_connections: limits.max_connections,
+        shutdown: Arc::new(http1::Shutdown::default()),
+    };
+    let connections = clients.shutdown.clone();
+    let request_buffer = limits.request_buffer;
+    let budget = http1::Budget::new(limits.request_buffer_total, metrics.clone());
+    let buffered = budget.clone();
     let proxy_task = {
         let layer = layer.clone();
         let metrics = metrics.clone();
@@ -459,6 +617,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             listener,
             stop_rx.clone(),
             config.drain_timeout,
+            clients,
             move |peer| {
                 // Each client connection gets its own forwarder: it keeps
                 // the upstream connections that connection's requests use.
@@ -467,11 +626,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 *pkce.get_mut() = forwarder;
                 let layer = layer.clone();
                 let metrics = metrics.clone();
+                let budget = budget.clone();
                 move |mut req: Request<ClientBody>| {
                     let endpoint = layer.endpoint(req.uri().path());
                     let bodiless =
                         req.method() == Method::HEAD && req.version() == http::Version::HTTP_2;
                     let mut answer = match screen(&mut req) {
+                        Ok(()) if req.body().is_unread() => buffer_then_handle(
+                            pkce.clone(),
+                            metrics.clone(),
+                            endpoint,
+                            req,
+                            (request_buffer, budget.clone()),
+                        ),
                         Ok(()) => handle(pkce.clone(), metrics.clone(), endpoint, req),
                         Err(refused) => refusal(refused, endpoint, metrics.clone()),
                     };
@@ -486,6 +653,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             upstream: config.upstream.clone(),
             store: layer.get_store().clone(),
             metrics,
+            connections,
+            forwarder: upstream_load,
+            buffered,
         });
         serve(admin, stop_rx, config.drain_timeout, "admin", move |_| {
             let state = state.clone();
@@ -585,6 +755,12 @@ struct Admin {
     upstream: Upstream,
     store: ProxyStore,
     metrics: Arc<Metrics>,
+    /// The client connections, counted.
+    connections: Arc<http1::Shutdown>,
+    /// The upstream connections, counted.
+    forwarder: Forwarder,
+    /// The request bodies read ahead, counted.
+    buffered: Arc<http1::Budget>,
 }
 
 /// A small response with a body and its content type.
@@ -619,6 +795,14 @@ impl Admin {
                 if let Ok(stats) = self.store.stats().await {
                     self.metrics.set_entries(stats.pending, stats.bindings);
                 }
+                let (upstream_connections, upstream_idle, upstream_waiting) = self.forwarder.load();
+                self.metrics.set_load(Load {
+                    client_connections: self.connections.open_connections(),
+                    upstream_connections,
+                    upstream_idle,
+                    upstream_waiting,
+                    request_buffer_bytes: self.buffered.used(),
+                });
                 text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -667,6 +851,18 @@ mod tests {
             );
         }
         req
+    }
+
+    #[test]
+    fn the_open_files_limit_is_read() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63704                63704                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(open_files_limit(limits), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(open_files_limit(unlimited), None);
+        assert_eq!(open_files_limit(""), None);
     }
 
     #[test]

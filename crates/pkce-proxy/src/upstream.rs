@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tower_pkce::RequestBody;
 
+use crate::gate::Slot;
 use crate::http1::ClientBody;
 use crate::wire::{self, Copies, Framing, Inbox, MAX_HEAD, encode_data, encode_end, encode_field};
 
@@ -102,12 +103,16 @@ pub(crate) struct Connection {
     written: usize,
     /// The kernel took at least one byte of the current request.
     wrote: bool,
+    /// Its place among the upstream connections open, given up when the
+    /// connection closes.
+    _slot: Slot,
 }
 
 impl Connection {
-    /// A connection on `stream`, boxed: it moves from the pool to a request
-    /// and on to its response body, a pointer's worth each time.
-    pub(crate) fn new(stream: TcpStream) -> Box<Self> {
+    /// A connection on `stream`, holding `slot`, boxed: it moves from the
+    /// pool to a request and on to its response body, a pointer's worth
+    /// each time.
+    pub(crate) fn new(stream: TcpStream, slot: Slot) -> Box<Self> {
         Box::new(Self {
             stream,
             inbox: Inbox::default(),
@@ -115,6 +120,7 @@ impl Connection {
             out: Vec::with_capacity(1024),
             written: 0,
             wrote: false,
+            _slot: slot,
         })
     }
 
@@ -479,6 +485,29 @@ fn parse_head_with<'b>(
 pub(crate) trait Keep: Send + Sync {
     /// Takes back a connection ready for another request.
     fn keep(&self, conn: Box<Connection>);
+
+    /// The request that held a share of the client connection's upstream
+    /// connections is done with it.
+    fn release(&self) {}
+}
+
+/// A request's claim on its client connection: where its upstream
+/// connection goes back, and its share of that client connection's
+/// upstream connections, released when the claim is dropped: once the
+/// connection is back (or closed), or the request given up.
+pub(crate) struct Home(Arc<dyn Keep>);
+
+impl Home {
+    /// A claim on `keep`, whose share is already taken.
+    pub(crate) fn new(keep: Arc<dyn Keep>) -> Self {
+        Self(keep)
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 /// Whether an upstream connection may take another request after this one.
@@ -500,7 +529,7 @@ pub(crate) struct Prepared {
     out: Vec<u8>,
     outgoing: Option<Outgoing>,
     method: Method,
-    home: Arc<dyn Keep>,
+    home: Home,
     reuse: Reuse,
 }
 
@@ -512,7 +541,7 @@ impl Prepared {
         mut buf: Vec<u8>,
         req: Request<OutgoingBody>,
         overrides: &HeaderOverrides,
-        home: Arc<dyn Keep>,
+        home: Home,
         reuse: Reuse,
     ) -> Self {
         let (parts, body) = req.into_parts();
@@ -584,7 +613,7 @@ pub(crate) struct Exchange {
     /// An answer began before the whole request was written.
     early: bool,
     method: Method,
-    home: Arc<dyn Keep>,
+    home: Home,
     reuse: Reuse,
 }
 
@@ -696,7 +725,7 @@ struct ResponseStream {
     outgoing: Option<Outgoing>,
     framing: Framing,
     keep_alive: bool,
-    home: Option<Arc<dyn Keep>>,
+    home: Option<Home>,
 }
 
 impl ResponseStream {
@@ -711,8 +740,8 @@ impl ResponseStream {
         };
         if self.keep_alive && self.outgoing.is_none() && conn.inbox.is_empty() {
             conn.finish_exchange();
-            if let Some(home) = home {
-                home.keep(conn);
+            if let Some(home) = &home {
+                home.0.keep(conn);
             }
         }
     }
@@ -848,13 +877,14 @@ pub struct UpstreamBody(BodyKind);
 
 enum BodyKind {
     Direct(ResponseStream),
-    Pooled(Incoming),
+    /// With the request's claim, released when the body ends.
+    Pooled(Incoming, Option<Home>),
 }
 
 impl UpstreamBody {
-    /// A body from hyper's pooled client.
-    pub(crate) fn pooled(body: Incoming) -> Self {
-        Self(BodyKind::Pooled(body))
+    /// A body from hyper's pooled client, for a request that holds `home`.
+    pub(crate) fn pooled(body: Incoming, home: Home) -> Self {
+        Self(BodyKind::Pooled(body, Some(home)))
     }
 }
 
@@ -877,8 +907,12 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         let frame = match &mut self.get_mut().0 {
             BodyKind::Direct(stream) => ready!(stream.poll_body(cx)).map(|f| f.map_err(Into::into)),
-            BodyKind::Pooled(body) => {
-                ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(Into::into))
+            BodyKind::Pooled(body, home) => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                if frame.is_none() || body.is_end_stream() {
+                    drop(home.take());
+                }
+                frame.map(|f| f.map_err(Into::into))
             }
         };
         Poll::Ready(frame.map(|f| f.map(filter_trailers)))
@@ -887,7 +921,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             BodyKind::Direct(stream) => stream.framing == Framing::Done,
-            BodyKind::Pooled(body) => body.is_end_stream(),
+            BodyKind::Pooled(body, _) => body.is_end_stream(),
         }
     }
 
@@ -898,7 +932,7 @@ impl Body for UpstreamBody {
                 Framing::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
             },
-            BodyKind::Pooled(body) => body.size_hint(),
+            BodyKind::Pooled(body, _) => body.size_hint(),
         }
     }
 }
@@ -927,7 +961,7 @@ mod tests {
                 .into_bytes(),
             outgoing: None,
             method,
-            home: Arc::new(Nowhere),
+            home: Home::new(Arc::new(Nowhere)),
             reuse: Reuse::Clean,
         }
     }
@@ -951,7 +985,7 @@ mod tests {
     {
         let (ours, theirs) = pair().await;
         then(theirs).await;
-        let mut exchange = prepared(method).send_on(Connection::new(ours));
+        let mut exchange = prepared(method).send_on(Connection::new(ours, Slot::uncounted()));
         let e = poll_fn(|cx| exchange.poll_head(cx))
             .await
             .err()

@@ -14,6 +14,10 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         "PKCE_PROXY_TTL",
         "PKCE_PROXY_CONFIG",
         "PKCE_PROXY_LISTEN",
+        "PKCE_PROXY_MAX_CONNECTIONS",
+        "PKCE_PROXY_MAX_IDLE_UPSTREAM_CONNECTIONS",
+        "PKCE_PROXY_BODY_TIMEOUT",
+        "PKCE_PROXY_H2_MAX_CONCURRENT_STREAMS",
     ] {
         if !env.iter().any(|(k, _)| k == &var) {
             cmd.env_remove(var);
@@ -63,6 +67,119 @@ fn bad_config_exits_64_with_one_line_naming_the_setting() {
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
         assert!(err.contains(setting), "{setting} in {err}");
     }
+}
+
+#[test]
+fn limits_out_of_bounds_exit_64_naming_the_setting() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("limits.toml");
+    std::fs::write(
+        &file,
+        "upstream = \"http://127.0.0.1:1\"\nrequest_buffer = 0\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let up = "http://127.0.0.1:1";
+    for (args, env, setting) in [
+        (
+            vec!["--upstream", up, "--max-connections", "0"],
+            vec![],
+            "--max-connections",
+        ),
+        (
+            vec!["--upstream", up],
+            vec![("PKCE_PROXY_MAX_CONNECTIONS", "5000000")],
+            "--max-connections",
+        ),
+        (
+            vec!["--upstream", up, "--max-upstream-connections", "0"],
+            vec![],
+            "--max-upstream-connections",
+        ),
+        (
+            vec![
+                "--upstream",
+                up,
+                "--max-upstream-connections",
+                "10",
+                "--max-upstream-connections-per-client",
+                "11",
+            ],
+            vec![],
+            "--max-upstream-connections-per-client",
+        ),
+        (
+            vec!["--upstream", up],
+            vec![("PKCE_PROXY_MAX_IDLE_UPSTREAM_CONNECTIONS", "0")],
+            "--max-idle-upstream-connections",
+        ),
+        (
+            vec!["--upstream", up, "--upstream-idle-timeout", "0"],
+            vec![],
+            "--upstream-idle-timeout",
+        ),
+        (
+            vec!["--upstream", up, "--head-timeout", "0"],
+            vec![],
+            "--head-timeout",
+        ),
+        (
+            vec!["--upstream", up],
+            vec![("PKCE_PROXY_BODY_TIMEOUT", "86400")],
+            "--body-timeout",
+        ),
+        (
+            vec!["--upstream", up, "--send-timeout", "0"],
+            vec![],
+            "--send-timeout",
+        ),
+        (vec!["--config", path], vec![], "--request-buffer"),
+        (
+            vec![
+                "--upstream",
+                up,
+                "--request-buffer",
+                "4096",
+                "--request-buffer-total",
+                "4095",
+            ],
+            vec![],
+            "--request-buffer-total",
+        ),
+        (
+            vec!["--upstream", up, "--h2-idle-timeout", "0"],
+            vec![],
+            "--h2-idle-timeout",
+        ),
+        (
+            vec!["--upstream", up, "--h2-keepalive-interval", "0"],
+            vec![],
+            "--h2-keepalive-interval",
+        ),
+        (
+            vec!["--upstream", up, "--h2-keepalive-timeout", "0"],
+            vec![],
+            "--h2-keepalive-timeout",
+        ),
+        (
+            vec!["--upstream", up, "--h2-max-header-list-size", "10"],
+            vec![],
+            "--h2-max-header-list-size",
+        ),
+        (
+            vec!["--upstream", up],
+            vec![("PKCE_PROXY_H2_MAX_CONCURRENT_STREAMS", "0")],
+            "--h2-max-concurrent-streams",
+        ),
+    ] {
+        let out = run(&args, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(setting), "{setting} in {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
