@@ -64,6 +64,9 @@ mod coding;
 mod cors;
 mod error;
 mod form;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod html;
 mod layer;
