@@ -23,6 +23,9 @@
 pub mod config;
 pub mod demo;
 pub mod forward;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http1;
 pub mod legacy;
 pub mod metrics;
