@@ -45,12 +45,13 @@ pub(crate) fn decode_content(
         body = match coding.to_ascii_lowercase().as_str() {
             "" | "identity" => continue,
             "gzip" | "x-gzip" => read_bounded(flate2::read::MultiGzDecoder::new(&body[..]), limit)?,
-            "deflate" => {
-                // RFC 9110 §8.4.1.2 says zlib; some servers send raw deflate.
-                read_bounded(flate2::read::ZlibDecoder::new(&body[..]), limit).or_else(|_| {
-                    read_bounded(flate2::read::DeflateDecoder::new(&body[..]), limit)
-                })?
+            // RFC 9110 §8.4.1.2 says zlib; some servers send raw deflate.
+            // The header tells which, as it does for browsers: a zlib body
+            // that decodes past the bound is too large, not raw deflate.
+            "deflate" if is_zlib(&body) => {
+                read_bounded(flate2::read::ZlibDecoder::new(&body[..]), limit)?
             }
+            "deflate" => read_bounded(flate2::read::DeflateDecoder::new(&body[..]), limit)?,
             "br" => read_bounded(brotli::Decompressor::new(&body[..], 4096), limit)?,
             _ => return Err(CodingError::Unsupported),
         };
@@ -59,6 +60,15 @@ pub(crate) fn decode_content(
         return Err(CodingError::TooLarge);
     }
     Ok(body)
+}
+
+/// Whether a `deflate` body starts with a zlib header (RFC 1950 §2.2)
+/// rather than being the raw deflate that some servers send.
+fn is_zlib(start: &[u8]) -> bool {
+    match start {
+        [cmf, flg, ..] => cmf & 0x0f == 8 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0,
+        _ => false,
+    }
 }
 
 /// A decoder fed a coded body a piece at a time, for watching a page too
@@ -131,12 +141,10 @@ impl Streaming {
         let data = match self.undecided.as_mut() {
             Some(start) => {
                 start.extend_from_slice(data);
-                let [cmf, flg, ..] = start[..] else {
+                if start.len() < 2 {
                     return Ok(false);
-                };
-                // RFC 1950 §2.2: a zlib header, else the raw deflate that
-                // some servers send.
-                if cmf & 0x0f != 8 || (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0 {
+                }
+                if !is_zlib(start) {
                     self.kind =
                         StreamingKind::Deflate(flate2::write::DeflateDecoder::new(Vec::new()));
                 }
@@ -320,6 +328,27 @@ mod tests {
         assert_eq!(
             decode_content("identity", PAGE, 3),
             Err(CodingError::TooLarge)
+        );
+    }
+
+    /// Found by the `coding` fuzz target: a zlib body that decodes past the
+    /// bound was tried again as raw deflate, and read as corrupt (so a
+    /// large `deflate` page was withheld, where a large gzip page is
+    /// watched and handed on).
+    #[test]
+    fn a_zlib_body_past_the_bound_is_too_large() {
+        let page: Vec<u8> = PAGE.iter().copied().cycle().take(10_000).collect();
+        assert_eq!(
+            decode_content("deflate", &zlib(&page), 1024),
+            Err(CodingError::TooLarge)
+        );
+        assert_eq!(
+            decode_content("deflate", &raw_deflate(&page), 1024),
+            Err(CodingError::TooLarge)
+        );
+        assert_eq!(
+            decode_content("deflate", &zlib(&page), 10_000).unwrap(),
+            page
         );
     }
 }
