@@ -117,6 +117,10 @@ pub enum ResponseHead {
 /// most it takes.
 pub const RESPONSE_FIELDS: (usize, usize) = crate::upstream::fuzzing::FIELDS;
 
+/// Why a response head is refused when it has more fields than the room
+/// given ([`ResponseHead::Malformed`]).
+pub const TOO_MANY_RESPONSE_FIELDS: &str = crate::upstream::fuzzing::TOO_MANY_FIELDS;
+
 /// Parses a response head to a `method` request at the front of
 /// `buffered`, into room for `fields` header fields.
 pub fn parse_response_head(buffered: &[u8], method: &Method, fields: usize) -> ResponseHead {

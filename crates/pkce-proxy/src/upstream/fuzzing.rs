@@ -14,6 +14,7 @@ pub(crate) fn parse_response_head(buffered: &[u8], method: &Method, fields: usiz
     let mut room = vec![httparse::EMPTY_HEADER; fields];
     match super::parse_head_with(buffered, method, &mut room, &mut copies) {
         Ok(None) => ResponseHead::Partial,
+        Err(super::Http1Error::Malformed(why)) => ResponseHead::Malformed(why.to_owned()),
         Err(e) => ResponseHead::Malformed(e.to_string()),
         Ok(Some((head, len))) => ResponseHead::Parsed {
             len,
@@ -28,3 +29,7 @@ pub(crate) fn parse_response_head(buffered: &[u8], method: &Method, fields: usiz
 
 /// How many fields a connection tries first, and the most it takes.
 pub(crate) const FIELDS: (usize, usize) = (super::FEW_HEADERS, super::MAX_HEADERS);
+
+/// Why a head with more fields than the room given is refused: the
+/// connection tries again with the most it takes.
+pub(crate) const TOO_MANY_FIELDS: &str = super::TOO_MANY_HEADERS;
