@@ -76,6 +76,8 @@ mod metadata;
 mod path;
 mod pkce;
 mod progress;
+#[cfg(test)]
+mod properties;
 mod scan;
 mod service;
 pub mod store;
