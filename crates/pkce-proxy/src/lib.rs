@@ -23,6 +23,9 @@
 pub mod config;
 pub mod demo;
 pub mod forward;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod h2;
 mod http1;

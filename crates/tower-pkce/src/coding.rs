@@ -45,12 +45,13 @@ pub(crate) fn decode_content(
         body = match coding.to_ascii_lowercase().as_str() {
             "" | "identity" => continue,
             "gzip" | "x-gzip" => read_bounded(flate2::read::MultiGzDecoder::new(&body[..]), limit)?,
-            "deflate" => {
-                // RFC 9110 §8.4.1.2 says zlib; some servers send raw deflate.
-                read_bounded(flate2::read::ZlibDecoder::new(&body[..]), limit).or_else(|_| {
-                    read_bounded(flate2::read::DeflateDecoder::new(&body[..]), limit)
-                })?
+            // RFC 9110 §8.4.1.2 says zlib; some servers send raw deflate.
+            // The header tells which, as it does for browsers: a zlib body
+            // that decodes past the bound is too large, not raw deflate.
+            "deflate" if is_zlib(&body) => {
+                read_bounded(flate2::read::ZlibDecoder::new(&body[..]), limit)?
             }
+            "deflate" => read_bounded(flate2::read::DeflateDecoder::new(&body[..]), limit)?,
             "br" => read_bounded(brotli::Decompressor::new(&body[..], 4096), limit)?,
             _ => return Err(CodingError::Unsupported),
         };
@@ -59,6 +60,15 @@ pub(crate) fn decode_content(
         return Err(CodingError::TooLarge);
     }
     Ok(body)
+}
+
+/// Whether a `deflate` body starts with a zlib header (RFC 1950 §2.2)
+/// rather than being the raw deflate that some servers send.
+fn is_zlib(start: &[u8]) -> bool {
+    match start {
+        [cmf, flg, ..] => cmf & 0x0f == 8 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0,
+        _ => false,
+    }
 }
 
 /// A decoder fed a coded body a piece at a time, for watching a page too
@@ -70,10 +80,35 @@ pub(crate) struct Streaming {
 }
 
 enum StreamingKind {
-    Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
-    Zlib(flate2::write::ZlibDecoder<Vec<u8>>),
-    Deflate(flate2::write::DeflateDecoder<Vec<u8>>),
-    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Gzip(flate2::write::MultiGzDecoder<Capped>),
+    Zlib(flate2::write::ZlibDecoder<Capped>),
+    Deflate(flate2::write::DeflateDecoder<Capped>),
+    Brotli(Box<brotli::DecompressorWriter<Capped>>),
+}
+
+/// The most a decoder may write for one slice of [`FEED`] coded bytes:
+/// twice what deflate can expand it to (1032:1). Brotli can expand a few
+/// bytes to many megabytes, and the writer would hold all of it at once.
+const MOST_PER_FEED: usize = 2 * 1024 * 1024;
+
+/// Where a decoder writes: a buffer that refuses to grow past
+/// [`MOST_PER_FEED`], which makes the decoding fail (and the watched page
+/// be cut off) instead of holding a bomb's output in memory.
+#[derive(Default)]
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + data.len() > MOST_PER_FEED {
+            return Err(std::io::Error::other("decoded slice over the bound"));
+        }
+        self.0.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Streaming {
@@ -100,15 +135,18 @@ impl Streaming {
         }
         let (kind, undecided) = match coding.as_str() {
             "gzip" | "x-gzip" => (
-                StreamingKind::Gzip(flate2::write::MultiGzDecoder::new(Vec::new())),
+                StreamingKind::Gzip(flate2::write::MultiGzDecoder::new(Capped::default())),
                 None,
             ),
             "deflate" => (
-                StreamingKind::Zlib(flate2::write::ZlibDecoder::new(Vec::new())),
+                StreamingKind::Zlib(flate2::write::ZlibDecoder::new(Capped::default())),
                 Some(Vec::new()),
             ),
             "br" => (
-                StreamingKind::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+                StreamingKind::Brotli(Box::new(brotli::DecompressorWriter::new(
+                    Capped::default(),
+                    4096,
+                ))),
                 None,
             ),
             _ => return None,
@@ -131,14 +169,13 @@ impl Streaming {
         let data = match self.undecided.as_mut() {
             Some(start) => {
                 start.extend_from_slice(data);
-                let [cmf, flg, ..] = start[..] else {
+                if start.len() < 2 {
                     return Ok(false);
-                };
-                // RFC 1950 §2.2: a zlib header, else the raw deflate that
-                // some servers send.
-                if cmf & 0x0f != 8 || (u16::from(cmf) << 8 | u16::from(flg)) % 31 != 0 {
-                    self.kind =
-                        StreamingKind::Deflate(flate2::write::DeflateDecoder::new(Vec::new()));
+                }
+                if !is_zlib(start) {
+                    self.kind = StreamingKind::Deflate(flate2::write::DeflateDecoder::new(
+                        Capped::default(),
+                    ));
                 }
                 std::mem::take(start)
             }
@@ -150,19 +187,19 @@ impl Streaming {
                 StreamingKind::Gzip(d) => d
                     .write_all(piece)
                     .and_then(|()| d.flush())
-                    .map(|()| d.get_mut()),
+                    .map(|()| &mut d.get_mut().0),
                 StreamingKind::Zlib(d) => d
                     .write_all(piece)
                     .and_then(|()| d.flush())
-                    .map(|()| d.get_mut()),
+                    .map(|()| &mut d.get_mut().0),
                 StreamingKind::Deflate(d) => d
                     .write_all(piece)
                     .and_then(|()| d.flush())
-                    .map(|()| d.get_mut()),
+                    .map(|()| &mut d.get_mut().0),
                 StreamingKind::Brotli(d) => d
                     .write_all(piece)
                     .and_then(|()| d.flush())
-                    .map(|()| d.get_mut()),
+                    .map(|()| &mut d.get_mut().0),
             }
             .map_err(|_| CodingError::Corrupt)?;
             let stop = !out.is_empty() && seen(out);
@@ -190,10 +227,10 @@ impl Streaming {
             return Err(CodingError::Corrupt);
         }
         let out = match &mut self.kind {
-            StreamingKind::Gzip(d) => d.try_finish().map(|()| d.get_mut()),
-            StreamingKind::Zlib(d) => d.try_finish().map(|()| d.get_mut()),
-            StreamingKind::Deflate(d) => d.try_finish().map(|()| d.get_mut()),
-            StreamingKind::Brotli(d) => d.flush().map(|()| d.get_mut()),
+            StreamingKind::Gzip(d) => d.try_finish().map(|()| &mut d.get_mut().0),
+            StreamingKind::Zlib(d) => d.try_finish().map(|()| &mut d.get_mut().0),
+            StreamingKind::Deflate(d) => d.try_finish().map(|()| &mut d.get_mut().0),
+            StreamingKind::Brotli(d) => d.flush().map(|()| &mut d.get_mut().0),
         }
         .map_err(|_| CodingError::Corrupt)?;
         let stop = !out.is_empty() && seen(out);
@@ -321,5 +358,76 @@ mod tests {
             decode_content("identity", PAGE, 3),
             Err(CodingError::TooLarge)
         );
+    }
+
+    /// Found by the `coding` fuzz target: a zlib body that decodes past the
+    /// bound was tried again as raw deflate, and read as corrupt (so a
+    /// large `deflate` page was withheld, where a large gzip page is
+    /// watched and handed on).
+    #[test]
+    fn a_zlib_body_past_the_bound_is_too_large() {
+        let page: Vec<u8> = PAGE.iter().copied().cycle().take(10_000).collect();
+        assert_eq!(
+            decode_content("deflate", &zlib(&page), 1024),
+            Err(CodingError::TooLarge)
+        );
+        assert_eq!(
+            decode_content("deflate", &raw_deflate(&page), 1024),
+            Err(CodingError::TooLarge)
+        );
+        assert_eq!(
+            decode_content("deflate", &zlib(&page), 10_000).unwrap(),
+            page
+        );
+    }
+
+    /// 54 bytes of brotli that decode to 64 MiB of zeros.
+    const BROTLI_BOMB: [u8; 54] = [
+        0xcf, 0xff, 0xff, 0x7f, 0xf8, 0x27, 0x00, 0xe2, 0xb1, 0x40, 0x20, 0xf7, 0xfe, 0x9f, 0xff,
+        0xff, 0xff, 0xf0, 0x4f, 0x00, 0xc4, 0x61, 0x01, 0x80, 0xee, 0xfd, 0x3f, 0xff, 0xff, 0xff,
+        0xe1, 0x9f, 0x00, 0x88, 0xc3, 0x22, 0x00, 0xdd, 0xfb, 0x7f, 0xfe, 0xff, 0xff, 0xc3, 0x3f,
+        0x01, 0x10, 0x87, 0x05, 0x00, 0xba, 0xf7, 0xff, 0x03,
+    ];
+
+    /// Found by the `coding_streaming` fuzz target: the streaming decoder
+    /// handed on (and held) everything one slice of its input decoded to,
+    /// 64 MiB here, and 1 GiB for 841 bytes.
+    #[test]
+    fn a_streaming_bomb_is_refused_with_its_output_bounded() {
+        assert_eq!(
+            decode_content("br", &BROTLI_BOMB, 1 << 20),
+            Err(CodingError::TooLarge)
+        );
+        let mut decoder = Streaming::new("br").unwrap();
+        let mut most = 0;
+        let fed = decoder.feed(&BROTLI_BOMB, &mut |d: &[u8]| {
+            most = most.max(d.len());
+            false
+        });
+        assert_eq!(fed, Err(CodingError::Corrupt));
+        assert!(most <= MOST_PER_FEED, "{most} bytes handed on at once");
+        // Deflate's worst case stays within the bound.
+        let zeros = gzip(&vec![0; 4 << 20]);
+        let mut decoder = Streaming::new("gzip").unwrap();
+        let mut total = 0;
+        for chunk in zeros.chunks(700) {
+            assert!(
+                !decoder
+                    .feed(chunk, &mut |d: &[u8]| {
+                        total += d.len();
+                        false
+                    })
+                    .unwrap()
+            );
+        }
+        assert!(
+            !decoder
+                .finish(&mut |d: &[u8]| {
+                    total += d.len();
+                    false
+                })
+                .unwrap()
+        );
+        assert_eq!(total, 4 << 20);
     }
 }

@@ -74,7 +74,7 @@ impl Separators {
 const AMPERSAND: u8 = 1;
 const SEMICOLON: u8 = 2;
 const EQUALS: u8 = 4;
-/// `%` and `+`, which [`decode`] rewrites.
+/// `%` and `+`, which [`decode`] rewrites, and NUL, which it refuses.
 const ESCAPE: u8 = 8;
 /// Upper case, ` `, `.`, `[` and `]`, which [`fold`] rewrites or
 /// [`name_of`] refuses in a name.
@@ -89,7 +89,7 @@ static CLASSES: [u8; 256] = {
             b'&' => AMPERSAND,
             b';' => SEMICOLON,
             b'=' => EQUALS,
-            b'%' | b'+' => ESCAPE,
+            b'%' | b'+' | 0 => ESCAPE,
             b'A'..=b'Z' | b' ' | b'.' | b'[' | b']' => FOLDED,
             _ => 0,
         };
@@ -157,7 +157,8 @@ impl<'a> Iterator for RawPairs<'a> {
                     if has_byte(word, b'&') || (semicolons && has_byte(word, b';')) {
                         break;
                     }
-                    value_escapes |= has_byte(word, b'%') | has_byte(word, b'+');
+                    value_escapes |=
+                        has_byte(word, b'%') | has_byte(word, b'+') | has_byte(word, 0);
                     at += 8;
                 }
                 while let Some(&b) = bytes.get(at) {
@@ -191,11 +192,11 @@ impl<'a> Iterator for RawPairs<'a> {
 ///
 /// # Errors
 ///
-/// [`FormError::Malformed`] for a `%` not followed by two hex digits, or a
-/// result that is not UTF-8.
+/// [`FormError::Malformed`] for a `%` not followed by two hex digits, a
+/// NUL (written or escaped), or a result that is not UTF-8.
 pub(crate) fn decode(raw: &str) -> Result<Cow<'_, str>, FormError> {
     let bytes = raw.as_bytes();
-    let Some(first) = bytes.iter().position(|&b| b == b'%' || b == b'+') else {
+    let Some(first) = bytes.iter().position(|&b| matches!(b, b'%' | b'+' | 0)) else {
         return Ok(Cow::Borrowed(raw));
     };
     let mut out = Vec::with_capacity(bytes.len());
@@ -545,7 +546,7 @@ mod tests {
     /// Decoding byte by byte, the slow and obvious way.
     fn reference_decode(raw: &str) -> Result<Cow<'_, str>, FormError> {
         let bytes = raw.as_bytes();
-        let Some(first) = bytes.iter().position(|&b| b == b'%' || b == b'+') else {
+        let Some(first) = bytes.iter().position(|&b| matches!(b, b'%' | b'+' | 0)) else {
             return Ok(Cow::Borrowed(raw));
         };
         let mut out = bytes[..first].to_vec();
@@ -762,6 +763,26 @@ mod tests {
         );
     }
 
+    /// Found by the `form` fuzz target: a NUL written as it is passed as
+    /// part of a name or a value, and the same form escaped for the
+    /// upstream (`%00`) read as malformed.
+    #[test]
+    fn a_nul_written_as_it_is_is_malformed_too() {
+        assert_eq!(decode("a\0b"), Err(FormError::Malformed));
+        for form in ["code\0=x", "x=a\0b", "x=abcdefgh\0ijklmnop", "\u{2}\0\0=1"] {
+            assert_eq!(
+                collect(form, ["code"], A, false),
+                Err(FormError::Malformed),
+                "{form:?}"
+            );
+            let escaped = String::from_utf8(escape_unsafe(form.as_bytes()).unwrap()).unwrap();
+            assert_eq!(
+                collect(&escaped, ["code"], A, false),
+                Err(FormError::Malformed)
+            );
+        }
+    }
+
     #[test]
     fn set_placed_writes_what_edit_writes() {
         let names = ["state", "client_id"];
@@ -806,7 +827,7 @@ mod tests {
                     start,
                     plain_name: matches!(decode(name), Ok(Cow::Borrowed(_)))
                         && matches!(fold(name), Cow::Borrowed(n) if n == name),
-                    plain_value: !value.contains(['%', '+']),
+                    plain_value: !value.contains(['%', '+', '\0']),
                 });
             }
             start += raw.len() + 1;

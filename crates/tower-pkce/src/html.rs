@@ -125,7 +125,8 @@ fn attributes(page: &[u8], mut at: usize) -> (Vec<Attribute>, usize) {
                     value: Some(start..end),
                     quoted: true,
                 });
-                at = end + 1;
+                // Past the closing quote; an unclosed one ends the page.
+                at = (end + 1).min(page.len());
             }
             _ => {
                 let start = at;
@@ -677,5 +678,19 @@ mod tests {
         ] {
             let _ = scan(page.as_bytes());
         }
+    }
+
+    /// Found by the `html` fuzz target: a quote left open at the end of the
+    /// page put the end of the state's tag one byte past the page.
+    #[test]
+    fn an_unclosed_quote_ends_the_tag_at_the_end_of_the_page() {
+        let page = format!(
+            "<form action=/cb><input type=hidden name=code value=c>\
+             <input type=hidden name=state value='{H}' x='open"
+        );
+        let d = delivered(&page);
+        assert_eq!(d.hit.whole.end, page.len());
+        let out = restore_state(page.as_bytes(), &d.hit, None);
+        assert_eq!(out, page.as_bytes()[..d.hit.whole.start]);
     }
 }

@@ -64,6 +64,9 @@ mod coding;
 mod cors;
 mod error;
 mod form;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod html;
 mod layer;
@@ -73,6 +76,8 @@ mod metadata;
 mod path;
 mod pkce;
 mod progress;
+#[cfg(test)]
+mod properties;
 mod scan;
 mod service;
 pub mod store;

@@ -54,6 +54,9 @@ pub use redis::{
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+#[cfg(all(feature = "fuzzing", feature = "redis-store"))]
+pub(crate) use redis::fuzzing as redis_fuzzing;
+
 /// The default mark lifetime: how long a store remembers that a code was
 /// bound, counted from its binding (see the [module docs](self)).
 pub const DEFAULT_MARK_TTL: Duration = Duration::from_secs(3600);

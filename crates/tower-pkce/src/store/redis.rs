@@ -964,6 +964,9 @@ fn decode_binding(bytes: &[u8]) -> Result<CodeBinding, StoreError> {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

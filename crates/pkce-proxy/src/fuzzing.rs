@@ -1,0 +1,319 @@
+//! Entry points for the fuzz targets in `fuzz/` at the repository root,
+//! built only with the `fuzzing` feature, and not part of the API: thin
+//! wrappers over the HTTP/1.1 engine's parsers, which are crate-private.
+//! Nothing here checks anything of its own; the targets assert the
+//! properties.
+//!
+//! A body is read by the engine's own reader (`wire::read_frame`), which
+//! reads from a socket: [`BodyReader`] hands it the bytes over a loopback
+//! connection, in the pieces the caller chooses, so that every state of
+//! the reader can be entered with a message cut anywhere.
+
+use std::future::poll_fn;
+use std::io::{self, Write as _};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderMap;
+use http::{Method, Request, StatusCode, Version};
+use http_body::Frame;
+
+use crate::wire::{self, Copies, Framing, Inbox, WireError};
+
+/// How a message's body is delimited, as its head says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    None,
+    /// This many bytes.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+    /// Until the peer closes (responses only).
+    UntilClose,
+    /// A state in the middle of a body; a head never gives one.
+    Other,
+}
+
+impl From<Framing> for BodyFraming {
+    fn from(framing: Framing) -> Self {
+        match framing {
+            Framing::Done => Self::None,
+            Framing::Length(n) => Self::Length(n),
+            Framing::ChunkSize => Self::Chunked,
+            Framing::UntilClose => Self::UntilClose,
+            Framing::ChunkData(_) | Framing::ChunkEnd | Framing::Trailers => Self::Other,
+        }
+    }
+}
+
+/// What the client connection makes of a request head.
+#[derive(Debug)]
+pub enum RequestHead {
+    /// More bytes are needed.
+    Partial,
+    /// Answered with `status` and the connection closed.
+    Refused {
+        /// The answer's status.
+        status: StatusCode,
+        /// Why.
+        why: &'static str,
+    },
+    /// A request to serve.
+    Parsed {
+        /// The head's length in bytes.
+        len: usize,
+        /// The request, without its body.
+        request: Box<Request<()>>,
+        /// How its body is delimited.
+        framing: BodyFraming,
+        /// Whether the connection may serve another request after it.
+        keep_alive: bool,
+        /// Whether the client waits for `100 Continue`.
+        expect_continue: bool,
+        /// Whether the client takes trailers.
+        trailers_ok: bool,
+    },
+}
+
+/// Parses a request head at the front of `buffered`.
+pub fn parse_request_head(buffered: &[u8]) -> RequestHead {
+    crate::http1::fuzzing::parse_request_head(buffered)
+}
+
+/// Whether `bytes` holds a head's blank line, by the test a client
+/// connection makes before it parses a head that came in pieces again.
+pub fn ends_head(bytes: &[u8]) -> bool {
+    crate::http1::fuzzing::ends_head(bytes)
+}
+
+/// What an upstream connection makes of a response head.
+#[derive(Debug)]
+pub enum ResponseHead {
+    /// More bytes are needed.
+    Partial,
+    /// The upstream broke HTTP/1.1: why.
+    Malformed(String),
+    /// A response to hand on.
+    Parsed {
+        /// The head's length in bytes.
+        len: usize,
+        /// Its status.
+        status: StatusCode,
+        /// Its version.
+        version: Version,
+        /// Its fields, as handed on.
+        headers: HeaderMap,
+        /// How its body is delimited.
+        framing: BodyFraming,
+        /// Whether the connection may serve another request after it.
+        keep_alive: bool,
+    },
+}
+
+/// How many header fields an upstream connection tries first, and the
+/// most it takes.
+pub const RESPONSE_FIELDS: (usize, usize) = crate::upstream::fuzzing::FIELDS;
+
+/// Why a response head is refused when it has more fields than the room
+/// given ([`ResponseHead::Malformed`]).
+pub const TOO_MANY_RESPONSE_FIELDS: &str = crate::upstream::fuzzing::TOO_MANY_FIELDS;
+
+/// Parses a response head to a `method` request at the front of
+/// `buffered`, into room for `fields` header fields.
+pub fn parse_response_head(buffered: &[u8], method: &Method, fields: usize) -> ResponseHead {
+    crate::upstream::fuzzing::parse_response_head(buffered, method, fields)
+}
+
+/// Parses a chunk-size line: the bytes it takes and the size, or `None`
+/// when it is not all there.
+///
+/// # Errors
+///
+/// Why the line is refused.
+pub fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+    wire::parse_chunk_size(buffered)
+}
+
+/// Whether a `Host` or `:authority` value is one the proxy forwards.
+pub fn check_host(value: &[u8]) -> bool {
+    crate::target::check_host(value)
+}
+
+/// Checks a request path (without its query).
+///
+/// # Errors
+///
+/// Why the path is refused.
+pub fn check_path(path: &[u8]) -> Result<(), &'static str> {
+    crate::target::check_path(path)
+}
+
+/// A `Content-Length` value.
+pub fn parse_length(value: &[u8]) -> Option<u64> {
+    wire::parse_length(value)
+}
+
+/// How reading a body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The body is complete.
+    Complete,
+    /// The message broke HTTP/1.1: why.
+    Malformed(&'static str),
+    /// The peer closed before the body ended.
+    Closed,
+    /// Reading failed.
+    Io(String),
+}
+
+/// A body as the engine's reader read it.
+#[derive(Debug)]
+pub struct BodyRead {
+    /// The data frames, joined.
+    pub data: Vec<u8>,
+    /// How many data frames there were.
+    pub frames: usize,
+    /// The trailer section, if one came.
+    pub trailers: Option<HeaderMap>,
+    /// How it ended.
+    pub end: BodyEnd,
+    /// The bytes after where the reader stopped, in order: what it holds
+    /// unread, what the socket still held, and the pieces never sent.
+    pub rest: Vec<u8>,
+}
+
+/// The largest piece written to the socket at once: the loopback
+/// connection's buffers take it whole, so a write never waits for the
+/// reader.
+const PIECE: usize = 16 * 1024;
+
+/// Drives the engine's body reader over loopback connections.
+#[derive(Debug)]
+pub struct BodyReader {
+    runtime: tokio::runtime::Runtime,
+    listener: TcpListener,
+}
+
+impl BodyReader {
+    /// A reader with its own single-threaded runtime and loopback
+    /// listener.
+    ///
+    /// # Errors
+    ///
+    /// When either cannot be made.
+    pub fn new() -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        Ok(Self { runtime, listener })
+    }
+
+    /// Reads a body framed as `framing` from a fresh connection, on which
+    /// `pieces` are sent one at a time, each only once the reader waits
+    /// for more (empty pieces are skipped); after the last, the connection
+    /// is closed.
+    ///
+    /// # Errors
+    ///
+    /// When the loopback connection cannot be made or written to.
+    pub fn read(&self, framing: BodyFraming, pieces: &[&[u8]]) -> io::Result<BodyRead> {
+        let mut framing = match framing {
+            BodyFraming::None | BodyFraming::Other => Framing::Done,
+            BodyFraming::Length(n) => Framing::length(n),
+            BodyFraming::Chunked => Framing::ChunkSize,
+            BodyFraming::UntilClose => Framing::UntilClose,
+        };
+        let mut pieces = pieces
+            .iter()
+            .flat_map(|p| p.chunks(PIECE))
+            .filter(|p| !p.is_empty());
+        let mut client = TcpStream::connect(self.listener.local_addr()?)?;
+        let (server, _) = self.listener.accept()?;
+        // Closed with a reset, so that no connection waits in TIME_WAIT:
+        // a run opens thousands a second.
+        for end in [&client, &server] {
+            socket2::SockRef::from(end).set_linger(Some(Duration::ZERO))?;
+        }
+        server.set_nonblocking(true)?;
+        let _entered = self.runtime.enter();
+        let mut stream = tokio::net::TcpStream::from_std(server)?;
+        self.runtime.block_on(async {
+            let mut inbox = Inbox::default();
+            let mut copies = Copies::default();
+            let mut read = BodyRead {
+                data: Vec::new(),
+                frames: 0,
+                trailers: None,
+                end: BodyEnd::Complete,
+                rest: Vec::new(),
+            };
+            let mut closed = false;
+            loop {
+                let polled = poll_fn(|cx| {
+                    Poll::Ready(wire::read_frame(
+                        &mut inbox,
+                        &mut copies,
+                        &stream,
+                        &mut framing,
+                        cx,
+                    ))
+                })
+                .await;
+                match polled {
+                    Poll::Ready(Ok(Some(frame))) => note(&mut read, frame),
+                    Poll::Ready(Ok(None)) => break,
+                    Poll::Ready(Err(e)) => {
+                        read.end = match e {
+                            WireError::Malformed(why) => BodyEnd::Malformed(why),
+                            WireError::Closed => BodyEnd::Closed,
+                            WireError::Io(e) => BodyEnd::Io(e.to_string()),
+                        };
+                        break;
+                    }
+                    Poll::Pending if closed => {
+                        // The stream has ended and the reader still waits.
+                        read.end = BodyEnd::Io("the reader waits past the end".into());
+                        break;
+                    }
+                    Poll::Pending => {
+                        match pieces.next() {
+                            Some(piece) => client.write_all(piece)?,
+                            None => {
+                                client.shutdown(Shutdown::Write)?;
+                                closed = true;
+                            }
+                        }
+                        stream.readable().await?;
+                    }
+                }
+            }
+            read.rest.extend_from_slice(inbox.buffered());
+            if !closed {
+                client.shutdown(Shutdown::Write)?;
+            }
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut read.rest).await?;
+            for piece in pieces {
+                read.rest.extend_from_slice(piece);
+            }
+            Ok(read)
+        })
+    }
+}
+
+fn note(read: &mut BodyRead, frame: Frame<Bytes>) {
+    match frame.into_data() {
+        Ok(data) => {
+            read.frames += 1;
+            read.data.extend_from_slice(&data);
+        }
+        Err(frame) => {
+            if let Ok(trailers) = frame.into_trailers() {
+                read.trailers = Some(trailers);
+            }
+        }
+    }
+}

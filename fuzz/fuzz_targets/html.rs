@@ -1,0 +1,41 @@
+//! The `form_post` page scanner (`html.rs`: scan, restore_state,
+//! name_tokens). The input is a page.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tower_pkce::fuzzing::{PageScan, count_handles, is_handle, loose_decode, scan_page};
+
+const STATE: &str = "a\"<b>&'c";
+const ESCAPED: &str = "a&quot;&lt;b&gt;&amp;&#39;c";
+
+fuzz_target!(|page: &[u8]| {
+    let scan = scan_page(page);
+    // FINDING (reported, not fixed here): a handle whose `pkce` is itself
+    // escaped (`&#112;kce.`, `%70kce.`) reads as Clean, since the quick
+    // check before the loose reading looks for `pkce` as written. So no
+    // property is asserted of the other outcomes.
+    let PageScan::Delivery(delivery) = scan else {
+        return;
+    };
+    let hit = delivery.hit();
+    assert!(is_handle(hit.handle()));
+    if let Some(code) = hit.code() {
+        assert!(code.bytes().all(|b| b.is_ascii_graphic()));
+    }
+    let (value, whole) = (hit.value(), hit.whole());
+    assert!(whole.start <= value.start && value.end <= whole.end && whole.end <= page.len());
+
+    // Only the state's value changes, or only its input goes.
+    let restored = delivery.restore_state(page, Some(STATE));
+    let written = if hit.bare() {
+        format!("\"{ESCAPED}\"")
+    } else {
+        ESCAPED.to_owned()
+    };
+    let want = [&page[..value.start], written.as_bytes(), &page[value.end..]].concat();
+    assert_eq!(restored, want);
+    assert_eq!(count_handles(&loose_decode(&restored, true)), 0);
+    let removed = delivery.restore_state(page, None);
+    assert_eq!(removed, [&page[..whole.start], &page[whole.end..]].concat());
+    assert_eq!(count_handles(&loose_decode(&removed, true)), 0);
+});
