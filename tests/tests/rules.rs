@@ -242,6 +242,8 @@ async fn token_path_aliases_and_methods() {
         "/Token",
         "//token",
         "/%74oken",
+        "/%2574oken",
+        "/%252574oken",
         "/%2Ftoken",
         "/a/../token",
         "/token;x=1",
@@ -264,6 +266,18 @@ async fn token_path_aliases_and_methods() {
         let answer = send(&svc, req).await;
         assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
         assert_eq!(answer.rejection, Some(Rejection::MethodNotAllowed));
+    }
+    // Encoded once more than endpoints are matched on: refused for every
+    // method and endpoint, since a server that decodes again could read
+    // it as any of them.
+    for path in ["/%25252574oken", "/%2525252Fauthorize", "/x/%25252525"] {
+        let answer = send(&svc, post_form(path, &body)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(
+            answer.rejection,
+            Some(Rejection::PathEncodedTooDeep),
+            "{path}"
+        );
     }
     // Token parameters in the query string of a POST.
     let answer = send(

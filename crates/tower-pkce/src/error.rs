@@ -106,6 +106,10 @@ pub enum Rejection {
     /// server reading cookies as parameters (PHP's `$_REQUEST`) would take
     /// over the checked one.
     ParameterInCookie,
+    /// A path still percent-encoded after the rounds of decoding that
+    /// endpoints are matched on, which a server that decodes again could
+    /// read as any endpoint.
+    PathEncodedTooDeep,
 }
 
 impl Rejection {
@@ -175,6 +179,7 @@ impl Rejection {
             ForeignDelivery => "foreign_delivery",
             ResponseParameterInRequest => "response_parameter_in_request",
             ParameterInCookie => "parameter_in_cookie",
+            PathEncodedTooDeep => "path_encoded_too_deep",
         }
     }
 
@@ -244,6 +249,9 @@ impl Rejection {
             }
             ParameterInCookie => {
                 "a cookie must not be named as a request parameter".into()
+            }
+            PathEncodedTooDeep => {
+                "the request path is percent-encoded too many times over".into()
             }
         }
     }

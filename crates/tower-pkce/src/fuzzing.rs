@@ -183,6 +183,11 @@ pub fn normalize_path(raw: &str) -> Cow<'_, str> {
     path::normalize(raw)
 }
 
+/// Whether the layer refuses a path as encoded more times than it decodes.
+pub fn path_encoded_too_deep(raw: &str) -> bool {
+    path::encoded_too_deep(raw)
+}
+
 /// Whether a normalised path is a discovery metadata document.
 pub fn is_metadata_path(normalized: &str) -> bool {
     path::is_metadata_path(normalized)

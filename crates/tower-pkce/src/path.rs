@@ -36,7 +36,9 @@ pub(crate) fn normalize(raw: &str) -> Cow<'_, str> {
 }
 
 /// Whether [`rewrite`] would give `raw` back unchanged: nothing to decode,
-/// no `\` or `;`, no upper case, and no empty, `.` or `..` segment.
+/// no `\` or `;`, no upper case, no white space or control character
+/// (which [`canonical`] trims from a segment's ends), and no empty, `.` or
+/// `..` segment.
 fn is_canonical(raw: &str) -> bool {
     let Some(rest) = raw.strip_prefix('/') else {
         return false;
@@ -49,7 +51,7 @@ fn is_canonical(raw: &str) -> bool {
     let mut dots = Some(0_usize);
     for &b in rest.as_bytes() {
         match b {
-            b'%' | b'\\' | b';' | b'A'..=b'Z' => return false,
+            b'%' | b'\\' | b';' | b'A'..=b'Z' | 0..=b' ' | 0x7f => return false,
             b'/' => {
                 if matches!(dots, Some(0..=2)) {
                     return false;
@@ -73,6 +75,16 @@ pub(crate) fn truncated(raw: &str) -> Option<String> {
     let bytes = decode_rounds(raw);
     let end = bytes.iter().position(|&b| matches!(b, b'?' | b'#' | 0))?;
     Some(canonical(&bytes[..end]))
+}
+
+/// Whether a path is still percent-encoded after the rounds of decoding
+/// that [`normalize`] applies. To a server that decodes once more it could
+/// be any endpoint, so the middleware refuses it rather than guess.
+pub(crate) fn encoded_too_deep(raw: &str) -> bool {
+    raw.contains('%') && {
+        let bytes = decode_rounds(raw);
+        percent_decode_lenient(&bytes) != bytes
+    }
 }
 
 fn rewrite(raw: &str) -> String {
@@ -311,6 +323,11 @@ mod tests {
             "/...",
             "/a..b",
             "/.x",
+            "/token\u{1}",
+            "/\0\0token",
+            "/token ",
+            "/a b",
+            "/token\u{7f}",
         ] {
             assert_eq!(normalize(path), rewrite(path), "{path:?}");
             if is_canonical(path) {

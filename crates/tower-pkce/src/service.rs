@@ -22,6 +22,7 @@ use crate::cors::Origins;
 use crate::error::Rejection;
 use crate::form::{self, FormError};
 use crate::layer::{Config, Endpoint, PkceLayer, Requirement};
+use crate::path;
 use crate::pkce::ChallengeMethod;
 use crate::progress::{ForwardProgress, Progress};
 use crate::store::{
@@ -107,6 +108,12 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let shared = self.shared.clone();
+        if path::encoded_too_deep(req.uri().path()) {
+            let rejection = Rejection::PathEncodedTooDeep;
+            tracing::info!(reason = rejection.as_str(), "request rejected");
+            let response = rejection.page_response(wants_json(req.headers()));
+            return ResponseFuture::rejected(response);
+        }
         let route = shared.config.endpoint(req.uri().path());
         let method = req.method().clone();
         match route {
