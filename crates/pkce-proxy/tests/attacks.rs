@@ -71,46 +71,16 @@
 mod driver;
 mod hostile;
 
-use std::future::Future;
 use std::time::Duration;
 
-use driver::{After, Body, Conn, Mode, Req, Resp, World, handles};
+use driver::{
+    ATTACKER_VERIFIER, After, Body, CHALLENGE, CLIENT, Conn, Mode, REDIRECT, Req, Resp, STATE,
+    VERIFIER, World, attacker_challenge, enc, every_mode, handles,
+};
 use hostile::{Delivery, Flow, Issued, Knobs, TokenFault};
 
-/// The victim's pair: RFC 7636 Appendix B.
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 /// A verifier of the right shape that matches nothing.
 const WRONG_VERIFIER: &str = "wrongVerifierOfTheRightShape-0123456789abcd";
-/// The attacker's own verifier (its challenge is [`attacker_challenge`]).
-const ATTACKER_VERIFIER: &str = "attackerVerifier-0123456789-abcdefghijklmnop";
-
-const CLIENT: &str = "app";
-const REDIRECT: &str = "https://client.example/cb";
-/// The client's own `state`: unreserved characters only, so that its
-/// encoding is not in question.
-const STATE: &str = "client-state-7Q";
-
-fn attacker_challenge() -> String {
-    tower_pkce::s256(ATTACKER_VERIFIER)
-}
-
-fn enc(s: &str) -> String {
-    pkce_proxy::legacy::encode(s)
-}
-
-/// Runs `scenario` in the three modes at once.
-async fn every_mode<F, Fut>(scenario: F)
-where
-    F: Fn(Mode) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    tokio::join!(
-        scenario(Mode::Required),
-        scenario(Mode::Optional),
-        scenario(Mode::Strip)
-    );
-}
 
 /// An authorization query for the victim's client, with `challenge` (S256)
 /// and `extra` appended.

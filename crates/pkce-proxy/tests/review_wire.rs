@@ -26,44 +26,13 @@
 mod driver;
 mod hostile;
 
-use std::future::Future;
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use driver::{After, Body, Conn, Mode, Req, Resp, World, handles};
+use driver::{
+    ATTACKER_VERIFIER, After, Body, CHALLENGE, CLIENT, Conn, Mode, Proxy, REDIRECT, Req, Resp,
+    STATE, VERIFIER, World, attacker_challenge, enc, every_mode, handles,
+};
 use hostile::{Flow, Hostile, Knobs};
-
-/// The victim's pair: RFC 7636 Appendix B.
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-/// The attacker's own verifier.
-const ATTACKER_VERIFIER: &str = "attackerVerifier-0123456789-abcdefghijklmnop";
-const CLIENT: &str = "app";
-const REDIRECT: &str = "https://client.example/cb";
-const STATE: &str = "client-state-7Q";
-
-fn attacker_challenge() -> String {
-    tower_pkce::s256(ATTACKER_VERIFIER)
-}
-
-fn enc(s: &str) -> String {
-    pkce_proxy::legacy::encode(s)
-}
-
-async fn every_mode<F, Fut>(scenario: F)
-where
-    F: Fn(Mode) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    tokio::join!(
-        scenario(Mode::Required),
-        scenario(Mode::Optional),
-        scenario(Mode::Strip)
-    );
-}
 
 fn query(challenge: &str) -> String {
     format!(
@@ -608,72 +577,6 @@ async fn a_body_that_never_comes_does_not_hold_its_connection() {
     );
 }
 
-// ------------------------------------------------------------ a proxy of our own
-
-/// The binary, started by the test itself (for its pid and its whole log).
-struct Spawned {
-    addr: SocketAddr,
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Spawned {
-    fn start(upstream: SocketAddr, level: &str, args: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkce-proxy"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PKCE_PROXY_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd
-            .args(["--upstream", &format!("http://{upstream}")])
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json", "--worker-threads", "1"])
-            .args(args)
-            .env("PKCE_PROXY_LOG", level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-                        && event["message"] == "pkce-proxy listening"
-                        && let Some(addr) = event["addr"].as_str()
-                    {
-                        let _ = tx.send(addr.to_owned());
-                    }
-                    logs.lock().unwrap().push(line);
-                }
-            });
-        }
-        let addr = rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("the proxy did not start: {:?}", logs.lock().unwrap()))
-            .parse()
-            .unwrap();
-        Self { addr, child, logs }
-    }
-
-    fn log(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-}
-
 // ------------------------------------------------------------ controls
 
 /// Framing that a proxy in front could read differently: each gets the
@@ -826,7 +729,7 @@ async fn debug_logs_hold_no_secret() {
     })
     .await;
     let level = std::env::var("REVIEW_LOG_LEVEL").unwrap_or_else(|_| "debug".into());
-    let proxy = Spawned::start(up.addr, &level, &[]);
+    let proxy = Proxy::spawn_logging(&format!("http://{}", up.addr), &level, &[]);
     let mut secrets: Vec<String> = vec![VERIFIER.into(), STATE.into(), "YXBwOnNlY3JldA".into()];
     let mut conn = Conn::open(proxy.addr).await;
     let send = |req: Req| req.bytes();

@@ -18,6 +18,38 @@ use tokio::net::TcpStream;
 
 use crate::hostile::{Hostile, Knobs, Log, decode, route, show};
 
+/// The victim's pair: RFC 7636 Appendix B.
+pub(crate) const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+pub(crate) const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+/// The attacker's own verifier (its challenge is [`attacker_challenge`]).
+pub(crate) const ATTACKER_VERIFIER: &str = "attackerVerifier-0123456789-abcdefghijklmnop";
+pub(crate) const CLIENT: &str = "app";
+pub(crate) const REDIRECT: &str = "https://client.example/cb";
+/// The client's own `state`: unreserved characters only, so that its
+/// encoding is not in question.
+pub(crate) const STATE: &str = "client-state-7Q";
+
+pub(crate) fn attacker_challenge() -> String {
+    tower_pkce::s256(ATTACKER_VERIFIER)
+}
+
+pub(crate) fn enc(s: &str) -> String {
+    pkce_proxy::legacy::encode(s)
+}
+
+/// Runs `scenario` in the three modes at once.
+pub(crate) async fn every_mode<F, Fut>(scenario: F)
+where
+    F: Fn(Mode) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::join!(
+        scenario(Mode::Required),
+        scenario(Mode::Optional),
+        scenario(Mode::Strip)
+    );
+}
+
 /// How long a read waits for the next bytes before it gives up.
 pub(crate) const READ_WAIT: Duration = Duration::from_secs(5);
 
@@ -71,6 +103,11 @@ impl Proxy {
     /// Starts the binary in front of `upstream` and waits for its
     /// `pkce-proxy listening` line.
     pub(crate) fn spawn(upstream: &str, args: &[&str]) -> Self {
+        Self::spawn_logging(upstream, "info", args)
+    }
+
+    /// [`Proxy::spawn`] with `PKCE_PROXY_LOG` set to `level`.
+    pub(crate) fn spawn_logging(upstream: &str, level: &str, args: &[&str]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkce-proxy"));
         for (key, _) in std::env::vars() {
             if key.starts_with("PKCE_PROXY_") {
@@ -82,7 +119,7 @@ impl Proxy {
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--log-format", "json", "--worker-threads", "1"])
             .args(args)
-            .env("PKCE_PROXY_LOG", "info")
+            .env("PKCE_PROXY_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -119,6 +156,11 @@ impl Proxy {
             }
         };
         Self { addr, child, logs }
+    }
+
+    /// Everything the proxy logged so far.
+    pub(crate) fn log(&self) -> String {
+        lock(&self.logs).join("\n")
     }
 
     /// The proxy's last `n` log lines.
