@@ -225,9 +225,10 @@ async fn full_flow_through_the_legacy_server() {
     legacy.shutdown().await;
 }
 
-#[tokio::test]
-async fn forwarded_headers_and_host_as_the_upstream_sees_them() {
-    let up = upstream(|req: Request<Incoming>| async move {
+/// An upstream that answers with the request's header fields and target
+/// as a JSON object.
+async fn echo_headers() -> SocketAddr {
+    upstream(|req: Request<Incoming>| async move {
         let mut seen = serde_json::Map::new();
         for (n, v) in req.headers() {
             seen.insert(n.to_string(), v.to_str().unwrap_or("").into());
@@ -235,7 +236,12 @@ async fn forwarded_headers_and_host_as_the_upstream_sees_them() {
         seen.insert("uri".into(), req.uri().to_string().into());
         Response::new(full(serde_json::Value::Object(seen).to_string()))
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_host_as_the_upstream_sees_them() {
+    let up = echo_headers().await;
     let proxy = proxy(settings(&format!("http://{up}"))).await;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let req = Request::get(format!(
@@ -264,12 +270,15 @@ async fn forwarded_headers_and_host_as_the_upstream_sees_them() {
         "path and query byte for byte"
     );
     proxy.shutdown().await;
+}
 
-    // Behind a trusted load balancer the incoming headers are kept.
-    let mut trusting = settings(&format!("http://{up}"));
-    trusting.trust_forwarded = Some("true".into());
-    let proxy = self::proxy(trusting).await;
-    let req = Request::get(format!("http://{}/x", proxy.addr))
+/// What the echoing upstream saw of the `X-Forwarded-*` fields, for a
+/// request sent from the local address `from`.
+async fn forwarded_as_seen(proxy: SocketAddr, from: [u8; 4]) -> serde_json::Value {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(Some(std::net::Ipv4Addr::from(from).into()));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let req = Request::get(format!("http://{proxy}/x"))
         .header(header::HOST, "login.example.com")
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-host", "public.example")
@@ -286,10 +295,65 @@ async fn forwarded_headers_and_host_as_the_upstream_sees_them() {
         .unwrap()
         .to_bytes();
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(seen["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
-    assert_eq!(seen["x-forwarded-host"], "public.example");
-    assert_eq!(seen["x-forwarded-proto"], "https");
+    serde_json::json!({
+        "for": seen["x-forwarded-for"],
+        "host": seen["x-forwarded-host"],
+        "proto": seen["x-forwarded-proto"],
+    })
+}
+
+#[tokio::test]
+async fn forwarded_fields_are_kept_only_from_trusted_proxies() {
+    let up = echo_headers().await;
+    let mut trusting = settings(&format!("http://{up}"));
+    trusting.trusted_proxies = Some("10.0.0.0/8, 127.0.0.2".into());
+    let proxy = proxy(trusting).await;
+    let addr = proxy.addr;
+    // The load balancer at 127.0.0.2: its fields are kept, and its own
+    // address is appended to X-Forwarded-For.
+    assert_eq!(
+        forwarded_as_seen(addr, [127, 0, 0, 2]).await,
+        serde_json::json!({
+            "for": "6.6.6.6, 127.0.0.2",
+            "host": "public.example",
+            "proto": "https",
+        })
+    );
+    // Any other peer, on loopback too: replaced.
+    for from in [[127, 0, 0, 1], [127, 0, 0, 3]] {
+        let ip = std::net::Ipv4Addr::from(from).to_string();
+        assert_eq!(
+            forwarded_as_seen(addr, from).await,
+            serde_json::json!({
+                "for": ip,
+                "host": "login.example.com",
+                "proto": "http",
+            }),
+            "{ip}"
+        );
+    }
     proxy.shutdown().await;
+
+    // The deprecated --trust-forwarded trusts every peer; it cannot be
+    // given with --trusted-proxies.
+    let mut everyone = settings(&format!("http://{up}"));
+    everyone.trust_forwarded = Some("true".into());
+    let proxy = self::proxy(everyone).await;
+    assert_eq!(
+        forwarded_as_seen(proxy.addr, [127, 0, 0, 1]).await["for"],
+        "6.6.6.6, 127.0.0.1"
+    );
+    proxy.shutdown().await;
+    let mut both = settings(&format!("http://{up}"));
+    both.trust_forwarded = Some("true".into());
+    both.trusted_proxies = Some("10.0.0.0/8".into());
+    let e = Config::resolve(&both).unwrap_err();
+    assert_eq!(e.setting, "--trusted-proxies");
+    let mut bad = settings(&format!("http://{up}"));
+    bad.trusted_proxies = Some("10.0.0.1/8".into());
+    let e = Config::resolve(&bad).unwrap_err();
+    assert_eq!(e.setting, "--trusted-proxies");
+    assert!(e.message.contains("\"10.0.0.1/8\""), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ use http::Uri;
 use tower_pkce::store::Store;
 use tower_pkce::{PkceLayer, Requirement};
 
+use crate::trusted_proxies::TrustedProxies;
+
 /// The exit code for invalid settings (`EX_USAGE` in sysexits.h).
 pub const EXIT_USAGE: i32 = 64;
 
@@ -88,9 +90,16 @@ pub struct RawSettings {
     /// Where to serve /healthz, /readyz and /metrics [default: 127.0.0.1:9901].
     #[arg(long, env = "PKCE_PROXY_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
-    /// Keep the X-Forwarded-* headers of a trusted load balancer in front.
+    /// Deprecated: trust every peer's X-Forwarded-* headers (use
+    /// --trusted-proxies with the load balancers' addresses).
     #[arg(long, env = "PKCE_PROXY_TRUST_FORWARDED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub trust_forwarded: Option<String>,
+    /// Peers whose X-Forwarded-For, -Proto and -Host are kept (and
+    /// X-Forwarded-For appended to): comma-separated addresses or CIDR
+    /// blocks, such as 10.0.0.0/8,fd00::/8. From any other peer they are
+    /// replaced [default: none].
+    #[arg(long, env = "PKCE_PROXY_TRUSTED_PROXIES", value_name = "LIST")]
+    pub trusted_proxies: Option<String>,
     /// A TOML file with any of these settings (keys in snake_case).
     #[arg(long, env = "PKCE_PROXY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -336,8 +345,10 @@ pub struct Config {
     pub max_entries: usize,
     /// Token body bound.
     pub max_token_body: usize,
-    /// Keep incoming X-Forwarded-* headers.
+    /// The deprecated `--trust-forwarded` was given (every peer trusted).
     pub trust_forwarded: bool,
+    /// The peers whose X-Forwarded-* headers are kept.
+    pub trusted_proxies: TrustedProxies,
     /// Log format.
     pub log_format: LogFormat,
     /// Upstream connect timeout.
@@ -397,6 +408,7 @@ const FILE_KEYS: &[&str] = &[
     "max_token_body",
     "admin_listen",
     "trust_forwarded",
+    "trusted_proxies",
     "log_format",
     "connect_timeout",
     "response_timeout",
@@ -491,6 +503,28 @@ fn file_type_error(key: &str, want: &str) -> ConfigError {
 
 fn flag(key: &str) -> String {
     format!("--{}", key.replace('_', "-"))
+}
+
+/// `--trusted-proxies`, or the deprecated `--trust-forwarded` (every
+/// peer); not both.
+fn parse_trusted(src: &Sources, raw: &RawSettings) -> Result<(bool, TrustedProxies), ConfigError> {
+    let everyone = parse_bool(
+        "trust_forwarded",
+        src.get(&raw.trust_forwarded, "trust_forwarded")?,
+    )?;
+    let listed = src
+        .get(&raw.trusted_proxies, "trusted_proxies")?
+        .map(|list| TrustedProxies::parse(&list))
+        .transpose()
+        .map_err(|e| ConfigError::new("--trusted-proxies", e))?;
+    match (everyone, listed) {
+        (true, Some(_)) => Err(ConfigError::new(
+            "--trusted-proxies",
+            "give it or the deprecated --trust-forwarded, not both",
+        )),
+        (true, None) => Ok((true, TrustedProxies::all())),
+        (false, listed) => Ok((false, listed.unwrap_or_default())),
+    }
 }
 
 fn parse_bool(key: &str, text: Option<String>) -> Result<bool, ConfigError> {
@@ -808,6 +842,7 @@ impl Config {
     /// The first [`ConfigError`], naming the setting.
     pub fn resolve(raw: &RawSettings) -> Result<Self, ConfigError> {
         let src = Sources::load(raw.config.as_ref())?;
+        let (trust_forwarded, trusted_proxies) = parse_trusted(&src, raw)?;
         let config = Self {
             upstream: parse_upstream(src.get(&raw.upstream, "upstream")?)?,
             listen: parse_addr("listen", src.get(&raw.listen, "listen")?, "127.0.0.1:8443")?,
@@ -850,10 +885,8 @@ impl Config {
                 65_536,
                 1,
             )?,
-            trust_forwarded: parse_bool(
-                "trust_forwarded",
-                src.get(&raw.trust_forwarded, "trust_forwarded")?,
-            )?,
+            trust_forwarded,
+            trusted_proxies,
             log_format: match src.get(&raw.log_format, "log_format")?.as_deref() {
                 None | Some("pretty") => LogFormat::Pretty,
                 Some("json") => LogFormat::Json,
@@ -960,7 +993,7 @@ impl Config {
             "upstream = {upstream:?}\nlisten = \"{}\"\nadmin_listen = \"{}\"\n\
              authorize_path = {:?}\ntoken_path = {:?}\npkce = \"{}\"\nallow_plain = {}\n\
              strip_pkce_params = {}\nttl = {}\nmax_entries = {}\nmax_token_body = {}\n\
-             trust_forwarded = {}\nlog_format = \"{}\"\nconnect_timeout = {}\n\
+             trusted_proxies = {}\nlog_format = \"{}\"\nconnect_timeout = {}\n\
              response_timeout = {}\ndrain_timeout = {}\nallowed_origins = [{}]\n{}",
             self.listen,
             self.admin_listen,
@@ -975,7 +1008,7 @@ impl Config {
             self.ttl.as_secs(),
             self.max_entries,
             self.max_token_body,
-            self.trust_forwarded,
+            self.trusted_proxies,
             match self.log_format {
                 LogFormat::Pretty => "pretty",
                 LogFormat::Json => "json",
@@ -1240,7 +1273,8 @@ mod tests {
         std::fs::write(
             &file,
             "upstream = \"https://as.example:8443/base/\"\nttl = 30\nallow_plain = true\n\
-             allowed_origins = [\"https://a.example\", \"https://b.example\"]\n",
+             allowed_origins = [\"https://a.example\", \"https://b.example\"]\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n",
         )
         .unwrap();
         let path = file.to_str().unwrap();
@@ -1250,6 +1284,25 @@ mod tests {
         assert_eq!(c.upstream.base_path, "/base");
         assert_eq!(c.upstream.host_port(), ("as.example".to_owned(), 8443));
         assert_eq!(c.allowed_origins.len(), 2);
+        assert!(c.trusted_proxies.contains([10, 9, 8, 7].into()));
+        assert!(
+            c.trusted_proxies
+                .contains(std::net::Ipv6Addr::LOCALHOST.into())
+        );
+        assert!(!c.trusted_proxies.contains([127, 0, 0, 1].into()));
+        assert!(
+            c.to_toml()
+                .contains("trusted_proxies = [\"10.0.0.0/8\", \"::1/128\"]\n")
+        );
+        let c = Config::resolve(&raw(&[
+            "--config",
+            path,
+            "--trusted-proxies",
+            "192.0.2.0/24",
+        ]))
+        .unwrap();
+        assert!(!c.trusted_proxies.contains([10, 9, 8, 7].into()));
+        assert!(c.trusted_proxies.contains([192, 0, 2, 255].into()));
         let c = Config::resolve(&raw(&["--config", path, "--allow-plain=false"])).unwrap();
         assert!(!c.allow_plain);
 

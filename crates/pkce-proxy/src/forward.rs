@@ -63,6 +63,7 @@ use crate::config::{Config, Upstream};
 use crate::gate::{self, Gate, Slot};
 pub use crate::http1::{ClientBody, ClientBodyError};
 use crate::metrics::{Limit, Metrics};
+use crate::trusted_proxies::TrustedProxies;
 use crate::upstream::{
     Connection, Exchange, HeaderOverrides, Home, Http1Error, Keep, Prepared, Retry, Reuse,
     WithoutTrailers,
@@ -237,7 +238,7 @@ struct Shared {
     /// The upstream's authority, the `Host` of a request that has none.
     upstream_host: Option<HeaderValue>,
     response_timeout: Duration,
-    trust_forwarded: bool,
+    trusted_proxies: TrustedProxies,
     metrics: Arc<Metrics>,
     /// Every upstream connection open holds one of these.
     open: Arc<Gate>,
@@ -281,6 +282,9 @@ struct Pool {
 /// requests' shares of upstream connections.
 struct ClientConnection {
     client_ip: Option<HeaderValue>,
+    /// Whether the peer is a trusted proxy, whose `X-Forwarded-*` fields
+    /// are kept.
+    trusted: bool,
     idle: Arc<IdleList>,
     shared: Option<Arc<Shared>>,
     /// A response timer that outlives its request, lent to the next one.
@@ -295,7 +299,7 @@ struct ClientConnection {
 impl ClientConnection {
     /// A client connection's state, with its idle list reachable from the
     /// pool.
-    fn new(shared: &Arc<Shared>, client_ip: Option<HeaderValue>) -> Arc<Self> {
+    fn new(shared: &Arc<Shared>, client_ip: Option<HeaderValue>, trusted: bool) -> Arc<Self> {
         let idle = Arc::new(Mutex::new(Vec::new()));
         let id = match &shared.transport {
             Transport::Plain(pool) => pool.hold(&idle),
@@ -303,6 +307,7 @@ impl ClientConnection {
         };
         Arc::new(Self {
             client_ip,
+            trusted,
             idle,
             shared: Some(shared.clone()),
             timer: Mutex::new(None),
@@ -978,7 +983,7 @@ impl Forwarder {
             upstream_host: HeaderValue::from_str(upstream.authority.as_str()).ok(),
             upstream,
             response_timeout: config.response_timeout,
-            trust_forwarded: config.trust_forwarded,
+            trusted_proxies: config.trusted_proxies.clone(),
             metrics,
             open,
             per_client: limits.max_upstream_connections_per_client,
@@ -989,21 +994,24 @@ impl Forwarder {
             sweep_idle(&shared);
         }
         Ok(Self {
-            conn: ClientConnection::new(&shared, None),
+            conn: ClientConnection::new(&shared, None, false),
             shared,
             endpoint: Endpoint::Other,
         })
     }
 
     /// A forwarder for one client connection from `peer`: it sets
-    /// `X-Forwarded-For` to the peer's address, and keeps the upstream
-    /// connections it opens for that client connection's next requests.
+    /// `X-Forwarded-For` to the peer's address (after the trusted ones'
+    /// list, from a trusted proxy), and keeps the upstream connections it
+    /// opens for that client connection's next requests.
     pub fn for_connection(&self, peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_canonical();
         Self {
             shared: self.shared.clone(),
             conn: ClientConnection::new(
                 &self.shared,
-                HeaderValue::try_from(peer.ip().to_string()).ok(),
+                HeaderValue::try_from(ip.to_string()).ok(),
+                self.shared.trusted_proxies.contains(ip),
             ),
             endpoint: Endpoint::Other,
         }
@@ -1072,7 +1080,7 @@ impl Forwarder {
                 overrides.set(header::HOST, Some(host.clone()));
             }
         }
-        let trusted = self.shared.trust_forwarded;
+        let trusted = self.conn.trusted;
         let client = self.conn.client_ip.as_ref();
         let forwarded_for = match (client, trusted, headers.get(&X_FORWARDED_FOR)) {
             (Some(ip), true, Some(prior)) => {

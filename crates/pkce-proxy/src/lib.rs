@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 mod target;
+pub mod trusted_proxies;
 mod upstream;
 mod wire;
 

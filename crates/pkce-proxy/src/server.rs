@@ -555,7 +555,9 @@ fn check_open_files(config: &Config) {
         tracing::warn!(
             open_files = soft,
             needed,
-            "the open files limit is below --max-connections plus              --max-upstream-connections: raise it (ulimit -n, systemd's LimitNOFILE)              or lower them"
+            "the open files limit is below --max-connections plus \
+             --max-upstream-connections: raise it (ulimit -n, systemd's LimitNOFILE) \
+             or lower them"
         );
     }
 }
@@ -569,6 +571,13 @@ fn check_open_files(config: &Config) {
 /// set up.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     check_open_files(&config);
+    if config.trust_forwarded {
+        tracing::warn!(
+            "--trust-forwarded is deprecated: it keeps the X-Forwarded-* fields of every \
+             peer, so any client can say which address and scheme it came from; give \
+             --trusted-proxies with the load balancers' addresses instead"
+        );
+    }
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError(e.to_string()))?);
     let store = ProxyStore::from_config(&config).map_err(|e| StartError(e.to_string()))?;
     let layer = Arc::new(

@@ -499,8 +499,8 @@ async fn an_underscore_content_length_cannot_smuggle_a_token_request() {
 }
 
 /// The same spelling against the forwarded fields: the proxy replaces the
-/// client's `X-Forwarded-For`, `-Proto` and `-Host` (unless
-/// `--trust-forwarded`), because upstreams build absolute URLs from them,
+/// client's `X-Forwarded-For`, `-Proto` and `-Host` (unless the peer is
+/// one of `--trusted-proxies`), because upstreams build absolute URLs from them,
 /// but passes `X_Forwarded_Host` and `X_Forwarded_For` through, ahead of
 /// its own. An upstream that folds `_` into `-` reads two of each, the
 /// client's first.
