@@ -356,6 +356,135 @@ async fn forwarded_fields_are_kept_only_from_trusted_proxies() {
     assert!(e.message.contains("\"10.0.0.1/8\""), "{e}");
 }
 
+/// Sends `prefix` and then a GET carrying the client's own
+/// `X-Forwarded-For` from the local address `from`, over a raw connection;
+/// the answer's status line and body, or `None` when the proxy closed the
+/// connection without one.
+async fn raw_get_from(proxy: SocketAddr, from: [u8; 4], prefix: &[u8]) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut stream = socket.connect(proxy).await.unwrap();
+    let mut request = prefix.to_vec();
+    request.extend_from_slice(
+        b"GET /x HTTP/1.1\r\nHost: login.example.com\r\nX-Forwarded-For: 6.6.6.6\r\n\
+          X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+    );
+    // The proxy may close before it reads everything (a refused header).
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+#[tokio::test]
+async fn the_proxy_protocol_names_the_client_of_a_trusted_balancer() {
+    let up = echo_headers().await;
+    let mut balanced = settings(&format!("http://{up}"));
+    balanced.trusted_proxies = Some("127.0.0.2".into());
+    balanced.proxy_protocol = Some("true".into());
+    balanced.head_timeout = Some("1".into());
+    let proxy = proxy(balanced).await;
+    let seen = |answer: Option<(String, String)>| {
+        let (status, body) = answer.expect("an answer");
+        assert!(status.contains(" 200 "), "{status}: {body}");
+        let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            seen["x-forwarded-for"].as_str().unwrap().to_owned(),
+            seen["x-forwarded-proto"].as_str().unwrap().to_owned(),
+        )
+    };
+    let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 8443\r\n";
+    // The client the header names is the one in X-Forwarded-For; what the
+    // client said of itself is not kept, since the client is not trusted.
+    assert_eq!(
+        seen(raw_get_from(proxy.addr, [127, 0, 0, 2], v1).await),
+        ("203.0.113.7".to_owned(), "http".to_owned())
+    );
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend_from_slice(
+        &"2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    v2.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    v2.extend_from_slice(&[0x15, 0xb3, 0x20, 0xfb]);
+    assert_eq!(
+        seen(raw_get_from(proxy.addr, [127, 0, 0, 2], &v2).await),
+        ("2001:db8::7".to_owned(), "http".to_owned())
+    );
+    // LOCAL (a health check): the balancer itself, vouching for nothing.
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    assert_eq!(
+        seen(raw_get_from(proxy.addr, [127, 0, 0, 2], local).await),
+        ("127.0.0.2".to_owned(), "http".to_owned())
+    );
+    // From the balancer, no header or a malformed one: closed unanswered.
+    for prefix in [
+        &b""[..],
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 05555 8443\r\n",
+        b"PROXY TCP4 203.0.113.7\r\n",
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x12\x00\x0c\0\0\0\0\0\0\0\0\0\0\0\0",
+    ] {
+        assert_eq!(
+            raw_get_from(proxy.addr, [127, 0, 0, 2], prefix).await,
+            None,
+            "{prefix:?}"
+        );
+    }
+    // A header that stops coming: closed at the head timeout (1 s).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+        let mut stream = socket.connect(proxy.addr).await.unwrap();
+        stream.write_all(b"PROXY TCP4 203.0").await.unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .expect("closed within the head timeout")
+            .unwrap();
+        assert!(rest.is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(900));
+    }
+    // Any other peer speaks HTTP from its first byte: served as itself,
+    // and its PROXY line is a malformed request.
+    assert_eq!(
+        seen(raw_get_from(proxy.addr, [127, 0, 0, 1], b"").await),
+        ("127.0.0.1".to_owned(), "http".to_owned())
+    );
+    let (status, _) = raw_get_from(proxy.addr, [127, 0, 0, 1], v1).await.unwrap();
+    assert!(status.contains(" 400 "), "{status}");
+    let metrics = HttpClient::default()
+        .send(
+            Method::GET,
+            &format!("http://{}/metrics", proxy.admin_addr),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .body
+            .contains("pkce_proxy_proxy_protocol_refused_total 5\n"),
+        "{}",
+        metrics.body
+    );
+    proxy.shutdown().await;
+
+    // It needs the balancers named.
+    let mut unnamed = settings(&format!("http://{up}"));
+    unnamed.proxy_protocol = Some("true".into());
+    assert_eq!(
+        Config::resolve(&unnamed).unwrap_err().setting,
+        "--proxy-protocol"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_megabytes_stream_through_both_ways() {
     const SIZE: usize = 5 * 1024 * 1024;

@@ -100,6 +100,11 @@ pub struct RawSettings {
     /// replaced [default: none].
     #[arg(long, env = "PKCE_PROXY_TRUSTED_PROXIES", value_name = "LIST")]
     pub trusted_proxies: Option<String>,
+    /// Read a PROXY protocol header (v1 or v2) at the start of every
+    /// connection from --trusted-proxies, and take the client's address
+    /// from it (a TCP load balancer such as AWS NLB or HAProxy).
+    #[arg(long, env = "PKCE_PROXY_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub proxy_protocol: Option<String>,
     /// A TOML file with any of these settings (keys in snake_case).
     #[arg(long, env = "PKCE_PROXY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -349,6 +354,8 @@ pub struct Config {
     pub trust_forwarded: bool,
     /// The peers whose X-Forwarded-* headers are kept.
     pub trusted_proxies: TrustedProxies,
+    /// Trusted peers send a PROXY protocol header first.
+    pub proxy_protocol: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Upstream connect timeout.
@@ -409,6 +416,7 @@ const FILE_KEYS: &[&str] = &[
     "admin_listen",
     "trust_forwarded",
     "trusted_proxies",
+    "proxy_protocol",
     "log_format",
     "connect_timeout",
     "response_timeout",
@@ -525,6 +533,26 @@ fn parse_trusted(src: &Sources, raw: &RawSettings) -> Result<(bool, TrustedProxi
         (true, None) => Ok((true, TrustedProxies::all())),
         (false, listed) => Ok((false, listed.unwrap_or_default())),
     }
+}
+
+/// `--proxy-protocol`, which needs the balancers that send it named.
+fn parse_proxy_protocol(
+    src: &Sources,
+    raw: &RawSettings,
+    trusted: &TrustedProxies,
+    everyone: bool,
+) -> Result<bool, ConfigError> {
+    let on = parse_bool(
+        "proxy_protocol",
+        src.get(&raw.proxy_protocol, "proxy_protocol")?,
+    )?;
+    if on && (trusted.is_empty() || everyone) {
+        return Err(ConfigError::new(
+            "--proxy-protocol",
+            "name the load balancers that send it with --trusted-proxies",
+        ));
+    }
+    Ok(on)
 }
 
 fn parse_bool(key: &str, text: Option<String>) -> Result<bool, ConfigError> {
@@ -885,6 +913,7 @@ impl Config {
                 65_536,
                 1,
             )?,
+            proxy_protocol: parse_proxy_protocol(&src, raw, &trusted_proxies, trust_forwarded)?,
             trust_forwarded,
             trusted_proxies,
             log_format: match src.get(&raw.log_format, "log_format")?.as_deref() {
@@ -993,7 +1022,7 @@ impl Config {
             "upstream = {upstream:?}\nlisten = \"{}\"\nadmin_listen = \"{}\"\n\
              authorize_path = {:?}\ntoken_path = {:?}\npkce = \"{}\"\nallow_plain = {}\n\
              strip_pkce_params = {}\nttl = {}\nmax_entries = {}\nmax_token_body = {}\n\
-             trusted_proxies = {}\nlog_format = \"{}\"\nconnect_timeout = {}\n\
+             trusted_proxies = {}\nproxy_protocol = {}\nlog_format = \"{}\"\nconnect_timeout = {}\n\
              response_timeout = {}\ndrain_timeout = {}\nallowed_origins = [{}]\n{}",
             self.listen,
             self.admin_listen,
@@ -1009,6 +1038,7 @@ impl Config {
             self.max_entries,
             self.max_token_body,
             self.trusted_proxies,
+            self.proxy_protocol,
             match self.log_format {
                 LogFormat::Pretty => "pretty",
                 LogFormat::Json => "json",

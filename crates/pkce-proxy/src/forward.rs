@@ -1001,17 +1001,18 @@ impl Forwarder {
     }
 
     /// A forwarder for one client connection from `peer`: it sets
-    /// `X-Forwarded-For` to the peer's address (after the trusted ones'
-    /// list, from a trusted proxy), and keeps the upstream connections it
-    /// opens for that client connection's next requests.
-    pub fn for_connection(&self, peer: SocketAddr) -> Self {
+    /// `X-Forwarded-For` to the peer's address (after the list the peer
+    /// sent, when it is a trusted proxy and `may_vouch`), and keeps the
+    /// upstream connections it opens for that client connection's next
+    /// requests.
+    pub fn for_connection(&self, peer: SocketAddr, may_vouch: bool) -> Self {
         let ip = peer.ip().to_canonical();
         Self {
             shared: self.shared.clone(),
             conn: ClientConnection::new(
                 &self.shared,
                 HeaderValue::try_from(ip.to_string()).ok(),
-                self.shared.trusted_proxies.contains(ip),
+                may_vouch && self.shared.trusted_proxies.contains(ip),
             ),
             endpoint: Endpoint::Other,
         }
@@ -1771,7 +1772,7 @@ mod tests {
         (1..=2)
             .map(|port| {
                 tower_pkce::PkceLayer::strict().layer(Reported {
-                    forwarder: base.for_connection(([127, 0, 0, 1], port).into()),
+                    forwarder: base.for_connection(([127, 0, 0, 1], port).into(), true),
                     progress: ForwardProgress::default(),
                     endpoint: Endpoint::Other,
                 })

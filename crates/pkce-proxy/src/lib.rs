@@ -31,6 +31,7 @@ mod h2;
 mod http1;
 pub mod legacy;
 pub mod metrics;
+mod proxy_protocol;
 pub mod server;
 pub mod store;
 mod target;

@@ -110,6 +110,7 @@ pub struct Metrics {
     upstream_idle: IntGauge,
     upstream_waiting: IntGauge,
     request_buffer_bytes: IntGauge,
+    proxy_protocol_refused: IntCounter,
 }
 
 impl Metrics {
@@ -189,6 +190,11 @@ impl Metrics {
             "pkce_proxy_request_buffer_bytes",
             "Bytes of request bodies read ahead and held in memory.",
         )?;
+        let proxy_protocol_refused = IntCounter::new(
+            "pkce_proxy_proxy_protocol_refused_total",
+            "Connections from trusted proxies closed for a missing or malformed PROXY protocol header.",
+        )?;
+        registry.register(Box::new(proxy_protocol_refused.clone()))?;
         registry.register(Box::new(limits_reached.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -210,7 +216,13 @@ impl Metrics {
             upstream_idle,
             upstream_waiting,
             request_buffer_bytes,
+            proxy_protocol_refused,
         })
+    }
+
+    /// Counts a connection closed for its PROXY protocol header.
+    pub(crate) fn proxy_protocol_refused(&self) {
+        self.proxy_protocol_refused.inc();
     }
 
     /// Counts an answered request.

@@ -35,7 +35,9 @@ use crate::config::{Config, Upstream};
 use crate::forward::{self, ClientBody, Forwarder, ProxyBody};
 use crate::http1;
 use crate::metrics::{Limit, Load, Metrics};
+use crate::proxy_protocol;
 use crate::store::ProxyStore;
+use crate::trusted_proxies::TrustedProxies;
 use crate::wire;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -177,6 +179,9 @@ const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 struct Clients {
     settings: http1::Settings,
     max_connections: usize,
+    /// The peers that send a PROXY protocol header first, when
+    /// `--proxy-protocol` is on.
+    proxy_protocol: Option<TrustedProxies>,
     /// Counts the open connections, and drains them at shutdown.
     shutdown: Arc<http1::Shutdown>,
 }
@@ -196,7 +201,7 @@ fn serve_clients<M, H, F, B>(
     make: M,
 ) -> JoinHandle<()>
 where
-    M: Fn(SocketAddr) -> H + Send + 'static,
+    M: Fn(SocketAddr, bool) -> H + Send + Sync + 'static,
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = Response<B>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -206,12 +211,14 @@ where
     let Clients {
         settings,
         max_connections,
+        proxy_protocol,
         shutdown,
     } = clients;
+    let make = Arc::new(make);
     tokio::spawn(async move {
         let connections = shutdown.clone();
         let mut full = false;
-        let connection = move |stream, peer| {
+        let connection = move |stream: TcpStream, peer: SocketAddr| {
             let open = connections.open_connections();
             if open >= max_connections {
                 settings.metrics.limit_reached(Limit::Connections);
@@ -230,10 +237,24 @@ where
                 full = false;
                 tracing::info!(open, "client connections below the limit again");
             }
+            let open = connections.enter();
+            let balancer = proxy_protocol
+                .as_ref()
+                .is_some_and(|from| from.contains(peer.ip().to_canonical()));
+            if balancer {
+                tokio::spawn(serve_balanced(
+                    stream,
+                    peer,
+                    make.clone(),
+                    open,
+                    settings.clone(),
+                ));
+                return;
+            }
             tokio::spawn(http1::serve_connection(
                 stream,
-                make(peer),
-                connections.enter(),
+                make(peer, true),
+                open,
                 settings.clone(),
             ));
         };
@@ -241,6 +262,46 @@ where
         shutdown.begin();
         drain_within(drain, "proxy", shutdown.drained()).await;
     })
+}
+
+/// A connection from a load balancer that speaks the PROXY protocol: its
+/// header names the client, within the head timeout, or the connection is
+/// closed. The balancer vouches for the `X-Forwarded-*` fields only of a
+/// client that is itself a trusted proxy.
+async fn serve_balanced<M, H, F, B>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    make: Arc<M>,
+    open: http1::OpenConnection,
+    settings: http1::Settings,
+) where
+    M: Fn(SocketAddr, bool) -> H + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
+    let header = tokio::time::timeout(
+        settings.head_timeout,
+        proxy_protocol::read_header(&mut stream),
+    )
+    .await;
+    let handler = match header {
+        Ok(Ok(proxy_protocol::Source::Client(client))) => make(client, true),
+        Ok(Ok(proxy_protocol::Source::Balancer)) => make(peer, false),
+        Ok(Err(proxy_protocol::Refused(why))) => {
+            settings.metrics.proxy_protocol_refused();
+            tracing::info!(why, "PROXY protocol header refused; connection closed");
+            return;
+        }
+        Err(_) => {
+            settings.metrics.proxy_protocol_refused();
+            tracing::info!("no PROXY protocol header within the head timeout; connection closed");
+            return;
+        }
+    };
+    http1::serve_connection(stream, handler, open, settings).await;
 }
 
 type ProxyService = Pkce<Forwarder, ProxyStore>;
@@ -599,6 +660,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let limits = &config.limits;
     let clients = Clients {
+        proxy_protocol: config
+            .proxy_protocol
+            .then(|| config.trusted_proxies.clone()),
         settings: http1::Settings {
             head_timeout: limits.head_timeout,
             body_timeout: limits.body_timeout,
@@ -627,11 +691,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stop_rx.clone(),
             config.drain_timeout,
             clients,
-            move |peer| {
+            move |peer, may_vouch| {
                 // Each client connection gets its own forwarder: it keeps
                 // the upstream connections that connection's requests use.
                 let mut pkce = pkce.clone();
-                let forwarder = pkce.get_ref().for_connection(peer);
+                let forwarder = pkce.get_ref().for_connection(peer, may_vouch);
                 *pkce.get_mut() = forwarder;
                 let layer = layer.clone();
                 let metrics = metrics.clone();
