@@ -130,10 +130,17 @@ pub(crate) fn is_handle(value: &str) -> bool {
 
 /// Whether `bytes` may contain a handle: a fast check before parsing. It
 /// looks for `pkce` alone, so that a handle written as `pkce%2E…` or
-/// `pkce&#46;…` is not missed.
+/// `pkce&#46;…` is not missed, and lets through anything with an escape
+/// that could spell a letter of it (`%70kce.…`, `&#112;kce.…`): such text
+/// is read the slow way.
 pub(crate) fn may_contain(bytes: &[u8]) -> bool {
     const STEM: &[u8] = b"pkce";
     bytes.windows(STEM.len()).any(|w| w == STEM)
+        || bytes.windows(3).any(|w| match w {
+            [b'%', h, l] => h.is_ascii_hexdigit() && l.is_ascii_hexdigit(),
+            [b'&', b'#', _] => true,
+            _ => false,
+        })
 }
 
 /// How many handles `decoded` holds (see `loose::decode`): the prefix and
@@ -234,6 +241,9 @@ mod tests {
         assert!(!is_handle("client-state"));
         assert!(!is_handle(""));
         assert!(!may_contain(b"state=abc"));
+        assert!(may_contain(b"state=%70kce.x"));
+        assert!(may_contain(b"value=&#112;kce.x"));
+        assert!(!may_contain(b"state=100% & more"));
     }
 
     #[test]

@@ -516,6 +516,15 @@ mod tests {
                 "<input type=hidden name=state value=\"pkce&#46;{}\">",
                 &H[5..]
             ),
+            // Letters of the prefix escaped too: no `pkce` as written.
+            format!(
+                "<input type=hidden name=state value=\"&#112;kce.{}\">",
+                &H[5..]
+            ),
+            format!(
+                "<input type=hidden name=state value=\"&#x70;&#107;&#99;&#101;&#46;{}\">",
+                &H[5..]
+            ),
         ] {
             let page = form_post(&field);
             let d = delivered(&page);

@@ -377,6 +377,12 @@ mod tests {
         let loc = format!("/cb?c%6Fde=a%2Bb&st%61te={}", H.replace('.', "%2E"));
         assert_eq!(delivered(&loc).hit.code.as_deref(), Some("a+b"));
         assert_eq!(restored(&loc, Some("s")), "/cb?c%6Fde=a%2Bb&st%61te=s");
+        // The prefix's letters escaped: no `pkce` as written.
+        for handle in [H.replacen('p', "%70", 1), H.replace("pkce", "%70%6B%63%65")] {
+            let loc = format!("/cb?code=c1&state={handle}");
+            assert_eq!(delivered(&loc).hit.code.as_deref(), Some("c1"), "{loc}");
+            assert_eq!(restored(&loc, Some("s")), "/cb?code=c1&state=s");
+        }
     }
 
     #[test]
