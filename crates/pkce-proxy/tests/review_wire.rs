@@ -858,3 +858,17 @@ async fn h2_bodies_and_connect_are_refused() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(body.is_empty(), "a HEAD answer over h2 carried {body:?}");
 }
+
+/// The deprecated `--trust-forwarded` still starts, and says at start why
+/// it should go; `--trusted-proxies` starts without that warning.
+#[test]
+fn trust_forwarded_warns_at_start() {
+    let deprecated = Proxy::spawn("http://127.0.0.1:9", &["--trust-forwarded"]);
+    let log = deprecated.log();
+    assert!(
+        log.contains("--trust-forwarded is deprecated") && log.contains("\"level\":\"WARN\""),
+        "{log}"
+    );
+    let listed = Proxy::spawn("http://127.0.0.1:9", &["--trusted-proxies", "10.0.0.0/8"]);
+    assert!(!listed.log().contains("deprecated"), "{}", listed.log());
+}
