@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 pub mod redis;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -35,6 +35,7 @@ mod proxy_protocol;
 pub mod server;
 pub mod store;
 mod target;
+mod tls;
 pub mod trusted_proxies;
 mod upstream;
 mod wire;
