@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -12,6 +13,7 @@ use http::Uri;
 use tower_pkce::store::Store;
 use tower_pkce::{PkceLayer, Requirement};
 
+use crate::tls;
 use crate::trusted_proxies::TrustedProxies;
 
 /// The exit code for invalid settings (`EX_USAGE` in sysexits.h).
@@ -60,6 +62,21 @@ pub struct RawSettings {
     /// optional path prefix.
     #[arg(long, env = "PKCE_PROXY_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
+    /// With an https:// upstream: a PEM bundle of the authorities to trust
+    /// for its certificate, instead of the system's.
+    #[arg(long, env = "PKCE_PROXY_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<String>,
+    /// With an https:// upstream: the certificate chain (PEM) the proxy
+    /// presents when the upstream asks for one (mutual TLS).
+    #[arg(long, env = "PKCE_PROXY_UPSTREAM_CLIENT_CERT", value_name = "FILE")]
+    pub upstream_client_cert: Option<String>,
+    /// The private key (PEM) of --upstream-client-cert.
+    #[arg(long, env = "PKCE_PROXY_UPSTREAM_CLIENT_KEY", value_name = "FILE")]
+    pub upstream_client_key: Option<String>,
+    /// With an https:// upstream: the name sent in SNI and that its
+    /// certificate must carry, when not the --upstream host.
+    #[arg(long, env = "PKCE_PROXY_UPSTREAM_SERVER_NAME", value_name = "NAME")]
+    pub upstream_server_name: Option<String>,
     /// Where to listen for clients [default: 127.0.0.1:8443].
     #[arg(long, env = "PKCE_PROXY_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
@@ -288,6 +305,38 @@ impl Upstream {
     }
 }
 
+/// How the proxy speaks TLS to an https:// upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The authorities trusted for the upstream's certificate; `None` for
+    /// the system's.
+    pub ca: Option<PathBuf>,
+    /// The certificate chain and the key the proxy presents (mutual TLS).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// The name the upstream's certificate must carry, and the SNI, when
+    /// not the upstream's host.
+    pub server_name: Option<String>,
+}
+
+impl UpstreamTls {
+    /// The TLS client these settings describe, its files read now.
+    pub(crate) fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let roots = tls::roots("upstream-ca", self.ca.as_deref())?;
+        let identity = match &self.client_identity {
+            Some((cert, key)) => Some(tls::read_identity(
+                ("upstream-client-cert", cert),
+                ("upstream-client-key", key),
+            )?),
+            None => None,
+        };
+        Ok(Arc::new(tls::client_config(
+            roots,
+            identity,
+            &[b"http/1.1"],
+        )?))
+    }
+}
+
 /// The bounds on what clients and the upstream may hold: connections,
 /// timeouts and buffers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -330,6 +379,8 @@ pub struct Limits {
 pub struct Config {
     /// The authorization server.
     pub upstream: Upstream,
+    /// TLS to the upstream, when it is https://.
+    pub upstream_tls: Option<UpstreamTls>,
     /// The client listener.
     pub listen: SocketAddr,
     /// The admin listener.
@@ -404,6 +455,10 @@ impl std::error::Error for ConfigError {}
 /// The settings a TOML file may hold, by key.
 const FILE_KEYS: &[&str] = &[
     "upstream",
+    "upstream_ca",
+    "upstream_client_cert",
+    "upstream_client_key",
+    "upstream_server_name",
     "listen",
     "authorize_path",
     "token_path",
@@ -743,6 +798,74 @@ fn parse_addr(key: &str, text: Option<String>, default: &str) -> Result<SocketAd
     })
 }
 
+/// A one-line error from `tls` (`--setting: file: why`) as the error of
+/// that setting.
+fn file_error(line: String) -> ConfigError {
+    match line.split_once(": ") {
+        Some((setting, why)) if setting.starts_with("--") => ConfigError::new(setting, why),
+        _ => ConfigError::new("--upstream", line),
+    }
+}
+
+/// The upstream's TLS settings, its files read and checked: `None` for a
+/// plain-HTTP upstream, which takes none of them.
+fn parse_upstream_tls(
+    src: &Sources,
+    raw: &RawSettings,
+    upstream: &Upstream,
+) -> Result<Option<UpstreamTls>, ConfigError> {
+    let ca = src.get(&raw.upstream_ca, "upstream_ca")?;
+    let cert = src.get(&raw.upstream_client_cert, "upstream_client_cert")?;
+    let key = src.get(&raw.upstream_client_key, "upstream_client_key")?;
+    let name = src.get(&raw.upstream_server_name, "upstream_server_name")?;
+    if upstream.scheme != http::uri::Scheme::HTTPS {
+        let given = [
+            ("--upstream-ca", &ca),
+            ("--upstream-client-cert", &cert),
+            ("--upstream-client-key", &key),
+            ("--upstream-server-name", &name),
+        ];
+        if let Some((setting, _)) = given.iter().find(|(_, value)| value.is_some()) {
+            return Err(ConfigError::new(
+                setting,
+                "applies only to an https:// --upstream",
+            ));
+        }
+        return Ok(None);
+    }
+    let client_identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "--upstream-client-cert",
+                "needs --upstream-client-key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "--upstream-client-key",
+                "needs --upstream-client-cert",
+            ));
+        }
+    };
+    if let Some(name) = &name
+        && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        return Err(ConfigError::new(
+            "--upstream-server-name",
+            format!("{name:?} is not a DNS name or an IP address"),
+        ));
+    }
+    let tls = UpstreamTls {
+        ca: ca.map(PathBuf::from),
+        client_identity,
+        server_name: name,
+    };
+    tls.client_config().map_err(file_error)?;
+    Ok(Some(tls))
+}
+
 fn parse_upstream(text: Option<String>) -> Result<Upstream, ConfigError> {
     let setting = "--upstream";
     let Some(text) = text else {
@@ -871,8 +994,10 @@ impl Config {
     pub fn resolve(raw: &RawSettings) -> Result<Self, ConfigError> {
         let src = Sources::load(raw.config.as_ref())?;
         let (trust_forwarded, trusted_proxies) = parse_trusted(&src, raw)?;
+        let upstream = parse_upstream(src.get(&raw.upstream, "upstream")?)?;
         let config = Self {
-            upstream: parse_upstream(src.get(&raw.upstream, "upstream")?)?,
+            upstream_tls: parse_upstream_tls(&src, raw, &upstream)?,
+            upstream,
             listen: parse_addr("listen", src.get(&raw.listen, "listen")?, "127.0.0.1:8443")?,
             admin_listen: parse_addr(
                 "admin_listen",
@@ -1062,7 +1187,31 @@ impl Config {
         ) + &match self.worker_threads {
             Some(n) => format!("worker_threads = {n}\n"),
             None => "worker_threads = \"auto\"\n".to_owned(),
-        } + &self.limits.to_toml()
+        } + &self.upstream_tls_toml()
+            + &self.limits.to_toml()
+    }
+
+    /// The upstream's TLS settings that were given, as TOML.
+    fn upstream_tls_toml(&self) -> String {
+        let Some(tls) = &self.upstream_tls else {
+            return String::new();
+        };
+        let path = |p: &PathBuf| format!("{:?}", p.display().to_string());
+        let mut out = String::new();
+        if let Some(ca) = &tls.ca {
+            out += &format!("upstream_ca = {}\n", path(ca));
+        }
+        if let Some((cert, key)) = &tls.client_identity {
+            out += &format!(
+                "upstream_client_cert = {}\nupstream_client_key = {}\n",
+                path(cert),
+                path(key)
+            );
+        }
+        if let Some(name) = &tls.server_name {
+            out += &format!("upstream_server_name = {name:?}\n");
+        }
+        out
     }
 
     /// The number of runtime worker threads: the setting, or the CPUs this

@@ -1,17 +1,17 @@
 //! Forwarding to the upstream: the proxy headers, the upstream connections,
 //! and 502/504 answers when the upstream fails.
 //!
-//! A plain-HTTP upstream is reached over HTTP/1.1 connections of the
-//! proxy's own (see `upstream`), driven by the request that uses them, that
-//! stay with the client connection that opened them: a request takes an
-//! idle one of its own connection's, and gives it back when the response
+//! The upstream is reached over HTTP/1.1 connections of the proxy's own
+//! (see `upstream`), plain or TLS, driven by the request that uses them,
+//! that stay with the client connection that opened them: a request takes
+//! an idle one of its own connection's, and gives it back when the response
 //! body has been read, so the hot path takes no shared lock and spawns no
 //! task. When a client connection closes, its idle upstream connections go
 //! to a shared pool that new client connections draw from. An HTTPS
-//! upstream is reached through hyper-util's pooled client (rustls; HTTP/1.1
-//! or HTTP/2 by ALPN).
+//! upstream gets the same engine, framing, limits and retries: only the
+//! bytes are encrypted (rustls, TLS 1.2 and 1.3, ALPN `http/1.1`).
 //!
-//! Upstream connections are bounded on both transports: in all (idle ones
+//! Upstream connections are bounded: in all (idle ones
 //! included: each holds a `Slot` while it is open), and per client
 //! connection (each request holds a share of its client connection's, in
 //! its `Home`, until its upstream connection is back). Taking and giving
@@ -20,7 +20,7 @@
 //! another client connection keeps if it must; past the wait it gets 503,
 //! never having been sent.
 //!
-//! Both transports reuse an upstream connection after a request only when
+//! An upstream connection is reused after a request only when
 //! `reusable_after` says so: a body that a loose upstream leaves unread
 //! is read as the next request, so a request with a body retires its
 //! connection (`Connection: close`), except a checked token body of
@@ -30,8 +30,7 @@
 //!
 //! A request may carry a [`ForwardProgress`] (the layer adds one to a token
 //! request whose code it redeemed): it is marked not sent when the request
-//! is taken, sent right before it goes on a connection (or to hyper's
-//! client), and unanswered when the proxy answers 502 or 504 itself after
+//! is taken, sent right before it goes on a connection, and unanswered when the proxy answers 502 or 504 itself after
 //! that, so that the layer restores the code only when the upstream cannot
 //! have redeemed it (I6). A request that waits for a connection is not
 //! sent until it has one.
@@ -50,10 +49,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tower_pkce::{Endpoint, ForwardProgress, Rejection, RequestBody};
@@ -65,18 +61,13 @@ pub use crate::http1::{ClientBody, ClientBodyError};
 use crate::metrics::{Limit, Metrics};
 use crate::trusted_proxies::TrustedProxies;
 use crate::upstream::{
-    Connection, Exchange, HeaderOverrides, Home, Http1Error, Keep, Prepared, Retry, Reuse,
-    WithoutTrailers,
+    Connection, Exchange, HeaderOverrides, Home, Http1Error, Keep, Prepared, Retry, Reuse, Stream,
 };
 pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of a forwarded response: the upstream's, streamed, or the
 /// proxy's own error.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
-
-type HttpsClient = Client<HttpsConnector<Counted>, WithoutTrailers<RequestBody<ClientBody>>>;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. `Trailer` is
 /// end to end: it announces the trailers that follow. A `static`, so that
@@ -233,7 +224,7 @@ pub struct Forwarder {
 }
 
 struct Shared {
-    transport: Transport,
+    pool: Pool,
     upstream: Upstream,
     /// The upstream's authority, the `Host` of a request that has none.
     upstream_host: Option<HeaderValue>,
@@ -252,20 +243,18 @@ struct Shared {
     waiting: AtomicUsize,
 }
 
-enum Transport {
-    Plain(Pool),
-    Tls(Box<HttpsClient>),
-}
-
 /// The idle connections of one client connection, boxed: a connection
 /// moves between the pool, a request and its response as one pointer.
 type IdleList = Mutex<Vec<Box<Connection>>>;
 
-/// Connections to a plain-HTTP upstream, idle, that no client connection
-/// holds, and a way to reach those that client connections hold.
+/// Connections to the upstream, idle, that no client connection holds, and
+/// a way to reach those that client connections hold.
 struct Pool {
     host: String,
     port: u16,
+    /// For an HTTPS upstream: the TLS client and the name its certificate
+    /// must carry.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
     idle: Mutex<Vec<(Box<Connection>, Instant)>>,
     max_idle: usize,
@@ -301,10 +290,7 @@ impl ClientConnection {
     /// pool.
     fn new(shared: &Arc<Shared>, client_ip: Option<HeaderValue>, trusted: bool) -> Arc<Self> {
         let idle = Arc::new(Mutex::new(Vec::new()));
-        let id = match &shared.transport {
-            Transport::Plain(pool) => pool.hold(&idle),
-            Transport::Tls(_) => 0,
-        };
+        let id = shared.pool.hold(&idle);
         Arc::new(Self {
             client_ip,
             trusted,
@@ -322,18 +308,15 @@ impl ClientConnection {
         self.shares.try_take().then(|| Home::new(self.clone()))
     }
 
-    /// The plain-HTTP pool, with the count of upstream connections.
+    /// The pool, with the count of upstream connections.
     fn pool(&self) -> Option<(&Pool, &Gate)> {
         let shared = self.shared.as_deref()?;
-        match &shared.transport {
-            Transport::Plain(pool) => Some((pool, &shared.open)),
-            Transport::Tls(_) => None,
-        }
+        Some((&shared.pool, &shared.open))
     }
 
     fn checkout(&self) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(conn) = idle.pop() {
+        while let Some(mut conn) = idle.pop() {
             if conn.is_usable() {
                 return Some(conn);
             }
@@ -413,23 +396,33 @@ enum Source {
 }
 
 impl Pool {
-    fn new(upstream: &Upstream, config: &Config) -> Self {
+    fn new(upstream: &Upstream, config: &Config) -> Result<Self, String> {
         let (host, port) = upstream.host_port();
-        Self {
+        let tls = match &config.upstream_tls {
+            Some(tls) => {
+                let name = tls.server_name.as_deref().unwrap_or(host.as_str());
+                let name = ServerName::try_from(name.to_owned())
+                    .map_err(|_| format!("{name:?} is not a name a certificate can carry"))?;
+                Some((tokio_rustls::TlsConnector::from(tls.client_config()?), name))
+            }
+            None => None,
+        };
+        Ok(Self {
             host,
             port,
+            tls,
             connect_timeout: config.connect_timeout,
             idle: Mutex::new(Vec::new()),
             max_idle: config.limits.max_idle_upstream_connections,
             idle_timeout: config.limits.upstream_idle_timeout,
             held: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-        }
+        })
     }
 
     fn checkout(&self) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some((conn, since)) = idle.pop() {
+        while let Some((mut conn, since)) = idle.pop() {
             if since.elapsed() < self.idle_timeout && conn.is_usable() {
                 return Some(conn);
             }
@@ -440,7 +433,7 @@ impl Pool {
     /// Keeps `conn` idle in the shared pool, unless the pool is full or
     /// the connection unusable (then it closes); either way one waiting
     /// request is told.
-    fn put(&self, conn: Box<Connection>, open: &Gate) {
+    fn put(&self, mut conn: Box<Connection>, open: &Gate) {
         if conn.is_usable() {
             let now = Instant::now();
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -466,7 +459,7 @@ impl Pool {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(conn, since)| since.elapsed() < timeout && conn.is_usable());
+            .retain_mut(|(conn, since)| since.elapsed() < timeout && conn.is_usable());
     }
 
     /// Registers a client connection's idle list; its number.
@@ -494,7 +487,7 @@ impl Pool {
         let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         for idle in held.values() {
             let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
-            while let Some(conn) = idle.pop() {
+            while let Some(mut conn) = idle.pop() {
                 if conn.is_usable() {
                     return Some(conn);
                 }
@@ -511,13 +504,23 @@ impl Pool {
         slot: Slot,
     ) -> Pin<Box<dyn Future<Output = Result<Box<Connection>, UpstreamError>> + Send>> {
         let (host, port, timeout) = (self.host.clone(), self.port, self.connect_timeout);
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
+            let deadline = tokio::time::Instant::now() + timeout;
+            let stream =
+                tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), port)))
+                    .await
+                    .map_err(|_| UpstreamError::ConnectTimeout)?
+                    .map_err(UpstreamError::Connect)?;
+            let _ = stream.set_nodelay(true);
+            let Some((connector, name)) = tls else {
+                return Ok(Connection::new(Stream::Plain(stream), slot));
+            };
+            let tls = tokio::time::timeout_at(deadline, connector.connect(name, stream))
                 .await
                 .map_err(|_| UpstreamError::ConnectTimeout)?
-                .map_err(UpstreamError::Connect)?;
-            let _ = stream.set_nodelay(true);
-            Ok(Connection::new(stream, slot))
+                .map_err(UpstreamError::Handshake)?;
+            Ok(Connection::new(Stream::Tls(Box::new(tls)), slot))
         })
     }
 
@@ -617,9 +620,7 @@ fn wait_for_connection(
                 return Ok((request, Source::New(slot)));
             }
         };
-        let Transport::Plain(pool) = &shared.transport else {
-            return Err(UpstreamError::Limit(Limit::UpstreamConnections));
-        };
+        let pool = &shared.pool;
         let source = open
             .wait_for(deadline, || {
                 client
@@ -640,37 +641,27 @@ fn wait_for_connection(
 enum UpstreamError {
     Connect(std::io::Error),
     ConnectTimeout,
+    /// The TLS handshake failed: the upstream's certificate was refused,
+    /// or it refused the proxy's.
+    Handshake(std::io::Error),
     Exchange(Http1Error),
-    Client(hyper_util::client::legacy::Error),
-    /// hyper's client took a response the proxy's own would refuse.
-    Invalid(&'static str),
     /// No upstream connection came free within the wait.
     Limit(Limit),
 }
 
 impl UpstreamError {
-    /// Whether the request certainly did not reach the upstream: hyper's
-    /// client could not connect, or no connection came free. (The proxy's
-    /// own connections are marked sent only once connected.)
+    /// Whether the request certainly did not reach the upstream: no
+    /// connection came free. (A request is marked sent only once it has a
+    /// connection, TLS handshake done.)
     fn nothing_sent(&self) -> bool {
-        matches!(self, Self::Client(e) if e.is_connect()) || matches!(self, Self::Limit(_))
+        matches!(self, Self::Limit(_))
     }
 
     /// The bound that kept the request from an upstream connection, if one
-    /// did: hyper's connector says so with [`NoSlot`].
+    /// did.
     fn limit(&self) -> Option<Limit> {
         match self {
             Self::Limit(limit) => Some(*limit),
-            Self::Client(e) if e.is_connect() => {
-                let mut next = std::error::Error::source(e);
-                while let Some(e) = next {
-                    if e.is::<NoSlot>() {
-                        return Some(Limit::UpstreamConnections);
-                    }
-                    next = e.source();
-                }
-                None
-            }
             _ => None,
         }
     }
@@ -678,30 +669,13 @@ impl UpstreamError {
     /// Whether the client's request body failed (a framing error, or the
     /// client went away) while the request was sent: the client's fault.
     fn client_body_failed(&self) -> bool {
-        match self {
-            Self::Exchange(Http1Error::RequestBody(_)) => true,
-            Self::Client(e) => crate::http1::is_client_body_error(e),
-            _ => false,
-        }
+        matches!(self, Self::Exchange(Http1Error::RequestBody(_)))
     }
 
     /// Whether the upstream answered with something that is not HTTP/1.1
     /// the proxy takes (malformed, or past a limit).
     fn invalid_response(&self) -> bool {
-        match self {
-            Self::Exchange(Http1Error::Malformed(_)) | Self::Invalid(_) => true,
-            Self::Client(e) => {
-                let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-                while let Some(e) = next {
-                    if let Some(e) = e.downcast_ref::<hyper::Error>() {
-                        return e.is_parse() || e.is_parse_status();
-                    }
-                    next = e.source();
-                }
-                false
-            }
-            _ => false,
-        }
+        matches!(self, Self::Exchange(Http1Error::Malformed(_)))
     }
 }
 
@@ -710,9 +684,8 @@ impl std::fmt::Display for UpstreamError {
         match self {
             Self::Connect(e) => write!(f, "cannot connect: {e}"),
             Self::ConnectTimeout => f.write_str("connect timed out"),
+            Self::Handshake(e) => write!(f, "TLS handshake failed: {e}"),
             Self::Exchange(e) => write!(f, "{e}"),
-            Self::Client(e) => write!(f, "{e}"),
-            Self::Invalid(why) => write!(f, "invalid response from the upstream: {why}"),
             Self::Limit(_) => f.write_str("no upstream connection came free in time"),
         }
     }
@@ -721,153 +694,11 @@ impl std::fmt::Display for UpstreamError {
 impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect(e) => Some(e),
-            Self::ConnectTimeout | Self::Invalid(_) | Self::Limit(_) => None,
+            Self::Connect(e) | Self::Handshake(e) => Some(e),
+            Self::ConnectTimeout | Self::Limit(_) => None,
             Self::Exchange(e) => std::error::Error::source(e),
-            Self::Client(e) => std::error::Error::source(e),
         }
     }
-}
-
-/// What hyper's client accepts in a response head and the proxy's own
-/// connections refuse: a `Content-Length` that is a list, or past the
-/// signed 64-bit range. Both transports answer such a response alike.
-fn check_pooled(response: &Response<UpstreamBody>) -> Result<(), UpstreamError> {
-    let lengths = response.headers().get_all(header::CONTENT_LENGTH);
-    if lengths
-        .iter()
-        .any(|value| crate::wire::parse_length(value.as_bytes()).is_none())
-    {
-        return Err(UpstreamError::Invalid("invalid Content-Length"));
-    }
-    Ok(())
-}
-
-/// hyper's connector failed to open a connection: every one allowed was
-/// open, and none closed within the wait.
-#[derive(Debug)]
-struct NoSlot;
-
-impl std::fmt::Display for NoSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("every upstream connection allowed is open")
-    }
-}
-
-impl std::error::Error for NoSlot {}
-
-/// The connector of hyper's client, with each connection it opens counted
-/// against the upstream bound: past it, a new connection waits (within
-/// the connect timeout) for one to close, or fails with [`NoSlot`].
-#[derive(Clone)]
-struct Counted {
-    inner: HttpConnector,
-    open: Arc<Gate>,
-    wait: Duration,
-}
-
-impl Service<Uri> for Counted {
-    type Response = CountedIo;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<CountedIo, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let (mut inner, open, wait) = (self.inner.clone(), self.open.clone(), self.wait);
-        Box::pin(async move {
-            let slot = match Slot::take(&open) {
-                Some(slot) => slot,
-                None => {
-                    let deadline = tokio::time::Instant::now() + wait;
-                    open.wait_for(deadline, || Slot::take(&open))
-                        .await
-                        .ok_or(NoSlot)?
-                }
-            };
-            std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-            let io = inner.call(uri).await?;
-            Ok(CountedIo { io, _slot: slot })
-        })
-    }
-}
-
-/// A connection of hyper's client, counted while it is open.
-struct CountedIo {
-    io: TokioIo<TcpStream>,
-    _slot: Slot,
-}
-
-impl hyper::rt::Read for CountedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for CountedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-impl hyper_util::client::legacy::connect::Connection for CountedIo {
-    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        self.io.connected()
-    }
-}
-
-/// The TLS client configuration: webpki roots, the ring provider, and
-/// every connection counted in `open`.
-fn https_connector(
-    connect_timeout: Duration,
-    open: Arc<Gate>,
-) -> Result<HttpsConnector<Counted>, String> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("TLS setup failed: {e}"))?;
-    Ok(builder
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(Counted {
-            inner: http,
-            open,
-            wait: connect_timeout,
-        }))
 }
 
 /// Whether the upstream connection that `body`'s request goes on may serve
@@ -919,9 +750,7 @@ fn sweep_idle(shared: &Arc<Shared>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let Transport::Plain(pool) = &shared.transport else {
-        return;
-    };
+    let pool = &shared.pool;
     let every = (pool.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
     let shared = Arc::downgrade(shared);
     runtime.spawn(async move {
@@ -930,9 +759,7 @@ fn sweep_idle(shared: &Arc<Shared>) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            if let Transport::Plain(pool) = &shared.transport {
-                pool.sweep();
-            }
+            shared.pool.sweep();
         }
     });
 }
@@ -949,37 +776,14 @@ impl Forwarder {
     ///
     /// # Errors
     ///
-    /// When the TLS client cannot be set up.
+    /// When the TLS client cannot be set up (its files went bad since the
+    /// settings were checked).
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let pooled = config.upstream.scheme == http::uri::Scheme::HTTPS;
-        Self::with_transport(config, metrics, pooled)
-    }
-
-    /// A forwarder through hyper's pooled client when `pooled` (which an
-    /// HTTPS upstream needs, and which takes plain HTTP too), else over
-    /// connections of the proxy's own.
-    fn with_transport(
-        config: &Config,
-        metrics: Arc<Metrics>,
-        pooled: bool,
-    ) -> Result<Self, String> {
         let upstream = config.upstream.clone();
         let limits = &config.limits;
         let open = Arc::new(Gate::new(limits.max_upstream_connections));
-        let transport = if pooled {
-            Transport::Tls(Box::new(
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(limits.upstream_idle_timeout)
-                    .pool_max_idle_per_host(limits.max_idle_upstream_connections)
-                    .pool_timer(TokioTimer::new())
-                    .http1_max_headers(crate::upstream::MAX_HEADERS)
-                    .build(https_connector(config.connect_timeout, open.clone())?),
-            ))
-        } else {
-            Transport::Plain(Pool::new(&upstream, config))
-        };
         let shared = Arc::new(Shared {
-            transport,
+            pool: Pool::new(&upstream, config)?,
             upstream_host: HeaderValue::from_str(upstream.authority.as_str()).ok(),
             upstream,
             response_timeout: config.response_timeout,
@@ -990,9 +794,7 @@ impl Forwarder {
             wait: config.connect_timeout,
             waiting: AtomicUsize::new(0),
         });
-        if matches!(shared.transport, Transport::Plain(_)) {
-            sweep_idle(&shared);
-        }
+        sweep_idle(&shared);
         Ok(Self {
             conn: ClientConnection::new(&shared, None, false),
             shared,
@@ -1023,12 +825,7 @@ impl Forwarder {
     pub(crate) fn load(&self) -> (usize, usize, usize) {
         let shared = &self.shared;
         let waiting = shared.waiting.load(Ordering::SeqCst);
-        match &shared.transport {
-            Transport::Plain(pool) => (shared.open.taken(), pool.idle_count(), waiting),
-            // hyper's pool does not tell its idle connections; its
-            // connector's waits are counted by the gate.
-            Transport::Tls(_) => (shared.open.taken(), 0, waiting + shared.open.waiting()),
-        }
+        (shared.open.taken(), shared.pool.idle_count(), waiting)
     }
 
     /// Tells the forwarder which endpoint the next request is for, as the
@@ -1039,12 +836,10 @@ impl Forwarder {
     }
 
     /// The request target as the upstream takes it: origin form (path and
-    /// query) for a plain-HTTP connection, absolute for the pooled client.
+    /// query), under the upstream's base path.
     fn upstream_uri(&self, uri: &Uri) -> Option<Uri> {
         let upstream = &self.shared.upstream;
-        let absolute = matches!(self.shared.transport, Transport::Tls(_));
-        if !absolute
-            && upstream.base_path.is_empty()
+        if upstream.base_path.is_empty()
             && let Some(pq) = uri.path_and_query()
         {
             return Some(Uri::from(pq.clone()));
@@ -1053,15 +848,7 @@ impl Forwarder {
         let mut pq = String::with_capacity(upstream.base_path.len() + path_and_query.len());
         pq.push_str(&upstream.base_path);
         pq.push_str(path_and_query);
-        if !absolute {
-            return Uri::try_from(pq).ok();
-        }
-        Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .ok()
+        Uri::try_from(pq).ok()
     }
 
     /// The proxy's own header fields for `req`: `Host` when it has none,
@@ -1104,37 +891,6 @@ impl Forwarder {
             overrides.set(X_FORWARDED_HOST, host);
         }
         overrides
-    }
-}
-
-impl Forwarder {
-    /// `req` through hyper's client once one of this client connection's
-    /// shares comes free, within the connect timeout.
-    #[cold]
-    #[inline(never)]
-    fn pooled_after_wait(
-        &self,
-        client: &HttpsClient,
-        req: Request<RequestBody<ClientBody>>,
-        progress: Option<ForwardProgress>,
-    ) -> Pooled {
-        let (client, conn, shared) = (client.clone(), self.conn.clone(), self.shared.clone());
-        Box::pin(async move {
-            let home = {
-                let _waiting = gate::Waiter::count(&shared.waiting);
-                let deadline = tokio::time::Instant::now() + shared.wait;
-                conn.shares
-                    .wait_for(deadline, || conn.try_share())
-                    .await
-                    .ok_or(UpstreamError::Limit(Limit::UpstreamConnectionsPerClient))?
-            };
-            mark(progress.as_ref(), ForwardProgress::sent);
-            client
-                .request(req.map(WithoutTrailers))
-                .await
-                .map(|r| r.map(|body| UpstreamBody::pooled(body, home)))
-                .map_err(UpstreamError::Client)
-        })
     }
 }
 
@@ -1275,45 +1031,23 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
         let timer = self
             .conn
             .response_timer(started + self.shared.response_timeout);
-        let step = match &self.shared.transport {
-            Transport::Plain(pool) => match self.conn.try_share() {
-                Some(home) => pool.route(&self.shared, &self.conn, progress.as_ref(), |buf| {
-                    Prepared::new(buf, req, &overrides, home, reuse)
-                }),
-                None => Step::Waiting(wait_for_connection(
-                    self.shared.clone(),
-                    self.conn.clone(),
-                    Pending::Unshared(Box::new(Outbound {
-                        req,
-                        overrides,
-                        reuse,
-                    })),
-                )),
-            },
-            Transport::Tls(client) => {
-                overrides.apply(req.headers_mut());
-                // hyper's pool cannot wait for the status: a connection that
-                // may only be kept after a 2xx is not kept.
-                if reuse != Reuse::Clean {
-                    // hyper's client does not pool a connection whose
-                    // request asked to close it.
-                    req.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                match self.conn.try_share() {
-                    Some(home) => {
-                        mark(progress.as_ref(), ForwardProgress::sent);
-                        let sending = client.request(req.map(WithoutTrailers));
-                        Step::Pooled(Box::pin(async move {
-                            sending
-                                .await
-                                .map(|r| r.map(|body| UpstreamBody::pooled(body, home)))
-                                .map_err(UpstreamError::Client)
-                        }))
-                    }
-                    None => Step::Pooled(self.pooled_after_wait(client, req, progress.clone())),
-                }
+        let step = match self.conn.try_share() {
+            Some(home) => {
+                self.shared
+                    .pool
+                    .route(&self.shared, &self.conn, progress.as_ref(), |buf| {
+                        Prepared::new(buf, req, &overrides, home, reuse)
+                    })
             }
+            None => Step::Waiting(wait_for_connection(
+                self.shared.clone(),
+                self.conn.clone(),
+                Pending::Unshared(Box::new(Outbound {
+                    req,
+                    overrides,
+                    reuse,
+                })),
+            )),
         };
         ResponseFuture(State::Forwarding(Forwarding {
             step,
@@ -1355,8 +1089,6 @@ struct Forwarding {
     progress: Option<ForwardProgress>,
 }
 
-type Pooled = Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send>>;
-
 enum Step {
     /// Waiting for a share of the client connection's upstream
     /// connections, or for one of them, because a bound is reached.
@@ -1366,8 +1098,6 @@ enum Step {
     /// On a connection of the proxy's own; `reused` when it served a
     /// request before, so that it may have been closed meanwhile.
     Exchanging { exchange: Exchange, reused: bool },
-    /// Through the pooled client (HTTPS).
-    Pooled(Pooled),
     /// The answer is out.
     Done,
 }
@@ -1445,14 +1175,14 @@ impl Forwarding {
                     } else {
                         None
                     };
-                    match (again, &self.shared.transport) {
-                        (Some(Retry { request, unsent }), Transport::Plain(pool)) => {
+                    match again {
+                        Some(Retry { request, unsent }) => {
                             if unsent {
                                 mark(self.progress.as_ref(), ForwardProgress::not_sent);
                             }
                             self.step = match Slot::take(&self.shared.open) {
                                 Some(slot) => Step::Connecting(Box::new(Connecting {
-                                    connect: pool.connect(slot),
+                                    connect: self.shared.pool.connect(slot),
                                     request,
                                 })),
                                 None => Step::Waiting(wait_for_connection(
@@ -1462,14 +1192,11 @@ impl Forwarding {
                                 )),
                             };
                         }
-                        _ => return Poll::Ready(Err(UpstreamError::Exchange(e))),
+                        None => return Poll::Ready(Err(UpstreamError::Exchange(e))),
                     }
                 }
                 Step::Waiting(waiting) => {
                     let (request, source) = ready!(waiting.as_mut().poll(cx))?;
-                    let Transport::Plain(pool) = &self.shared.transport else {
-                        return Poll::Ready(Err(UpstreamError::Limit(Limit::UpstreamConnections)));
-                    };
                     self.step = match source {
                         Source::Idle(upstream) => {
                             mark(self.progress.as_ref(), ForwardProgress::sent);
@@ -1479,7 +1206,7 @@ impl Forwarding {
                             }
                         }
                         Source::New(slot) => Step::Connecting(Box::new(Connecting {
-                            connect: pool.connect(slot),
+                            connect: self.shared.pool.connect(slot),
                             request,
                         })),
                     };
@@ -1497,11 +1224,6 @@ impl Forwarding {
                         exchange: connecting.request.send_on(connected),
                         reused: false,
                     };
-                }
-                Step::Pooled(sending) => {
-                    let result = ready!(sending.as_mut().poll(cx));
-                    self.step = Step::Done;
-                    return Poll::Ready(result.and_then(|r| check_pooled(&r).map(|()| r)));
                 }
                 Step::Done => {
                     return Poll::Ready(Err(UpstreamError::Exchange(Http1Error::Closed)));
@@ -1747,28 +1469,36 @@ mod tests {
     type Harness = tower_pkce::Pkce<Reported, tower_pkce::store::MemoryStore>;
 
     /// The PKCE layer in front of a forwarder to `upstream` (0.3 s response
-    /// timeout), over hyper's pooled client when `pooled`.
-    fn harness(upstream: &str, pooled: bool) -> Harness {
+    /// timeout), through a TLS front (see `tls_front`) when `tls`.
+    fn harness(upstream: &str, tls: bool) -> Harness {
         harness_with(
             crate::config::RawSettings {
                 upstream: Some(upstream.to_owned()),
                 response_timeout: Some("0.3".into()),
                 ..Default::default()
             },
-            pooled,
+            tls,
         )
     }
 
-    fn harness_with(settings: crate::config::RawSettings, pooled: bool) -> Harness {
-        clients(settings, pooled).pop().unwrap()
+    fn harness_with(settings: crate::config::RawSettings, tls: bool) -> Harness {
+        clients(settings, tls).pop().unwrap()
     }
 
     /// Harnesses for two client connections of one forwarder.
-    fn clients(settings: crate::config::RawSettings, pooled: bool) -> Vec<Harness> {
+    fn clients(mut settings: crate::config::RawSettings, tls: bool) -> Vec<Harness> {
         use tower::Layer;
+        if tls {
+            let upstream = settings.upstream.take().unwrap();
+            settings.upstream = Some(match upstream.strip_prefix("http://") {
+                Some(plain) => tls_front(plain, &test_pki().server),
+                None => upstream,
+            });
+            settings.upstream_ca = Some(test_pki().ca.display().to_string());
+        }
         let config = Config::resolve(&settings).unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let base = Forwarder::with_transport(&config, metrics, pooled).unwrap();
+        let base = Forwarder::new(&config, metrics).unwrap();
         (1..=2)
             .map(|port| {
                 tower_pkce::PkceLayer::strict().layer(Reported {
@@ -1820,8 +1550,8 @@ mod tests {
 
     /// Forwards `GET /page` to `upstream` with a report in it: the status
     /// answered, and the progress reported.
-    async fn forward_reported(upstream: &str, pooled: bool) -> (StatusCode, tower_pkce::Progress) {
-        let mut harness = harness(upstream, pooled);
+    async fn forward_reported(upstream: &str, tls: bool) -> (StatusCode, tower_pkce::Progress) {
+        let mut harness = harness(upstream, tls);
         let (status, _, progress) = send(&mut harness, Endpoint::Other, get("/page")).await;
         (status, progress)
     }
@@ -1852,6 +1582,88 @@ mod tests {
         format!("http://{addr}")
     }
 
+    /// A private authority, written to a file, and a server configuration
+    /// with a certificate it issued for 127.0.0.1.
+    struct TestPki {
+        ca: std::path::PathBuf,
+        server: Arc<rustls::ServerConfig>,
+        /// A certificate for 127.0.0.1 from an authority nobody trusts.
+        stranger: Arc<rustls::ServerConfig>,
+    }
+
+    fn test_pki() -> &'static TestPki {
+        static PKI: std::sync::OnceLock<TestPki> = std::sync::OnceLock::new();
+        PKI.get_or_init(|| {
+            let (ca, server) = authority_and_server();
+            let (_, stranger) = authority_and_server();
+            let path = std::env::temp_dir().join(format!(
+                "pkce-proxy-forward-test-ca-{}.pem",
+                std::process::id()
+            ));
+            std::fs::write(&path, ca).unwrap();
+            TestPki {
+                ca: path,
+                server,
+                stranger,
+            }
+        })
+    }
+
+    /// An authority's certificate (PEM), and a server configuration with a
+    /// certificate it issued for 127.0.0.1.
+    fn authority_and_server() -> (String, Arc<rustls::ServerConfig>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        (ca.pem(), Arc::new(server))
+    }
+
+    /// A TLS front for the plain-HTTP upstream at `plain` (host:port): it
+    /// takes TLS with `config` and relays the bytes both ways, one
+    /// connection to the upstream per connection it takes, so that the
+    /// upstream sees the proxy's requests, and the proxy the upstream's
+    /// answers and closes, as they were. Its `https://` URL.
+    fn tls_front(plain: &str, config: &Arc<rustls::ServerConfig>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+        let plain = plain.to_owned();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, plain) = (acceptor.clone(), plain.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let Ok(mut upstream) = TcpStream::connect(plain.as_str()).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                });
+            }
+        });
+        format!("https://{addr}")
+    }
+
     fn closed_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -1865,12 +1677,13 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         use tower_pkce::Progress;
 
-        for pooled in [false, true] {
-            let refused = format!("http://127.0.0.1:{}", closed_port());
+        for tls in [false, true] {
+            let scheme = if tls { "https" } else { "http" };
+            let refused = format!("{scheme}://127.0.0.1:{}", closed_port());
             assert_eq!(
-                forward_reported(&refused, pooled).await,
+                forward_reported(&refused, tls).await,
                 (StatusCode::BAD_GATEWAY, Progress::NotSent),
-                "connect refused, pooled: {pooled}"
+                "connect refused, tls: {tls}"
             );
             let silent = upstream(|stream| async move {
                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1878,15 +1691,15 @@ mod tests {
             })
             .await;
             assert_eq!(
-                forward_reported(&silent, pooled).await,
+                forward_reported(&silent, tls).await,
                 (StatusCode::GATEWAY_TIMEOUT, Progress::Unanswered),
-                "read, never answered, pooled: {pooled}"
+                "read, never answered, tls: {tls}"
             );
             let closing = upstream(|stream| async move { drop(stream) }).await;
             assert_eq!(
-                forward_reported(&closing, pooled).await,
+                forward_reported(&closing, tls).await,
                 (StatusCode::BAD_GATEWAY, Progress::Unanswered),
-                "read, closed unanswered, pooled: {pooled}"
+                "read, closed unanswered, tls: {tls}"
             );
             let answering = upstream(|mut stream| async move {
                 let _ = stream
@@ -1896,24 +1709,30 @@ mod tests {
             })
             .await;
             assert_eq!(
-                forward_reported(&answering, pooled).await,
+                forward_reported(&answering, tls).await,
                 (StatusCode::OK, Progress::Sent),
-                "answered, pooled: {pooled}"
+                "answered, tls: {tls}"
             );
         }
-        let refused = format!("https://127.0.0.1:{}", closed_port());
+        let answering = upstream(|mut stream| async move {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        })
+        .await;
+        let stranger = tls_front(&answering["http://".len()..], &test_pki().stranger);
         assert_eq!(
-            forward_reported(&refused, true).await,
+            forward_reported(&stranger, true).await,
             (StatusCode::BAD_GATEWAY, Progress::NotSent),
-            "connect refused, HTTPS"
+            "a certificate the authority did not issue"
         );
     }
 
-    /// On both transports, a second request waits for the client
+    /// Plain and TLS alike, a second request waits for the client
     /// connection's share, or for the one upstream connection allowed, and
     /// gets 503 when none comes free, reported never sent.
     #[tokio::test]
-    async fn both_transports_keep_to_the_upstream_bounds() {
+    async fn plain_and_tls_keep_to_the_upstream_bounds() {
         use tokio::io::AsyncWriteExt;
         use tower_pkce::Progress;
 
@@ -1925,7 +1744,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(2)).await;
         })
         .await;
-        for (bound, value, pooled) in [
+        for (bound, value, tls) in [
             (
                 "per client",
                 ("max_upstream_connections_per_client", "1"),
@@ -1952,7 +1771,7 @@ mod tests {
             }
             // Per client: both requests on one client connection; in all,
             // one on each of two.
-            let mut harnesses = clients(settings, pooled);
+            let mut harnesses = clients(settings, tls);
             let mut second = harnesses.pop().unwrap();
             let mut first = match bound {
                 "per client" => second.clone(),
@@ -1965,13 +1784,13 @@ mod tests {
             assert_eq!(
                 (status, progress),
                 (StatusCode::SERVICE_UNAVAILABLE, Progress::NotSent),
-                "{bound}, pooled: {pooled}"
+                "{bound}, tls: {tls}"
             );
             let (status, body, _) = first.await.unwrap();
             assert_eq!(
                 (status, &body[..]),
                 (StatusCode::OK, &b"ok"[..]),
-                "{bound}, pooled: {pooled}"
+                "{bound}, tls: {tls}"
             );
         }
     }
@@ -1985,7 +1804,7 @@ mod tests {
         use tower_pkce::Progress;
 
         let (up, seen) = recording_after(Duration::from_millis(400)).await;
-        for pooled in [false, true] {
+        for tls in [false, true] {
             let mut harnesses = clients(
                 crate::config::RawSettings {
                     upstream: Some(up.clone()),
@@ -1993,7 +1812,7 @@ mod tests {
                     connect_timeout: Some("5".into()),
                     ..Default::default()
                 },
-                pooled,
+                tls,
             );
             let mut second = harnesses.pop().unwrap();
             let mut first = harnesses.pop().unwrap();
@@ -2004,13 +1823,13 @@ mod tests {
             assert_eq!(
                 (status, progress),
                 (StatusCode::OK, Progress::Sent),
-                "{pooled}"
+                "{tls}"
             );
             let (status, _, progress) = first.await.unwrap();
             assert_eq!(
                 (status, progress),
                 (StatusCode::OK, Progress::Sent),
-                "{pooled}"
+                "{tls}"
             );
         }
         // One connection for each transport.
@@ -2080,10 +1899,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_retires_the_connection_on_both_transports() {
-        for pooled in [false, true] {
+    async fn a_body_retires_the_connection_plain_or_tls() {
+        for tls in [false, true] {
             let (up, seen) = recording().await;
-            let mut harness = harness(&up, pooled);
+            let mut harness = harness(&up, tls);
             let requests = [
                 (Endpoint::Other, post("/upload", b"data")),
                 (Endpoint::Other, get("/next")),
@@ -2103,21 +1922,13 @@ mod tests {
             ];
             for (endpoint, req) in requests {
                 let (status, body, _) = send(&mut harness, endpoint, req).await;
-                assert_eq!(
-                    (status, &body[..]),
-                    (StatusCode::OK, &b"ok"[..]),
-                    "{pooled}"
-                );
-                // hyper's client pools a connection once it is idle again.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]), "{tls}");
             }
             let (connections, requests) = std::mem::take(&mut *seen.lock().unwrap());
             let closed: Vec<(&str, bool)> =
                 requests.iter().map(|(p, c)| (p.as_str(), *c)).collect();
-            // A checked token body keeps its connection after a 2xx on the
-            // proxy's own client; hyper's pool cannot wait for the status,
-            // so there it is retired.
-            let token = pooled;
+            // A checked token body keeps its connection after a 2xx.
+            let token = false;
             assert_eq!(
                 closed,
                 [
@@ -2129,9 +1940,9 @@ mod tests {
                     ("/token", token),
                     ("/last", false),
                 ],
-                "pooled: {pooled}"
+                "tls: {tls}"
             );
-            assert_eq!(connections, if pooled { 4 } else { 2 }, "pooled: {pooled}");
+            assert_eq!(connections, 2, "tls: {tls}");
         }
     }
 
@@ -2163,9 +1974,9 @@ mod tests {
     #[tokio::test]
     async fn a_malformed_request_body_gets_400_on_both_transports() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        for pooled in [false, true] {
+        for tls in [false, true] {
             let (up, seen) = recording().await;
-            let addr = client_side(harness(&up, pooled)).await;
+            let addr = client_side(harness(&up, tls)).await;
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n3;a\rb\r\nabc\r\n0\r\n\r\n")
                 .await
@@ -2177,21 +1988,21 @@ mod tests {
                 .unwrap();
             assert!(
                 got.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-                "pooled: {pooled}: {got}"
+                "tls: {tls}: {got}"
             );
             assert!(
                 got.ends_with("\r\n\r\nthe request body is malformed or was cut short\n"),
-                "pooled: {pooled}: {got}"
+                "tls: {tls}: {got}"
             );
             // The upstream never saw the request whole.
-            assert!(seen.lock().unwrap().1.is_empty(), "pooled: {pooled}");
+            assert!(seen.lock().unwrap().1.is_empty(), "tls: {tls}");
         }
     }
 
     #[tokio::test]
     async fn a_length_past_the_signed_range_is_an_invalid_response_on_both_transports() {
         use tokio::io::AsyncWriteExt;
-        for pooled in [false, true] {
+        for tls in [false, true] {
             for length in ["9223372036854775808", "18446744073709551613", "2, 2"] {
                 let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\nok");
                 let up = upstream(move |mut stream| {
@@ -2202,17 +2013,13 @@ mod tests {
                     }
                 })
                 .await;
-                let mut harness = harness(&up, pooled);
+                let mut harness = harness(&up, tls);
                 let (status, body, _) = send(&mut harness, Endpoint::Other, get("/big")).await;
-                assert_eq!(
-                    status,
-                    StatusCode::BAD_GATEWAY,
-                    "{length}, pooled: {pooled}"
-                );
+                assert_eq!(status, StatusCode::BAD_GATEWAY, "{length}, tls: {tls}");
                 assert_eq!(
                     &body[..],
                     b"502 Bad Gateway: the upstream server sent an invalid response\n",
-                    "{length}, pooled: {pooled}"
+                    "{length}, tls: {tls}"
                 );
             }
         }
@@ -2243,8 +2050,8 @@ mod tests {
                 );
             }
         });
-        for pooled in [false, true] {
-            let addr = client_side(harness(&up, pooled)).await;
+        for tls in [false, true] {
+            let addr = client_side(harness(&up, tls)).await;
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntrailer: x-digest, host, authorization\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\nx-digest: d1\r\nhost: evil.example\r\nauthorization: Basic YTpi\r\n\r\n")
                 .await
@@ -2254,14 +2061,8 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
-            assert!(
-                got.starts_with("HTTP/1.1 200 OK\r\n"),
-                "pooled: {pooled}: {got}"
-            );
-            assert!(
-                got.ends_with("\r\n\r\nhello|None"),
-                "pooled: {pooled}: {got}"
-            );
+            assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "tls: {tls}: {got}");
+            assert!(got.ends_with("\r\n\r\nhello|None"), "tls: {tls}: {got}");
         }
     }
 }

@@ -257,7 +257,7 @@ impl BodyReader {
                     Poll::Ready(wire::read_frame(
                         &mut inbox,
                         &mut copies,
-                        &stream,
+                        &mut &stream,
                         &mut framing,
                         cx,
                     ))

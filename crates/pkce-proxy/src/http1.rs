@@ -615,7 +615,7 @@ impl Inbound {
         wire::read_frame(
             &mut self.inbox,
             &mut self.copies,
-            stream,
+            &mut &*stream,
             &mut self.framing,
             cx,
         )
@@ -989,7 +989,7 @@ impl Connection {
             if self.inbox.is_empty() && self.shutdown.is_stopping() {
                 return Poll::Ready(Next::Close);
             }
-            match self.inbox.poll_fill(&self.stream, cx, MAX_HEAD) {
+            match self.inbox.poll_fill(&mut &*self.stream, cx, MAX_HEAD) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Next::Close),
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Ready(Err(WireError::Malformed(_))) => {
@@ -1035,7 +1035,7 @@ impl Connection {
     /// more each time its socket is full.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let before = self.written;
-        let result = wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written);
+        let result = wire::poll_write_all(&mut &*self.stream, cx, &mut self.out, &mut self.written);
         if result.is_ready() {
             self.send_deadline = None;
             return result;

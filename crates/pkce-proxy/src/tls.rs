@@ -3,9 +3,6 @@
 //! that a bad file stops the proxy at start (exit 64) rather than at the
 //! first handshake.
 
-// Used by the listener, the upstream and Redis as each gains TLS.
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::sync::Arc;
 

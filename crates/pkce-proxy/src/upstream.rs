@@ -1,5 +1,5 @@
-//! HTTP/1.1 to a plain-HTTP upstream, run inside the client connection's
-//! own task.
+//! HTTP/1.1 to the upstream, over plain TCP or TLS, run inside the client
+//! connection's own task.
 //!
 //! A request is written and its response read by the future that asked for
 //! it, and the response body is read by whoever polls it: no task per
@@ -29,8 +29,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tower_pkce::RequestBody;
 
 use crate::gate::Slot;
@@ -94,9 +95,69 @@ impl std::error::Error for Http1Error {
     }
 }
 
+/// The stream of a connection to the upstream.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl wire::Socket for Stream {
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Self::Plain(tcp) => wire::poll_read(tcp, cx, buf),
+            Self::Tls(tls) => {
+                let mut buf = ReadBuf::new(buf);
+                ready!(Pin::new(&mut **tls).poll_read(cx, &mut buf))?;
+                Poll::Ready(Ok(buf.filled().len()))
+            }
+        }
+    }
+
+    fn poll_write_some(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Self::Plain(tcp) => (&*tcp).poll_write_some(cx, buf),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush_written(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Plain(_) => Poll::Ready(Ok(())),
+            Self::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+}
+
+impl Stream {
+    /// Whether an idle connection's upstream has neither closed it nor
+    /// sent anything since its last response. A socket with no readable
+    /// event pending needs no system call to tell. On TLS, what is
+    /// readable may be records that carry no data (a TLS 1.3 session
+    /// ticket), which are read here.
+    fn is_quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let tcp = match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref().0,
+        };
+        match tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => return true,
+            Poll::Ready(Err(_)) => return false,
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut probe = [0u8; 1];
+        match self {
+            Self::Plain(tcp) => {
+                matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Self::Tls(_) => wire::Socket::poll_read_some(self, &mut cx, &mut probe).is_pending(),
+        }
+    }
+}
+
 /// An open HTTP/1.1 connection to the upstream, with its buffers.
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     inbox: Inbox,
     copies: Copies,
     out: Vec<u8>,
@@ -112,7 +173,7 @@ impl Connection {
     /// A connection on `stream`, holding `slot`, boxed: it moves from the
     /// pool to a request and on to its response body, a pointer's worth
     /// each time.
-    pub(crate) fn new(stream: TcpStream, slot: Slot) -> Box<Self> {
+    pub(crate) fn new(stream: Stream, slot: Slot) -> Box<Self> {
         Box::new(Self {
             stream,
             inbox: Inbox::default(),
@@ -131,27 +192,15 @@ impl Connection {
     }
 
     /// Whether an idle connection can take a request: the upstream has not
-    /// closed it nor sent anything since its last response. A connection
-    /// with no readable event pending needs no system call to tell.
-    pub(crate) fn is_usable(&self) -> bool {
-        if !self.inbox.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    /// closed it nor sent anything since its last response.
+    pub(crate) fn is_usable(&mut self) -> bool {
+        self.inbox.is_empty() && self.stream.is_quiet()
     }
 
     /// Reads more for a response that is not complete.
     fn poll_more(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Result<(), Http1Error>> {
         self.inbox
-            .poll_more(&self.stream, cx, limit)
+            .poll_more(&mut self.stream, cx, limit)
             .map_err(Http1Error::from)
     }
 
@@ -159,9 +208,9 @@ impl Connection {
     fn poll_flush_out(&mut self, cx: &mut Context<'_>, keep: bool) -> Poll<io::Result<()>> {
         let (before, pending) = (self.written, self.written < self.out.len());
         let result = if keep {
-            wire::poll_write_kept(&self.stream, cx, &self.out, &mut self.written)
+            wire::poll_write_kept(&mut self.stream, cx, &self.out, &mut self.written)
         } else {
-            wire::poll_write_all(&self.stream, cx, &mut self.out, &mut self.written)
+            wire::poll_write_all(&mut self.stream, cx, &mut self.out, &mut self.written)
         };
         // A whole write empties the buffer (`written` back to 0): progress
         // shows in the result then, not in the count.
@@ -202,21 +251,6 @@ impl HeaderOverrides {
 
     fn replaces(&self, name: &HeaderName) -> bool {
         self.iter().any(|(n, _)| n == name)
-    }
-
-    /// Applies the overrides to `headers`, for a request that another
-    /// client writes.
-    pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        for (name, value) in self.fields.into_iter().flatten() {
-            match value {
-                Some(value) => {
-                    headers.insert(name, value);
-                }
-                None => {
-                    headers.remove(name);
-                }
-            }
-        }
     }
 }
 
@@ -682,7 +716,7 @@ impl Exchange {
             home: Some(self.home),
         };
         stream.release_if_done();
-        let mut response = Response::new(UpstreamBody(BodyKind::Direct(stream)));
+        let mut response = Response::new(UpstreamBody(stream));
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
@@ -776,7 +810,7 @@ impl ResponseStream {
         match ready!(wire::read_frame(
             &mut conn.inbox,
             &mut conn.copies,
-            &conn.stream,
+            &mut conn.stream,
             &mut self.framing,
             cx
         )) {
@@ -791,41 +825,6 @@ impl ResponseStream {
                 Poll::Ready(Some(Err(e.into())))
             }
         }
-    }
-}
-
-/// A request body as hyper's client sends it: without its trailers.
-///
-/// Request trailers are never forwarded, on either transport (nginx drops
-/// them too). A server that merges trailers into the header section would
-/// read fields the checks never saw (`Host`, `Authorization`, a length),
-/// and no field is defined that an origin server needs from a client's
-/// trailer.
-#[derive(Debug)]
-pub(crate) struct WithoutTrailers<B>(pub(crate) B);
-
-impl<B: Body<Data = Bytes> + Unpin> Body for WithoutTrailers<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        loop {
-            match ready!(Pin::new(&mut self.0).poll_frame(cx)) {
-                Some(Ok(frame)) if frame.is_trailers() => {}
-                other => return Poll::Ready(other),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
     }
 }
 
@@ -871,22 +870,9 @@ fn filter_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
     }
 }
 
-/// A response body from the upstream: read directly on a plain-HTTP
-/// connection, or from hyper's client for an HTTPS upstream.
-pub struct UpstreamBody(BodyKind);
-
-enum BodyKind {
-    Direct(ResponseStream),
-    /// With the request's claim, released when the body ends.
-    Pooled(Incoming, Option<Home>),
-}
-
-impl UpstreamBody {
-    /// A body from hyper's pooled client, for a request that holds `home`.
-    pub(crate) fn pooled(body: Incoming, home: Home) -> Self {
-        Self(BodyKind::Pooled(body, Some(home)))
-    }
-}
+/// A response body from the upstream, read from its connection by whoever
+/// polls it.
+pub struct UpstreamBody(ResponseStream);
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -905,34 +891,19 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
-        let frame = match &mut self.get_mut().0 {
-            BodyKind::Direct(stream) => ready!(stream.poll_body(cx)).map(|f| f.map_err(Into::into)),
-            BodyKind::Pooled(body, home) => {
-                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
-                if frame.is_none() || body.is_end_stream() {
-                    drop(home.take());
-                }
-                frame.map(|f| f.map_err(Into::into))
-            }
-        };
-        Poll::Ready(frame.map(|f| f.map(filter_trailers)))
+        let frame = ready!(self.get_mut().0.poll_body(cx));
+        Poll::Ready(frame.map(|f| f.map(filter_trailers).map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            BodyKind::Direct(stream) => stream.framing == Framing::Done,
-            BodyKind::Pooled(body, _) => body.is_end_stream(),
-        }
+        self.0.framing == Framing::Done
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            BodyKind::Direct(stream) => match stream.framing {
-                Framing::Done => SizeHint::with_exact(0),
-                Framing::Length(n) => SizeHint::with_exact(n),
-                _ => SizeHint::default(),
-            },
-            BodyKind::Pooled(body, _) => body.size_hint(),
+        match self.0.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
         }
     }
 }
@@ -988,7 +959,8 @@ mod tests {
     {
         let (ours, theirs) = pair().await;
         then(theirs).await;
-        let mut exchange = prepared(method).send_on(Connection::new(ours, Slot::uncounted()));
+        let mut exchange =
+            prepared(method).send_on(Connection::new(Stream::Plain(ours), Slot::uncounted()));
         let e = poll_fn(|cx| exchange.poll_head(cx))
             .await
             .err()

@@ -1,7 +1,9 @@
 //! HTTP/1.1 message bodies on the wire (RFC 9112), shared by the proxy's
 //! two sides: the request bodies it reads from clients, and the response
-//! bodies it reads from the upstream. Reading and writing go through
-//! `&TcpStream`, so that a body and its connection can share the socket.
+//! bodies it reads from the upstream. Reading and writing go through a
+//! [`Socket`]: `&TcpStream` on the client side, so that a body and its
+//! connection can share the socket, and the upstream connection's own
+//! stream, plain or TLS.
 
 use std::io::{self, Read as _};
 use std::task::{Context, Poll, ready};
@@ -94,7 +96,7 @@ impl Inbox {
     /// moving unread bytes to the front, then by growing up to `limit`.
     pub(crate) fn poll_fill(
         &mut self,
-        stream: &TcpStream,
+        stream: &mut impl Socket,
         cx: &mut Context<'_>,
         limit: usize,
     ) -> Poll<Result<usize, WireError>> {
@@ -110,7 +112,8 @@ impl Inbox {
                 return Poll::Ready(Err(WireError::Malformed("a head or line is too large")));
             }
         }
-        let n = ready!(poll_read(stream, cx, &mut self.buf[self.end..])).map_err(WireError::Io)?;
+        let n =
+            ready!(stream.poll_read_some(cx, &mut self.buf[self.end..])).map_err(WireError::Io)?;
         self.end += n;
         Poll::Ready(Ok(n))
     }
@@ -119,7 +122,7 @@ impl Inbox {
     /// stream is an error there.
     pub(crate) fn poll_more(
         &mut self,
-        stream: &TcpStream,
+        stream: &mut impl Socket,
         cx: &mut Context<'_>,
         limit: usize,
     ) -> Poll<Result<(), WireError>> {
@@ -202,7 +205,7 @@ pub(crate) fn poll_read(
 /// Writes `out[*written..]` to a shared stream; clears `out` when it is
 /// all written.
 pub(crate) fn poll_write_all(
-    stream: &TcpStream,
+    stream: &mut impl Socket,
     cx: &mut Context<'_>,
     out: &mut Vec<u8>,
     written: &mut usize,
@@ -216,22 +219,51 @@ pub(crate) fn poll_write_all(
 /// Writes `out[*written..]` to `stream`, advancing `written`, and leaves
 /// `out` as it is: the bytes stay for the caller to send again.
 pub(crate) fn poll_write_kept(
-    stream: &TcpStream,
+    stream: &mut impl Socket,
     cx: &mut Context<'_>,
     out: &[u8],
     written: &mut usize,
 ) -> Poll<io::Result<()>> {
     while let Some(rest) = out.get(*written..).filter(|rest| !rest.is_empty()) {
-        match stream.try_write(rest) {
+        match ready!(stream.poll_write_some(cx, rest)) {
             Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Ok(n) => *written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready!(stream.poll_write_ready(cx))?;
-            }
             Err(e) => return Poll::Ready(Err(e)),
         }
     }
-    Poll::Ready(Ok(()))
+    stream.poll_flush_written(cx)
+}
+
+/// A connection's byte stream as the wire functions read and write it.
+pub(crate) trait Socket {
+    /// Reads into `buf`; `Ok(0)` at the end of the stream.
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+    /// Writes from `buf`; how many bytes the stream took.
+    fn poll_write_some(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    /// Sends what the writes so far left buffered in the stream (a TLS
+    /// session's records), so that the peer has the whole message.
+    fn poll_flush_written(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Socket for &TcpStream {
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        poll_read(self, cx, buf)
+    }
+
+    fn poll_write_some(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            match self.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.poll_write_ready(cx))?;
+                }
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush_written(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// How the rest of a body is delimited.
@@ -265,7 +297,7 @@ impl Framing {
 pub(crate) fn read_frame(
     inbox: &mut Inbox,
     copies: &mut Copies,
-    stream: &TcpStream,
+    stream: &mut impl Socket,
     framing: &mut Framing,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Option<Frame<Bytes>>, WireError>> {

@@ -55,6 +55,21 @@ fn bad_config_exits_64_with_one_line_naming_the_setting() {
             "--no-such-flag",
         ),
         (vec!["--upstream", "gopher://x"], vec![], "--upstream"),
+        (
+            vec![
+                "--upstream",
+                "https://127.0.0.1:1",
+                "--upstream-ca",
+                "/nonexistent/ca.pem",
+            ],
+            vec![],
+            "--upstream-ca",
+        ),
+        (
+            vec!["--upstream", "https://127.0.0.1:1"],
+            vec![("PKCE_PROXY_UPSTREAM_CLIENT_KEY", "/nonexistent/key.pem")],
+            "--upstream-client-key",
+        ),
     ] {
         let out = run(&args, &env);
         assert_eq!(
