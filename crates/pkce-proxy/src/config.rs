@@ -885,6 +885,17 @@ fn parse_redis_tls(
         return Ok(None);
     }
     tls::roots("redis-ca", ca.as_deref()).map_err(tls_error)?;
+    // The Redis client reads the system's store at every connection, even
+    // with --redis-ca, and fails the connection on any error in it.
+    if let Some(e) = rustls_native_certs::load_native_certs().errors.first() {
+        return Err(ConfigError::new(
+            "--store",
+            format!(
+                "TLS to Redis needs a readable system certificate store, even with \
+                 --redis-ca (check SSL_CERT_FILE and SSL_CERT_DIR): {e}"
+            ),
+        ));
+    }
     let client = match (cert, key) {
         (None, None) => None,
         (Some(cert), Some(key)) => {
@@ -1599,7 +1610,10 @@ mod tests {
                 assert_eq!(tls.as_ref(), Some(&RedisTlsFiles::default()));
                 assert!(!c.to_toml().contains("redis_ca"));
             }
-            Err(e) => assert_eq!(e.setting, "--redis-ca", "{e}"),
+            Err(e) => assert!(
+                ["--redis-ca", "--store"].contains(&e.setting.as_str()),
+                "{e}"
+            ),
         }
     }
 

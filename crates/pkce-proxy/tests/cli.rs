@@ -230,6 +230,40 @@ fn a_bad_redis_ca_exits_64_naming_it_before_listening() {
 }
 
 #[test]
+fn an_unreadable_system_store_stops_tls_to_redis_at_start() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-ssl-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let args = [
+        "check",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--store",
+        "rediss://127.0.0.1:1/0",
+        "--redis-ca",
+        ca_file.to_str().unwrap(),
+    ];
+    let out = run(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let missing = dir.join("no-such-bundle.pem");
+    let out = run(&args, &[("SSL_CERT_FILE", missing.to_str().unwrap())]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("--store") && err.contains("SSL_CERT_FILE"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn flag_beats_env_beats_file() {
     let dir = std::env::temp_dir().join(format!("pkce-proxy-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
