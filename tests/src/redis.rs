@@ -1,12 +1,14 @@
 //! A real `redis-server` on a free loopback port, started and stopped by
-//! the tests that need one.
+//! the tests that need one, speaking plain TCP or TLS only.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::tls::{self, Authority};
 
 /// A `redis-server` process this test run started.
 ///
@@ -17,6 +19,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     args: Vec<String>,
+    /// For a TLS-only server, how this helper itself connects to it.
+    tls: Option<Arc<rustls::ClientConfig>>,
     server: Option<Child>,
     watchdog: Option<Child>,
 }
@@ -39,21 +43,60 @@ impl RedisServer {
     ///
     /// As [`RedisServer::start`].
     pub fn start_with(args: &[&str]) -> Self {
+        let mut server = Self::unstarted(args);
+        server.launch();
+        server
+    }
+
+    /// Starts a server that speaks TLS only, with a certificate for
+    /// 127.0.0.1 and localhost that `authority` issued. With
+    /// `auth_clients`, it also demands a client certificate that
+    /// `authority` issued (`--tls-auth-clients yes`). Its [`url`](Self::url)
+    /// is `rediss://`.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`], and when this `redis-server` was built
+    /// without TLS.
+    pub fn start_tls(authority: &Authority, auth_clients: bool) -> Self {
+        let mut server = Self::unstarted(&[]);
+        let (cert, key) = authority
+            .server(&["127.0.0.1", "localhost"])
+            .write(&server.dir, "redis");
+        let ca = tls::write(&server.dir, "redis-ca.pem", authority.pem());
+        for (flag, path) in [
+            ("--tls-cert-file", cert),
+            ("--tls-key-file", key),
+            ("--tls-ca-cert-file", ca),
+        ] {
+            server.args.push(flag.to_owned());
+            server.args.push(path.display().to_string());
+        }
+        server.args.push("--tls-auth-clients".to_owned());
+        server
+            .args
+            .push(if auth_clients { "yes" } else { "no" }.to_owned());
+        let me = authority.client("redis-readiness-check");
+        server.tls = Some(authority.client_config(&[], Some(&me)));
+        server.launch();
+        server
+    }
+
+    fn unstarted(args: &[&str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("no free loopback port: {e}"));
         let dir = std::env::temp_dir().join(format!("pkce-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let mut server = Self {
+        Self {
             port,
             dir,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            tls: None,
             server: None,
             watchdog: None,
-        };
-        server.launch();
-        server
+        }
     }
 
     /// The server every test in this process may share. Tests keep apart by
@@ -63,9 +106,14 @@ impl RedisServer {
         SHARED.get_or_init(Self::start)
     }
 
-    /// The URL of database 0.
+    /// The URL of database 0: `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// The URL of database 0 with a password.
@@ -119,8 +167,14 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
+        let port = self.port.to_string();
+        let ports: &[&str] = if self.tls.is_some() {
+            &["--port", "0", "--tls-port", &port]
+        } else {
+            &["--port", &port]
+        };
         let server = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -170,7 +224,7 @@ impl RedisServer {
                 .iter()
                 .position(|a| a == "--requirepass")
                 .and_then(|i| self.args.get(i + 1));
-            if server_pid(self.port, password.map(String::as_str)) == Some(pid) {
+            if server_pid(self.port, self.tls.as_ref(), password.map(String::as_str)) == Some(pid) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -182,12 +236,28 @@ impl RedisServer {
     }
 }
 
-/// The process id the server on `port` reports, if one answers.
-fn server_pid(port: u16, password: Option<&str>) -> Option<u32> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+/// The process id the server on `port` reports, if one answers, over TLS
+/// with `tls`.
+fn server_pid(
+    port: u16,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    password: Option<&str>,
+) -> Option<u32> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .ok()?;
+    match tls {
+        None => ask_pid(stream, password),
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").ok()?;
+            let connection = rustls::ClientConnection::new(config.clone(), name).ok()?;
+            ask_pid(rustls::StreamOwned::new(connection, stream), password)
+        }
+    }
+}
+
+fn ask_pid(mut stream: impl Read + Write, password: Option<&str>) -> Option<u32> {
     if let Some(password) = password {
         stream
             .write_all(format!("AUTH {password}\r\n").as_bytes())

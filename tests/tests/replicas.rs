@@ -1,6 +1,7 @@
 //! Several proxies sharing one real `redis-server`: a flow that crosses
 //! replicas, single use across them, failing closed when Redis is down or
-//! hangs, recovery without a restart, and expiry done by Redis.
+//! hangs, recovery without a restart, expiry done by Redis, and Redis over
+//! TLS (a private authority, mutual TLS, and a certificate not trusted).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::atomic::Ordering;
@@ -14,6 +15,7 @@ use pkce_proxy::server::{Running, start};
 use redis::AsyncCommands;
 use tests::hidden_field;
 use tests::redis::{RedisServer, fresh_prefix};
+use tests::tls::{Authority, write};
 use tower_pkce::{ChallengeMethod, CodeChallenge, CodeVerifier};
 
 const REDIRECT_URI: &str = "https://client.example/cb";
@@ -44,6 +46,9 @@ async fn replicas(url: &str, prefix: &str, count: usize, extra: &[(&str, &str)])
         for (name, value) in extra {
             match *name {
                 "ttl" => settings.ttl = Some((*value).to_owned()),
+                "redis_ca" => settings.redis_ca = Some((*value).to_owned()),
+                "redis_client_cert" => settings.redis_client_cert = Some((*value).to_owned()),
+                "redis_client_key" => settings.redis_client_key = Some((*value).to_owned()),
                 other => panic!("no such test setting {other}"),
             }
         }
@@ -405,4 +410,128 @@ async fn redis_expires_the_records() {
     assert!(late.body.contains("has expired"), "{late:?}");
     assert_eq!(set.upstream_tokens(), before);
     set.shutdown().await;
+}
+
+/// A whole flow across two replicas: authorized through the first, the
+/// code redeemed through the second, and its replay refused by both.
+async fn flow_across_two(set: &Replicas) {
+    wait_ready(set, StatusCode::OK).await;
+    let verifier = CodeVerifier::generate();
+    let code = set.code(0, 1, &verifier).await;
+    let before = set.upstream_tokens();
+    let ok = set.redeem(1, &code, verifier.secret()).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+    for replica in [0, 1] {
+        let replay = set.redeem(replica, &code, verifier.secret()).await;
+        assert_eq!(replay.status, StatusCode::BAD_REQUEST, "replica {replica}");
+        assert!(replay.body.contains("already been used"), "{replay:?}");
+    }
+    assert_eq!(set.upstream_tokens(), before + 1, "a replay was forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_redis_over_tls_that_a_private_authority_signed() {
+    let authority = Authority::new("redis test authority");
+    let redis = RedisServer::start_tls(&authority, false);
+    assert!(redis.url().starts_with("rediss://"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", authority.pem());
+    let set = replicas(
+        &redis.url(),
+        &fresh_prefix(),
+        2,
+        &[("redis_ca", ca.to_str().unwrap())],
+    )
+    .await;
+    flow_across_two(&set).await;
+    set.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_redis_that_demands_client_certificates() {
+    let authority = Authority::new("redis test authority");
+    let redis = RedisServer::start_tls(&authority, true);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", authority.pem());
+    let (cert, key) = authority.client("pkce-proxy").write(dir.path(), "client");
+    let prefix = fresh_prefix();
+    let set = replicas(
+        &redis.url(),
+        &prefix,
+        2,
+        &[
+            ("redis_ca", ca.to_str().unwrap()),
+            ("redis_client_cert", cert.to_str().unwrap()),
+            ("redis_client_key", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    flow_across_two(&set).await;
+    set.shutdown().await;
+
+    // Without a client certificate, the same Redis lets nothing in.
+    let bare = replicas(
+        &redis.url(),
+        &prefix,
+        1,
+        &[("redis_ca", ca.to_str().unwrap())],
+    )
+    .await;
+    assert_refused_by_redis(&bare).await;
+    bare.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_certificate_the_authority_did_not_sign_fails_closed() {
+    let theirs = Authority::new("the authority that signed Redis");
+    let redis = RedisServer::start_tls(&theirs, false);
+    let dir = tempfile::tempdir().unwrap();
+    let ours = write(
+        dir.path(),
+        "ca.pem",
+        Authority::new("another authority").pem(),
+    );
+    let set = replicas(
+        &redis.url(),
+        &fresh_prefix(),
+        1,
+        &[("redis_ca", ours.to_str().unwrap())],
+    )
+    .await;
+    assert_refused_by_redis(&set).await;
+    set.shutdown().await;
+
+    // Nor does the system trust a private authority.
+    let set = replicas(&redis.url(), &fresh_prefix(), 1, &[]).await;
+    assert_refused_by_redis(&set).await;
+    set.shutdown().await;
+}
+
+/// Replicas whose TLS connection to Redis fails: unready, and the
+/// authorization and token endpoints answer 503 without forwarding.
+async fn assert_refused_by_redis(set: &Replicas) {
+    wait_ready(set, StatusCode::SERVICE_UNAVAILABLE).await;
+    let authorizations = set.legacy.counters.authorize.load(Ordering::SeqCst);
+    for replica in 0..set.proxies.len() {
+        let authorize = set.authorize(replica, &CodeVerifier::generate()).await;
+        assert_eq!(
+            authorize.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{authorize:?}"
+        );
+        assert!(
+            authorize.body.contains("temporarily_unavailable"),
+            "{authorize:?}"
+        );
+        let verifier = CodeVerifier::generate();
+        let token = set.redeem(replica, "some-code", verifier.secret()).await;
+        assert_eq!(token.status, StatusCode::SERVICE_UNAVAILABLE, "{token:?}");
+        assert_eq!(error_of(&token), "temporarily_unavailable");
+    }
+    assert_eq!(set.upstream_tokens(), 0, "a token request was forwarded");
+    assert_eq!(
+        set.legacy.counters.authorize.load(Ordering::SeqCst),
+        authorizations,
+        "an authorization request was forwarded unrecorded"
+    );
 }

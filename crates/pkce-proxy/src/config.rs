@@ -147,7 +147,8 @@ pub struct RawSettings {
     #[arg(long, env = "PKCE_PROXY_ALLOWED_ORIGINS", value_name = "ORIGINS")]
     pub allowed_origins: Option<String>,
     /// Where records are kept: memory, or a Redis URL such as
-    /// redis://127.0.0.1:6379/0 that several replicas share [default: memory].
+    /// redis://127.0.0.1:6379/0 (rediss:// for TLS) that several replicas
+    /// share [default: memory].
     #[arg(long, env = "PKCE_PROXY_STORE", value_name = "STORE")]
     pub store: Option<String>,
     /// The prefix of the Redis keys; replicas that share records share it [default: pkce].
@@ -156,6 +157,17 @@ pub struct RawSettings {
     /// Seconds to wait for Redis before failing closed with 503 [default: 1].
     #[arg(long, env = "PKCE_PROXY_REDIS_TIMEOUT", value_name = "SECONDS")]
     pub redis_timeout: Option<String>,
+    /// A PEM bundle of the authorities that sign Redis's certificate, trusted
+    /// instead of the system's (rediss:// only).
+    #[arg(long, env = "PKCE_PROXY_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<String>,
+    /// A PEM certificate chain to present to Redis, for mutual TLS
+    /// (rediss:// only; with --redis-client-key).
+    #[arg(long, env = "PKCE_PROXY_REDIS_CLIENT_CERT", value_name = "FILE")]
+    pub redis_client_cert: Option<String>,
+    /// The PEM private key of --redis-client-cert.
+    #[arg(long, env = "PKCE_PROXY_REDIS_CLIENT_KEY", value_name = "FILE")]
+    pub redis_client_key: Option<String>,
     /// The most client connections open at once; past it, new ones are
     /// closed as soon as they are accepted [default: 10000].
     #[arg(long, env = "PKCE_PROXY_MAX_CONNECTIONS", value_name = "N")]
@@ -225,13 +237,25 @@ pub enum StoreSetting {
     Memory,
     /// In Redis, shared by every replica with the same URL and prefix.
     Redis {
-        /// The `redis://` URL, credentials included.
+        /// The `redis://` or `rediss://` URL, credentials included.
         url: String,
         /// The key prefix.
         prefix: String,
         /// The bound on each operation.
         timeout: Duration,
+        /// For a `rediss://` URL, what to trust and present; `None` for
+        /// `redis://`.
+        tls: Option<RedisTlsFiles>,
     },
+}
+
+/// The files of TLS to Redis, checked when the settings were resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTlsFiles {
+    /// `--redis-ca`: the authorities to trust; `None` for the system's.
+    pub ca: Option<PathBuf>,
+    /// `--redis-client-cert` and `--redis-client-key`, for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl fmt::Debug for StoreSetting {
@@ -242,11 +266,13 @@ impl fmt::Debug for StoreSetting {
                 url,
                 prefix,
                 timeout,
+                tls,
             } => f
                 .debug_struct("Redis")
                 .field("url", &redact_url(url))
                 .field("prefix", prefix)
                 .field("timeout", timeout)
+                .field("tls", tls)
                 .finish(),
         }
     }
@@ -481,6 +507,9 @@ const FILE_KEYS: &[&str] = &[
     "store",
     "redis_prefix",
     "redis_timeout",
+    "redis_ca",
+    "redis_client_cert",
+    "redis_client_key",
     "max_connections",
     "max_upstream_connections",
     "max_upstream_connections_per_client",
@@ -920,14 +949,11 @@ fn parse_store(src: &Sources, raw: &RawSettings) -> Result<StoreSetting, ConfigE
         0.001,
     )?;
     let text = src.get(&raw.store, "store")?;
-    match text.as_deref().map(str::trim) {
+    let url = text.as_deref().map(str::trim);
+    let tls = parse_redis_tls(src, raw, url.is_some_and(|u| u.starts_with("rediss://")))?;
+    match url {
         None | Some("memory") => Ok(StoreSetting::Memory),
-        Some(url) if url.starts_with("rediss://") => Err(ConfigError::new(
-            "--store",
-            "TLS to Redis (rediss://) is not supported: use redis:// over a private network \
-             or a TLS tunnel",
-        )),
-        Some(url) if url.starts_with("redis://") => {
+        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
             let prefix =
                 prefix.unwrap_or_else(|| tower_pkce::store::DEFAULT_REDIS_PREFIX.to_owned());
             if prefix.is_empty() || prefix.contains(['{', '}']) {
@@ -943,15 +969,84 @@ fn parse_store(src: &Sources, raw: &RawSettings) -> Result<StoreSetting, ConfigE
                 url: url.to_owned(),
                 prefix,
                 timeout,
+                tls,
             })
         }
         Some(other) => Err(ConfigError::new(
             "--store",
             format!(
-                "{:?} is neither memory nor a redis:// URL",
+                "{:?} is neither memory nor a redis:// or rediss:// URL",
                 redact_url(other)
             ),
         )),
+    }
+}
+
+/// `--redis-ca`, `--redis-client-cert` and `--redis-client-key`, read and
+/// checked now so that a bad file stops the proxy at start: `Some` for a
+/// `rediss://` store, and refused for any other.
+fn parse_redis_tls(
+    src: &Sources,
+    raw: &RawSettings,
+    rediss: bool,
+) -> Result<Option<RedisTlsFiles>, ConfigError> {
+    let path = |cli: &Option<String>, key: &str| -> Result<Option<PathBuf>, ConfigError> {
+        let text = src.get(cli, key)?;
+        if text.is_some() && !rediss {
+            return Err(ConfigError::new(
+                &flag(key),
+                "is for TLS to Redis: give it with a rediss:// --store",
+            ));
+        }
+        Ok(text.map(PathBuf::from))
+    };
+    let ca = path(&raw.redis_ca, "redis_ca")?;
+    let cert = path(&raw.redis_client_cert, "redis_client_cert")?;
+    let key = path(&raw.redis_client_key, "redis_client_key")?;
+    if !rediss {
+        return Ok(None);
+    }
+    tls::roots("redis-ca", ca.as_deref()).map_err(tls_error)?;
+    // The Redis client reads the system's store at every connection, even
+    // with --redis-ca, and fails the connection on any error in it.
+    if let Some(e) = rustls_native_certs::load_native_certs().errors.first() {
+        return Err(ConfigError::new(
+            "--store",
+            format!(
+                "TLS to Redis needs a readable system certificate store, even with \
+                 --redis-ca (check SSL_CERT_FILE and SSL_CERT_DIR): {e}"
+            ),
+        ));
+    }
+    let client = match (cert, key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            tls::read_identity(("redis-client-cert", &cert), ("redis-client-key", &key))
+                .map_err(tls_error)?;
+            Some((cert, key))
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "--redis-client-key",
+                "is needed with --redis-client-cert",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "--redis-client-cert",
+                "is needed with --redis-client-key",
+            ));
+        }
+    };
+    Ok(Some(RedisTlsFiles { ca, client }))
+}
+
+/// A [`tls`] error as a [`ConfigError`]: its line starts with the setting
+/// at fault, unless it is about the system's authorities.
+fn tls_error(line: String) -> ConfigError {
+    match line.split_once(": ") {
+        Some((setting, rest)) if setting.starts_with("--") => ConfigError::new(setting, rest),
+        _ => ConfigError::new("--redis-ca", line),
     }
 }
 
@@ -981,6 +1076,22 @@ impl Limits {
             self.h2_max_header_list_size,
             self.h2_max_concurrent_streams,
         )
+    }
+}
+
+impl RedisTlsFiles {
+    fn to_toml(&self) -> String {
+        let line =
+            |key: &str, path: &PathBuf| format!("{key} = {:?}\n", path.display().to_string());
+        let mut out = String::new();
+        if let Some(ca) = &self.ca {
+            out += &line("redis_ca", ca);
+        }
+        if let Some((cert, key)) = &self.client {
+            out += &line("redis_client_cert", cert);
+            out += &line("redis_client_key", key);
+        }
+        out
     }
 }
 
@@ -1178,10 +1289,12 @@ impl Config {
                     url,
                     prefix,
                     timeout,
+                    tls,
                 } => format!(
-                    "store = {:?}\nredis_prefix = {prefix:?}\nredis_timeout = {}\n",
+                    "store = {:?}\nredis_prefix = {prefix:?}\nredis_timeout = {}\n{}",
                     redact_url(url),
-                    timeout.as_secs_f64()
+                    timeout.as_secs_f64(),
+                    tls.as_ref().map(RedisTlsFiles::to_toml).unwrap_or_default(),
                 ),
             },
         ) + &match self.worker_threads {
@@ -1513,6 +1626,7 @@ mod tests {
                 url: "redis://user:s3cret@redis.internal:6380/2".into(),
                 prefix: "pkce".into(),
                 timeout: Duration::from_millis(250),
+                tls: None,
             }
         );
         let printed = c.to_toml();
@@ -1533,7 +1647,7 @@ mod tests {
         assert_eq!(redact_url("redis:/:pw@h"), "***");
         assert_eq!(redact_url("pw@h"), "***");
         assert_eq!(
-            err(&["--upstream", "http://x", "--store", "rediss://h/0"]).setting,
+            err(&["--upstream", "http://x", "--store", "rediss://h/0#insecure"]).setting,
             "--store"
         );
         assert_eq!(
@@ -1542,6 +1656,203 @@ mod tests {
                 .store,
             StoreSetting::Memory
         );
+    }
+
+    /// A directory of PEM files for the Redis TLS settings: an authority,
+    /// a client certificate it signed and its key, another key, and files
+    /// that hold no certificate or key.
+    struct TlsFiles(PathBuf);
+
+    impl TlsFiles {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "pkce-proxy-redis-tls-{name}-{}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let ca_cert = ca.self_signed(&ca_key).unwrap();
+            let issuer = rcgen::Issuer::new(ca, ca_key);
+            let client_key = rcgen::KeyPair::generate().unwrap();
+            let client = rcgen::CertificateParams::new(vec!["proxy".to_owned()])
+                .unwrap()
+                .signed_by(&client_key, &issuer)
+                .unwrap();
+            for (name, pem) in [
+                ("ca.pem", ca_cert.pem()),
+                ("client.pem", client.pem()),
+                ("client.key", client_key.serialize_pem()),
+                (
+                    "other.key",
+                    rcgen::KeyPair::generate().unwrap().serialize_pem(),
+                ),
+                ("empty.pem", String::new()),
+            ] {
+                std::fs::write(dir.join(name), pem).unwrap();
+            }
+            Self(dir)
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.0.join(name).to_str().unwrap().to_owned()
+        }
+    }
+
+    impl Drop for TlsFiles {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn redis_over_tls_takes_an_authority_and_a_client_certificate() {
+        let files = TlsFiles::new("good");
+        let c = Config::resolve(&raw(&[
+            "--upstream",
+            "http://x",
+            "--store",
+            "rediss://:s3cret@redis.internal:6380/0",
+            "--redis-ca",
+            &files.path("ca.pem"),
+            "--redis-client-cert",
+            &files.path("client.pem"),
+            "--redis-client-key",
+            &files.path("client.key"),
+        ]))
+        .unwrap();
+        let want = RedisTlsFiles {
+            ca: Some(files.0.join("ca.pem")),
+            client: Some((files.0.join("client.pem"), files.0.join("client.key"))),
+        };
+        let StoreSetting::Redis { tls, url, .. } = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(tls.as_ref(), Some(&want));
+        assert!(url.starts_with("rediss://"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        // `check` prints settings that resolve again to the same files.
+        let printed = c.to_toml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        let table: toml::Table = printed.parse().unwrap();
+        assert_eq!(
+            table["redis_ca"].as_str(),
+            Some(files.path("ca.pem").as_str())
+        );
+        std::fs::write(files.0.join("printed.toml"), &printed).unwrap();
+        let again = Config::resolve(&raw(&["--config", &files.path("printed.toml")])).unwrap();
+        let StoreSetting::Redis { tls, .. } = &again.store else {
+            panic!("{:?}", again.store)
+        };
+        assert_eq!(tls.as_ref(), Some(&want));
+
+        // Without --redis-ca, the system's authorities, which a machine
+        // without any cannot give.
+        match Config::resolve(&raw(&["--upstream", "http://x", "--store", "rediss://h/0"])) {
+            Ok(c) => {
+                let StoreSetting::Redis { tls, .. } = &c.store else {
+                    panic!("{:?}", c.store)
+                };
+                assert_eq!(tls.as_ref(), Some(&RedisTlsFiles::default()));
+                assert!(!c.to_toml().contains("redis_ca"));
+            }
+            Err(e) => assert!(
+                ["--redis-ca", "--store"].contains(&e.setting.as_str()),
+                "{e}"
+            ),
+        }
+    }
+
+    #[test]
+    fn bad_redis_tls_settings_name_their_setting() {
+        let files = TlsFiles::new("bad");
+        let (ca, cert, key) = (
+            files.path("ca.pem"),
+            files.path("client.pem"),
+            files.path("client.key"),
+        );
+        let (other_key, empty, missing) = (
+            files.path("other.key"),
+            files.path("empty.pem"),
+            files.path("missing.pem"),
+        );
+        let tls = |store: &str, more: &[&str]| {
+            let mut args = vec!["--upstream", "http://x", "--store", store];
+            args.extend_from_slice(more);
+            args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>()
+        };
+        for (args, setting) in [
+            // Only for rediss://.
+            (tls("memory", &["--redis-ca", &ca]), "--redis-ca"),
+            (tls("redis://h/0", &["--redis-ca", &ca]), "--redis-ca"),
+            (
+                tls(
+                    "redis://h/0",
+                    &["--redis-client-cert", &cert, "--redis-client-key", &key],
+                ),
+                "--redis-client-cert",
+            ),
+            (
+                tls("redis://h/0", &["--redis-client-key", &key]),
+                "--redis-client-key",
+            ),
+            // Files that cannot be read or hold the wrong thing.
+            (tls("rediss://h/0", &["--redis-ca", &missing]), "--redis-ca"),
+            (tls("rediss://h/0", &["--redis-ca", &empty]), "--redis-ca"),
+            (tls("rediss://h/0", &["--redis-ca", &key]), "--redis-ca"),
+            (
+                tls(
+                    "rediss://h/0",
+                    &["--redis-client-cert", &empty, "--redis-client-key", &key],
+                ),
+                "--redis-client-cert",
+            ),
+            (
+                tls(
+                    "rediss://h/0",
+                    &["--redis-client-cert", &cert, "--redis-client-key", &cert],
+                ),
+                "--redis-client-key",
+            ),
+            (
+                tls(
+                    "rediss://h/0",
+                    &["--redis-client-cert", &cert, "--redis-client-key", &missing],
+                ),
+                "--redis-client-key",
+            ),
+            // A key that is not the certificate's.
+            (
+                tls(
+                    "rediss://h/0",
+                    &[
+                        "--redis-client-cert",
+                        &cert,
+                        "--redis-client-key",
+                        &other_key,
+                    ],
+                ),
+                "--redis-client-key",
+            ),
+            // Both or neither.
+            (
+                tls("rediss://h/0", &["--redis-client-cert", &cert]),
+                "--redis-client-key",
+            ),
+            (
+                tls("rediss://h/0", &["--redis-client-key", &key]),
+                "--redis-client-cert",
+            ),
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let e = err(&args);
+            assert_eq!(e.setting, setting, "{args:?}: {e}");
+            let line = e.to_string();
+            assert!(!line.contains('\n'), "one line: {line}");
+            assert_eq!(line.matches(setting).count(), 1, "named once: {line}");
+        }
     }
 
     #[test]

@@ -8,11 +8,11 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 
 use tower_pkce::store::{
-    CodeBinding, MemoryStore, PendingAuthorization, Redemption, RedisStore, Store, StoreError,
-    StoreKey, StoreStats,
+    CodeBinding, MemoryStore, PendingAuthorization, Redemption, RedisStore, RedisTls, Store,
+    StoreError, StoreKey, StoreStats,
 };
 
-use crate::config::{Config, StoreSetting};
+use crate::config::{Config, RedisTlsFiles, StoreSetting};
 
 /// One of the stores the proxy can run with, chosen by `--store`.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ impl ProxyStore {
     /// # Errors
     ///
     /// The store's own error when it cannot be set up (outside a Tokio
-    /// runtime, for one).
+    /// runtime, for one), or a TLS file that can no longer be read.
     pub fn from_config(config: &Config) -> Result<Self, StoreError> {
         Ok(match &config.store {
             StoreSetting::Memory => {
@@ -40,15 +40,41 @@ impl ProxyStore {
                 url,
                 prefix,
                 timeout,
-            } => Self::Redis(
-                RedisStore::builder(url.as_str())
+                tls,
+            } => {
+                let mut builder = RedisStore::builder(url.as_str())
                     .prefix(prefix.as_str())
                     .capacity(config.max_entries)
-                    .timeout(*timeout)
-                    .build()?,
-            ),
+                    .timeout(*timeout);
+                if let Some(tls) = tls {
+                    builder = builder.tls(redis_tls(tls)?);
+                }
+                Self::Redis(builder.build()?)
+            }
         })
     }
+}
+
+/// The PEM text of the files [`Config::resolve`] checked.
+fn redis_tls(files: &RedisTlsFiles) -> Result<RedisTls, StoreError> {
+    let read = |setting: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            StoreError::Unavailable(
+                format!("--{setting}: {}: cannot read it ({e})", path.display()).into(),
+            )
+        })
+    };
+    let mut tls = RedisTls::new();
+    if let Some(ca) = &files.ca {
+        tls = tls.root_certificates(read("redis-ca", ca)?);
+    }
+    if let Some((cert, key)) = &files.client {
+        tls = tls.client_identity(
+            read("redis-client-cert", cert)?,
+            read("redis-client-key", key)?,
+        );
+    }
+    Ok(tls)
 }
 
 pin_project! {

@@ -18,6 +18,10 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         "PKCE_PROXY_MAX_IDLE_UPSTREAM_CONNECTIONS",
         "PKCE_PROXY_BODY_TIMEOUT",
         "PKCE_PROXY_H2_MAX_CONCURRENT_STREAMS",
+        "PKCE_PROXY_STORE",
+        "PKCE_PROXY_REDIS_CA",
+        "PKCE_PROXY_REDIS_CLIENT_CERT",
+        "PKCE_PROXY_REDIS_CLIENT_KEY",
     ] {
         if !env.iter().any(|(k, _)| k == &var) {
             cmd.env_remove(var);
@@ -194,6 +198,83 @@ fn limits_out_of_bounds_exit_64_naming_the_setting() {
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
         assert!(err.contains(setting), "{setting} in {err}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bad_redis_ca_exits_64_naming_it_before_listening() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-redis-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let not_pem = not_pem.to_str().unwrap();
+    let missing = dir.join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let up = "http://127.0.0.1:1";
+    // The listener's port is taken by this test: had the proxy gone on to
+    // listen, it would fail there instead, with another exit code.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    for (args, env, why) in [
+        (
+            vec!["--store", "rediss://127.0.0.1:1/0", "--redis-ca", not_pem],
+            vec![],
+            "CERTIFICATE",
+        ),
+        (
+            vec!["--store", "rediss://127.0.0.1:1/0"],
+            vec![("PKCE_PROXY_REDIS_CA", missing)],
+            "cannot read",
+        ),
+        (
+            vec!["--store", "redis://127.0.0.1:1/0", "--redis-ca", not_pem],
+            vec![],
+            "rediss://",
+        ),
+    ] {
+        let mut all = vec!["--upstream", up, "--listen", &listen];
+        all.extend_from_slice(&args);
+        let out = run(&all, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains("--redis-ca") && err.contains(why), "{err}");
+    }
+    drop(taken);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unreadable_system_store_stops_tls_to_redis_at_start() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-ssl-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let args = [
+        "check",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--store",
+        "rediss://127.0.0.1:1/0",
+        "--redis-ca",
+        ca_file.to_str().unwrap(),
+    ];
+    let out = run(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let missing = dir.join("no-such-bundle.pem");
+    let out = run(&args, &[("SSL_CERT_FILE", missing.to_str().unwrap())]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("--store") && err.contains("SSL_CERT_FILE"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

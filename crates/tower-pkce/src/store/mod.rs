@@ -48,7 +48,7 @@ mod redis;
 #[cfg(feature = "redis-store")]
 pub use redis::{
     DEFAULT_REDIS_CAPACITY, DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, RedisStore,
-    RedisStoreBuilder, check_settings as check_redis_settings,
+    RedisStoreBuilder, RedisTls, check_settings as check_redis_settings,
 };
 
 #[cfg(feature = "conformance")]

@@ -50,6 +50,15 @@
 //! `temporarily_unavailable`; nothing is forwarded unchecked. The connection
 //! is re-established in the background, so service resumes by itself when
 //! Redis is back.
+//!
+//! # TLS
+//!
+//! A `rediss://` URL connects over TLS (rustls, with the `ring`
+//! cryptography), checking Redis's certificate against the system's
+//! authorities, or against those given with [`RedisStoreBuilder::tls`],
+//! which may also give a client certificate for Redis's
+//! `tls-auth-clients yes`. A certificate that does not check out fails the
+//! connection, so operations fail closed as for an unreachable Redis.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -275,6 +284,117 @@ pub struct RedisStoreBuilder {
     capacity: usize,
     mark_ttl: Duration,
     timeout: Duration,
+    tls: Option<RedisTls>,
+}
+
+/// What a `rediss://` store trusts and presents: PEM text, as read from the
+/// files an operator gives. Without any, the system's authorities are
+/// trusted and no client certificate is sent.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_pkce::store::{RedisStore, RedisTls};
+///
+/// let tls = RedisTls::new()
+///     .root_certificates(std::fs::read("/etc/pkce/redis-ca.pem")?)
+///     .client_identity(
+///         std::fs::read("/etc/pkce/client.pem")?,
+///         std::fs::read("/etc/pkce/client.key")?,
+///     );
+/// let store = RedisStore::builder("rediss://redis.internal:6380/0")
+///     .tls(tls)
+///     .build()?;
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Default)]
+#[must_use]
+pub struct RedisTls {
+    root_certificates: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field(
+                "root_certificates",
+                &if self.root_certificates.is_some() {
+                    "given"
+                } else {
+                    "the system's"
+                },
+            )
+            .field(
+                "client_key",
+                &if self.client.is_some() {
+                    "[redacted]"
+                } else {
+                    "none"
+                },
+            )
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// The system's authorities, and no client certificate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trusts the authorities in this PEM bundle (one or more
+    /// `CERTIFICATE` items) instead of the system's.
+    pub fn root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates = Some(pem.into());
+        self
+    }
+
+    /// Presents this certificate chain (PEM, leaf first) and its private key
+    /// (PEM: PKCS#8, PKCS#1 or SEC1) to a Redis that asks for one.
+    pub fn client_identity(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// The PEM text for the Redis client, checked to hold what it should:
+    /// the client reads no certificate from text that is not PEM, and would
+    /// then trust no one, or present nothing, without a word.
+    fn certificates(self) -> Result<redis::TlsCertificates, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let has_certificates = |pem: &[u8], what: &str| match CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(certs) if !certs.is_empty() => Ok(()),
+            Ok(_) => Err(format!("the {what} hold no CERTIFICATE")),
+            Err(_) => Err(format!("the {what} are not valid PEM")),
+        };
+        if let Some(roots) = &self.root_certificates {
+            has_certificates(roots, "root certificates")?;
+        }
+        if let Some((cert, key)) = &self.client {
+            has_certificates(cert, "client certificates")?;
+            // The error could quote the key: it is not repeated.
+            PrivateKeyDer::from_pem_slice(key)
+                .map_err(|_| "the client key holds no usable PRIVATE KEY".to_owned())?;
+        }
+        Ok(redis::TlsCertificates {
+            client_tls: self
+                .client
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }),
+            root_cert: self.root_certificates,
+        })
+    }
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -286,6 +406,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("capacity", &self.capacity)
             .field("mark_ttl", &self.mark_ttl)
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -324,14 +445,27 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The authorities to trust and the client certificate to present, for
+    /// a `rediss://` URL [default: the system's authorities, no client
+    /// certificate].
+    pub fn tls(mut self, tls: RedisTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Makes the store. It connects lazily: a Redis that is down now makes
     /// operations fail with [`StoreError::Unavailable`] until it is up.
+    ///
+    /// For a `rediss://` URL, when the process has no default rustls
+    /// [`CryptoProvider`](rustls::crypto::CryptoProvider) yet, this installs
+    /// `ring`'s: the Redis client takes the process's.
     ///
     /// # Errors
     ///
     /// [`StoreError::Unavailable`] when the URL is not a Redis URL, the
-    /// prefix holds `{` or `}`, or there is no Tokio runtime to run the
-    /// connection on.
+    /// prefix holds `{` or `}`, [`tls`](Self::tls) was given for a URL that
+    /// is not `rediss://`, its PEM text holds no certificate or key, or
+    /// there is no Tokio runtime to run the connection on.
     pub fn build(self) -> Result<RedisStore, StoreError> {
         check_settings(&self.url, &self.prefix).map_err(|e| unavailable(&e))?;
         if tokio::runtime::Handle::try_current().is_err() {
@@ -340,6 +474,23 @@ impl RedisStoreBuilder {
             ));
         }
         let client = redis::Client::open(self.url.as_str()).map_err(|e| unavailable(&e))?;
+        let client = match (self.tls, is_tls(&client)) {
+            (None, false) => client,
+            (Some(_), false) => {
+                return Err(unavailable(
+                    "TLS settings were given for a Redis URL that is not rediss://",
+                ));
+            }
+            (tls, true) => {
+                with_crypto_provider();
+                let certificates = tls
+                    .unwrap_or_default()
+                    .certificates()
+                    .map_err(|e| unavailable(&e))?;
+                redis::Client::build_with_tls(client.get_connection_info().clone(), certificates)
+                    .map_err(|e| unavailable(&e))?
+            }
+        };
         let connection = connect(&client, self.timeout)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
@@ -375,15 +526,41 @@ pub fn check_settings(url: &str, prefix: &str) -> Result<(), String> {
     if prefix.is_empty() || prefix.contains(['{', '}']) {
         return Err("the key prefix must be non-empty and hold no '{' or '}'".to_owned());
     }
-    redis::Client::open(url)
-        .map(drop)
-        .map_err(|_| "not a Redis URL: use redis://[user:password@]host[:port][/db]".to_owned())
+    let client = redis::Client::open(url).map_err(|_| {
+        "not a Redis URL: use redis[s]://[user:password@]host[:port][/db]".to_owned()
+    })?;
+    if let redis::ConnectionAddr::TcpTls { insecure: true, .. } =
+        client.get_connection_info().addr()
+    {
+        return Err(
+            "a rediss:// URL with #insecure, which checks no certificate, is refused: \
+             give the authority that signed Redis's certificate instead"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+fn is_tls(client: &redis::Client) -> bool {
+    matches!(
+        client.get_connection_info().addr(),
+        redis::ConnectionAddr::TcpTls { .. }
+    )
+}
+
+/// Makes sure the process has a default rustls provider. The Redis client
+/// builds its TLS settings with the process's default, which rustls picks by
+/// itself only when exactly one provider is compiled in, and panics without.
+fn with_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err means another thread installed one first: as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 impl RedisStore {
-    /// A builder for a store at `url` (`redis://[user:password@]host:port/db`).
-    /// TLS (`rediss://`) is not built in: reach a remote Redis over a private
-    /// network or a TLS tunnel.
+    /// A builder for a store at `url`: `redis://[user:password@]host:port/db`,
+    /// or `rediss://...` for TLS (see [`RedisStoreBuilder::tls`]).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.into(),
@@ -391,6 +568,7 @@ impl RedisStore {
             capacity: DEFAULT_REDIS_CAPACITY,
             mark_ttl: DEFAULT_MARK_TTL,
             timeout: DEFAULT_REDIS_TIMEOUT,
+            tls: None,
         }
     }
 
@@ -1104,5 +1282,63 @@ mod tests {
                 .build()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn tls_urls_are_accepted_unless_insecure() {
+        assert!(check_settings("rediss://127.0.0.1:1/0", "pkce").is_ok());
+        assert!(check_settings("rediss://:pw@redis.internal:6380/2", "pkce").is_ok());
+        let insecure = check_settings("rediss://:pw@127.0.0.1:1/0#insecure", "pkce").unwrap_err();
+        assert!(insecure.contains("#insecure"), "{insecure}");
+        assert!(!insecure.contains("pw"), "{insecure}");
+    }
+
+    /// Not PEM, as a file of the wrong kind would be.
+    const NOT_PEM: &[u8] = b"secret-looking-bytes";
+    const A_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+
+    #[tokio::test]
+    async fn tls_settings_are_checked_when_built() {
+        let refused = |tls: RedisTls, url: &str| {
+            let e = RedisStore::builder(url).tls(tls).build().unwrap_err();
+            let text = e.to_string();
+            assert!(!text.contains("secret-looking"), "{text}");
+            text
+        };
+        let text = refused(RedisTls::new(), "redis://127.0.0.1:1/0");
+        assert!(text.contains("rediss://"), "{text}");
+        let text = refused(
+            RedisTls::new().root_certificates(NOT_PEM),
+            "rediss://127.0.0.1:1/0",
+        );
+        assert!(text.contains("root certificates"), "{text}");
+        let text = refused(
+            RedisTls::new().client_identity(A_CERTIFICATE, NOT_PEM),
+            "rediss://127.0.0.1:1/0",
+        );
+        assert!(text.contains("client key"), "{text}");
+        let text = refused(
+            RedisTls::new().client_identity(NOT_PEM, NOT_PEM),
+            "rediss://127.0.0.1:1/0",
+        );
+        assert!(text.contains("client certificates"), "{text}");
+        // The system's authorities: nothing to check before connecting.
+        assert!(
+            RedisStore::builder("rediss://127.0.0.1:1/0")
+                .build()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn tls_keys_are_not_printed() {
+        let key = b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n";
+        let builder = RedisStore::builder("rediss://:pw@h/0")
+            .tls(RedisTls::new().client_identity(A_CERTIFICATE, key.as_slice()));
+        let printed = format!("{builder:?}");
+        assert!(printed.contains("[redacted]"), "{printed}");
+        for secret in ["c2VjcmV0", "PRIVATE", "pw"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
     }
 }
