@@ -32,7 +32,7 @@ use tower_pkce::store::Store;
 use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody};
 
 use crate::config::{Config, Upstream};
-use crate::forward::{self, ClientBody, Forwarder, ProxyBody};
+use crate::forward::{self, ClientBody, ClientScheme, Forwarder, ProxyBody};
 use crate::http1;
 use crate::metrics::{Limit, Load, Metrics};
 use crate::proxy_protocol;
@@ -695,7 +695,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 // Each client connection gets its own forwarder: it keeps
                 // the upstream connections that connection's requests use.
                 let mut pkce = pkce.clone();
-                let forwarder = pkce.get_ref().for_connection(peer, may_vouch);
+                let forwarder = pkce
+                    .get_ref()
+                    .for_connection(peer, may_vouch, ClientScheme::Http);
                 *pkce.get_mut() = forwarder;
                 let layer = layer.clone();
                 let metrics = metrics.clone();
