@@ -577,3 +577,123 @@ async fn the_admin_listener_stays_plain() {
     assert_eq!(health.status, StatusCode::OK);
     proxy.shutdown().await;
 }
+
+/// An upstream that answers "finished" after `delay`.
+async fn slow(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |_: Request<Incoming>| async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("finished"))))
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight_and_closes_idle_connections() {
+    let up = slow(Duration::from_millis(600)).await;
+    let authority = Authority::new("drain");
+    let files = Files::of(&server(&authority));
+    let proxy = proxy(settings(up, &files)).await;
+    let mut in_flight = Vec::new();
+    for h2 in [false, true] {
+        let mut sender = Sender::open(proxy.addr, authority.client_config(alpn(h2), None))
+            .await
+            .unwrap();
+        in_flight.push(tokio::spawn(async move {
+            sender.send(Method::GET, "/slow", None).await
+        }));
+    }
+    let idle = connect(proxy.addr, authority.client_config(alpn(false), None))
+        .await
+        .unwrap();
+    let (_send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(idle))
+        .await
+        .unwrap();
+    let idle = tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(BOUND, proxy.shutdown()).await.unwrap();
+    // Well within the drain timeout (10 s): nothing was left to cut.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    for answer in in_flight {
+        let answer = answer.await.unwrap().unwrap();
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (StatusCode::OK, "finished")
+        );
+    }
+    // hyper's client takes a close before its first request for a message
+    // cut short.
+    let closed = tokio::time::timeout(BOUND, idle)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap();
+    assert!(
+        closed
+            .as_ref()
+            .map_or_else(hyper::Error::is_incomplete_message, |()| true),
+        "{closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_or_stalled_http1_connection_closes_after_the_head_timeout() {
+    let (up, _) = spy(None).await;
+    let authority = Authority::new("idle");
+    let files = Files::of(&server(&authority));
+    let mut settings = settings(up, &files);
+    settings.head_timeout = Some("0.3".into());
+    let proxy = proxy(settings).await;
+    let tls = connect(proxy.addr, authority.client_config(alpn(false), None))
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("/x")
+        .header(header::HOST, "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(BOUND, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response.into_body().collect().await.unwrap());
+    let idle_since = tokio::time::Instant::now();
+    tokio::time::timeout(BOUND, conn)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap()
+        .unwrap();
+    assert!(idle_since.elapsed() >= Duration::from_millis(200));
+    // Half a head, then nothing: closed soon after the head timeout too.
+    let mut tls = connect(proxy.addr, authority.client_config(alpn(false), None))
+        .await
+        .unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nHo").await.unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(read_to_end(&mut tls).await, "");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    proxy.shutdown().await;
+}

@@ -1502,7 +1502,14 @@ where
         prefix: Bytes::copy_from_slice(inbox.buffered()),
         stream,
     });
-    serve_hyper(io, Protocol::Http2, handler, open, settings).await;
+    serve_hyper(
+        io,
+        Protocol::Http2,
+        handler,
+        open,
+        (settings, Instant::now()),
+    )
+    .await;
 }
 
 /// Which of hyper's servers serves a connection.
@@ -1518,19 +1525,22 @@ pub(crate) enum Protocol {
 /// `handler`, its body under the body timeout.
 ///
 /// hyper bounds HTTP/2's streams, header lists and keep-alive pings, and
-/// HTTP/1.1's heads: as many bytes and fields as this module allows, within
-/// the head timeout, which also closes an idle keep-alive connection. The
-/// connection closes, besides, when no request has been open for the idle
-/// timeout (HTTP/2's; the head timeout for HTTP/1.1), gracefully, as at
-/// shutdown, and when a response has waited for the client past the send
-/// timeout (at once: that client reads no GOAWAY). An idle close that the
-/// client does not acknowledge is cut after the keep-alive timeout.
+/// HTTP/1.1's heads: as many bytes and fields as this module allows. The
+/// connection closes gracefully, as at shutdown, when no request has been
+/// open for the idle timeout (HTTP/2's), or, in HTTP/1.1, when no request
+/// head has come within the head timeout (of `started` for the first, as
+/// this module counts it from the accept, and of the last response after).
+/// It closes at once when a response has waited for the client past the
+/// send timeout (that client reads no GOAWAY). An idle HTTP/2 close that
+/// the client does not acknowledge is cut after the keep-alive timeout; an
+/// HTTP/1.1 one, which hyper makes at once unless a head is half read,
+/// after [`H1_CLOSE_GRACE`].
 pub(crate) async fn serve_hyper<I, H, F, B>(
     io: I,
     protocol: Protocol,
     handler: H,
     open: OpenConnection,
-    settings: Settings,
+    (settings, started): (Settings, Instant),
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
@@ -1540,7 +1550,7 @@ pub(crate) async fn serve_hyper<I, H, F, B>(
     B::Error: Into<ClientBodyError> + std::fmt::Display,
 {
     let handler = Arc::new(handler);
-    let watch = h2::Watch::new();
+    let watch = h2::Watch::since(started);
     let (body_timeout, metrics) = (settings.body_timeout, settings.metrics.clone());
     let watched = watch.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -1563,13 +1573,16 @@ pub(crate) async fn serve_hyper<I, H, F, B>(
                 .max_concurrent_streams(limits.max_concurrent_streams)
                 .serve_connection(io, service);
             let graceful = hyper::server::conn::http2::Connection::graceful_shutdown;
-            let idle = limits.idle_timeout;
+            let idle = (limits.idle_timeout, limits.keepalive_timeout);
             watch_served(served, graceful, &watch, idle, open, &settings).await;
         }
         Protocol::Http1 => {
+            let grace = settings.head_timeout.min(H1_CLOSE_GRACE);
+            // hyper's own head timeout, which drops the connection without
+            // a TLS close_notify, only backs up the graceful close.
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(settings.head_timeout)
+                .header_read_timeout(settings.head_timeout + grace)
                 .max_buf_size(MAX_HEAD)
                 .max_header_size(MAX_HEAD)
                 .max_headers(MAX_FIELDS)
@@ -1577,20 +1590,27 @@ pub(crate) async fn serve_hyper<I, H, F, B>(
                 .half_close(false)
                 .serve_connection(io, service);
             let graceful = hyper::server::conn::http1::Connection::graceful_shutdown;
-            let idle = settings.head_timeout;
+            let idle = (settings.head_timeout, grace);
             watch_served(served, graceful, &watch, idle, open, &settings).await;
         }
     }
 }
 
+/// How long an HTTP/1.1 connection that hyper serves may take to close
+/// once its idle close has begun (at most the head timeout): hyper closes
+/// an idle one at once, and waits for a head begun and not finished, which
+/// must not hold the connection much past the head timeout.
+const H1_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Drives a connection that hyper serves (see [`serve_hyper`]) until it
-/// ends, is idle past `idle_timeout`, or stalls past the send timeout;
-/// `graceful` starts its graceful close, at shutdown and when idle.
+/// ends, is idle past `idle_timeout` (then given `close_bound` to close),
+/// or stalls past the send timeout; `graceful` starts its graceful close,
+/// at shutdown and when idle.
 async fn watch_served<C>(
     served: C,
     graceful: fn(Pin<&mut C>),
     watch: &h2::Watch,
-    idle_timeout: Duration,
+    (idle_timeout, close_bound): (Duration, Duration),
     open: OpenConnection,
     settings: &Settings,
 ) where
@@ -1606,7 +1626,6 @@ async fn watch_served<C>(
         graceful(served.as_mut());
         stopping = true;
     }
-    let keepalive_timeout = settings.h2.keepalive_timeout;
     let tick = (settings.send_timeout / 2).max(Duration::from_millis(5));
     let mut stall = pin!(tokio::time::sleep(tick));
     // The idle timer, then, once the idle close has begun, its bound.
@@ -1627,9 +1646,7 @@ async fn watch_served<C>(
                     if !stopping {
                         graceful(served.as_mut());
                     }
-                    // An HTTP/2 graceful close waits for the client to
-                    // answer a PING; as long as a keep-alive ping may wait.
-                    idle.as_mut().reset(Instant::now() + keepalive_timeout);
+                    idle.as_mut().reset(Instant::now() + close_bound);
                 }
                 Some(deadline) => idle.as_mut().reset(deadline),
                 None => idle.as_mut().reset(Instant::now() + idle_timeout),

@@ -45,7 +45,8 @@ pub(crate) async fn serve_connection<M, H, F, B>(
     B::Data: Send,
     B::Error: Into<ClientBodyError> + std::fmt::Display,
 {
-    let deadline = Instant::now() + settings.head_timeout;
+    let accepted = Instant::now();
+    let deadline = accepted + settings.head_timeout;
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1..)) => {}
@@ -78,6 +79,7 @@ pub(crate) async fn serve_connection<M, H, F, B>(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
+    let settings = (settings, accepted);
     http1::serve_hyper(TokioIo::new(tls), protocol, make(), open, settings).await;
 }
 
