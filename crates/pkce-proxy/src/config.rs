@@ -122,6 +122,14 @@ pub struct RawSettings {
     /// from it (a TCP load balancer such as AWS NLB or HAProxy).
     #[arg(long, env = "PKCE_PROXY_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub proxy_protocol: Option<String>,
+    /// The client listener's certificate chain, PEM, leaf first: with
+    /// --tls-key, clients connect with TLS (HTTP/2 and HTTP/1.1); the file
+    /// is read again when it changes.
+    #[arg(long, env = "PKCE_PROXY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PKCE_PROXY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<String>,
     /// A TOML file with any of these settings (keys in snake_case).
     #[arg(long, env = "PKCE_PROXY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -433,6 +441,8 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Trusted peers send a PROXY protocol header first.
     pub proxy_protocol: bool,
+    /// TLS on the client listener.
+    pub tls: Option<ListenerTls>,
     /// Log format.
     pub log_format: LogFormat,
     /// Upstream connect timeout.
@@ -449,6 +459,26 @@ pub struct Config {
     pub store: StoreSetting,
     /// Connections, timeouts and buffers.
     pub limits: Limits,
+}
+
+/// The client listener's certificate and key: the files, and what was
+/// read from them at start.
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// The certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+    pub(crate) loaded: crate::tls::Loaded,
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A setting that cannot be used. Its `Display` is the one line printed
@@ -498,6 +528,8 @@ const FILE_KEYS: &[&str] = &[
     "trust_forwarded",
     "trusted_proxies",
     "proxy_protocol",
+    "tls_cert",
+    "tls_key",
     "log_format",
     "connect_timeout",
     "response_timeout",
@@ -637,6 +669,37 @@ fn parse_proxy_protocol(
         ));
     }
     Ok(on)
+}
+
+/// `--tls-cert` and `--tls-key`, both or neither, read and checked to
+/// belong together.
+fn parse_tls(src: &Sources, raw: &RawSettings) -> Result<Option<ListenerTls>, ConfigError> {
+    let cert = src.get(&raw.tls_cert, "tls_cert")?;
+    let key = src.get(&raw.tls_key, "tls_key")?;
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (PathBuf::from(cert), PathBuf::from(key)),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "--tls-key",
+                "is required with --tls-cert: give both or neither",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "--tls-cert",
+                "is required with --tls-key: give both or neither",
+            ));
+        }
+    };
+    let loaded = crate::tls::Loaded::read(&cert, &key).map_err(|line| {
+        // The line starts with the setting at fault: `--tls-key: file: why`.
+        match line.split_once(": ") {
+            Some((setting, why)) if setting.starts_with("--tls-") => ConfigError::new(setting, why),
+            _ => ConfigError::new("--tls-cert", line),
+        }
+    })?;
+    Ok(Some(ListenerTls { cert, key, loaded }))
 }
 
 fn parse_bool(key: &str, text: Option<String>) -> Result<bool, ConfigError> {
@@ -1081,8 +1144,7 @@ impl Limits {
 
 impl RedisTlsFiles {
     fn to_toml(&self) -> String {
-        let line =
-            |key: &str, path: &PathBuf| format!("{key} = {:?}\n", path.display().to_string());
+        let line = |key: &str, path: &PathBuf| format!("{key} = {}\n", toml_path(path));
         let mut out = String::new();
         if let Some(ca) = &self.ca {
             out += &line("redis_ca", ca);
@@ -1093,6 +1155,11 @@ impl RedisTlsFiles {
         }
         out
     }
+}
+
+/// `path` as a TOML string.
+fn toml_path(path: &std::path::Path) -> String {
+    toml::Value::String(path.to_string_lossy().into_owned()).to_string()
 }
 
 impl Config {
@@ -1150,6 +1217,7 @@ impl Config {
                 1,
             )?,
             proxy_protocol: parse_proxy_protocol(&src, raw, &trusted_proxies, trust_forwarded)?,
+            tls: parse_tls(&src, raw)?,
             trust_forwarded,
             trusted_proxies,
             log_format: match src.get(&raw.log_format, "log_format")?.as_deref() {
@@ -1297,7 +1365,14 @@ impl Config {
                     tls.as_ref().map(RedisTlsFiles::to_toml).unwrap_or_default(),
                 ),
             },
-        ) + &match self.worker_threads {
+        ) + &match &self.tls {
+            Some(tls) => format!(
+                "tls_cert = {}\ntls_key = {}\n",
+                toml_path(&tls.cert),
+                toml_path(&tls.key)
+            ),
+            None => String::new(),
+        } + &match self.worker_threads {
             Some(n) => format!("worker_threads = {n}\n"),
             None => "worker_threads = \"auto\"\n".to_owned(),
         } + &self.upstream_tls_toml()
@@ -1309,7 +1384,7 @@ impl Config {
         let Some(tls) = &self.upstream_tls else {
             return String::new();
         };
-        let path = |p: &PathBuf| format!("{:?}", p.display().to_string());
+        let path = |p: &PathBuf| toml_path(p);
         let mut out = String::new();
         if let Some(ca) = &tls.ca {
             out += &format!("upstream_ca = {}\n", path(ca));
@@ -1322,7 +1397,10 @@ impl Config {
             );
         }
         if let Some(name) = &tls.server_name {
-            out += &format!("upstream_server_name = {name:?}\n");
+            out += &format!(
+                "upstream_server_name = {}\n",
+                toml::Value::String(name.clone())
+            );
         }
         out
     }
@@ -1863,5 +1941,41 @@ mod tests {
         let table: toml::Table = text.parse().unwrap();
         assert_eq!(table["ttl"].as_integer(), Some(7));
         assert_eq!(table["upstream"].as_str(), Some("http://127.0.0.1:1/p"));
+    }
+
+    #[test]
+    fn the_listener_certificate_is_printed_and_read_back() {
+        let dir =
+            std::env::temp_dir().join(format!("pkce-proxy-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        // A name TOML must escape.
+        let (cert, key) = (dir.join("a \"b\".crt"), dir.join("a.key"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let c = Config::resolve(&raw(&[
+            "--upstream",
+            "http://x",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!((&tls.cert, &tls.key), (&cert, &key));
+        assert!(!format!("{c:?}").contains("PRIVATE"), "no key in {c:?}");
+        let file = dir.join("printed.toml");
+        std::fs::write(&file, c.to_toml()).unwrap();
+        let again = Config::resolve(&raw(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(again.to_toml(), c.to_toml());
+        assert_eq!(again.tls.unwrap().cert, cert);
+        assert!(
+            Config::resolve(&raw(&["--upstream", "http://x"]))
+                .unwrap()
+                .tls
+                .is_none()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -211,6 +211,15 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// How a client connection reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientScheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
 /// Sends requests to the upstream.
 ///
 /// The server makes one per client connection with
@@ -271,6 +280,9 @@ struct Pool {
 /// requests' shares of upstream connections.
 struct ClientConnection {
     client_ip: Option<HeaderValue>,
+    /// How the client reached the proxy: `X-Forwarded-Proto`, unless a
+    /// trusted proxy sent one.
+    proto: HeaderValue,
     /// Whether the peer is a trusted proxy, whose `X-Forwarded-*` fields
     /// are kept.
     trusted: bool,
@@ -288,11 +300,20 @@ struct ClientConnection {
 impl ClientConnection {
     /// A client connection's state, with its idle list reachable from the
     /// pool.
-    fn new(shared: &Arc<Shared>, client_ip: Option<HeaderValue>, trusted: bool) -> Arc<Self> {
+    fn new(
+        shared: &Arc<Shared>,
+        client_ip: Option<HeaderValue>,
+        trusted: bool,
+        scheme: ClientScheme,
+    ) -> Arc<Self> {
         let idle = Arc::new(Mutex::new(Vec::new()));
         let id = shared.pool.hold(&idle);
         Arc::new(Self {
             client_ip,
+            proto: HeaderValue::from_static(match scheme {
+                ClientScheme::Http => "http",
+                ClientScheme::Https => "https",
+            }),
             trusted,
             idle,
             shared: Some(shared.clone()),
@@ -796,18 +817,19 @@ impl Forwarder {
         });
         sweep_idle(&shared);
         Ok(Self {
-            conn: ClientConnection::new(&shared, None, false),
+            conn: ClientConnection::new(&shared, None, false, ClientScheme::Http),
             shared,
             endpoint: Endpoint::Other,
         })
     }
 
-    /// A forwarder for one client connection from `peer`: it sets
-    /// `X-Forwarded-For` to the peer's address (after the list the peer
-    /// sent, when it is a trusted proxy and `may_vouch`), and keeps the
-    /// upstream connections it opens for that client connection's next
-    /// requests.
-    pub fn for_connection(&self, peer: SocketAddr, may_vouch: bool) -> Self {
+    /// A forwarder for one client connection from `peer` over `scheme`:
+    /// it sets `X-Forwarded-For` to the peer's address (after the list the
+    /// peer sent, when it is a trusted proxy and `may_vouch`) and
+    /// `X-Forwarded-Proto` to `scheme` (unless such a proxy sent one), and
+    /// keeps the upstream connections it opens for that client
+    /// connection's next requests.
+    pub fn for_connection(&self, peer: SocketAddr, may_vouch: bool, scheme: ClientScheme) -> Self {
         let ip = peer.ip().to_canonical();
         Self {
             shared: self.shared.clone(),
@@ -815,6 +837,7 @@ impl Forwarder {
                 &self.shared,
                 HeaderValue::try_from(ip.to_string()).ok(),
                 may_vouch && self.shared.trusted_proxies.contains(ip),
+                scheme,
             ),
             endpoint: Endpoint::Other,
         }
@@ -885,7 +908,7 @@ impl Forwarder {
             overrides.set(X_FORWARDED_FOR, forwarded_for);
         }
         if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            overrides.set(X_FORWARDED_PROTO, Some(HeaderValue::from_static("http")));
+            overrides.set(X_FORWARDED_PROTO, Some(self.conn.proto.clone()));
         }
         if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
             overrides.set(X_FORWARDED_HOST, host);
@@ -1502,7 +1525,11 @@ mod tests {
         (1..=2)
             .map(|port| {
                 tower_pkce::PkceLayer::strict().layer(Reported {
-                    forwarder: base.for_connection(([127, 0, 0, 1], port).into(), true),
+                    forwarder: base.for_connection(
+                        ([127, 0, 0, 1], port).into(),
+                        true,
+                        ClientScheme::Http,
+                    ),
                     progress: ForwardProgress::default(),
                     endpoint: Endpoint::Other,
                 })

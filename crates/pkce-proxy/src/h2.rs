@@ -58,9 +58,10 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn new() -> Arc<Self> {
+    /// A connection idle since `started`.
+    pub(crate) fn since(started: Instant) -> Arc<Self> {
         Arc::new(Self {
-            started: Instant::now(),
+            started,
             open: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             tick: AtomicUsize::new(0),
@@ -222,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_body_that_waits_three_ticks_is_found_and_one_that_moves_is_not() {
-        let watch = Watch::new();
+        let watch = Watch::since(Instant::now());
         let waiting = Watched::new(Frames(1), Stream::open(&watch));
         assert!(!watch.tick());
         assert!(!watch.tick());
@@ -244,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_idle_once_its_last_request_is_done() {
-        let watch = Watch::new();
+        let watch = Watch::since(Instant::now());
         let timeout = Duration::from_secs(60);
         assert_eq!(watch.idle_deadline(timeout), Some(watch.started + timeout));
         let stream = Stream::open(&watch);

@@ -179,7 +179,8 @@ impl Drop for OpenConnection {
 }
 
 /// The body of a client's request: read from the connection as it is
-/// polled, or already whole, or from hyper for HTTP/2, or what the proxy
+/// polled, or already whole, or from hyper (HTTP/2, and HTTP/1.1 over
+/// TLS), or what the proxy
 /// read of it ahead and then the rest (see [`ClientBody::buffered`]). A
 /// body is moved with its request several times, so what only some bodies
 /// need is boxed.
@@ -188,12 +189,12 @@ pub struct ClientBody(BodyKind);
 enum BodyKind {
     Full(Option<Bytes>),
     Stream(Arc<Mutex<Inbound>>),
-    H2(Box<H2Body>),
+    Hyper(Box<HyperBody>),
     Ahead(Box<(ReadAhead, BodyKind)>),
 }
 
-/// A body from hyper's HTTP/2 server, under the body timeout.
-struct H2Body {
+/// A body from hyper's server, under the body timeout.
+struct HyperBody {
     body: Incoming,
     timer: ReadTimer,
 }
@@ -221,9 +222,16 @@ impl ClientBody {
         Self(BodyKind::Full((!data.is_empty()).then_some(data)))
     }
 
-    pub(crate) fn h2(body: Incoming, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    /// A body that hyper reads, failing when it pauses past `timeout`.
+    pub(crate) fn hyper(body: Incoming, timeout: Duration, metrics: Arc<Metrics>) -> Self {
         let timer = ReadTimer::new(timeout, metrics);
-        Self(BodyKind::H2(Box::new(H2Body { body, timer })))
+        Self(BodyKind::Hyper(Box::new(HyperBody { body, timer })))
+    }
+
+    /// Whether hyper, not this module, parsed the request (see
+    /// [`serve_hyper`]): its head was not checked here.
+    pub(crate) fn is_from_hyper(&self) -> bool {
+        matches!(self.0, BodyKind::Hyper(_))
     }
 
     /// Whether the body is in memory, whole.
@@ -231,7 +239,7 @@ impl ClientBody {
         match &self.0 {
             BodyKind::Full(_) => true,
             BodyKind::Ahead(ahead) => matches!(ahead.1, BodyKind::Full(_)),
-            BodyKind::Stream(_) | BodyKind::H2(_) => false,
+            BodyKind::Stream(_) | BodyKind::Hyper(_) => false,
         }
     }
 
@@ -686,13 +694,13 @@ impl Body for BodyKind {
             BodyKind::Stream(inbound) => lock(inbound)
                 .poll_frame(cx)
                 .map_err(|e| RequestBodyError(e.into()).into()),
-            BodyKind::H2(h2) => match Pin::new(&mut h2.body).poll_frame(cx) {
-                Poll::Pending if h2.timer.poll_expired(cx) => {
+            BodyKind::Hyper(hyper) => match Pin::new(&mut hyper.body).poll_frame(cx) {
+                Poll::Pending if hyper.timer.poll_expired(cx) => {
                     Poll::Ready(Some(Err(RequestBodyError(body_timed_out().into()).into())))
                 }
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(frame) => {
-                    h2.timer.progressed();
+                    hyper.timer.progressed();
                     Poll::Ready(frame.map(|f| f.map_err(|e| RequestBodyError(e.into()).into())))
                 }
             },
@@ -717,7 +725,7 @@ impl Body for BodyKind {
                 let inbound = lock(inbound);
                 inbound.framing == Framing::Done || inbound.failed
             }
-            BodyKind::H2(h2) => h2.body.is_end_stream(),
+            BodyKind::Hyper(hyper) => hyper.body.is_end_stream(),
             BodyKind::Ahead(ahead) => {
                 ahead.0.data.is_none() && ahead.0.trailers.is_none() && ahead.1.is_end_stream()
             }
@@ -734,7 +742,7 @@ impl Body for BodyKind {
                 Framing::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
             },
-            BodyKind::H2(h2) => h2.body.size_hint(),
+            BodyKind::Hyper(hyper) => hyper.body.size_hint(),
             BodyKind::Ahead(ahead) => {
                 let (ahead, rest) = &**ahead;
                 let rest = rest.size_hint();
@@ -1454,7 +1462,7 @@ async fn refuse(conn: &mut Connection, status: StatusCode, why: &str, head: bool
 /// client may still be sending), what it sends is read and dropped until
 /// it pauses or a few seconds pass, so that closing with unread data does
 /// not reset the connection before the client has read the response.
-async fn close(stream: &TcpStream, linger: bool) {
+pub(crate) async fn close(stream: &TcpStream, linger: bool) {
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
     if !linger {
         return;
@@ -1471,13 +1479,8 @@ async fn close(stream: &TcpStream, linger: bool) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// Hands the connection to hyper's HTTP/2 server; what was read so far is
-/// read again first. hyper bounds the streams, the header lists and the
-/// keep-alive pings; the connection closes, besides, when no request has
-/// been open for the idle timeout (gracefully, as at shutdown), and when a
-/// response has waited for the client past the send timeout (at once:
-/// that client reads no GOAWAY). An idle close that the client does not
-/// acknowledge is cut after the keep-alive timeout.
+/// Hands the connection to hyper's HTTP/2 server (see [`serve_hyper`]);
+/// what was read so far is read again first.
 async fn serve_h2<H, F, B>(conn: Connection, handler: H, open: OpenConnection)
 where
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
@@ -1489,7 +1492,6 @@ where
     let Connection {
         stream,
         inbox,
-        shutdown,
         settings,
         ..
     } = conn;
@@ -1500,66 +1502,158 @@ where
         prefix: Bytes::copy_from_slice(inbox.buffered()),
         stream,
     });
+    serve_hyper(
+        io,
+        Protocol::Http2,
+        handler,
+        open,
+        (settings, Instant::now()),
+    )
+    .await;
+}
+
+/// Which of hyper's servers serves a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// HTTP/1.1 (and 1.0), where this module's own server cannot go: over
+    /// TLS.
+    Http1,
+    Http2,
+}
+
+/// Serves one connection with hyper until it closes. Every request goes to
+/// `handler`, its body under the body timeout.
+///
+/// hyper bounds HTTP/2's streams, header lists and keep-alive pings, and
+/// HTTP/1.1's heads: as many bytes and fields as this module allows. The
+/// connection closes gracefully, as at shutdown, when no request has been
+/// open for the idle timeout (HTTP/2's), or, in HTTP/1.1, when no request
+/// head has come within the head timeout (of `started` for the first, as
+/// this module counts it from the accept, and of the last response after).
+/// It closes at once when a response has waited for the client past the
+/// send timeout (that client reads no GOAWAY). An idle HTTP/2 close that
+/// the client does not acknowledge is cut after the keep-alive timeout; an
+/// HTTP/1.1 one, which hyper makes at once unless a head is half read,
+/// after [`H1_CLOSE_GRACE`].
+pub(crate) async fn serve_hyper<I, H, F, B>(
+    io: I,
+    protocol: Protocol,
+    handler: H,
+    open: OpenConnection,
+    (settings, started): (Settings, Instant),
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ClientBodyError> + std::fmt::Display,
+{
     let handler = Arc::new(handler);
-    let watch = h2::Watch::new();
+    let watch = h2::Watch::since(started);
     let (body_timeout, metrics) = (settings.body_timeout, settings.metrics.clone());
     let watched = watch.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let stream = h2::Stream::open(&watched);
         let metrics = metrics.clone();
-        let answer = (*handler)(req.map(|body| ClientBody::h2(body, body_timeout, metrics)));
+        let answer = (*handler)(req.map(|body| ClientBody::hyper(body, body_timeout, metrics)));
         async move {
             let response = answer.await;
             Ok::<_, Infallible>(response.map(|body| h2::Watched::new(body, stream)))
         }
     });
     let limits = settings.h2;
-    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.keepalive_interval)
-        .keep_alive_timeout(limits.keepalive_timeout)
-        .max_header_list_size(limits.max_header_list_size)
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .serve_connection(io, service);
+    match protocol {
+        Protocol::Http2 => {
+            let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(limits.keepalive_interval)
+                .keep_alive_timeout(limits.keepalive_timeout)
+                .max_header_list_size(limits.max_header_list_size)
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .serve_connection(io, service);
+            let graceful = hyper::server::conn::http2::Connection::graceful_shutdown;
+            let idle = (limits.idle_timeout, limits.keepalive_timeout);
+            watch_served(served, graceful, &watch, idle, open, &settings).await;
+        }
+        Protocol::Http1 => {
+            let grace = settings.head_timeout.min(H1_CLOSE_GRACE);
+            // hyper's own head timeout, which drops the connection without
+            // a TLS close_notify, only backs up the graceful close.
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.head_timeout + grace)
+                .max_buf_size(MAX_HEAD)
+                .max_header_size(MAX_HEAD)
+                .max_headers(MAX_FIELDS)
+                .keep_alive(true)
+                .half_close(false)
+                .serve_connection(io, service);
+            let graceful = hyper::server::conn::http1::Connection::graceful_shutdown;
+            let idle = (settings.head_timeout, grace);
+            watch_served(served, graceful, &watch, idle, open, &settings).await;
+        }
+    }
+}
+
+/// How long an HTTP/1.1 connection that hyper serves may take to close
+/// once its idle close has begun (at most the head timeout): hyper closes
+/// an idle one at once, and waits for a head begun and not finished, which
+/// must not hold the connection much past the head timeout.
+const H1_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Drives a connection that hyper serves (see [`serve_hyper`]) until it
+/// ends, is idle past `idle_timeout` (then given `close_bound` to close),
+/// or stalls past the send timeout; `graceful` starts its graceful close,
+/// at shutdown and when idle.
+async fn watch_served<C>(
+    served: C,
+    graceful: fn(Pin<&mut C>),
+    watch: &h2::Watch,
+    (idle_timeout, close_bound): (Duration, Duration),
+    open: OpenConnection,
+    settings: &Settings,
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let shutdown = open.0.clone();
     let mut served = pin!(served);
     let stop = shutdown.stop.notified();
     let mut stop = pin!(stop);
     stop.as_mut().enable();
     let mut stopping = false;
     if shutdown.is_stopping() {
-        served.as_mut().graceful_shutdown();
+        graceful(served.as_mut());
         stopping = true;
     }
     let tick = (settings.send_timeout / 2).max(Duration::from_millis(5));
     let mut stall = pin!(tokio::time::sleep(tick));
     // The idle timer, then, once the idle close has begun, its bound.
-    let mut idle = pin!(tokio::time::sleep(limits.idle_timeout));
+    let mut idle = pin!(tokio::time::sleep(idle_timeout));
     let mut closing = false;
     let result = loop {
         tokio::select! {
             result = served.as_mut() => break result,
             () = stop.as_mut(), if !stopping => {
                 stopping = true;
-                served.as_mut().graceful_shutdown();
+                graceful(served.as_mut());
             }
-            () = idle.as_mut() => match watch.idle_deadline(limits.idle_timeout) {
+            () = idle.as_mut() => match watch.idle_deadline(idle_timeout) {
                 _ if closing => break Ok(()),
                 Some(deadline) if deadline <= Instant::now() => {
-                    tracing::debug!("HTTP/2 connection idle past the idle timeout; closing");
+                    tracing::debug!("connection idle past the idle timeout; closing");
                     closing = true;
                     if !stopping {
-                        served.as_mut().graceful_shutdown();
+                        graceful(served.as_mut());
                     }
-                    // The graceful close waits for the client to answer a
-                    // PING; as long as a keep-alive ping may wait.
-                    idle.as_mut().reset(Instant::now() + limits.keepalive_timeout);
+                    idle.as_mut().reset(Instant::now() + close_bound);
                 }
                 Some(deadline) => idle.as_mut().reset(deadline),
-                None => idle.as_mut().reset(Instant::now() + limits.idle_timeout),
+                None => idle.as_mut().reset(Instant::now() + idle_timeout),
             },
             () = stall.as_mut() => {
                 if watch.tick() {
-                    tracing::debug!("an HTTP/2 response waited past the send timeout; closing");
+                    tracing::debug!("a response waited past the send timeout; closing");
                     settings.metrics.limit_reached(Limit::SendTimeout);
                     break Ok(());
                 }
@@ -1568,7 +1662,7 @@ where
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "HTTP/2 connection closed with an error");
+        tracing::debug!(error = %e, "connection served by hyper closed with an error");
     }
     drop(open);
 }

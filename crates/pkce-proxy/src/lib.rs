@@ -29,6 +29,7 @@ pub mod fuzzing;
 mod gate;
 mod h2;
 mod http1;
+mod https;
 pub mod legacy;
 pub mod metrics;
 mod proxy_protocol;

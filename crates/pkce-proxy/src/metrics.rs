@@ -111,6 +111,8 @@ pub struct Metrics {
     upstream_waiting: IntGauge,
     request_buffer_bytes: IntGauge,
     proxy_protocol_refused: IntCounter,
+    /// Reloads of the listener's certificate: taken, then failed.
+    tls_reloads: [IntCounter; 2],
 }
 
 impl Metrics {
@@ -195,6 +197,14 @@ impl Metrics {
             "Connections from trusted proxies closed for a missing or malformed PROXY protocol header.",
         )?;
         registry.register(Box::new(proxy_protocol_refused.clone()))?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "pkce_proxy_tls_reloads_total",
+                "Changes to the listener's certificate files: taken (ok), or refused and the previous certificate kept (failed).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(tls_reloads.clone()))?;
         registry.register(Box::new(limits_reached.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -217,7 +227,13 @@ impl Metrics {
             upstream_waiting,
             request_buffer_bytes,
             proxy_protocol_refused,
+            tls_reloads: ["ok", "failed"].map(|r| tls_reloads.with_label_values(&[r])),
         })
+    }
+
+    /// Counts a change to the listener's certificate files, taken or not.
+    pub(crate) fn tls_reload(&self, ok: bool) {
+        self.tls_reloads[usize::from(!ok)].inc();
     }
 
     /// Counts a connection closed for its PROXY protocol header.
@@ -327,6 +343,7 @@ mod tests {
     fn every_limit_is_shown_from_the_start() {
         let m = Metrics::new().unwrap();
         m.limit_reached(Limit::BodyTimeout);
+        m.tls_reload(false);
         m.set_load(Load {
             client_connections: 7,
             upstream_connections: 3,
@@ -344,6 +361,8 @@ mod tests {
             assert!(text.contains(&line), "{line} in {text}");
         }
         for line in [
+            "pkce_proxy_tls_reloads_total{result=\"ok\"} 0",
+            "pkce_proxy_tls_reloads_total{result=\"failed\"} 1",
             "pkce_proxy_client_connections 7",
             "pkce_proxy_upstream_connections 3",
             "pkce_proxy_upstream_idle_connections 1",

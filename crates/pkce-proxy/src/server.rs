@@ -1,6 +1,7 @@
 //! The listeners, shut down gracefully: the proxy's client connections,
-//! served by `http1` (HTTP/1.1 of its own, HTTP/2 through hyper), and the
-//! admin endpoints, served with hyper-util's auto builder.
+//! served by `http1` (HTTP/1.1 of its own, HTTP/2 through hyper), or with
+//! TLS by `https` (hyper for both), and the admin endpoints, served with
+//! hyper-util's auto builder.
 //!
 //! Every client request is screened before the PKCE layer sees it (see
 //! `screen`), on both protocols: `CONNECT`, a body on a method that has
@@ -27,16 +28,19 @@ use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tower::{Layer, Service, ServiceExt};
 use tower_pkce::store::Store;
 use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody};
 
 use crate::config::{Config, Upstream};
-use crate::forward::{self, ClientBody, Forwarder, ProxyBody};
+use crate::forward::{self, ClientBody, ClientScheme, Forwarder, ProxyBody};
 use crate::http1;
+use crate::https;
 use crate::metrics::{Limit, Load, Metrics};
 use crate::proxy_protocol;
 use crate::store::ProxyStore;
+use crate::tls;
 use crate::trusted_proxies::TrustedProxies;
 use crate::wire;
 
@@ -63,9 +67,19 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    tls: Option<Arc<tls::Reloader>>,
 }
 
 impl Running {
+    /// Reads the listener's certificate and key files now, as SIGHUP does,
+    /// and serves them to new connections if they changed and are usable
+    /// (see [`TLS_CHECK_INTERVAL`]). Without TLS, does nothing.
+    pub fn reload_tls(&self) {
+        if let Some(reloader) = &self.tls {
+            reloader.check();
+        }
+    }
+
     /// Stops accepting connections, lets requests in flight finish (up to
     /// the drain timeout), and returns when everything is closed.
     pub async fn shutdown(self) {
@@ -171,6 +185,12 @@ where
     })
 }
 
+/// How often the listener's certificate and key files are read to see
+/// whether they changed. They are small; reading them costs less than
+/// watching them, and works on every file system and with the symbolic
+/// links that Kubernetes swaps when it updates a secret.
+pub const TLS_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long a client of the admin listener has to send a request head.
 const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -184,6 +204,8 @@ struct Clients {
     proxy_protocol: Option<TrustedProxies>,
     /// Counts the open connections, and drains them at shutdown.
     shutdown: Arc<http1::Shutdown>,
+    /// Every connection begins with a TLS handshake, when set.
+    tls: Option<TlsAcceptor>,
 }
 
 /// Serves the proxy's clients on `listener` (see `http1`), each connection
@@ -201,7 +223,7 @@ fn serve_clients<M, H, F, B>(
     make: M,
 ) -> JoinHandle<()>
 where
-    M: Fn(SocketAddr, bool) -> H + Send + Sync + 'static,
+    M: Fn(SocketAddr, bool, ClientScheme) -> H + Send + Sync + 'static,
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = Response<B>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -213,6 +235,7 @@ where
         max_connections,
         proxy_protocol,
         shutdown,
+        tls,
     } = clients;
     let make = Arc::new(make);
     tokio::spawn(async move {
@@ -241,10 +264,10 @@ where
             let balancer = proxy_protocol
                 .as_ref()
                 .is_some_and(|from| from.contains(peer.ip().to_canonical()));
-            if balancer {
-                tokio::spawn(serve_balanced(
-                    stream,
-                    peer,
+            if balancer || tls.is_some() {
+                tokio::spawn(serve_balanced_or_tls(
+                    (stream, peer, balancer),
+                    tls.clone(),
                     make.clone(),
                     open,
                     settings.clone(),
@@ -253,7 +276,7 @@ where
             }
             tokio::spawn(http1::serve_connection(
                 stream,
-                make(peer, true),
+                make(peer, true, ClientScheme::Http),
                 open,
                 settings.clone(),
             ));
@@ -264,44 +287,61 @@ where
     })
 }
 
-/// A connection from a load balancer that speaks the PROXY protocol: its
+/// A connection from a load balancer that speaks the PROXY protocol
+/// (`balancer`), or on a listener with TLS (`tls`), or both. A balancer's
 /// header names the client, within the head timeout, or the connection is
-/// closed. The balancer vouches for the `X-Forwarded-*` fields only of a
-/// client that is itself a trusted proxy.
-async fn serve_balanced<M, H, F, B>(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+/// closed; the balancer vouches for the `X-Forwarded-*` fields only of a
+/// client that is itself a trusted proxy. The TLS handshake follows the
+/// header.
+async fn serve_balanced_or_tls<M, H, F, B>(
+    (mut stream, peer, balancer): (TcpStream, SocketAddr, bool),
+    tls: Option<TlsAcceptor>,
     make: Arc<M>,
     open: http1::OpenConnection,
     settings: http1::Settings,
 ) where
-    M: Fn(SocketAddr, bool) -> H + Send + Sync + 'static,
+    M: Fn(SocketAddr, bool, ClientScheme) -> H + Send + Sync + 'static,
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = Response<B>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError> + std::fmt::Display,
 {
-    let header = tokio::time::timeout(
-        settings.head_timeout,
-        proxy_protocol::read_header(&mut stream),
-    )
-    .await;
-    let handler = match header {
-        Ok(Ok(proxy_protocol::Source::Client(client))) => make(client, true),
-        Ok(Ok(proxy_protocol::Source::Balancer)) => make(peer, false),
-        Ok(Err(proxy_protocol::Refused(why))) => {
-            settings.metrics.proxy_protocol_refused();
-            tracing::info!(why, "PROXY protocol header refused; connection closed");
-            return;
+    let (client, may_vouch) = if balancer {
+        let header = tokio::time::timeout(
+            settings.head_timeout,
+            proxy_protocol::read_header(&mut stream),
+        )
+        .await;
+        match header {
+            Ok(Ok(proxy_protocol::Source::Client(client))) => (client, true),
+            Ok(Ok(proxy_protocol::Source::Balancer)) => (peer, false),
+            Ok(Err(proxy_protocol::Refused(why))) => {
+                settings.metrics.proxy_protocol_refused();
+                tracing::info!(why, "PROXY protocol header refused; connection closed");
+                return;
+            }
+            Err(_) => {
+                settings.metrics.proxy_protocol_refused();
+                tracing::info!(
+                    "no PROXY protocol header within the head timeout; connection closed"
+                );
+                return;
+            }
         }
-        Err(_) => {
-            settings.metrics.proxy_protocol_refused();
-            tracing::info!("no PROXY protocol header within the head timeout; connection closed");
-            return;
-        }
+    } else {
+        (peer, true)
     };
-    http1::serve_connection(stream, handler, open, settings).await;
+    match tls {
+        None => {
+            let handler = make(client, may_vouch, ClientScheme::Http);
+            http1::serve_connection(stream, handler, open, settings).await;
+        }
+        Some(acceptor) => {
+            let make = move || make(client, may_vouch, ClientScheme::Https);
+            https::serve_connection(stream, acceptor, make, open, settings).await;
+        }
+    }
 }
 
 type ProxyService = Pkce<Forwarder, ProxyStore>;
@@ -334,15 +374,16 @@ fn announces_body(headers: &HeaderMap, body: &ClientBody) -> bool {
 /// Refuses what must reach neither the PKCE layer nor the upstream, then
 /// removes the hop-by-hop fields, before the layer sees the request, so
 /// that its checks apply to exactly what is forwarded (I5). HTTP/1.1
-/// requests were screened for `CONNECT` and bodies by `http1` already,
-/// before their body was read; HTTP/2 ones are here.
+/// requests that `http1` parsed were screened for `CONNECT` and bodies
+/// already, before their body was read; those that hyper parsed (HTTP/2,
+/// and HTTP/1.1 over TLS) are here.
 fn screen(req: &mut Request<ClientBody>) -> Result<(), Refused> {
     let method = req.method();
     if method == Method::CONNECT {
         return Err(Refused(http1::CONNECT_REFUSED, None));
     }
-    if req.version() == http::Version::HTTP_2 {
-        screen_h2(req).map_err(|why| Refused(why, None))?;
+    if req.version() == http::Version::HTTP_2 || req.body().is_from_hyper() {
+        screen_hyper(req).map_err(|why| Refused(why, None))?;
     }
     if let Some(why) = http1::body_refused(method)
         && announces_body(req.headers(), req.body())
@@ -365,15 +406,32 @@ fn screen(req: &mut Request<ClientBody>) -> Result<(), Refused> {
     Ok(())
 }
 
-/// What `http1` checks in an HTTP/1.1 head, for an HTTP/2 request, whose
-/// head hyper parsed: the path, the host (`:authority`, and a `Host` field,
-/// which must name the same one; RFC 9113 §8.3.1), and `Content-Length`.
-fn screen_h2(req: &Request<ClientBody>) -> Result<(), &'static str> {
+/// What `http1` checks in an HTTP/1.1 head, for a request whose head
+/// hyper parsed: the path, the host (`:authority` or an absolute target,
+/// and a `Host` field, which must name the same one; RFC 9113 §8.3.1), and
+/// `Content-Length`; in HTTP/1.1, exactly one `Host` field (RFC 9112 §3.2)
+/// and `chunked` as the only transfer coding (hyper takes any coding list
+/// that ends with it, and the proxy decodes none of the others).
+///
+/// hyper itself refuses conflicting lengths, `Transfer-Encoding` in
+/// HTTP/1.0 and a coding list not ending in `chunked`. A request with both
+/// `Transfer-Encoding` and `Content-Length`, which `http1` refuses, hyper
+/// reads by its coding and closes the connection after; it removes the
+/// length before the request comes here.
+fn screen_hyper(req: &Request<ClientBody>) -> Result<(), &'static str> {
     crate::target::check_path(req.uri().path().as_bytes())?;
+    let h2 = req.version() == http::Version::HTTP_2;
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err("a request needs at most one Host header");
+        return Err(if h2 {
+            "a request needs at most one Host header"
+        } else {
+            "a request needs exactly one Host header"
+        });
+    }
+    if host.is_none() && req.version() == http::Version::HTTP_11 {
+        return Err("a request needs exactly one Host header");
     }
     let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
     for named in [authority, host.map(http::HeaderValue::as_bytes)]
@@ -387,7 +445,21 @@ fn screen_h2(req: &Request<ClientBody>) -> Result<(), &'static str> {
     if let (Some(authority), Some(host)) = (authority, host)
         && !authority.eq_ignore_ascii_case(host.as_bytes())
     {
-        return Err("the Host header and :authority name different hosts");
+        return Err(if h2 {
+            "the Host header and :authority name different hosts"
+        } else {
+            "the Host header and the request target name different hosts"
+        });
+    }
+    let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(coding) = codings.next()
+        && (codings.next().is_some()
+            || !coding
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err("only the chunked transfer coding is supported");
     }
     if req
         .headers()
@@ -400,8 +472,10 @@ fn screen_h2(req: &Request<ClientBody>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The answer to a request the screen refused: 400, one line of text.
-fn refusal(refused: Refused, endpoint: Endpoint, metrics: Arc<Metrics>) -> Answer {
+/// The answer to a request the screen refused: 400, one line of text. With
+/// `close`, the connection closes after it, as `http1` closes one whose
+/// head it refused.
+fn refusal(refused: Refused, endpoint: Endpoint, metrics: Arc<Metrics>, close: bool) -> Answer {
     let Refused(why, rejection) = refused;
     tracing::info!(endpoint = endpoint.as_str(), why, "request refused");
     let mut response = text(
@@ -415,6 +489,11 @@ fn refusal(refused: Refused, endpoint: Endpoint, metrics: Arc<Metrics>) -> Answe
     );
     if let Some(rejection) = rejection {
         response.extensions_mut().insert(rejection);
+    }
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     Answer {
         state: AnswerState::Refused {
@@ -647,6 +726,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(|e| StartError(e.to_string()))?,
     );
     let forwarder = Forwarder::new(&config, metrics.clone()).map_err(StartError)?;
+    let tls = config.tls.as_ref().map(|tls| {
+        Arc::new(tls::Reloader::new(
+            &tls.cert,
+            &tls.key,
+            tls.loaded.clone(),
+            metrics.clone(),
+        ))
+    });
+    let acceptor = tls
+        .as_ref()
+        .map(|reloader| reloader.server_config().map(TlsAcceptor::from))
+        .transpose()
+        .map_err(StartError)?;
 
     let listener = bind("clients", config.listen).await?;
     let admin = bind("admin", config.admin_listen).await?;
@@ -678,6 +770,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         max_connections: limits.max_connections,
         shutdown: Arc::new(http1::Shutdown::default()),
+        tls: acceptor,
     };
     let connections = clients.shutdown.clone();
     let request_buffer = limits.request_buffer;
@@ -691,19 +784,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stop_rx.clone(),
             config.drain_timeout,
             clients,
-            move |peer, may_vouch| {
+            move |peer, may_vouch, scheme| {
                 // Each client connection gets its own forwarder: it keeps
                 // the upstream connections that connection's requests use.
                 let mut pkce = pkce.clone();
-                let forwarder = pkce.get_ref().for_connection(peer, may_vouch);
+                let forwarder = pkce.get_ref().for_connection(peer, may_vouch, scheme);
                 *pkce.get_mut() = forwarder;
                 let layer = layer.clone();
                 let metrics = metrics.clone();
                 let budget = budget.clone();
                 move |mut req: Request<ClientBody>| {
                     let endpoint = layer.endpoint(req.uri().path());
-                    let bodiless =
-                        req.method() == Method::HEAD && req.version() == http::Version::HTTP_2;
+                    let h2 = req.version() == http::Version::HTTP_2;
+                    let bodiless = req.method() == Method::HEAD && h2;
+                    // HTTP/1.1 that hyper serves, over TLS.
+                    let close = !h2 && req.body().is_from_hyper();
                     let mut answer = match screen(&mut req) {
                         Ok(()) if req.body().is_unread() => buffer_then_handle(
                             pkce.clone(),
@@ -713,7 +808,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                             (request_buffer, budget.clone()),
                         ),
                         Ok(()) => handle(pkce.clone(), metrics.clone(), endpoint, req),
-                        Err(refused) => refusal(refused, endpoint, metrics.clone()),
+                        Err(refused) => refusal(refused, endpoint, metrics.clone(), close),
                     };
                     answer.bodiless = bodiless;
                     answer
@@ -730,17 +825,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             forwarder: upstream_load,
             buffered,
         });
-        serve(admin, stop_rx, config.drain_timeout, "admin", move |_| {
-            let state = state.clone();
-            hyper::service::service_fn(move |req| {
+        serve(
+            admin,
+            stop_rx.clone(),
+            config.drain_timeout,
+            "admin",
+            move |_| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(state.answer(req).await) }
-            })
-        })
+                hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(state.answer(req).await) }
+                })
+            },
+        )
     };
+    let mut tasks = vec![proxy_task, admin_task];
+    if let Some(reloader) = &tls {
+        tasks.push(tokio::spawn(check_tls_files(reloader.clone(), stop_rx)));
+    }
     tracing::info!(
         %addr,
         %admin_addr,
+        tls = tls.is_some(),
         upstream = %format_args!("{}://{}", config.upstream.scheme, config.upstream.authority),
         "pkce-proxy listening"
     );
@@ -748,11 +854,39 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr,
         admin_addr,
         stop,
-        tasks: vec![proxy_task, admin_task],
+        tasks,
+        tls,
     })
 }
 
-/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+/// Checks the listener's certificate files every [`TLS_CHECK_INTERVAL`]
+/// until `stop` turns true.
+async fn check_tls_files(reloader: Arc<tls::Reloader>, mut stop: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(TLS_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once; the files were read at start.
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                let reloader = reloader.clone();
+                // A read from a stuck network file system must not hold a
+                // worker thread.
+                if let Err(e) = tokio::task::spawn_blocking(move || reloader.check()).await {
+                    tracing::error!(error = %e, "the TLS certificate check failed");
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reads
+/// the listener's certificate files again.
 ///
 /// # Errors
 ///
@@ -760,24 +894,43 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 pub async fn run(config: Config) -> Result<(), StartError> {
     // Watch the signals before the "listening" line goes out: a SIGTERM sent
     // as soon as it appears must drain, not meet the default disposition.
-    let signals = ShutdownSignals::watch();
+    let mut signals = Signals::watch();
     let running = start(config).await?;
-    signals.wait().await;
+    while signals.next().await == Signal::Hangup {
+        if running.tls.is_some() {
+            tracing::info!("SIGHUP: reading the TLS certificate files");
+            running.reload_tls();
+        } else {
+            tracing::info!("SIGHUP: no TLS certificate to read again");
+        }
+    }
     tracing::info!("shutting down: draining requests in flight");
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGTERM and SIGINT, watched from the moment this is made.
-struct ShutdownSignals {
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT: shut down.
+    Stop,
+    /// SIGHUP: read the certificate files again.
+    Hangup,
+}
+
+/// SIGTERM, SIGINT and SIGHUP, watched from the moment this is made (from
+/// then on SIGHUP no longer ends the process, as its default would).
+struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
-impl ShutdownSignals {
+impl Signals {
     fn watch() -> Self {
         #[cfg(unix)]
         {
@@ -792,6 +945,7 @@ impl ShutdownSignals {
             Self {
                 term: watch(SignalKind::terminate(), "SIGTERM"),
                 int: watch(SignalKind::interrupt(), "SIGINT"),
+                hup: watch(SignalKind::hangup(), "SIGHUP"),
             }
         }
         #[cfg(not(unix))]
@@ -800,25 +954,30 @@ impl ShutdownSignals {
         }
     }
 
-    async fn wait(self) {
+    /// The next signal.
+    async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         {
-            async fn next(signal: Option<tokio::signal::unix::Signal>) {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
                 match signal {
-                    Some(mut s) => {
-                        s.recv().await;
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
                     }
                     None => std::future::pending().await,
                 }
             }
             tokio::select! {
-                () = next(self.term) => {}
-                () = next(self.int) => {}
+                () = next(&mut self.term) => Signal::Stop,
+                () = next(&mut self.int) => Signal::Stop,
+                () = next(&mut self.hup) => Signal::Hangup,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
         }
     }
 }

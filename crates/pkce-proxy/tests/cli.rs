@@ -22,6 +22,8 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         "PKCE_PROXY_REDIS_CA",
         "PKCE_PROXY_REDIS_CLIENT_CERT",
         "PKCE_PROXY_REDIS_CLIENT_KEY",
+        "PKCE_PROXY_TLS_CERT",
+        "PKCE_PROXY_TLS_KEY",
     ] {
         if !env.iter().any(|(k, _)| k == &var) {
             cmd.env_remove(var);
@@ -383,4 +385,157 @@ fn sigterm_stops_the_proxy_with_exit_0() {
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
+}
+
+/// A self-signed certificate for localhost and its key, PEM.
+fn self_signed() -> (String, String) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    (made.cert.pem(), made.signing_key.serialize_pem())
+}
+
+#[test]
+fn a_bad_listener_certificate_or_key_exits_64_naming_the_setting() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed();
+    let (_, other_key) = self_signed();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let cert = write("a.crt", &cert);
+    let key = write("a.key", &key);
+    let other_key = write("b.key", &other_key);
+    let text = write("text.crt", "not a certificate\n");
+    let missing = dir.join("missing.crt").to_str().unwrap().to_owned();
+    let up = "http://127.0.0.1:1";
+    for (tls, setting, why) in [
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &other_key],
+            "--tls-key",
+            "not the key of the certificate",
+        ),
+        (
+            vec!["--tls-cert", &missing, "--tls-key", &key],
+            "--tls-cert",
+            "cannot read it",
+        ),
+        (
+            vec!["--tls-cert", &text, "--tls-key", &key],
+            "--tls-cert",
+            "no CERTIFICATE",
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &cert],
+            "--tls-key",
+            "no PRIVATE KEY",
+        ),
+        (vec!["--tls-cert", &cert], "--tls-key", "both or neither"),
+        (vec!["--tls-key", &key], "--tls-cert", "both or neither"),
+    ] {
+        // The listen address is taken: a port bound first would fail
+        // differently (exit 1).
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = taken.local_addr().unwrap().to_string();
+        let mut args = vec!["--upstream", up, "--listen", &listen];
+        args.extend_from_slice(&tls);
+        let out = run(&args, &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains(&format!("invalid setting {setting}: ")) && err.contains(why),
+            "{setting}, {why} in {err}"
+        );
+    }
+    // The same from the environment, and `check` reads the files too.
+    let out = run(
+        &["check", "--upstream", up],
+        &[
+            ("PKCE_PROXY_TLS_CERT", cert.as_str()),
+            ("PKCE_PROXY_TLS_KEY", other_key.as_str()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--tls-key"), "{}", stderr(&out));
+    let out = run(
+        &[
+            "check",
+            "--upstream",
+            up,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("tls_cert = {cert:?}")),
+        "{printed}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sighup_reads_the_certificate_again_and_does_not_stop_the_proxy() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("l.crt"), dir.join("l.key"));
+    let (cert_pem, key_pem) = self_signed();
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pkce-proxy"))
+        .args(["--upstream", "http://127.0.0.1:1"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env_remove("PKCE_PROXY_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (lines, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr) {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for = |what: &str| loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) if line.contains(what) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {what:?}: {e}"),
+        }
+    };
+    wait_for("listening");
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let (cert_pem, key_pem) = self_signed();
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    signal("-HUP");
+    wait_for("TLS certificate reloaded");
+    signal("-HUP");
+    // Unchanged: nothing to reload, and still running.
+    wait_for("SIGHUP");
+    signal("-TERM");
+    wait_for("stopped");
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
