@@ -317,3 +317,99 @@ fn note(read: &mut BodyRead, frame: Frame<Bytes>) {
         }
     }
 }
+
+/// What the PROXY protocol reader made of a connection's first bytes.
+#[derive(Debug)]
+pub struct ProxyHeaderRead {
+    /// The client it names (`Some`), the balancer itself (`None`), or why
+    /// the header was refused.
+    pub source: Result<Option<std::net::SocketAddr>, &'static str>,
+    /// What the connection held after the reader stopped.
+    pub rest: Vec<u8>,
+}
+
+/// A version 1 line as the PROXY protocol reader takes it, CR LF included:
+/// the client it names, the balancer (`None`), or why it is refused.
+///
+/// # Errors
+///
+/// The reason the line is refused.
+pub fn parse_proxy_v1(line: &[u8]) -> Result<Option<std::net::SocketAddr>, &'static str> {
+    source(crate::proxy_protocol::parse_v1(line))
+}
+
+fn source(
+    parsed: Result<crate::proxy_protocol::Source, crate::proxy_protocol::Refused>,
+) -> Result<Option<std::net::SocketAddr>, &'static str> {
+    match parsed {
+        Ok(crate::proxy_protocol::Source::Client(addr)) => Ok(Some(addr)),
+        Ok(crate::proxy_protocol::Source::Balancer) => Ok(None),
+        Err(crate::proxy_protocol::Refused(why)) => Err(why),
+    }
+}
+
+impl BodyReader {
+    /// Reads a PROXY protocol header from a fresh connection on which
+    /// `pieces` are sent one at a time, each once the reader waits for
+    /// more; after the last, the connection is closed. Then reads what
+    /// the connection still holds.
+    ///
+    /// # Errors
+    ///
+    /// When the loopback connection cannot be made or written to.
+    pub fn read_proxy_header(&self, pieces: &[&[u8]]) -> io::Result<ProxyHeaderRead> {
+        let mut pieces = pieces.iter().filter(|p| !p.is_empty());
+        let mut client = TcpStream::connect(self.listener.local_addr()?)?;
+        let (server, _) = self.listener.accept()?;
+        for end in [&client, &server] {
+            socket2::SockRef::from(end).set_linger(Some(Duration::ZERO))?;
+        }
+        server.set_nonblocking(true)?;
+        let _entered = self.runtime.enter();
+        let mut stream = tokio::net::TcpStream::from_std(server)?;
+        self.runtime.block_on(async {
+            let mut closed = false;
+            // Polls after the close that found the reader still waiting:
+            // the end of the stream reaches it after a turn or two of the
+            // runtime, never after many.
+            let mut stalled = 0;
+            let parsed = {
+                let mut reading = std::pin::pin!(crate::proxy_protocol::read_header(&mut stream));
+                loop {
+                    match poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
+                        Poll::Ready(parsed) => break parsed,
+                        Poll::Pending if closed => {
+                            stalled += 1;
+                            if stalled > 64 {
+                                break Err(crate::proxy_protocol::Refused("waits past the end"));
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        Poll::Pending => {
+                            match pieces.next() {
+                                Some(piece) => client.write_all(piece)?,
+                                None => {
+                                    client.shutdown(Shutdown::Write)?;
+                                    closed = true;
+                                }
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+            };
+            if !closed {
+                for piece in pieces {
+                    client.write_all(piece)?;
+                }
+                client.shutdown(Shutdown::Write)?;
+            }
+            let mut rest = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest).await?;
+            Ok(ProxyHeaderRead {
+                source: source(parsed),
+                rest,
+            })
+        })
+    }
+}
