@@ -325,3 +325,101 @@ fn bad_files_and_misplaced_settings_name_the_setting() {
         "--upstream-server-name"
     );
 }
+
+/// An HTTPS upstream that writes, after its first response on a
+/// connection, a second response nobody asked for, in the same TLS
+/// record: the first response fills the proxy's read buffer exactly, so
+/// the rest waits decrypted inside the TLS session, where the socket's
+/// readiness does not show it. That connection must not serve another
+/// request, from this client or any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_an_upstream_sends_past_its_response_never_answer_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new("overrun");
+    let ca = tests::tls::write(dir.path(), "ca.pem", authority.pem());
+    let identity = authority.server(&["127.0.0.1"]);
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(identity.chain(), identity.key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Each `/first` is answered with the overrun, on whatever connection.
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tls.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let path = String::from_utf8_lossy(&head)
+                        .split(' ')
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_owned();
+                    let mut answer = Vec::new();
+                    if path == "/first" {
+                        // Exactly the proxy's 8 KiB read buffer.
+                        let head = "HTTP/1.1 200 OK\r\ncontent-length: ";
+                        let body_len = 8192 - head.len() - "4000\r\n\r\n".len();
+                        answer.extend_from_slice(format!("{head}{body_len}\r\n\r\n").as_bytes());
+                        answer.resize(8192, b'a');
+                        answer.extend_from_slice(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-poison: yes\r\n\r\nPOISONED",
+                        );
+                    } else {
+                        let body = format!("for {path}");
+                        answer.extend_from_slice(
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    if tls.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = proxy(settings(
+        format!("https://127.0.0.1:{port}"),
+        &[("ca", &ca)],
+    ))
+    .await;
+    let client = HttpClient::default();
+    for attempt in 0..5 {
+        let base = format!("http://{}", proxy.addr);
+        let first = client
+            .send(Method::GET, &format!("{base}/first"), None)
+            .await
+            .unwrap();
+        assert_eq!(first.status, StatusCode::OK);
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 8151\r\n\r\n";
+        assert_eq!(first.body.len(), 8192 - head.len(), "{attempt}");
+        for path in ["/second", "/third"] {
+            let next = client
+                .send(Method::GET, &format!("{base}{path}"), None)
+                .await
+                .unwrap();
+            assert_eq!(next.body, format!("for {path}"), "attempt {attempt}");
+        }
+    }
+    proxy.shutdown().await;
+}

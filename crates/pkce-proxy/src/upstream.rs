@@ -130,26 +130,24 @@ impl wire::Socket for Stream {
 
 impl Stream {
     /// Whether an idle connection's upstream has neither closed it nor
-    /// sent anything since its last response. A socket with no readable
-    /// event pending needs no system call to tell. On TLS, what is
-    /// readable may be records that carry no data (a TLS 1.3 session
-    /// ticket), which are read here.
+    /// sent anything since its last response. A plain socket with no
+    /// readable event pending needs no system call to tell. A TLS session
+    /// is always read: bytes the upstream sent past its response may sit
+    /// decrypted in rustls, out of the socket, where readiness does not
+    /// show them, and would be read as the next request's answer. What the
+    /// read consumes that carries no data (a TLS 1.3 session ticket) is
+    /// fine to lose.
     fn is_quiet(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        let tcp = match self {
-            Self::Plain(tcp) => tcp,
-            Self::Tls(tls) => tls.get_ref().0,
-        };
-        match tcp.poll_read_ready(&mut cx) {
-            Poll::Pending => return true,
-            Poll::Ready(Err(_)) => return false,
-            Poll::Ready(Ok(())) => {}
-        }
         let mut probe = [0u8; 1];
         match self {
-            Self::Plain(tcp) => {
-                matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
+            Self::Plain(tcp) => match tcp.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                Poll::Ready(Ok(())) => {
+                    matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
             Self::Tls(_) => wire::Socket::poll_read_some(self, &mut cx, &mut probe).is_pending(),
         }
     }
@@ -213,8 +211,11 @@ impl Connection {
             wire::poll_write_all(&mut self.stream, cx, &mut self.out, &mut self.written)
         };
         // A whole write empties the buffer (`written` back to 0): progress
-        // shows in the result then, not in the count.
-        if pending && (self.written != before || matches!(result, Poll::Ready(Ok(())))) {
+        // shows in the result then, not in the count. A TLS write that
+        // fails may have sent records of what rustls took before it did,
+        // and does not say how much: any attempt counts as sent.
+        let tls = matches!(self.stream, Stream::Tls(_));
+        if pending && (tls || self.written != before || matches!(result, Poll::Ready(Ok(())))) {
             self.wrote = true;
         }
         result
