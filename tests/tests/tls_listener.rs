@@ -697,3 +697,59 @@ async fn an_idle_or_stalled_http1_connection_closes_after_the_head_timeout() {
     );
     proxy.shutdown().await;
 }
+
+/// An upstream page the layer reads (HTML, where a code may be) that the
+/// upstream cuts off mid-body: over HTTP/1.1 on TLS, the client must not
+/// get it framed as whole (a `Content-Length` of what came, then a
+/// connection kept alive), which would make a partial page look complete.
+#[tokio::test]
+async fn a_page_the_upstream_cuts_off_is_not_delivered_as_whole() {
+    let listener = TcpListener::bind(loopback()).await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n\
+                          transfer-encoding: chunked\r\n\r\n1a\r\n<html><body>partial page\n\r\n",
+                    )
+                    .await;
+                // Closed without the last chunk.
+            });
+        }
+    });
+    let authority = Authority::new("cut");
+    let files = Files::of(&server(&authority));
+    let proxy = proxy(settings(up, &files)).await;
+    let mut tls = connect(proxy.addr, authority.client_config(alpn(false), None))
+        .await
+        .unwrap();
+    tls.write_all(b"GET /page HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = tokio::time::timeout(BOUND, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open after a cut body");
+    let answer = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    let complete = answer.contains("content-length: 26\r\n") || answer.ends_with("\r\n0\r\n\r\n");
+    assert!(!complete, "a cut page went out framed as whole: {answer}");
+    proxy.shutdown().await;
+}

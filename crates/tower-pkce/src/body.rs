@@ -319,15 +319,23 @@ where
             ResponseKind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ResponseKind::Replay { frames, rest, .. } => {
+            ResponseKind::Replay {
+                frames,
+                rest,
+                error,
+                ..
+            } => {
                 let buffered: u64 = frames
                     .iter()
                     .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
                     .sum();
                 match rest {
                     // Trailers go out only with a body of unknown length
-                    // (chunked), so the length is not told.
-                    None if frames.iter().any(Frame::is_trailers) => {
+                    // (chunked), so the length is not told. Nor is it for a
+                    // body that failed after these frames: told as exact, a
+                    // server frames the cut body as whole, and its error is
+                    // never seen.
+                    None if error.is_some() || frames.iter().any(Frame::is_trailers) => {
                         let mut hint = SizeHint::new();
                         hint.set_lower(buffered);
                         hint
