@@ -507,7 +507,7 @@ async fn the_certificate_is_replaced_under_load_and_no_connection_drops() {
         until(count, 3).await;
     }
     server(&new).write(files.dir(), "listener");
-    proxy.reload_tls();
+    proxy.reload_tls().await;
     assert!(
         trusted_by(&proxy, &new).await,
         "the new certificate is served"
@@ -541,20 +541,20 @@ async fn a_half_written_pair_keeps_the_old_certificate_until_it_is_whole() {
     let next = server(&new);
     // The certificate is written, its key not yet.
     std::fs::write(&files.cert, &next.cert_pem).unwrap();
-    proxy.reload_tls();
+    proxy.reload_tls().await;
     assert!(trusted_by(&proxy, &old).await);
     assert!(!trusted_by(&proxy, &new).await);
     assert_eq!(reloads(&proxy).await, (0, 1));
     // Counted once, not at every check.
-    proxy.reload_tls();
+    proxy.reload_tls().await;
     assert_eq!(reloads(&proxy).await, (0, 1));
     // A key that is not PEM yet.
     std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\nMIIB").unwrap();
-    proxy.reload_tls();
+    proxy.reload_tls().await;
     assert!(trusted_by(&proxy, &old).await);
     assert_eq!(reloads(&proxy).await, (0, 2));
     std::fs::write(&files.key, &next.key_pem).unwrap();
-    proxy.reload_tls();
+    proxy.reload_tls().await;
     assert!(trusted_by(&proxy, &new).await);
     assert!(!trusted_by(&proxy, &old).await);
     assert_eq!(reloads(&proxy).await, (1, 2));

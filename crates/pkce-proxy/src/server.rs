@@ -74,9 +74,13 @@ impl Running {
     /// Reads the listener's certificate and key files now, as SIGHUP does,
     /// and serves them to new connections if they changed and are usable
     /// (see [`TLS_CHECK_INTERVAL`]). Without TLS, does nothing.
-    pub fn reload_tls(&self) {
-        if let Some(reloader) = &self.tls {
-            reloader.check();
+    pub async fn reload_tls(&self) {
+        if let Some(reloader) = self.tls.clone() {
+            // On a thread that may block: a file system that hangs must not
+            // hold up the task that also waits for SIGTERM.
+            if let Err(e) = tokio::task::spawn_blocking(move || reloader.check()).await {
+                tracing::error!(error = %e, "reading the TLS certificate files failed");
+            }
         }
     }
 
@@ -899,7 +903,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     while signals.next().await == Signal::Hangup {
         if running.tls.is_some() {
             tracing::info!("SIGHUP: reading the TLS certificate files");
-            running.reload_tls();
+            running.reload_tls().await;
         } else {
             tracing::info!("SIGHUP: no TLS certificate to read again");
         }

@@ -318,8 +318,11 @@ impl Reloader {
     /// the new pair if it is whole and matching, or else keeps the one
     /// served and warns. Blocks on the file system: the files are small.
     pub(crate) fn check(&self) -> Checked {
-        let files = Files::read(&self.cert, &self.key);
+        // Read under the lock: two checks at once (SIGHUP and the timer)
+        // could otherwise each read a different pair and the later one to
+        // lock put the older pair back.
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let files = Files::read(&self.cert, &self.key);
         if *seen == files {
             return Checked::Unchanged;
         }
