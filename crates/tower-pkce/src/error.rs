@@ -400,3 +400,23 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_over_its_quota_gets_429_with_retry_after() {
+        let r = Rejection::SourceQuota;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.error_code(), "temporarily_unavailable");
+        assert_eq!(r.as_str(), "source_quota");
+        for response in [r.json_response(), r.page_response(false)] {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "10");
+            assert_eq!(response.extensions().get::<Rejection>(), Some(&r));
+        }
+        let full = Rejection::StoreFull.json_response();
+        assert!(!full.headers().contains_key(header::RETRY_AFTER));
+    }
+}
