@@ -1084,10 +1084,16 @@ impl Store for MemoryStore {
     }
 
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
-        // Records past their expiry count until they are swept.
+        // Records past their expiry count until they are swept. The counts
+        // are the admission counters, not a sum over the segments' maps: a
+        // sum read while records are evicted and written elsewhere counts
+        // some twice and can pass the capacity that was never passed.
+        let inner = &self.inner;
+        let held = inner.len.load(Ordering::Acquire);
+        let pending = inner.pending_len.load(Ordering::Acquire).min(held);
         ready(Ok(StoreStats {
-            pending: self.inner.pending.len() as u64,
-            bindings: (self.inner.bindings.len() + self.inner.spent.len()) as u64,
+            pending: pending as u64,
+            bindings: (held - pending) as u64,
             marks: Some(self.inner.marks.len() as u64),
         }))
     }
@@ -1667,6 +1673,60 @@ mod tests {
         assert_eq!(store.pressure().evicted, 3);
         assert_eq!(store.inner.len.load(Ordering::Acquire), 4);
         assert_eq!(store.inner.pending_len.load(Ordering::Acquire), 4);
+    }
+
+    /// Four threads write pending records into a full store, taking and
+    /// binding some: once they are done, the maps hold exactly the records
+    /// counted, within the capacity, and every binding written is there.
+    #[test]
+    fn concurrent_writers_never_pass_the_capacity() {
+        const CAPACITY: usize = 256;
+        let store = MemoryStore::builder().capacity(CAPACITY).build();
+        let bound: Vec<Vec<StoreKey>> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..4)
+                .map(|t| {
+                    let store = &store;
+                    scope.spawn(move || {
+                        let mut bound = Vec::new();
+                        for i in 0..5_000 {
+                            let k = key(&format!("w{t}"), i);
+                            let source =
+                                Some(crate::Source::from(std::net::IpAddr::from([10, 0, t, 1])));
+                            if store
+                                .insert_pending_now(&k, pending(), LONG, source)
+                                .is_err()
+                            {
+                                continue;
+                            }
+                            if i % 97 == 0 && store.take_pending_now(&k).is_some() {
+                                let code = key(&format!("code{t}"), i);
+                                if store.insert_binding_now(&code, binding(), LONG).is_ok() {
+                                    bound.push(code);
+                                }
+                            }
+                        }
+                        bound
+                    })
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let inner = &store.inner;
+        let held = inner.len.load(Ordering::Acquire);
+        let in_maps = inner.pending.len() + inner.bindings.len() + inner.spent.len();
+        assert_eq!(in_maps, held);
+        assert!(held <= CAPACITY, "{held}");
+        assert_eq!(
+            inner.pending.len(),
+            inner.pending_len.load(Ordering::Acquire)
+        );
+        for code in bound.iter().flatten() {
+            assert!(
+                inner.bindings.of(code).contains_key(code),
+                "a binding was evicted"
+            );
+        }
+        assert!(store.pressure().evicted > 0);
     }
 
     #[test]
