@@ -565,8 +565,9 @@ impl<S: Store> Store for Unhinted<S> {
         key: &StoreKey,
         record: PendingAuthorization,
         ttl: std::time::Duration,
+        source: Option<tower_pkce::Source>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.write(move || self.inner.insert_pending(key, record, ttl))
+        self.write(move || self.inner.insert_pending(key, record, ttl, source))
     }
 
     fn get_pending(

@@ -705,14 +705,31 @@ async fn an_expired_binding_still_needs_its_verifier_in_optional_mode() {
     assert_eq!(server.token_requests(), 0);
 }
 
+/// At capacity, a new authorization takes the room of the oldest pending
+/// one, whose user is told the sign-in took too long; a bound code is
+/// never evicted, and a store whose room is all bound codes refuses.
 #[tokio::test]
-async fn capacity_refuses_new_authorizations_but_not_flows_in_progress() {
+async fn capacity_evicts_the_oldest_pending_authorization_and_never_a_bound_code() {
     let server = LegacyServer::new(Flavor::LoginPage);
     let svc = server.behind(PkceLayer::strict().capacity(2));
     let mut txns = Vec::new();
     for _ in 0..2 {
         let page = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
         txns.push(tests::hidden_field(&page.body, "txn").unwrap());
+        // The store orders pending records by their expiry, to 1/16 s.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let third = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
+    assert_eq!(third.status, StatusCode::OK, "{third:?}");
+    let third = tests::hidden_field(&third.body, "txn").unwrap();
+    let evicted = send(&svc, post_form("/login", &form(&[("txn", &txns[0])]))).await;
+    assert_eq!(evicted.rejection, Some(Rejection::TransactionExpired));
+    assert!(delivered(&evicted).is_none());
+    // The others complete; their codes are bound and hold the room.
+    let mut codes = Vec::new();
+    for txn in [&txns[1], &third] {
+        let answer = send(&svc, post_form("/login", &form(&[("txn", txn)]))).await;
+        codes.push(delivered(&answer).unwrap().0);
     }
     let full = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
     assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -721,10 +738,7 @@ async fn capacity_refuses_new_authorizations_but_not_flows_in_progress() {
         tower_pkce::Rejection::StoreFull.error_code(),
         "temporarily_unavailable"
     );
-    // Both flows in progress complete.
-    for txn in txns {
-        let answer = send(&svc, post_form("/login", &form(&[("txn", &txn)]))).await;
-        let (code, _) = delivered(&answer).unwrap();
+    for code in codes {
         let ok = send(&svc, token_request(&code, "client-a", Some(RFC_VERIFIER))).await;
         assert_eq!(ok.status, StatusCode::OK);
     }
@@ -790,14 +804,18 @@ async fn a_store_found_full_after_the_answer_withholds_it() {
         let server = LegacyServer::new(flavor);
         let store = Unhinted::new(MemoryStore::builder().capacity(1).build());
         let svc = server.behind(PkceLayer::strict().store(store.clone()));
-        let first = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
-        assert!(first.rejection.is_none(), "{flavor:?}: {first:?}");
+        // A bound code holds the one room: it is never evicted.
+        code_via(&server, &svc, Some("s")).await;
+        let before = server.state.authorize_requests.load(Ordering::SeqCst);
         let full = send(&svc, get(&format!("/authorize?{}", pkce_query(Some("s"))))).await;
         assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE, "{flavor:?}");
         assert_eq!(full.rejection, Some(Rejection::StoreFull), "{flavor:?}");
         assert!(full.location().is_none(), "{flavor:?}: {full:?}");
         assert!(!full.body.contains("txn"), "{flavor:?}: {}", full.body);
-        assert_eq!(server.state.authorize_requests.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            server.state.authorize_requests.load(Ordering::SeqCst),
+            before + 1
+        );
         let stats = store.stats().await.unwrap();
         assert_eq!(stats.pending + stats.bindings, 1, "{flavor:?}: {stats:?}");
     }

@@ -33,6 +33,7 @@ async fn recovers_from_a_failure_while_connecting() {
             &conformance::fresh_key(),
             conformance::sample_pending(None),
             Duration::from_secs(60),
+            None,
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -105,6 +106,7 @@ async fn a_full_redis_refuses_new_authorizations() {
             &admitted,
             conformance::sample_pending(None),
             Duration::from_secs(60),
+            None,
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -130,12 +132,13 @@ async fn a_full_redis_refuses_new_authorizations() {
             &key,
             conformance::sample_pending(None),
             Duration::from_secs(60),
+            None,
         )
         .await;
     assert!(matches!(refused, Err(StoreError::Full)), "{refused:?}");
     // For the next second, new authorizations are refused without asking.
     assert!(
-        matches!(store.admission_hint(), Err(StoreError::Full)),
+        matches!(store.admission_hint(None), Err(StoreError::Full)),
         "the hint knows the store is full"
     );
     assert!(store.get_pending(&key).await.is_ok_and(|p| p.is_none()));

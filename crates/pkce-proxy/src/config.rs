@@ -101,6 +101,9 @@ pub struct RawSettings {
     /// The most records kept (pending authorizations and bindings together) [default: 1000000].
     #[arg(long, env = "PKCE_PROXY_MAX_ENTRIES", value_name = "N")]
     pub max_entries: Option<String>,
+    /// The most pending authorizations one client address (IPv6: one /64) holds; past it, its new ones get 429 [default: 10000].
+    #[arg(long, env = "PKCE_PROXY_MAX_PENDING_PER_SOURCE", value_name = "N")]
+    pub max_pending_per_source: Option<String>,
     /// The largest token request body, in bytes; larger ones get 413 [default: 65536].
     #[arg(long, env = "PKCE_PROXY_MAX_TOKEN_BODY", value_name = "BYTES")]
     pub max_token_body: Option<String>,
@@ -433,6 +436,8 @@ pub struct Config {
     pub ttl: Duration,
     /// Store capacity.
     pub max_entries: usize,
+    /// Per-source quota on pending authorizations (memory store only).
+    pub max_pending_per_source: usize,
     /// Token body bound.
     pub max_token_body: usize,
     /// The deprecated `--trust-forwarded` was given (every peer trusted).
@@ -523,6 +528,7 @@ const FILE_KEYS: &[&str] = &[
     "strip_pkce_params",
     "ttl",
     "max_entries",
+    "max_pending_per_source",
     "max_token_body",
     "admin_listen",
     "trust_forwarded",
@@ -713,6 +719,18 @@ fn parse_bool(key: &str, text: Option<String>) -> Result<bool, ConfigError> {
         )),
     }
 }
+
+/// The default per-source quota on pending authorizations.
+///
+/// A pending authorization lives from the authorization request until its
+/// code is issued (the time a person takes to sign in, seconds to a
+/// minute), or until its TTL ends when the sign-in is abandoned. For the
+/// busiest shared address (a corporate or carrier-grade NAT) to hold
+/// 10,000 at once, it would need about 300 sign-ins a second taking 30 s
+/// each, or 17 abandoned every second for ten minutes: far past what one
+/// address sees. At the default capacity it is 1% of the store, so filling
+/// the store takes a hundred addresses, and eviction answers those.
+pub const DEFAULT_MAX_PENDING_PER_SOURCE: usize = 10_000;
 
 fn parse_count(
     key: &str,
@@ -1210,6 +1228,12 @@ impl Config {
                 1_000_000,
                 1,
             )?,
+            max_pending_per_source: parse_count(
+                "max_pending_per_source",
+                src.get(&raw.max_pending_per_source, "max_pending_per_source")?,
+                DEFAULT_MAX_PENDING_PER_SOURCE,
+                1,
+            )?,
             max_token_body: parse_count(
                 "max_token_body",
                 src.get(&raw.max_token_body, "max_token_body")?,
@@ -1325,7 +1349,8 @@ impl Config {
         format!(
             "upstream = {upstream:?}\nlisten = \"{}\"\nadmin_listen = \"{}\"\n\
              authorize_path = {:?}\ntoken_path = {:?}\npkce = \"{}\"\nallow_plain = {}\n\
-             strip_pkce_params = {}\nttl = {}\nmax_entries = {}\nmax_token_body = {}\n\
+             strip_pkce_params = {}\nttl = {}\nmax_entries = {}\nmax_pending_per_source = {}\n\
+             max_token_body = {}\n\
              trusted_proxies = {}\nproxy_protocol = {}\nlog_format = \"{}\"\nconnect_timeout = {}\n\
              response_timeout = {}\ndrain_timeout = {}\nallowed_origins = [{}]\n{}",
             self.listen,
@@ -1340,6 +1365,7 @@ impl Config {
             self.strip_pkce_params,
             self.ttl.as_secs(),
             self.max_entries,
+            self.max_pending_per_source,
             self.max_token_body,
             self.trusted_proxies,
             self.proxy_protocol,

@@ -98,6 +98,10 @@ pub struct Metrics {
     registry: Registry,
     rejections: IntCounterVec,
     entries: IntGaugeVec,
+    /// Pending authorizations the store evicted, as it counts them; the
+    /// lock keeps two scrapes from adding the same evictions twice.
+    evictions: std::sync::Mutex<IntCounter>,
+    sources_at_quota: IntGauge,
     upstream_failures: IntCounterVec,
     /// By endpoint, then outcome (as in `OUTCOMES`).
     requests: [[IntCounter; 5]; 4],
@@ -144,6 +148,14 @@ impl Metrics {
                 "Live records in the store: pending authorizations and code bindings.",
             ),
             &["family"],
+        )?;
+        let evictions = IntCounter::new(
+            "pkce_proxy_store_evictions_total",
+            "Pending authorizations evicted from the full store to make room for new sign-ins (memory store).",
+        )?;
+        let sources_at_quota = IntGauge::new(
+            "pkce_proxy_sources_at_quota",
+            "Client addresses (IPv6: /64s) holding their whole --max-pending-per-source quota now, whose new authorizations get 429 (memory store).",
         )?;
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(
@@ -209,6 +221,8 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(entries.clone()))?;
+        registry.register(Box::new(evictions.clone()))?;
+        registry.register(Box::new(sources_at_quota.clone()))?;
         registry.register(Box::new(upstream_latency.clone()))?;
         registry.register(Box::new(upstream_failures.clone()))?;
         let latency = |e: Endpoint| upstream_latency.with_label_values(&[e.as_str()]);
@@ -217,6 +231,8 @@ impl Metrics {
             registry,
             rejections,
             entries,
+            evictions: std::sync::Mutex::new(evictions),
+            sources_at_quota,
             upstream_failures,
             requests: ENDPOINTS.map(counters),
             upstream_latency: ENDPOINTS.map(latency),
@@ -303,6 +319,18 @@ impl Metrics {
             .set(clamp(bindings));
     }
 
+    /// Sets what the store did under pressure: its count of evictions
+    /// since it was made, and the sources at their quota now.
+    pub fn set_pressure(&self, evicted: u64, sources_at_quota: u64) {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let evictions = self
+            .evictions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        evictions.inc_by(evicted.saturating_sub(evictions.get()));
+        self.sources_at_quota.set(clamp(sources_at_quota));
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -328,6 +356,13 @@ mod tests {
         );
         m.request(Endpoint::Other, http::StatusCode::OK, None);
         m.set_entries(3, 4);
+        m.set_pressure(5, 2);
+        m.set_pressure(7, 1);
+        m.request(
+            Endpoint::Authorize,
+            http::StatusCode::TOO_MANY_REQUESTS,
+            Some(Rejection::SourceQuota),
+        );
         m.observe_upstream(Endpoint::Token, Duration::from_millis(3));
         let text = String::from_utf8(m.render()).unwrap();
         assert!(
@@ -336,6 +371,12 @@ mod tests {
         );
         assert!(text.contains("pkce_proxy_rejections_total{reason=\"verifier_mismatch\"} 1"));
         assert!(text.contains("pkce_proxy_store_entries{family=\"bindings\"} 4"));
+        assert!(
+            text.contains("pkce_proxy_store_evictions_total 7"),
+            "{text}"
+        );
+        assert!(text.contains("pkce_proxy_sources_at_quota 1"), "{text}");
+        assert!(text.contains("pkce_proxy_rejections_total{reason=\"source_quota\"} 1"));
         assert!(text.contains("pkce_proxy_upstream_duration_seconds_count{route=\"token\"} 1"));
     }
 

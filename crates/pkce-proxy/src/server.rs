@@ -11,7 +11,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower::{Layer, Service, ServiceExt};
 use tower_pkce::store::Store;
-use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody};
+use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody, Source};
 
 use crate::config::{Config, Upstream};
 use crate::forward::{self, ClientBody, ClientScheme, Forwarder, ProxyBody};
@@ -576,6 +576,33 @@ fn body_failed(e: &(dyn std::error::Error + 'static), endpoint: Endpoint) -> Res
     response
 }
 
+/// The client behind a trusted proxy: the rightmost address of
+/// `X-Forwarded-For` that is not itself a trusted proxy (each proxy appends
+/// the address it saw, so what lies left of the first untrusted one was
+/// written by the client and proves nothing). Past an entry that is not an
+/// address, the last trusted hop reached stands for the client.
+fn forwarded_client(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|value| value.as_bytes().rsplit(|&b| b == b','));
+    let mut client = peer;
+    for hop in hops {
+        let Some(ip) = std::str::from_utf8(hop)
+            .ok()
+            .and_then(|hop| hop.trim().parse::<IpAddr>().ok())
+        else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !trusted.contains(client) {
+            break;
+        }
+    }
+    client
+}
+
 /// The service readied and called at once, so that the request goes
 /// straight into the call and is never held in a future of its own. The
 /// forwarder is always ready; a service that is not gets the request from a
@@ -783,6 +810,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let proxy_task = {
         let layer = layer.clone();
         let metrics = metrics.clone();
+        let trusted = Arc::new(config.trusted_proxies.clone());
         serve_clients(
             listener,
             stop_rx.clone(),
@@ -797,8 +825,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 let layer = layer.clone();
                 let metrics = metrics.clone();
                 let budget = budget.clone();
+                let peer_ip = peer.ip().to_canonical();
+                let vouches = may_vouch && trusted.contains(peer_ip);
+                let trusted = trusted.clone();
                 move |mut req: Request<ClientBody>| {
                     let endpoint = layer.endpoint(req.uri().path());
+                    if endpoint == Endpoint::Authorize {
+                        let client = if vouches {
+                            forwarded_client(req.headers(), peer_ip, &trusted)
+                        } else {
+                            peer_ip
+                        };
+                        req.extensions_mut().insert(Source::new(client));
+                    }
                     let h2 = req.version() == http::Version::HTTP_2;
                     let bodiless = req.method() == Method::HEAD && h2;
                     // HTTP/1.1 that hyper serves, over TLS.
@@ -1031,6 +1070,9 @@ impl Admin {
                 if let Ok(stats) = self.store.stats().await {
                     self.metrics.set_entries(stats.pending, stats.bindings);
                 }
+                let pressure = self.store.pressure();
+                self.metrics
+                    .set_pressure(pressure.evicted, pressure.sources_at_quota);
                 let (upstream_connections, upstream_idle, upstream_waiting) = self.forwarder.load();
                 self.metrics.set_load(Load {
                     client_connections: self.connections.open_connections(),
@@ -1076,6 +1118,33 @@ impl Admin {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_forwarded_address() {
+        let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        let peer: IpAddr = [10, 0, 0, 1].into();
+        let client = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append("x-forwarded-for", v.parse().unwrap());
+            }
+            forwarded_client(&headers, peer, &trusted).to_string()
+        };
+        assert_eq!(client(&[]), "10.0.0.1");
+        assert_eq!(
+            client(&["192.0.2.9, 198.51.100.7, 10.1.1.1"]),
+            "198.51.100.7"
+        );
+        assert_eq!(
+            client(&["192.0.2.9", "198.51.100.7 , 10.1.1.1"]),
+            "198.51.100.7"
+        );
+        assert_eq!(client(&["10.2.2.2, 10.1.1.1"]), "10.2.2.2");
+        assert_eq!(client(&["::ffff:192.0.2.1"]), "192.0.2.1");
+        // Garbage stops the walk at the last trusted hop.
+        assert_eq!(client(&["192.0.2.9, junk, 10.1.1.1"]), "10.1.1.1");
+        assert_eq!(client(&["junk"]), "10.0.0.1");
+    }
 
     fn request(method: Method, fields: &[(&str, &str)], body: ClientBody) -> Request<ClientBody> {
         let mut req = Request::new(body);

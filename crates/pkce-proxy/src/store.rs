@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
+use tower_pkce::Source;
 use tower_pkce::store::{
     CodeBinding, MemoryStore, PendingAuthorization, Redemption, RedisStore, RedisTls, Store,
-    StoreError, StoreKey, StoreStats,
+    StoreError, StoreKey, StorePressure, StoreStats,
 };
 
 use crate::config::{Config, RedisTlsFiles, StoreSetting};
@@ -33,9 +34,12 @@ impl ProxyStore {
     /// runtime, for one), or a TLS file that can no longer be read.
     pub fn from_config(config: &Config) -> Result<Self, StoreError> {
         Ok(match &config.store {
-            StoreSetting::Memory => {
-                Self::Memory(MemoryStore::builder().capacity(config.max_entries).build())
-            }
+            StoreSetting::Memory => Self::Memory(
+                MemoryStore::builder()
+                    .capacity(config.max_entries)
+                    .max_pending_per_source(config.max_pending_per_source)
+                    .build(),
+            ),
             StoreSetting::Redis {
                 url,
                 prefix,
@@ -122,8 +126,9 @@ impl Store for ProxyStore {
         key: &StoreKey,
         record: PendingAuthorization,
         ttl: Duration,
+        source: Option<Source>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        each!(self, s => s.insert_pending(key, record, ttl))
+        each!(self, s => s.insert_pending(key, record, ttl, source))
     }
 
     fn get_pending(
@@ -177,10 +182,17 @@ impl Store for ProxyStore {
         each!(self, s => s.stats())
     }
 
-    fn admission_hint(&self) -> Result<(), StoreError> {
+    fn admission_hint(&self, source: Option<Source>) -> Result<(), StoreError> {
         match self {
-            Self::Memory(s) => s.admission_hint(),
-            Self::Redis(s) => s.admission_hint(),
+            Self::Memory(s) => s.admission_hint(source),
+            Self::Redis(s) => s.admission_hint(source),
+        }
+    }
+
+    fn pressure(&self) -> StorePressure {
+        match self {
+            Self::Memory(s) => s.pressure(),
+            Self::Redis(s) => s.pressure(),
         }
     }
 

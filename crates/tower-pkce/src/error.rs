@@ -38,8 +38,13 @@ pub enum Rejection {
     RequestObjectUnsupported,
     /// The transaction handle in `state` is unknown or expired.
     TransactionExpired,
-    /// The store is at its capacity bound.
+    /// The store is at its capacity bound, and holds no pending
+    /// authorization to make room by evicting.
     StoreFull,
+    /// The request's [`Source`](crate::Source) holds as many pending
+    /// authorizations as the store allows one source: 429, with
+    /// `Retry-After`.
+    SourceQuota,
     /// The store could not be reached; the middleware fails closed.
     StoreUnavailable,
     /// The upstream issued a code that is already bound.
@@ -117,7 +122,7 @@ impl Rejection {
     pub fn error_code(self) -> &'static str {
         use Rejection::*;
         match self {
-            StoreFull | StoreUnavailable | CodeReissued => "temporarily_unavailable",
+            StoreFull | SourceQuota | StoreUnavailable | CodeReissued => "temporarily_unavailable",
             UncertainDelivery | ForeignDelivery => "server_error",
             UnboundCode | CodeSpent | CodeExpired | ClientMismatch | RedirectUriMismatch
             | VerifierMissing | VerifierMalformed | VerifierMismatch | Downgrade => "invalid_grant",
@@ -130,6 +135,7 @@ impl Rejection {
         use Rejection::*;
         match self {
             StoreFull | StoreUnavailable | CodeReissued => StatusCode::SERVICE_UNAVAILABLE,
+            SourceQuota => StatusCode::TOO_MANY_REQUESTS,
             UncertainDelivery | ForeignDelivery => StatusCode::BAD_GATEWAY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -153,6 +159,7 @@ impl Rejection {
             RequestObjectUnsupported => "request_object_unsupported",
             TransactionExpired => "transaction_expired",
             StoreFull => "store_full",
+            SourceQuota => "source_quota",
             StoreUnavailable => "store_unavailable",
             CodeReissued => "code_reissued",
             BodyTooLarge => "body_too_large",
@@ -208,6 +215,9 @@ impl Rejection {
             }
             TransactionExpired => "the sign-in took too long or was already completed; please start it again".into(),
             StoreFull => "too many sign-ins are in progress; please try again shortly".into(),
+            SourceQuota => {
+                "too many sign-ins are in progress from your network; please try again shortly".into()
+            }
             StoreUnavailable => "the service is temporarily unavailable; please try again".into(),
             CodeReissued => "the authorization server issued a code that was already used".into(),
             BodyTooLarge => "the request body is too large".into(),
@@ -276,6 +286,7 @@ impl Rejection {
             HeaderValue::from_static("application/json"),
         );
         no_store(headers);
+        retry_after(self, headers);
         if self == Rejection::MethodNotAllowed {
             headers.insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
         }
@@ -291,9 +302,10 @@ impl Rejection {
         }
         let (title, lead) = match self {
             Rejection::TransactionExpired => ("Sign-in expired", "The sign-in took too long"),
-            Rejection::StoreFull | Rejection::StoreUnavailable | Rejection::CodeReissued => {
-                ("Try again", "The sign-in service is busy")
-            }
+            Rejection::StoreFull
+            | Rejection::SourceQuota
+            | Rejection::StoreUnavailable
+            | Rejection::CodeReissued => ("Try again", "The sign-in service is busy"),
             Rejection::UncertainDelivery | Rejection::ForeignDelivery => (
                 "Sign-in stopped",
                 "The sign-in could not be completed safely",
@@ -317,8 +329,27 @@ impl Rejection {
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
         no_store(headers);
+        retry_after(self, headers);
         response.extensions_mut().insert(self);
         response
+    }
+}
+
+/// The `Retry-After` of a [`Rejection::SourceQuota`], in seconds.
+///
+/// A source at its quota gets room back as soon as one of its sign-ins
+/// completes (a code bound, its pending record gone), which for the
+/// people behind a shared address takes seconds; the records of one that
+/// only starts sign-ins stay until their TTL ends, and no hint helps there.
+/// A short, fixed delay serves the first and costs nothing for the second.
+pub const SOURCE_QUOTA_RETRY_AFTER: u64 = 10;
+
+fn retry_after(rejection: Rejection, headers: &mut http::HeaderMap) {
+    if rejection == Rejection::SourceQuota {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(SOURCE_QUOTA_RETRY_AFTER),
+        );
     }
 }
 
@@ -369,3 +400,23 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_over_its_quota_gets_429_with_retry_after() {
+        let r = Rejection::SourceQuota;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.error_code(), "temporarily_unavailable");
+        assert_eq!(r.as_str(), "source_quota");
+        for response in [r.json_response(), r.page_response(false)] {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "10");
+            assert_eq!(response.extensions().get::<Rejection>(), Some(&r));
+        }
+        let full = Rejection::StoreFull.json_response();
+        assert!(!full.headers().contains_key(header::RETRY_AFTER));
+    }
+}

@@ -80,10 +80,11 @@ mod progress;
 mod properties;
 mod scan;
 mod service;
+mod source;
 pub mod store;
 
 pub use body::{BoxError, RequestBody, ResponseBody};
-pub use error::{ConfigError, Rejection};
+pub use error::{ConfigError, Rejection, SOURCE_QUOTA_RETRY_AFTER};
 pub use layer::{Endpoint, PkceLayer, Requirement};
 pub use pkce::{
     ChallengeMethod, CodeChallenge, CodeVerifier, MAX_LEN, MIN_LEN, PkceError, S256_CHALLENGE_LEN,
@@ -91,3 +92,4 @@ pub use pkce::{
 };
 pub use progress::{ForwardProgress, Progress};
 pub use service::{Pkce, ResponseFuture};
+pub use source::Source;

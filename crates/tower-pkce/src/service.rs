@@ -29,7 +29,7 @@ use crate::store::{
     Challenge, CodeBinding, MemoryStore, PendingAuthorization, Redemption, Store, StoreError,
     StoreKey, fingerprint,
 };
-use crate::{coding, handle, html, location, metadata};
+use crate::{Source, coding, handle, html, location, metadata};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -634,12 +634,19 @@ impl<St: Store> Shared<St> {
         let key = StoreKey::of(&minted.handle);
         match self
             .store
-            .insert_pending(&key, minted.record, self.config.ttl)
+            .insert_pending(&key, minted.record, self.config.ttl, minted.source)
             .await
         {
             Ok(()) => {
                 tracing::info!(endpoint = "authorize", method, "challenge recorded");
                 Ok(())
+            }
+            Err(StoreError::SourceQuota) => {
+                tracing::info!(
+                    reason = Rejection::SourceQuota.as_str(),
+                    "source at its quota when recording an authorization; response withheld"
+                );
+                Err(Rejection::SourceQuota)
             }
             Err(StoreError::Full) => {
                 tracing::warn!(
@@ -1256,6 +1263,8 @@ enum Authorized {
 struct Minted {
     handle: handle::Handle,
     record: PendingAuthorization,
+    /// Where the request came from, for the store's per-source quota.
+    source: Option<Source>,
 }
 
 /// What an authorization request needs from the store, decided before
@@ -1370,7 +1379,11 @@ fn plan_authorization(config: &Config, query: &str, body: Option<&str>) -> Resul
     Ok(Plan::Record {
         query,
         body,
-        minted: Minted { handle, record },
+        minted: Minted {
+            handle,
+            record,
+            source: None,
+        },
     })
 }
 
@@ -1423,6 +1436,7 @@ async fn check_authorization<St: Store>(
     shared: &Shared<St>,
     query: &str,
     body: Option<&str>,
+    source: Option<Source>,
 ) -> Result<Authorized, Rejection> {
     match plan_authorization(&shared.config, query, body)? {
         Plan::Forward => Ok(Authorized::Forward),
@@ -1443,19 +1457,22 @@ async fn check_authorization<St: Store>(
         Plan::Record {
             query,
             body,
-            minted,
+            mut minted,
         } => {
-            // A store that can tell it would refuse (full, or its backend
-            // failed a moment ago) refuses before the upstream does any
-            // work; otherwise the write after the upstream's answer does.
-            match shared.store.admission_hint() {
+            // A store that can tell it would refuse (the source at its
+            // quota, the store full, or its backend failed a moment ago)
+            // refuses before the upstream does any work; otherwise the
+            // write after the upstream's answer does.
+            match shared.store.admission_hint(source) {
                 Ok(()) => {}
                 Err(StoreError::Full) => return Err(Rejection::StoreFull),
+                Err(StoreError::SourceQuota) => return Err(Rejection::SourceQuota),
                 Err(e) => {
                     tracing::warn!(error = %e, "store unavailable; authorization refused");
                     return Err(Rejection::StoreUnavailable);
                 }
             }
+            minted.source = source;
             Ok(Authorized::Rewritten {
                 query,
                 body,
@@ -1531,7 +1548,8 @@ where
             _ => None,
         };
         let query = parts.uri.query().unwrap_or("");
-        let outcome = match check_authorization(&shared, query, form_body).await {
+        let source = parts.extensions.get::<Source>().copied();
+        let outcome = match check_authorization(&shared, query, form_body, source).await {
             Ok(outcome) => outcome,
             Err(rejection) => return Ok(reject_authorize(rejection, json)),
         };

@@ -75,6 +75,34 @@ async fn bind_and_redeem<S: Store>(store: &S, key: &StoreKey, ttl: Duration) {
     ));
 }
 
+/// A pending write at the capacity bound, where `pending` are the pending
+/// records the store holds: refused with [`StoreError::Full`] (`None`), or
+/// admitted by evicting exactly one of them, never a binding (`Some`).
+/// `pending` follows: the evicted record leaves it, the new one joins it.
+async fn write_at_bound<S: Store>(store: &S, pending: &mut Vec<StoreKey>) -> Option<StoreKey> {
+    let key = fresh_key();
+    match store
+        .insert_pending(&key, sample_pending(None), TTL, None)
+        .await
+    {
+        Err(StoreError::Full) => None,
+        Ok(()) => {
+            let mut gone = Vec::new();
+            for k in pending.iter() {
+                if store.get_pending(k).await.unwrap().is_none() {
+                    gone.push(*k);
+                }
+            }
+            assert_eq!(gone.len(), 1, "one pending record makes room");
+            assert!(store.get_pending(&key).await.unwrap().is_some());
+            pending.retain(|k| !gone.contains(k));
+            pending.push(key);
+            gone.first().copied()
+        }
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
 pub async fn pending_round_trip<S: Store, F: Future<Output = S>>(
     make: impl Fn(usize, Duration) -> F,
 ) {
@@ -82,7 +110,7 @@ pub async fn pending_round_trip<S: Store, F: Future<Output = S>>(
     let key = fresh_key();
     let record = sample_pending(Some("xyz &=é"));
     store
-        .insert_pending(&key, record.clone(), TTL)
+        .insert_pending(&key, record.clone(), TTL, None)
         .await
         .unwrap();
     assert!(store.get_pending(&key).await.unwrap().is_some());
@@ -103,7 +131,7 @@ pub async fn pending_without_state_or_challenge<S: Store, F: Future<Output = S>>
         state: None,
     };
     store
-        .insert_pending(&key, record.clone(), TTL)
+        .insert_pending(&key, record.clone(), TTL, None)
         .await
         .unwrap();
     assert_eq!(store.take_pending(&key).await.unwrap(), Some(record));
@@ -116,7 +144,7 @@ pub async fn get_pending_reads_without_taking<S: Store, F: Future<Output = S>>(
     let full = fresh_key();
     let record = sample_pending(Some("xyz &=é"));
     store
-        .insert_pending(&full, record.clone(), TTL)
+        .insert_pending(&full, record.clone(), TTL, None)
         .await
         .unwrap();
     let bare = fresh_key();
@@ -130,7 +158,7 @@ pub async fn get_pending_reads_without_taking<S: Store, F: Future<Output = S>>(
         state: None,
     };
     store
-        .insert_pending(&bare, bare_record.clone(), TTL)
+        .insert_pending(&bare, bare_record.clone(), TTL, None)
         .await
         .unwrap();
     // Every field comes back, and reading twice takes nothing.
@@ -163,7 +191,7 @@ pub async fn get_pending_never_returns_an_expired_record<S: Store, F: Future<Out
     let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
-        .insert_pending(&key, sample_pending(Some("s")), SHORT_TTL)
+        .insert_pending(&key, sample_pending(Some("s")), SHORT_TTL, None)
         .await
         .unwrap();
     assert_eq!(
@@ -181,11 +209,11 @@ pub async fn pending_conflict<S: Store, F: Future<Output = S>>(
     let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
-        .insert_pending(&key, sample_pending(None), TTL)
+        .insert_pending(&key, sample_pending(None), TTL, None)
         .await
         .unwrap();
     let second = store
-        .insert_pending(&key, sample_pending(Some("other")), TTL)
+        .insert_pending(&key, sample_pending(Some("other")), TTL, None)
         .await;
     assert!(matches!(second, Err(StoreError::Conflict)), "{second:?}");
     assert_eq!(
@@ -210,7 +238,7 @@ pub async fn families_are_separate<S: Store, F: Future<Output = S>>(
     let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
-        .insert_pending(&key, sample_pending(None), TTL)
+        .insert_pending(&key, sample_pending(None), TTL, None)
         .await
         .unwrap();
     assert_eq!(store.redeem(&key).await.unwrap(), Redemption::Missing);
@@ -346,62 +374,73 @@ pub async fn admission_is_bounded_by_capacity<S: Store, F: Future<Output = S>>(
     make: impl Fn(usize, Duration) -> F,
 ) {
     let store = make(2, MARK_TTL).await;
-    assert!(store.admission_hint().is_ok());
+    assert!(store.admission_hint(None).is_ok());
     let pending = fresh_key();
     store
-        .insert_pending(&pending, sample_pending(None), TTL)
+        .insert_pending(&pending, sample_pending(None), TTL, None)
         .await
         .unwrap();
+    let first = fresh_key();
     store
-        .admit_binding(&fresh_key(), sample_binding(), TTL)
+        .admit_binding(&first, sample_binding(), TTL)
         .await
         .unwrap();
-    // At the bound, neither a new authorization nor an admitted binding.
-    let refused = fresh_key();
-    let over = store.admit_binding(&refused, sample_binding(), TTL).await;
-    assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
-    assert_eq!(store.redeem(&refused).await.unwrap(), Redemption::Missing);
-    let over = store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
-        .await;
-    assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
-    // A hint may refuse here, or not know; it never refuses with room.
+    // At the bound, a new authorization is refused or evicts the pending
+    // record; never the binding.
+    let evicted = write_at_bound(&store, &mut vec![pending]).await;
     assert!(matches!(
-        store.admission_hint(),
-        Ok(()) | Err(StoreError::Full)
+        store.redeem(&first).await.unwrap(),
+        Redemption::Redeemed(_)
     ));
     // A flow in progress still binds its code.
-    let record = store.take_pending(&pending).await.unwrap().unwrap();
+    let taken = store.take_pending(&pending).await.unwrap();
+    let Some(record) = taken else {
+        // Evicted for the new authorization, which holds its room now.
+        assert!(evicted.is_some());
+        return;
+    };
     let code = fresh_key();
     store
         .insert_binding(&code, record.binding(), TTL)
         .await
         .unwrap();
-    // Spending a code frees no room: it is kept until it expires.
+    // Full of bindings: nothing is admitted, and a spent code frees no
+    // room, since it is kept until it expires.
     assert!(matches!(
         store.redeem(&code).await.unwrap(),
         Redemption::Redeemed(_)
     ));
-    let still = store.admit_binding(&refused, sample_binding(), TTL).await;
-    assert!(matches!(still, Err(StoreError::Full)), "{still:?}");
+    let refused = fresh_key();
+    let over = store.admit_binding(&refused, sample_binding(), TTL).await;
+    assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
+    assert_eq!(store.redeem(&refused).await.unwrap(), Redemption::Missing);
+    let over = store
+        .insert_pending(&fresh_key(), sample_pending(None), TTL, None)
+        .await;
+    assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
+    // A hint may refuse here, or not know; it never refuses with room.
+    assert!(matches!(
+        store.admission_hint(None),
+        Ok(()) | Err(StoreError::Full)
+    ));
 }
 
 pub async fn admission_hint_refuses_only_a_full_store<S: Store, F: Future<Output = S>>(
     make: impl Fn(usize, Duration) -> F,
 ) {
     let store = make(1, MARK_TTL).await;
-    assert!(store.admission_hint().is_ok());
+    assert!(store.admission_hint(None).is_ok());
     let key = fresh_key();
     store
-        .insert_pending(&key, sample_pending(None), TTL)
+        .insert_pending(&key, sample_pending(None), TTL, None)
         .await
         .unwrap();
     assert!(matches!(
-        store.admission_hint(),
+        store.admission_hint(None),
         Ok(()) | Err(StoreError::Full)
     ));
     store.take_pending(&key).await.unwrap().unwrap();
-    assert!(store.admission_hint().is_ok());
+    assert!(store.admission_hint(None).is_ok());
     store
         .admit_binding(&fresh_key(), sample_binding(), TTL)
         .await
@@ -412,7 +451,7 @@ pub async fn pending_expires<S: Store, F: Future<Output = S>>(make: impl Fn(usiz
     let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
-        .insert_pending(&key, sample_pending(None), SHORT_TTL)
+        .insert_pending(&key, sample_pending(None), SHORT_TTL, None)
         .await
         .unwrap();
     assert!(store.get_pending(&key).await.unwrap().is_some());
@@ -575,19 +614,18 @@ pub async fn spent_binding_expires<S: Store, F: Future<Output = S>>(
     let started = tokio::time::Instant::now();
     let code = fresh_key();
     bind_and_redeem(&store, &code, SHORT_TTL).await;
+    let pending = fresh_key();
     store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .insert_pending(&pending, sample_pending(None), TTL, None)
         .await
         .unwrap();
-    // The spent code still holds its room until its TTL ends.
-    let full = store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
-        .await;
-    assert!(matches!(full, Err(StoreError::Full)), "{full:?}");
+    // The spent code still holds its room until its TTL ends: a new
+    // authorization is refused, or takes the pending record's room.
+    write_at_bound(&store, &mut vec![pending]).await;
     tokio::time::sleep_until(started + PAST_SHORT_TTL).await;
     // Its mark holds none.
     store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .insert_pending(&fresh_key(), sample_pending(None), TTL, None)
         .await
         .unwrap();
     assert_eq!(store.redeem(&code).await.unwrap(), Redemption::Spent);
@@ -606,12 +644,12 @@ pub async fn marks_hold_no_room<S: Store, F: Future<Output = S>>(
             .unwrap();
     }
     let full = store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .insert_pending(&fresh_key(), sample_pending(None), TTL, None)
         .await;
     assert!(matches!(full, Err(StoreError::Full)), "{full:?}");
     tokio::time::sleep_until(started + PAST_SHORT_TTL).await;
     store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .insert_pending(&fresh_key(), sample_pending(None), TTL, None)
         .await
         .unwrap();
     store
@@ -627,17 +665,14 @@ pub async fn capacity_bounds_new_authorizations<S: Store, F: Future<Output = S>>
     make: impl Fn(usize, Duration) -> F,
 ) {
     let store = make(4, MARK_TTL).await;
-    let keys: Vec<StoreKey> = (0..4).map(|_| fresh_key()).collect();
+    let mut keys: Vec<StoreKey> = (0..4).map(|_| fresh_key()).collect();
     for key in &keys {
         store
-            .insert_pending(key, sample_pending(None), TTL)
+            .insert_pending(key, sample_pending(None), TTL, None)
             .await
             .unwrap();
     }
-    let over = store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
-        .await;
-    assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
+    write_at_bound(&store, &mut keys).await;
 
     // A flow in progress goes on at the bound: its pending record becomes a
     // binding, and the binding is redeemed.
@@ -652,21 +687,25 @@ pub async fn capacity_bounds_new_authorizations<S: Store, F: Future<Output = S>>
         store.redeem(&code).await.unwrap(),
         Redemption::Redeemed(_)
     ));
-    let still_full = store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
-        .await;
-    assert!(
-        matches!(still_full, Err(StoreError::Full)),
-        "{still_full:?}"
-    );
+    keys.remove(0);
+    write_at_bound(&store, &mut keys).await;
 
-    // Taking a pending record frees its room.
-    let second = keys.get(1).copied().unwrap();
+    // Taking a pending record frees its room: the next write evicts
+    // nothing.
+    let second = keys.first().copied().unwrap();
     store.take_pending(&second).await.unwrap().unwrap();
+    keys.remove(0);
     store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .insert_pending(&fresh_key(), sample_pending(None), TTL, None)
         .await
         .unwrap();
+    for key in &keys {
+        assert!(store.get_pending(key).await.unwrap().is_some());
+    }
+    assert!(matches!(
+        store.redeem(&code).await.unwrap(),
+        Redemption::Spent
+    ));
 }
 
 pub async fn capacity_recovers_after_expiry<S: Store, F: Future<Output = S>>(
@@ -675,19 +714,21 @@ pub async fn capacity_recovers_after_expiry<S: Store, F: Future<Output = S>>(
     let store = make(2, MARK_TTL).await;
     for _ in 0..2 {
         store
-            .insert_pending(&fresh_key(), sample_pending(None), SHORT_TTL)
+            .insert_pending(&fresh_key(), sample_pending(None), SHORT_TTL, None)
             .await
             .unwrap();
     }
-    assert!(matches!(
-        store
-            .insert_pending(&fresh_key(), sample_pending(None), TTL)
-            .await,
-        Err(StoreError::Full)
-    ));
+    // Full of pending records: refused, or one is evicted.
+    let result = store
+        .insert_pending(&fresh_key(), sample_pending(None), SHORT_TTL, None)
+        .await;
+    assert!(
+        matches!(result, Ok(()) | Err(StoreError::Full)),
+        "{result:?}"
+    );
     tokio::time::sleep(PAST_SHORT_TTL).await;
     store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .insert_pending(&fresh_key(), sample_pending(None), TTL, None)
         .await
         .unwrap();
 }
@@ -727,7 +768,7 @@ pub async fn concurrent_take_pending_has_one_winner<S: Store, F: Future<Output =
     let store = make(ROOMY, MARK_TTL).await;
     let key = fresh_key();
     store
-        .insert_pending(&key, sample_pending(None), TTL)
+        .insert_pending(&key, sample_pending(None), TTL, None)
         .await
         .unwrap();
     let mut tasks = Vec::new();
@@ -750,11 +791,11 @@ pub async fn stats_count_both_families<S: Store, F: Future<Output = S>>(
     let store = make(ROOMY, MARK_TTL).await;
     let before = store.stats().await.unwrap();
     store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .insert_pending(&fresh_key(), sample_pending(None), TTL, None)
         .await
         .unwrap();
     store
-        .insert_pending(&fresh_key(), sample_pending(None), TTL)
+        .insert_pending(&fresh_key(), sample_pending(None), TTL, None)
         .await
         .unwrap();
     store

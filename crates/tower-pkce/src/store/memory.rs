@@ -14,11 +14,17 @@
 //!
 //! An expired binding becomes a mark when it is swept, or when a request
 //! finds it first.
+//!
+//! Pending authorizations are also queued by arrival, per segment, so that
+//! a full store can evict the oldest of them; each remembers its source,
+//! whose count (for the per-source quota) it holds until it is taken,
+//! expires or is evicted.
 
+use std::collections::VecDeque;
 use std::future::{Future, ready};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -26,8 +32,9 @@ use dashmap::mapref::entry::Entry;
 
 use super::{
     CodeBinding, DEFAULT_MARK_TTL, PendingAuthorization, Redemption, Store, StoreError, StoreKey,
-    StoreStats,
+    StorePressure, StoreStats,
 };
+use crate::Source;
 
 /// Time is kept in sixteenths of a second since the store was made: a `u32`
 /// then lasts eight years, and a record costs four bytes for its expiry.
@@ -76,9 +83,38 @@ enum Room {
     Reused,
 }
 
-struct Timed<T> {
-    value: T,
+/// A pending authorization.
+struct Waiting {
+    value: PendingAuthorization,
     expires: u32,
+    /// The source it counts against, when the store has a quota.
+    source: Option<Source>,
+}
+
+/// The pending authorizations of one segment in the order they arrived,
+/// by key and expiry (which tells a record from a later one under the same
+/// key). Records taken or expired stay queued until they reach the front
+/// or the queue is compacted.
+struct Arrivals {
+    queue: VecDeque<(StoreKey, u32)>,
+    /// The length at which the queue is next compacted: twice what it kept
+    /// the last time, so that each arrival pays for a bounded share of the
+    /// work and the queue never holds more than about twice the segment's
+    /// records.
+    compact_at: usize,
+}
+
+/// The shortest queue that is compacted.
+const MIN_COMPACT: usize = 64;
+
+/// How many times a write that finds the store full evicts and tries
+/// again, as concurrent writes may take the room it made.
+const EVICTION_ATTEMPTS: usize = 4;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while an `Arrivals` is locked, and a queue in any
+    // state is safe to use: it is only a hint of what to evict.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A live binding.
@@ -185,7 +221,19 @@ impl<V> Segments<V> {
 }
 
 struct Inner {
-    pending: Segments<Timed<PendingAuthorization>>,
+    pending: Segments<Waiting>,
+    /// How many records `pending` holds.
+    pending_len: AtomicUsize,
+    arrivals: [Mutex<Arrivals>; SEGMENTS],
+    /// The most pending authorizations one source may hold.
+    quota: Option<usize>,
+    /// Pending authorizations by source, when there is a quota; a source
+    /// leaves the map when its count falls to zero.
+    sources: DashMap<Source, usize>,
+    /// Sources whose count is at the quota.
+    at_quota: AtomicUsize,
+    /// Pending authorizations evicted while live.
+    evicted: AtomicU64,
     /// Live bindings.
     bindings: Segments<Live>,
     /// Redeemed codes until their binding's TTL ends. A key is in at most
@@ -271,9 +319,22 @@ impl Inner {
         };
         let unspent = mark(false);
         let spent = mark(true);
-        let removed = self
-            .pending
-            .remove_expired(index, now, |r| r.expires, |_, _| {})
+        let pending = self.pending.remove_expired(
+            index,
+            now,
+            |r| r.expires,
+            |_, r| self.release_source(r.source),
+        );
+        if pending > 0 {
+            self.pending_len.fetch_sub(pending, Ordering::AcqRel);
+        }
+        if let Some(arrivals) = self.arrivals.get(index) {
+            let mut arrivals = lock(arrivals);
+            while arrivals.queue.front().is_some_and(|&(_, e)| e <= now) {
+                arrivals.queue.pop_front();
+            }
+        }
+        let removed = pending
             + self.bindings.remove_expired(
                 index,
                 now,
@@ -347,6 +408,124 @@ impl Inner {
             })
             .is_ok()
     }
+
+    /// Counts a new pending authorization against `source`, unless the
+    /// source holds its quota.
+    fn count_source(&self, source: Option<Source>) -> Result<(), StoreError> {
+        let (Some(source), Some(quota)) = (source, self.quota) else {
+            return Ok(());
+        };
+        if quota == 0 {
+            return Err(StoreError::SourceQuota);
+        }
+        let mut count = self.sources.entry(source).or_insert(0);
+        if *count >= quota {
+            return Err(StoreError::SourceQuota);
+        }
+        *count += 1;
+        if *count == quota {
+            self.at_quota.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`count_source`](Self::count_source) counted.
+    fn release_source(&self, source: Option<Source>) {
+        let (Some(source), Some(quota)) = (source, self.quota) else {
+            return;
+        };
+        if let Entry::Occupied(mut e) = self.sources.entry(source) {
+            let count = e.get_mut();
+            if *count == quota {
+                self.at_quota.fetch_sub(1, Ordering::Relaxed);
+            }
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Whether `source` holds its quota.
+    fn source_at_quota(&self, source: Option<Source>) -> bool {
+        let (Some(source), Some(quota)) = (source, self.quota) else {
+            return false;
+        };
+        quota == 0 || self.sources.get(&source).is_some_and(|n| *n >= quota)
+    }
+
+    /// A pending authorization written to segment `index`, queued for
+    /// eviction.
+    fn arrived(&self, key: &StoreKey, expires: u32) {
+        let index = segment(key);
+        let (Some(arrivals), Some(map)) = (self.arrivals.get(index), self.pending.maps.get(index))
+        else {
+            return;
+        };
+        let mut arrivals = lock(arrivals);
+        arrivals.queue.push_back((*key, expires));
+        if arrivals.queue.len() >= arrivals.compact_at {
+            arrivals
+                .queue
+                .retain(|(k, e)| map.get(k).is_some_and(|r| r.expires == *e));
+            arrivals.compact_at = (2 * arrivals.queue.len()).max(MIN_COMPACT);
+        }
+    }
+
+    /// Removes the oldest pending authorization (the one that expires
+    /// soonest, to a tick, since all share the layer's TTL), and says
+    /// whether there was one. It visits the front of every segment's
+    /// queue, which only a full store pays for.
+    fn evict_oldest(&self) -> bool {
+        let oldest = (0..SEGMENTS)
+            .filter_map(|index| Some((self.live_front(index)?, index)))
+            .min();
+        if let Some((_, index)) = oldest
+            && self.evict_from(index)
+        {
+            return true;
+        }
+        // Taken by a concurrent request since: any will do.
+        (0..SEGMENTS).any(|index| self.evict_from(index))
+    }
+
+    /// The expiry of the oldest live pending authorization of segment
+    /// `index`, dropping the queue's stale front on the way.
+    fn live_front(&self, index: usize) -> Option<u32> {
+        let (arrivals, map) = (self.arrivals.get(index)?, self.pending.maps.get(index)?);
+        let mut arrivals = lock(arrivals);
+        while let Some(&(key, expires)) = arrivals.queue.front() {
+            if map.get(&key).is_some_and(|r| r.expires == expires) {
+                return Some(expires);
+            }
+            arrivals.queue.pop_front();
+        }
+        None
+    }
+
+    fn evict_from(&self, index: usize) -> bool {
+        let (Some(arrivals), Some(map)) = (self.arrivals.get(index), self.pending.maps.get(index))
+        else {
+            return false;
+        };
+        let now = self.now();
+        let mut arrivals = lock(arrivals);
+        while let Some((key, expires)) = arrivals.queue.pop_front() {
+            // A key taken since, or written again, is not the record that
+            // was queued.
+            if let Some((_, record)) = map.remove_if(&key, |_, r| r.expires == expires) {
+                drop(arrivals);
+                self.release(1);
+                self.pending_len.fetch_sub(1, Ordering::AcqRel);
+                self.release_source(record.source);
+                if record.expires > now {
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// The embedded store: records live in this process's memory, in sharded
@@ -398,6 +577,7 @@ impl Default for MemoryStore {
 #[must_use]
 pub struct MemoryStoreBuilder {
     capacity: usize,
+    max_pending_per_source: Option<usize>,
     mark_capacity: Option<usize>,
     mark_ttl: Duration,
     sweep_period: Duration,
@@ -455,6 +635,27 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// The most pending authorizations one [`Source`] may hold at once.
+    /// Default: none, no quota.
+    ///
+    /// Past it, that source's new authorizations are refused with
+    /// [`StoreError::SourceQuota`] (the layer answers 429) until one of its
+    /// records is taken (its sign-in goes on to a code), expires (or is
+    /// swept: an expired record counts until the sweep finds it) or is
+    /// evicted; other sources carry on. Authorizations without a source
+    /// (the layer found no [`Source`] extension on the request) count
+    /// against no quota.
+    ///
+    /// Set it well above the sign-ins that the busiest shared address (a
+    /// corporate NAT, a carrier-grade NAT) has in progress at once, and
+    /// well below the capacity, so that filling the store takes many
+    /// addresses. A quota of 0 refuses every authorization that has a
+    /// source.
+    pub fn max_pending_per_source(mut self, quota: usize) -> Self {
+        self.max_pending_per_source = Some(quota);
+        self
+    }
+
     /// How often the background sweep removes expired records. Default: 30 s.
     pub fn sweep_period(mut self, period: Duration) -> Self {
         self.sweep_period = period.max(Duration::from_millis(10));
@@ -466,6 +667,17 @@ impl MemoryStoreBuilder {
         MemoryStore {
             inner: Arc::new(Inner {
                 pending: Segments::new(),
+                pending_len: AtomicUsize::new(0),
+                arrivals: std::array::from_fn(|_| {
+                    Mutex::new(Arrivals {
+                        queue: VecDeque::new(),
+                        compact_at: MIN_COMPACT,
+                    })
+                }),
+                quota: self.max_pending_per_source,
+                sources: DashMap::new(),
+                at_quota: AtomicUsize::new(0),
+                evicted: AtomicU64::new(0),
                 bindings: Segments::new(),
                 spent: Segments::new(),
                 marks: Segments::new(),
@@ -493,6 +705,7 @@ impl MemoryStore {
     pub fn builder() -> MemoryStoreBuilder {
         MemoryStoreBuilder {
             capacity: DEFAULT_CAPACITY,
+            max_pending_per_source: None,
             mark_capacity: None,
             mark_ttl: DEFAULT_MARK_TTL,
             sweep_period: DEFAULT_SWEEP_PERIOD,
@@ -502,6 +715,11 @@ impl MemoryStore {
     /// The capacity bound.
     pub fn capacity(&self) -> usize {
         self.inner.capacity
+    }
+
+    /// The per-source quota on pending authorizations, if any.
+    pub fn max_pending_per_source(&self) -> Option<usize> {
+        self.inner.quota
     }
 
     /// The bound on marks.
@@ -573,30 +791,55 @@ impl MemoryStore {
         key: &StoreKey,
         record: PendingAuthorization,
         ttl: Duration,
+        source: Option<Source>,
     ) -> Result<(), StoreError> {
-        self.reserve()?;
         let inner = &self.inner;
+        let source = source.filter(|_| inner.quota.is_some());
+        inner.count_source(source)?;
+        if let Err(e) = self.reserve() {
+            inner.release_source(source);
+            return Err(e);
+        }
         let now = inner.now();
-        let timed = Timed {
+        let expires = Inner::expiry(now, ttl);
+        let waiting = Waiting {
             value: record,
-            expires: Inner::expiry(now, ttl),
+            expires,
+            source,
         };
-        match inner.pending.of(key).entry(*key) {
+        // The source of the expired record replaced, or `None` for a live
+        // one in the way.
+        let replaced = match inner.pending.of(key).entry(*key) {
             Entry::Occupied(mut e) if e.get().expires <= now => {
                 // Replacing an expired record frees the room it held.
-                e.insert(timed);
-                inner.release(1);
-                Ok(())
+                Some(e.insert(waiting).source)
             }
-            Entry::Occupied(_) => {
-                inner.release(1);
-                Err(StoreError::Conflict)
-            }
+            Entry::Occupied(_) => None,
             Entry::Vacant(e) => {
-                e.insert(timed);
-                Ok(())
+                e.insert(waiting);
+                inner.pending_len.fetch_add(1, Ordering::AcqRel);
+                inner.arrived(key, expires);
+                return Ok(());
             }
+        };
+        inner.release(1);
+        if let Some(replaced) = replaced {
+            inner.release_source(replaced);
+            inner.arrived(key, expires);
+            Ok(())
+        } else {
+            inner.release_source(source);
+            Err(StoreError::Conflict)
         }
+    }
+
+    fn get_pending_now(&self, key: &StoreKey) -> Option<PendingAuthorization> {
+        let now = self.inner.now();
+        self.inner
+            .pending
+            .of(key)
+            .get(key)
+            .and_then(|r| (r.expires > now).then(|| r.value.clone()))
     }
 
     fn take_pending_now(&self, key: &StoreKey) -> Option<PendingAuthorization> {
@@ -604,6 +847,8 @@ impl MemoryStore {
         let now = inner.now();
         let (_, record) = inner.pending.of(key).remove(key)?;
         inner.release(1);
+        inner.pending_len.fetch_sub(1, Ordering::AcqRel);
+        inner.release_source(record.source);
         (record.expires > now).then_some(record.value)
     }
 
@@ -613,8 +858,14 @@ impl MemoryStore {
         binding: CodeBinding,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        if self.put_binding(key, binding, ttl)? == Room::New {
-            self.inner.len.fetch_add(1, Ordering::AcqRel);
+        let inner = &self.inner;
+        // The pending record this binding replaces gave its room back a
+        // moment ago, and a new one may have taken it since: a pending
+        // record then goes, so that the bound holds and the binding stays.
+        if self.put_binding(key, binding, ttl)? == Room::New
+            && inner.len.fetch_add(1, Ordering::AcqRel) >= inner.capacity
+        {
+            inner.evict_oldest();
         }
         Ok(())
     }
@@ -633,14 +884,23 @@ impl MemoryStore {
         put.map(drop)
     }
 
-    /// Takes one record's room under the capacity bound, sweeping first
-    /// when the store finds itself full.
+    /// Takes one record's room under the capacity bound. A store that
+    /// finds itself full sweeps (at most once a second), then evicts the
+    /// oldest pending authorization; never a binding.
     fn reserve(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         if inner.reserve() {
             return Ok(());
         }
         self.sweep_if_stale();
+        for _ in 0..EVICTION_ATTEMPTS {
+            if inner.reserve() {
+                return Ok(());
+            }
+            if !inner.evict_oldest() {
+                break;
+            }
+        }
         if inner.reserve() {
             Ok(())
         } else {
@@ -770,22 +1030,16 @@ impl Store for MemoryStore {
         key: &StoreKey,
         record: PendingAuthorization,
         ttl: Duration,
+        source: Option<Source>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        ready(self.insert_pending_now(key, record, ttl))
+        ready(self.insert_pending_now(key, record, ttl, source))
     }
 
     fn get_pending(
         &self,
         key: &StoreKey,
     ) -> impl Future<Output = Result<Option<PendingAuthorization>, StoreError>> + Send {
-        let now = self.inner.now();
-        let record = self
-            .inner
-            .pending
-            .of(key)
-            .get(key)
-            .and_then(|r| (r.expires > now).then(|| r.value.clone()));
-        ready(Ok(record))
+        ready(Ok(self.get_pending_now(key)))
     }
 
     fn take_pending(
@@ -830,24 +1084,43 @@ impl Store for MemoryStore {
     }
 
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
-        // Records past their expiry count until they are swept.
+        // Records past their expiry count until they are swept. The counts
+        // are the admission counters, not a sum over the segments' maps: a
+        // sum read while records are evicted and written elsewhere counts
+        // some twice and can pass the capacity that was never passed.
+        let inner = &self.inner;
+        let held = inner.len.load(Ordering::Acquire);
+        let pending = inner.pending_len.load(Ordering::Acquire).min(held);
         ready(Ok(StoreStats {
-            pending: self.inner.pending.len() as u64,
-            bindings: (self.inner.bindings.len() + self.inner.spent.len()) as u64,
+            pending: pending as u64,
+            bindings: (held - pending) as u64,
             marks: Some(self.inner.marks.len() as u64),
         }))
     }
 
-    fn admission_hint(&self) -> Result<(), StoreError> {
+    fn admission_hint(&self, source: Option<Source>) -> Result<(), StoreError> {
         let inner = &self.inner;
+        if inner.source_at_quota(source) {
+            return Err(StoreError::SourceQuota);
+        }
         if inner.len.load(Ordering::Acquire) < inner.capacity {
             return Ok(());
         }
         self.sweep_if_stale();
-        if inner.len.load(Ordering::Acquire) < inner.capacity {
+        // A pending authorization can be evicted for the new one.
+        if inner.len.load(Ordering::Acquire) < inner.capacity
+            || inner.pending_len.load(Ordering::Acquire) > 0
+        {
             Ok(())
         } else {
             Err(StoreError::Full)
+        }
+    }
+
+    fn pressure(&self) -> StorePressure {
+        StorePressure {
+            evicted: self.inner.evicted.load(Ordering::Relaxed),
+            sources_at_quota: self.inner.at_quota.load(Ordering::Relaxed) as u64,
         }
     }
 
@@ -903,28 +1176,36 @@ mod tests {
     #[test]
     fn the_admission_hint_knows_when_the_store_is_full() {
         let store = MemoryStore::builder().capacity(2).build();
-        assert!(store.admission_hint().is_ok());
-        store
-            .insert_pending_now(&key("p", 0), pending(), LONG)
-            .unwrap();
-        assert!(store.admission_hint().is_ok());
+        assert!(store.admission_hint(None).is_ok());
         store
             .admit_binding_now(&key("b", 0), binding(), LONG)
             .unwrap();
-        assert!(matches!(store.admission_hint(), Err(StoreError::Full)));
+        store
+            .insert_pending_now(&key("p", 0), pending(), LONG, None)
+            .unwrap();
+        // Full, but a pending authorization can make room.
+        assert!(store.admission_hint(None).is_ok());
+        store
+            .admit_binding_now(&key("b", 1), binding(), LONG)
+            .unwrap();
+        assert!(store.take_pending_now(&key("p", 0)).is_none());
+        // Full of bindings: nothing to evict.
+        assert!(matches!(store.admission_hint(None), Err(StoreError::Full)));
         // Failed admissions give their room back.
+        assert!(matches!(
+            store.admit_binding_now(&key("b", 2), binding(), LONG),
+            Err(StoreError::Full)
+        ));
+        assert!(matches!(
+            store.insert_pending_now(&key("p", 1), pending(), LONG, None),
+            Err(StoreError::Full)
+        ));
         assert!(matches!(
             store.admit_binding_now(&key("b", 0), binding(), LONG),
             Err(StoreError::Full)
         ));
-        assert!(store.take_pending_now(&key("p", 0)).is_some());
-        assert!(store.admission_hint().is_ok());
-        assert!(matches!(
-            store.admit_binding_now(&key("b", 0), binding(), LONG),
-            Err(StoreError::Conflict)
-        ));
-        assert!(store.admission_hint().is_ok());
-        assert_eq!(store.inner.len.load(Ordering::Acquire), 1);
+        assert_eq!(store.inner.len.load(Ordering::Acquire), 2);
+        assert_eq!(store.inner.pending_len.load(Ordering::Acquire), 0);
     }
 
     #[test]
@@ -969,10 +1250,10 @@ mod tests {
     fn fill(store: &MemoryStore, count: usize) {
         for i in 0..count {
             store
-                .insert_pending_now(&key("pending-short", i), pending(), SHORT)
+                .insert_pending_now(&key("pending-short", i), pending(), SHORT, None)
                 .unwrap();
             store
-                .insert_pending_now(&key("pending-long", i), pending(), LONG)
+                .insert_pending_now(&key("pending-long", i), pending(), LONG, None)
                 .unwrap();
             store
                 .insert_binding_now(&key("live-short", i), binding(), SHORT)
@@ -1018,17 +1299,13 @@ mod tests {
         let store = MemoryStore::builder().capacity(6 * count).build();
         fill(&store, count);
         assert_eq!(store.inner.len.load(Ordering::Acquire), 6 * count);
-        assert!(matches!(
-            store.insert_pending_now(&key("extra", 0), pending(), LONG),
-            Err(StoreError::Full)
-        ));
         std::thread::sleep(AFTER_SHORT);
         assert_eq!(store.sweep(), 3 * count);
         assert_only_long_lived_remain(&store, count);
         // The room the expired records held is free again.
         for i in 0..3 * count {
             store
-                .insert_pending_now(&key("extra", i), pending(), LONG)
+                .insert_pending_now(&key("extra", i), pending(), LONG, None)
                 .unwrap();
         }
     }
@@ -1134,21 +1411,22 @@ mod tests {
         for code in &codes {
             store.insert_binding_now(code, binding(), SHORT).unwrap();
         }
-        assert!(matches!(store.admission_hint(), Err(StoreError::Full)));
+        assert!(matches!(store.admission_hint(None), Err(StoreError::Full)));
         std::thread::sleep(AFTER_SHORT);
         store.sweep();
         assert_eq!(store.inner.marks.len(), codes.len());
-        assert!(store.admission_hint().is_ok());
+        assert!(store.admission_hint(None).is_ok());
         store
-            .insert_pending_now(&key("p", 0), pending(), LONG)
+            .insert_pending_now(&key("p", 0), pending(), LONG, None)
             .unwrap();
         store
             .admit_binding_now(&key("b", 0), binding(), LONG)
             .unwrap();
-        assert!(matches!(
-            store.insert_pending_now(&key("p", 1), pending(), LONG),
-            Err(StoreError::Full)
-        ));
+        // Full: the pending authorization makes room, the marks need none.
+        store
+            .insert_pending_now(&key("p", 1), pending(), LONG, None)
+            .unwrap();
+        assert!(store.take_pending_now(&key("p", 0)).is_none());
         for code in &codes {
             assert_eq!(store.redeem_now(code), Redemption::Expired);
         }
@@ -1263,6 +1541,251 @@ mod tests {
             .filter(|c| store.redeem_now(c) == Redemption::Missing)
             .count();
         assert_eq!(missing, codes.len() - marks);
+    }
+
+    fn source(last: u8) -> Option<Source> {
+        Some(Source::new(std::net::IpAddr::from([192, 0, 2, last])))
+    }
+
+    /// The per-source count the store holds for `source`.
+    fn held(store: &MemoryStore, source: Option<Source>) -> usize {
+        source
+            .and_then(|s| store.inner.sources.get(&s).map(|n| *n))
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_source_holds_at_most_its_quota_and_others_carry_on() {
+        let store = MemoryStore::builder().max_pending_per_source(3).build();
+        let (a, b) = (source(1), source(2));
+        for i in 0..3 {
+            store
+                .insert_pending_now(&key("a", i), pending(), LONG, a)
+                .unwrap();
+        }
+        assert!(matches!(
+            store.insert_pending_now(&key("a", 3), pending(), LONG, a),
+            Err(StoreError::SourceQuota)
+        ));
+        assert!(matches!(
+            store.admission_hint(a),
+            Err(StoreError::SourceQuota)
+        ));
+        assert_eq!(store.pressure().sources_at_quota, 1);
+        // Other sources, and requests of no known source, are not held back.
+        assert!(store.admission_hint(b).is_ok());
+        store
+            .insert_pending_now(&key("b", 0), pending(), LONG, b)
+            .unwrap();
+        for i in 0..10 {
+            store
+                .insert_pending_now(&key("unknown", i), pending(), LONG, None)
+                .unwrap();
+        }
+        // The refusal took no room and counted nothing.
+        assert_eq!(store.inner.len.load(Ordering::Acquire), 14);
+        assert_eq!(held(&store, a), 3);
+        // Taking one gives the source room again.
+        assert!(store.take_pending_now(&key("a", 0)).is_some());
+        assert_eq!(store.pressure().sources_at_quota, 0);
+        assert!(store.admission_hint(a).is_ok());
+        store
+            .insert_pending_now(&key("a", 3), pending(), LONG, a)
+            .unwrap();
+        // A conflict gives its count back.
+        assert!(store.take_pending_now(&key("a", 1)).is_some());
+        assert!(matches!(
+            store.insert_pending_now(&key("a", 2), pending(), LONG, a),
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(held(&store, a), 2);
+        // Without a quota, sources are not even counted.
+        let free = MemoryStore::new();
+        for i in 0..10 {
+            free.insert_pending_now(&key("a", i), pending(), LONG, a)
+                .unwrap();
+        }
+        assert!(free.inner.sources.is_empty());
+    }
+
+    #[test]
+    fn a_source_count_is_released_on_take_expiry_and_eviction() {
+        let store = MemoryStore::builder()
+            .capacity(4)
+            .max_pending_per_source(4)
+            .build();
+        let (a, b) = (source(1), source(2));
+        store
+            .insert_pending_now(&key("taken", 0), pending(), LONG, a)
+            .unwrap();
+        store
+            .insert_pending_now(&key("expiring", 0), pending(), SHORT, a)
+            .unwrap();
+        store
+            .insert_pending_now(&key("evicted", 0), pending(), LONG, a)
+            .unwrap();
+        assert_eq!(held(&store, a), 3);
+        assert!(store.take_pending_now(&key("taken", 0)).is_some());
+        assert_eq!(held(&store, a), 2);
+        std::thread::sleep(AFTER_SHORT);
+        assert_eq!(store.sweep(), 1);
+        assert_eq!(held(&store, a), 1);
+        // Full of b's records and a's last: the oldest, a's, is evicted.
+        for i in 0..3 {
+            std::thread::sleep(Duration::from_millis(70));
+            store
+                .insert_pending_now(&key("b", i), pending(), LONG, b)
+                .unwrap();
+        }
+        store
+            .insert_pending_now(&key("b", 3), pending(), LONG, b)
+            .unwrap();
+        assert_eq!(held(&store, a), 0);
+        assert!(store.inner.sources.get(&a.unwrap()).is_none());
+        assert_eq!(held(&store, b), 4);
+        assert_eq!(store.pressure().sources_at_quota, 1);
+        assert_eq!(store.pressure().evicted, 1);
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_oldest_pending_authorization() {
+        let store = MemoryStore::builder().capacity(4).build();
+        // Spread over segments, a tick apart or more, oldest first.
+        let keys: Vec<StoreKey> = (0..4).map(|i| key("old", i)).collect();
+        for k in &keys {
+            store.insert_pending_now(k, pending(), LONG, None).unwrap();
+            std::thread::sleep(Duration::from_millis(70));
+        }
+        // The oldest but one is taken: its queue entry is stale.
+        assert!(store.take_pending_now(&keys[1]).is_some());
+        store
+            .insert_pending_now(&key("fill", 0), pending(), LONG, None)
+            .unwrap();
+        for (i, gone) in [0, 2, 3].into_iter().enumerate() {
+            store
+                .insert_pending_now(&key("new", i), pending(), LONG, None)
+                .unwrap();
+            assert!(store.get_pending_now(&keys[gone]).is_none(), "{gone}");
+            for &kept in &[0, 2, 3][i + 1..] {
+                assert!(store.get_pending_now(&keys[kept]).is_some(), "{kept}");
+            }
+        }
+        assert_eq!(store.pressure().evicted, 3);
+        assert_eq!(store.inner.len.load(Ordering::Acquire), 4);
+        assert_eq!(store.inner.pending_len.load(Ordering::Acquire), 4);
+    }
+
+    /// Four threads write pending records into a full store, taking and
+    /// binding some: once they are done, the maps hold exactly the records
+    /// counted, within the capacity, and every binding written is there.
+    #[test]
+    fn concurrent_writers_never_pass_the_capacity() {
+        const CAPACITY: usize = 256;
+        let store = MemoryStore::builder().capacity(CAPACITY).build();
+        let bound: Vec<Vec<StoreKey>> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..4)
+                .map(|t| {
+                    let store = &store;
+                    scope.spawn(move || {
+                        let mut bound = Vec::new();
+                        for i in 0..5_000 {
+                            let k = key(&format!("w{t}"), i);
+                            let source =
+                                Some(crate::Source::from(std::net::IpAddr::from([10, 0, t, 1])));
+                            if store
+                                .insert_pending_now(&k, pending(), LONG, source)
+                                .is_err()
+                            {
+                                continue;
+                            }
+                            if i % 97 == 0 && store.take_pending_now(&k).is_some() {
+                                let code = key(&format!("code{t}"), i);
+                                if store.insert_binding_now(&code, binding(), LONG).is_ok() {
+                                    bound.push(code);
+                                }
+                            }
+                        }
+                        bound
+                    })
+                })
+                .collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let inner = &store.inner;
+        let held = inner.len.load(Ordering::Acquire);
+        let in_maps = inner.pending.len() + inner.bindings.len() + inner.spent.len();
+        assert_eq!(in_maps, held);
+        assert!(held <= CAPACITY, "{held}");
+        assert_eq!(
+            inner.pending.len(),
+            inner.pending_len.load(Ordering::Acquire)
+        );
+        for code in bound.iter().flatten() {
+            assert!(
+                inner.bindings.of(code).contains_key(code),
+                "a binding was evicted"
+            );
+        }
+        assert!(store.pressure().evicted > 0);
+    }
+
+    #[test]
+    fn bindings_are_never_evicted_and_may_evict_pending_ones() {
+        let store = MemoryStore::builder().capacity(3).build();
+        let codes = [key("code", 0), key("code", 1)];
+        store.admit_binding_now(&codes[0], binding(), LONG).unwrap();
+        // A tick apart or more, so that their age tells them apart.
+        for i in 0..2 {
+            store
+                .insert_pending_now(&key("p", i), pending(), LONG, None)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(70));
+        }
+        // A new pending authorization takes a pending one's room.
+        store
+            .insert_pending_now(&key("p", 2), pending(), LONG, None)
+            .unwrap();
+        assert!(store.get_pending_now(&key("p", 0)).is_none());
+        // So does a binding admitted at the bound.
+        store.admit_binding_now(&codes[1], binding(), LONG).unwrap();
+        assert!(store.get_pending_now(&key("p", 1)).is_none());
+        // A binding whose pending record's room was taken meanwhile takes
+        // it back from another pending record.
+        let record = store.take_pending_now(&key("p", 2)).unwrap();
+        store
+            .insert_pending_now(&key("p", 3), pending(), LONG, None)
+            .unwrap();
+        store
+            .insert_binding_now(&key("code", 2), record.binding(), LONG)
+            .unwrap();
+        assert!(store.get_pending_now(&key("p", 3)).is_none());
+        assert_eq!(store.inner.len.load(Ordering::Acquire), 3);
+        // Full of bindings: a pending write is refused, and none goes.
+        assert!(matches!(
+            store.insert_pending_now(&key("p", 4), pending(), LONG, None),
+            Err(StoreError::Full)
+        ));
+        for code in [codes[0], codes[1], key("code", 2)] {
+            assert!(matches!(store.redeem_now(&code), Redemption::Redeemed(_)));
+        }
+        assert_eq!(store.pressure().evicted, 3);
+    }
+
+    #[test]
+    fn the_eviction_queue_stays_within_twice_the_records() {
+        let store = MemoryStore::new();
+        for i in 0..20_000 {
+            let k = key("brief", i);
+            store.insert_pending_now(&k, pending(), LONG, None).unwrap();
+            assert!(store.take_pending_now(&k).is_some());
+        }
+        let queued: usize = store
+            .inner
+            .arrivals
+            .iter()
+            .map(|a| lock(a).queue.len())
+            .sum();
+        assert!(queued <= SEGMENTS * MIN_COMPACT, "{queued}");
     }
 
     fn ready_stats(store: &MemoryStore) -> StoreStats {

@@ -26,6 +26,24 @@
 //! verifier because its binding ran out (invariant I2). Marks do not count
 //! toward the capacity bound that admits new authorizations.
 //!
+//! # Under pressure
+//!
+//! A store may bound how many pending authorizations one [`Source`] holds
+//! (a per-source quota, answered [`StoreError::SourceQuota`]), and may make
+//! room for a new record at its capacity bound by evicting the oldest
+//! pending authorization. A code binding is never evicted: a pending record
+//! never takes a binding's room, and a binding that needs room may evict a
+//! pending record. [`MemoryStore`] does both (its quota is off unless set);
+//! the trait's default, which `RedisStore` keeps, is neither: a full store
+//! refuses.
+//!
+//! A user whose pending authorization was evicted (or expired) finds, at
+//! their next step, that their sign-in is unknown: the continuation, or the
+//! response that carries their code, is answered with
+//! [`Rejection::TransactionExpired`](crate::Rejection::TransactionExpired),
+//! a page saying the sign-in took too long and must be started again; a
+//! code issued for it is withheld, never handed out unbound.
+//!
 //! [`MemoryStore`] is the embedded default. `RedisStore` (feature
 //! `redis-store`) shares records between replicas. Other backends implement
 //! [`Store`] and prove themselves with the conformance suite in
@@ -36,6 +54,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
+use crate::Source;
 use crate::pkce::ChallengeMethod;
 
 #[cfg(feature = "memory-store")]
@@ -231,12 +250,26 @@ pub struct StoreStats {
     pub marks: Option<u64>,
 }
 
+/// What a store did under pressure, since it was made: see
+/// [`Store::pressure`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorePressure {
+    /// Pending authorizations evicted to make room for new records.
+    pub evicted: u64,
+    /// Distinct sources that hold their whole quota of pending
+    /// authorizations now, whose new authorizations are refused.
+    pub sources_at_quota: u64,
+}
+
 /// Why a store operation failed.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The capacity bound is reached: new authorizations must wait.
     Full,
+    /// The source of a new pending authorization holds as many as the store
+    /// allows one source; others are still admitted.
+    SourceQuota,
     /// A record already exists under the key.
     Conflict,
     /// The backend could not be reached or answered with an error. The
@@ -248,6 +281,9 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Full => f.write_str("the store is full"),
+            Self::SourceQuota => {
+                f.write_str("the source holds its quota of pending authorizations")
+            }
             Self::Conflict => f.write_str("a record already exists under this key"),
             Self::Unavailable(e) => write!(f, "the store is unavailable: {e}"),
         }
@@ -272,18 +308,26 @@ impl std::error::Error for StoreError {
 /// Records expire after the TTL they were written with; an expired record is
 /// never returned, whether or not it was swept yet.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// Writes a pending authorization unless one exists under `key`.
+    /// Writes a pending authorization unless one exists under `key`, on
+    /// behalf of `source` (the client that asked, when the layer knows it).
+    ///
+    /// A store with a per-source quota counts the record against `source`
+    /// until it is taken, expires or is evicted; a `None` source counts
+    /// against no quota. At the capacity bound, a store may evict the
+    /// oldest pending authorization to make room, never a binding.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Full`] when the capacity bound is reached,
-    /// [`StoreError::Conflict`] when `key` is taken, or
+    /// [`StoreError::SourceQuota`] when `source` holds its quota,
+    /// [`StoreError::Full`] when the capacity bound is reached and no room
+    /// can be made, [`StoreError::Conflict`] when `key` is taken, or
     /// [`StoreError::Unavailable`].
     fn insert_pending(
         &self,
         key: &StoreKey,
         record: PendingAuthorization,
         ttl: Duration,
+        source: Option<Source>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The live pending authorization under `key`, without removing it.
@@ -328,7 +372,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// upstream issued it on the response to the authorization request
     /// itself, so the middleware never wrote the pending record. The binding
     /// takes new room, and is admitted under the capacity bound exactly as
-    /// [`insert_pending`](Store::insert_pending) is.
+    /// [`insert_pending`](Store::insert_pending) is (evicting a pending
+    /// authorization if the store evicts), with no per-source quota.
     ///
     /// # Errors
     ///
@@ -379,9 +424,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
 
     /// Whether the store can tell, without a round trip, that it would
-    /// refuse a new authorization now: [`StoreError::Full`] at its capacity
-    /// bound, or [`StoreError::Unavailable`] when its backend failed a
-    /// moment ago. The middleware then refuses before the upstream sees the
+    /// refuse a new authorization from `source` now:
+    /// [`StoreError::SourceQuota`] when `source` holds its quota,
+    /// [`StoreError::Full`] at its capacity bound with nothing to evict, or
+    /// [`StoreError::Unavailable`] when its backend failed a moment ago. The middleware then refuses before the upstream sees the
     /// request. The default cannot tell and says `Ok`: the answer that
     /// counts is always that of [`insert_pending`](Store::insert_pending) or
     /// [`admit_binding`](Store::admit_binding), made after the upstream's
@@ -390,8 +436,16 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// # Errors
     ///
     /// The refusal the store expects.
-    fn admission_hint(&self) -> Result<(), StoreError> {
+    fn admission_hint(&self, source: Option<Source>) -> Result<(), StoreError> {
+        let _ = source;
         Ok(())
+    }
+
+    /// What the store did under pressure: evictions, and sources held
+    /// back at their quota. The default, for a store that does neither,
+    /// is zero.
+    fn pressure(&self) -> StorePressure {
+        StorePressure::default()
     }
 
     /// Starts any background maintenance the backend needs (for example the

@@ -225,6 +225,10 @@ return { redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]) }
 /// It needs Redis 6.2 or later (`GETDEL`). Cloning is cheap: clones share one
 /// multiplexed connection.
 ///
+/// It has no per-source quota and does not evict (the [`Store`] trait's
+/// default behaviour): at its capacity bound it refuses new authorizations
+/// with [`StoreError::Full`] until records are taken or expire.
+///
 /// ```no_run
 /// # async fn run() -> Result<(), tower_pkce::store::StoreError> {
 /// use tower_pkce::PkceLayer;
@@ -825,12 +829,15 @@ fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+// No per-source quota and no eviction yet: the trait's default behaviour,
+// so `source` is not used and a full Redis refuses.
 impl Store for RedisStore {
     async fn insert_pending(
         &self,
         key: &StoreKey,
         record: PendingAuthorization,
         ttl: Duration,
+        _source: Option<crate::Source>,
     ) -> Result<(), StoreError> {
         let keys = [self.inner.keys.record('p', key)];
         self.admit(
@@ -925,7 +932,7 @@ impl Store for RedisStore {
     /// lets new authorizations reach the upstream only to be refused after
     /// its answer. A single failed operation refuses them too, for that
     /// second, on this replica.
-    fn admission_hint(&self) -> Result<(), StoreError> {
+    fn admission_hint(&self, _source: Option<crate::Source>) -> Result<(), StoreError> {
         self.inner.refusals.check(self.millis())
     }
 
