@@ -1,6 +1,7 @@
 //! Availability under a flood of authorization requests (issue 28): one
 //! address, then many, send `/authorize` as fast as they can while a
-//! legitimate client on another address signs in through the login page.
+//! legitimate client on another address signs in through the login page;
+//! with the memory store, and with two replicas on one Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use pkce_proxy::config::{Config, RawSettings};
 use pkce_proxy::legacy::{LegacyServer, encode, parse_form};
 use pkce_proxy::server::start;
+use tests::redis::{RedisServer, fresh_prefix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tower_pkce::{ChallengeMethod, CodeChallenge, CodeVerifier};
@@ -100,10 +102,14 @@ fn authorize_target(challenge: &str) -> String {
     )
 }
 
-/// One whole sign-in from `from`: login page, code, token. Whether it ended
-/// with the token.
-async fn sign_in(from: IpAddr, proxy: SocketAddr) -> bool {
-    let Ok(mut conn) = Conn::open(from, proxy).await else {
+/// One whole sign-in from `from`: the login page through `first`, the
+/// login through `second`, the token through `first`. Whether it ended with
+/// the token.
+async fn sign_in(from: IpAddr, first: SocketAddr, second: SocketAddr) -> bool {
+    let (Ok(mut conn), Ok(mut other)) = (
+        Conn::open(from, first).await,
+        Conn::open(from, second).await,
+    ) else {
         return false;
     };
     let verifier = CodeVerifier::generate();
@@ -119,7 +125,7 @@ async fn sign_in(from: IpAddr, proxy: SocketAddr) -> bool {
         return false;
     };
     let login = format!("txn={}&username=alice", encode(&txn));
-    let Some(login) = conn.send("POST", "/login", Some(&login)).await else {
+    let Some(login) = other.send("POST", "/login", Some(&login)).await else {
         return false;
     };
     let Some(location) = login.head.lines().find_map(|l| {
@@ -225,24 +231,68 @@ async fn metric(admin: SocketAddr, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn under_flood(attackers: Vec<IpAddr>) -> (Arc<Tally>, SocketAddr) {
+/// Where the flooded proxies keep their records.
+#[derive(Clone, Copy)]
+enum Backend {
+    /// One proxy, with the memory store.
+    Memory,
+    /// Two replicas on one Redis, under a prefix of their own.
+    Redis,
+}
+
+/// The records (pending and bindings) in Redis under `prefix`, counted
+/// twice in one script: the keys that hold them, and the live members of
+/// the indexes that the capacity counts (spent bindings included).
+async fn redis_records(raw: &mut redis::aio::MultiplexedConnection, prefix: &str) -> (u64, u64) {
+    redis::Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tag = '{' .. ARGV[1] .. '}'
+return {
+  #redis.call('KEYS', tag .. ':p:*') + #redis.call('KEYS', tag .. ':b:*'),
+  redis.call('ZCOUNT', tag .. ':n:p', '(' .. now, '+inf')
+    + redis.call('ZCOUNT', tag .. ':n:b', '(' .. now, '+inf'),
+}
+",
+    )
+    .arg(prefix)
+    .invoke_async(raw)
+    .await
+    .unwrap()
+}
+
+async fn under_flood(attackers: Vec<IpAddr>, backend: Backend) -> Arc<Tally> {
     let legacy = LegacyServer::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let running = start(
-        Config::resolve(&RawSettings {
-            upstream: Some(format!("http://{}", legacy.addr)),
-            listen: Some("127.0.0.1:0".into()),
-            admin_listen: Some("127.0.0.1:0".into()),
-            max_entries: Some(CAPACITY.to_string()),
-            max_pending_per_source: Some(QUOTA.to_string()),
-            ..RawSettings::default()
-        })
-        .unwrap(),
-    )
-    .await
-    .unwrap();
-    let (proxy, admin) = (running.addr, running.admin_addr);
+    let prefix = fresh_prefix();
+    let (replicas, store) = match backend {
+        Backend::Memory => (1, None),
+        Backend::Redis => (2, Some(RedisServer::shared().url())),
+    };
+    let mut running = Vec::new();
+    for _ in 0..replicas {
+        running.push(
+            start(
+                Config::resolve(&RawSettings {
+                    upstream: Some(format!("http://{}", legacy.addr)),
+                    listen: Some("127.0.0.1:0".into()),
+                    admin_listen: Some("127.0.0.1:0".into()),
+                    max_entries: Some(CAPACITY.to_string()),
+                    max_pending_per_source: Some(QUOTA.to_string()),
+                    store: store.clone(),
+                    redis_prefix: store.is_some().then(|| prefix.clone()),
+                    ..RawSettings::default()
+                })
+                .unwrap(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let proxies: Vec<SocketAddr> = running.iter().map(|r| r.addr).collect();
+    let admins: Vec<SocketAddr> = running.iter().map(|r| r.admin_addr).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let mut attackers_tasks = Vec::new();
@@ -255,17 +305,36 @@ async fn under_flood(attackers: Vec<IpAddr>) -> (Arc<Tally>, SocketAddr) {
         };
         attackers_tasks.push(tokio::spawn(attack(
             mine,
-            proxy,
+            proxies[i % proxies.len()],
             stop.clone(),
             tally.clone(),
         )));
     }
+    // The store's records as a replica's admin endpoint shows them and,
+    // with Redis, as Redis holds them: the keys and the indexes.
     let peak = Arc::new(AtomicU64::new(0));
+    let redis_peak = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let sampler = {
-        let (stop, peak) = (stop.clone(), peak.clone());
+        let (stop, peak, redis_peak) = (stop.clone(), peak.clone(), redis_peak.clone());
+        let (admin, store, prefix) = (admins[0], store.clone(), prefix.clone());
         tokio::spawn(async move {
+            let mut raw = match &store {
+                Some(url) => Some(
+                    redis::Client::open(url.as_str())
+                        .unwrap()
+                        .get_multiplexed_async_connection()
+                        .await
+                        .unwrap(),
+                ),
+                None => None,
+            };
             while !stop.load(Ordering::Relaxed) {
                 peak.fetch_max(store_records(admin).await, Ordering::Relaxed);
+                if let Some(raw) = raw.as_mut() {
+                    let (keys, indexed) = redis_records(raw, &prefix).await;
+                    redis_peak.0.fetch_max(keys, Ordering::Relaxed);
+                    redis_peak.1.fetch_max(indexed, Ordering::Relaxed);
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -276,8 +345,12 @@ async fn under_flood(attackers: Vec<IpAddr>) -> (Arc<Tally>, SocketAddr) {
     let (mut attempted, mut succeeded) = (0u32, 0u32);
     let deadline = tokio::time::Instant::now() + ATTACK;
     while tokio::time::Instant::now() < deadline {
+        // With two replicas, each sign-in crosses them, starting on each
+        // in turn.
+        let first = attempted as usize % proxies.len();
+        let second = (first + 1) % proxies.len();
         attempted += 1;
-        succeeded += u32::from(sign_in(legit, proxy).await);
+        succeeded += u32::from(sign_in(legit, proxies[first], proxies[second]).await);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -286,13 +359,28 @@ async fn under_flood(attackers: Vec<IpAddr>) -> (Arc<Tally>, SocketAddr) {
     }
     sampler.await.unwrap();
     let peak = peak.load(Ordering::Relaxed);
-    let evicted = metric(admin, "pkce_proxy_store_evictions_total").await;
+    let (keys_peak, indexed_peak) = (
+        redis_peak.0.load(Ordering::Relaxed),
+        redis_peak.1.load(Ordering::Relaxed),
+    );
+    let mut evicted = 0;
+    for admin in &admins {
+        evicted += metric(*admin, "pkce_proxy_store_evictions_total").await;
+    }
     eprintln!(
-        "legitimate sign-ins: {succeeded}/{attempted}; attack requests: {}, 429: {}, 503: {}; \
-         store peak: {peak} of {CAPACITY}; evicted: {evicted}",
+        "{}: legitimate sign-ins: {succeeded}/{attempted}; attack requests: {}, 429: {}, 503: {}; \
+         store peak: {peak} of {CAPACITY}{}; evicted: {evicted}",
+        match backend {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis, two replicas",
+        },
         tally.sent.load(Ordering::Relaxed),
         tally.too_many.load(Ordering::Relaxed),
         tally.unavailable.load(Ordering::Relaxed),
+        match backend {
+            Backend::Memory => String::new(),
+            Backend::Redis => format!(" (in Redis: {keys_peak} keys, {indexed_peak} indexed)"),
+        },
     );
     assert!(attempted >= 10, "{attempted}");
     assert!(
@@ -300,14 +388,17 @@ async fn under_flood(attackers: Vec<IpAddr>) -> (Arc<Tally>, SocketAddr) {
         "{succeeded}/{attempted}"
     );
     assert!(peak <= CAPACITY, "{peak}");
-    running.shutdown().await;
+    assert!(keys_peak <= CAPACITY, "{keys_peak}");
+    assert!(indexed_peak <= CAPACITY, "{indexed_peak}");
+    for proxy in running {
+        proxy.shutdown().await;
+    }
     legacy.shutdown().await;
-    (tally, admin)
+    tally
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_address_cannot_lock_out_the_others() {
-    let (tally, _) = under_flood(vec![[127, 0, 0, 1].into()]).await;
+async fn one_address(backend: Backend) {
+    let tally = under_flood(vec![[127, 0, 0, 1].into()], backend).await;
     // The attacker holds its quota and is refused past it, with a hint of
     // when to come back.
     assert!(tally.too_many.load(Ordering::Relaxed) > QUOTA);
@@ -315,10 +406,29 @@ async fn one_address_cannot_lock_out_the_others() {
     assert_eq!(tally.unavailable.load(Ordering::Relaxed), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_addresses_are_answered_by_eviction() {
+async fn many_addresses(backend: Backend) {
     let attackers: Vec<IpAddr> = (3..=250).map(|n| IpAddr::from([127, 0, 0, n])).collect();
-    let (tally, _) = under_flood(attackers).await;
+    let tally = under_flood(attackers, backend).await;
     assert!(tally.sent.load(Ordering::Relaxed) > CAPACITY);
     assert_eq!(tally.unavailable.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_lock_out_the_others() {
+    one_address(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_addresses_are_answered_by_eviction() {
+    many_addresses(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_lock_out_the_others_across_redis_replicas() {
+    one_address(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_addresses_are_answered_by_eviction_across_redis_replicas() {
+    many_addresses(Backend::Redis).await;
 }

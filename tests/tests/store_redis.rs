@@ -357,3 +357,260 @@ async fn query<T: redis::FromRedisValue>(
 async fn get(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> String {
     query(raw, redis::cmd("GET").arg(key)).await
 }
+
+mod under_pressure {
+    //! The per-source quota and eviction, with two stores on one prefix
+    //! standing for two replicas.
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::IpAddr;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use tower_pkce::Source;
+    use tower_pkce::store::{Redemption, RedisStore, Store, StoreError, StoreKey, conformance};
+
+    use super::{query, raw_connection, record};
+    use tests::redis::{RedisServer, fresh_prefix};
+
+    const LONG: Duration = Duration::from_secs(60);
+    const SHORT: Duration = Duration::from_millis(200);
+
+    fn replica(prefix: &str, capacity: usize, quota: Option<usize>) -> RedisStore {
+        let mut builder = RedisStore::builder(RedisServer::shared().url())
+            .prefix(prefix)
+            .capacity(capacity);
+        if let Some(quota) = quota {
+            builder = builder.max_pending_per_source(quota);
+        }
+        builder
+            .build()
+            .unwrap_or_else(|e| panic!("RedisStore: {e}"))
+    }
+
+    fn source(n: u8) -> Option<Source> {
+        Some(Source::new(IpAddr::from([192, 0, 2, n])))
+    }
+
+    async fn insert(
+        store: &RedisStore,
+        key: &StoreKey,
+        ttl: Duration,
+        source: Option<Source>,
+    ) -> Result<(), StoreError> {
+        store
+            .insert_pending(key, conformance::sample_pending(None), ttl, source)
+            .await
+    }
+
+    /// The live records Redis counts against `source`.
+    async fn held(prefix: &str, source: Option<Source>) -> u64 {
+        let mut raw = raw_connection(&RedisServer::shared().url()).await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let set = format!("{{{prefix}}}:src:{}", source.unwrap_or_else(|| panic!()));
+        query(
+            &mut raw,
+            redis::cmd("ZCOUNT")
+                .arg(set)
+                .arg(format!("({now}"))
+                .arg("+inf"),
+        )
+        .await
+    }
+
+    async fn exists(key: &str) -> bool {
+        let mut raw = raw_connection(&RedisServer::shared().url()).await;
+        query::<u64>(&mut raw, redis::cmd("EXISTS").arg(key)).await == 1
+    }
+
+    fn note(prefix: &str, key: &StoreKey) -> String {
+        record(prefix, 'p', key).replacen(":p:", ":ps:", 1)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_quota_holds_across_replicas_and_others_carry_on() {
+        let prefix = fresh_prefix();
+        let (one, two) = (
+            replica(&prefix, 100, Some(3)),
+            replica(&prefix, 100, Some(3)),
+        );
+        let (a, b) = (source(1), source(2));
+        let keys: Vec<StoreKey> = (0..4).map(|_| conformance::fresh_key()).collect();
+        insert(&one, &keys[0], LONG, a).await.unwrap();
+        insert(&two, &keys[1], LONG, a).await.unwrap();
+        insert(&one, &keys[2], LONG, a).await.unwrap();
+        for store in [&one, &two] {
+            let over = insert(store, &keys[3], LONG, a).await;
+            assert!(matches!(over, Err(StoreError::SourceQuota)), "{over:?}");
+        }
+        // Each replica remembers the refusal it made, and refuses without
+        // asking Redis for a moment.
+        for store in [&one, &two] {
+            assert!(matches!(
+                store.admission_hint(a),
+                Err(StoreError::SourceQuota)
+            ));
+            assert_eq!(store.pressure().sources_at_quota, 1);
+            assert!(store.admission_hint(b).is_ok());
+            assert!(store.admission_hint(None).is_ok());
+        }
+        // Others, and requests of no known source, carry on.
+        insert(&two, &conformance::fresh_key(), LONG, b)
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            insert(&one, &conformance::fresh_key(), LONG, None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(held(&prefix, a).await, 3);
+        // A take through either replica gives the source room again.
+        assert!(two.take_pending(&keys[0]).await.unwrap().is_some());
+        assert_eq!(held(&prefix, a).await, 2);
+        assert!(!exists(&note(&prefix, &keys[0])).await);
+        insert(&one, &keys[3], LONG, a).await.unwrap();
+        // A conflict counts nothing.
+        assert!(matches!(
+            insert(&two, &keys[3], LONG, b).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(held(&prefix, b).await, 1);
+        // Once every record is taken, nothing of the source is left.
+        for key in &keys[1..] {
+            assert!(one.take_pending(key).await.unwrap().is_some());
+            assert!(!exists(&note(&prefix, key)).await);
+        }
+        assert!(!exists(&format!("{{{prefix}}}:src:192.0.2.1")).await);
+        // Without a quota, sources are not recorded.
+        let free_prefix = fresh_prefix();
+        let free = replica(&free_prefix, 100, None);
+        let key = conformance::fresh_key();
+        insert(&free, &key, LONG, a).await.unwrap();
+        assert!(!exists(&note(&free_prefix, &key)).await);
+        assert!(!exists(&format!("{{{free_prefix}}}:src:192.0.2.1")).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_count_is_released_on_take_expiry_and_eviction() {
+        let prefix = fresh_prefix();
+        let (one, two) = (replica(&prefix, 4, Some(4)), replica(&prefix, 4, Some(4)));
+        let (a, b) = (source(1), source(2));
+        let (taken, expiring, evicted) = (
+            conformance::fresh_key(),
+            conformance::fresh_key(),
+            conformance::fresh_key(),
+        );
+        insert(&one, &taken, LONG, a).await.unwrap();
+        insert(&two, &expiring, SHORT, a).await.unwrap();
+        insert(&one, &evicted, LONG, a).await.unwrap();
+        assert_eq!(held(&prefix, a).await, 3);
+        assert!(two.take_pending(&taken).await.unwrap().is_some());
+        assert_eq!(held(&prefix, a).await, 2);
+        tokio::time::sleep(SHORT * 3).await;
+        assert_eq!(held(&prefix, a).await, 1);
+        assert!(!exists(&note(&prefix, &expiring)).await);
+        // Full of b's records and a's last: the oldest, a's, is evicted.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            insert(&two, &conformance::fresh_key(), LONG, b)
+                .await
+                .unwrap();
+        }
+        insert(&one, &conformance::fresh_key(), LONG, b)
+            .await
+            .unwrap();
+        assert!(one.get_pending(&evicted).await.unwrap().is_none());
+        assert!(!exists(&note(&prefix, &evicted)).await);
+        assert!(!exists(&format!("{{{prefix}}}:src:192.0.2.1")).await);
+        assert_eq!(held(&prefix, b).await, 4);
+        assert_eq!(one.pressure().evicted + two.pressure().evicted, 1);
+        assert_eq!(one.pressure().evicted, 1);
+        // b holds its quota, through either replica.
+        let over = insert(&two, &conformance::fresh_key(), LONG, b).await;
+        assert!(matches!(over, Err(StoreError::SourceQuota)), "{over:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_store_evicts_the_oldest_pending_authorization() {
+        let prefix = fresh_prefix();
+        let (one, two) = (replica(&prefix, 4, None), replica(&prefix, 4, None));
+        let old: Vec<StoreKey> = (0..4).map(|_| conformance::fresh_key()).collect();
+        for (i, key) in old.iter().enumerate() {
+            let store = if i % 2 == 0 { &one } else { &two };
+            insert(store, key, LONG, None).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The oldest but one is taken: its room is free again.
+        assert!(two.take_pending(&old[1]).await.unwrap().is_some());
+        insert(&one, &conformance::fresh_key(), LONG, None)
+            .await
+            .unwrap();
+        assert_eq!(one.pressure().evicted, 0);
+        for (i, gone) in [0, 2, 3].into_iter().enumerate() {
+            let store = if i % 2 == 0 { &two } else { &one };
+            insert(store, &conformance::fresh_key(), LONG, None)
+                .await
+                .unwrap();
+            assert!(
+                one.get_pending(&old[gone]).await.unwrap().is_none(),
+                "{gone}"
+            );
+            assert!(!exists(&record(&prefix, 'p', &old[gone])).await);
+            for &kept in &[0, 2, 3][i + 1..] {
+                assert!(
+                    one.get_pending(&old[kept]).await.unwrap().is_some(),
+                    "{kept}"
+                );
+            }
+        }
+        assert_eq!(one.pressure().evicted + two.pressure().evicted, 3);
+        let stats = one.stats().await.unwrap();
+        assert_eq!((stats.pending, stats.bindings), (4, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bindings_are_never_evicted_and_may_evict_pending_ones() {
+        let prefix = fresh_prefix();
+        let (one, two) = (replica(&prefix, 3, Some(10)), replica(&prefix, 3, Some(10)));
+        let a = source(1);
+        let binding = conformance::sample_binding;
+        let codes: Vec<StoreKey> = (0..3).map(|_| conformance::fresh_key()).collect();
+        let pending: Vec<StoreKey> = (0..5).map(|_| conformance::fresh_key()).collect();
+        one.admit_binding(&codes[0], binding(), LONG).await.unwrap();
+        for key in &pending[..2] {
+            insert(&two, key, LONG, a).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A new pending authorization takes a pending one's room.
+        insert(&one, &pending[2], LONG, a).await.unwrap();
+        assert!(two.get_pending(&pending[0]).await.unwrap().is_none());
+        // So does a binding admitted at the bound.
+        two.admit_binding(&codes[1], binding(), LONG).await.unwrap();
+        assert!(one.get_pending(&pending[1]).await.unwrap().is_none());
+        // A binding whose pending record's room was taken meanwhile takes
+        // it back from another pending record.
+        let record = one.take_pending(&pending[2]).await.unwrap().unwrap();
+        insert(&two, &pending[3], LONG, a).await.unwrap();
+        one.insert_binding(&codes[2], record.binding(), LONG)
+            .await
+            .unwrap();
+        assert!(two.get_pending(&pending[3]).await.unwrap().is_none());
+        assert_eq!(held(&prefix, a).await, 0);
+        // Full of bindings: a pending write is refused, and none goes.
+        let over = insert(&two, &pending[4], LONG, a).await;
+        assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
+        let over = one
+            .admit_binding(&conformance::fresh_key(), binding(), LONG)
+            .await;
+        assert!(matches!(over, Err(StoreError::Full)), "{over:?}");
+        for code in &codes {
+            assert!(matches!(
+                two.redeem(code).await.unwrap(),
+                Redemption::Redeemed(_)
+            ));
+        }
+        assert_eq!(one.pressure().evicted + two.pressure().evicted, 3);
+    }
+}

@@ -436,7 +436,7 @@ pub struct Config {
     pub ttl: Duration,
     /// Store capacity.
     pub max_entries: usize,
-    /// Per-source quota on pending authorizations (memory store only).
+    /// Per-source quota on pending authorizations.
     pub max_pending_per_source: usize,
     /// Token body bound.
     pub max_token_body: usize,

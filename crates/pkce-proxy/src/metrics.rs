@@ -151,11 +151,11 @@ impl Metrics {
         )?;
         let evictions = IntCounter::new(
             "pkce_proxy_store_evictions_total",
-            "Pending authorizations evicted from the full store to make room for new sign-ins (memory store).",
+            "Pending authorizations evicted from the full store to make room for new sign-ins (Redis: by this replica).",
         )?;
         let sources_at_quota = IntGauge::new(
             "pkce_proxy_sources_at_quota",
-            "Client addresses (IPv6: /64s) holding their whole --max-pending-per-source quota now, whose new authorizations get 429 (memory store).",
+            "Client addresses (IPv6: /64s) holding their whole --max-pending-per-source quota now, whose new authorizations get 429 (Redis: those this replica refused in the last minute).",
         )?;
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(

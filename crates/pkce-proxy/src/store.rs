@@ -49,6 +49,7 @@ impl ProxyStore {
                 let mut builder = RedisStore::builder(url.as_str())
                     .prefix(prefix.as_str())
                     .capacity(config.max_entries)
+                    .max_pending_per_source(config.max_pending_per_source)
                     .timeout(*timeout);
                 if let Some(tls) = tls {
                     builder = builder.tls(redis_tls(tls)?);

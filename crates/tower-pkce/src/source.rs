@@ -58,6 +58,8 @@ impl From<IpAddr> for Source {
     }
 }
 
+/// The form is part of the Redis layout: `RedisStore` names a source's set of
+/// pending records with it, so replicas of one prefix must agree on it.
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {

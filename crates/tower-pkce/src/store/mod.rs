@@ -33,9 +33,9 @@
 //! room for a new record at its capacity bound by evicting the oldest
 //! pending authorization. A code binding is never evicted: a pending record
 //! never takes a binding's room, and a binding that needs room may evict a
-//! pending record. [`MemoryStore`] does both (its quota is off unless set);
-//! the trait's default, which `RedisStore` keeps, is neither: a full store
-//! refuses.
+//! pending record. [`MemoryStore`] and `RedisStore` do both (the quota is
+//! off unless set; `RedisStore` counts it in Redis, across replicas); the
+//! trait's default is neither: a full store refuses.
 //!
 //! A user whose pending authorization was evicted (or expired) finds, at
 //! their next step, that their sign-in is unknown: the continuation, or the

@@ -14,6 +14,8 @@
 //! | `{pkce}:c:K` | the mark that code `K` was bound: `b` or `s`, then its binding's expiry | `SET NX PX`, for the mark lifetime or the binding's TTL, whichever is longer |
 //! | `{pkce}:b:K` | the live binding of code `K` | `SET PX`, redeemed with `GETDEL` |
 //! | `{pkce}:n:p`, `{pkce}:n:b` | sorted sets of live records by expiry | `ZADD` |
+//! | `{pkce}:src:S` | sorted set of the pending records of source `S` (`192.0.2.7`, `2001:db8::/64`) by expiry, with a quota | `ZADD`, `PEXPIRE` to the longest TTL in it |
+//! | `{pkce}:ps:K` | the name of the source set that pending record `K` counts in | `SET PX`, with the record's TTL |
 //!
 //! The mark's value is `b` (bound) or `s` (spent), followed by the absolute
 //! expiry of the binding in milliseconds by Redis's clock (`TIME`), in
@@ -43,6 +45,24 @@
 //! `noeviction`) is a second, coarser bound, and the only one on marks: an
 //! out-of-memory refusal reads as [`StoreError::Full`].
 //!
+//! # Under pressure
+//!
+//! With a per-source quota, each source's set counts its live pending
+//! records, checked and updated by the script that writes the record, so
+//! that the quota holds across replicas exactly as the capacity does.
+//! Taking or evicting a record removes its set entry through its note and
+//! prunes the set; a record that expires leaves an entry of a past expiry,
+//! which is not counted and is pruned by the next of these, and an idle
+//! source's set expires with its last record.
+//!
+//! At the capacity bound, an admission evicts the live pending record with
+//! the earliest expiry (the oldest, since pending records share one TTL),
+//! in the same script; bindings are never evicted. The scripts that evict
+//! reach the evicted record's keys by names they compute from the prefix,
+//! not through `KEYS`: Redis runs this, and the names share the store's
+//! hash tag, but Redis Cluster does not promise to. The store is meant for
+//! one primary (standalone or Sentinel-managed), not a Cluster.
+//!
 //! # Failure
 //!
 //! Every operation is bounded by a timeout. An unreachable or slow Redis
@@ -70,8 +90,9 @@ use redis::{AsyncCommands, Script};
 
 use super::{
     Challenge, CodeBinding, DEFAULT_MARK_TTL, PendingAuthorization, Redemption, Store, StoreError,
-    StoreKey, StoreStats,
+    StoreKey, StorePressure, StoreStats,
 };
+use crate::Source;
 use crate::pkce::ChallengeMethod;
 
 /// The default number of live records (both families together).
@@ -81,75 +102,197 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default key prefix.
 pub const DEFAULT_REDIS_PREFIX: &str = "pkce";
 
-/// Admits a pending authorization under the capacity bound.
+/// Lua shared by the admission scripts: `NOW` (Redis's clock in ms),
+/// `OLDEST` (the pending record that expires first among the live ones, or
+/// nil) and `EVICT` (removes a pending record with its index entry, its
+/// source entry and its source note).
 ///
-/// The count is read before anything is written: Redis checks `maxmemory`
+/// `EVICT` touches keys it computes from the tag (`ARGV` holds it) rather
+/// than keys given in `KEYS`: Redis allows this, and they share the
+/// store's hash tag, so they live in the scripts' own slot, but Redis
+/// Cluster does not promise to allow it. The store targets one primary.
+macro_rules! lua_helpers {
+    () => {
+        r"
+local function NOW()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function OLDEST(index, now)
+  return redis.call('ZRANGEBYSCORE', index, '(' .. now, '+inf', 'LIMIT', 0, 1)[1]
+end
+local function EVICT(tag, index, member, now)
+  local note = tag .. ':ps:' .. member
+  local source = redis.call('GET', note)
+  if source then
+    redis.call('ZREM', source, member)
+    redis.call('ZREMRANGEBYSCORE', source, '-inf', now)
+    redis.call('DEL', note)
+  end
+  redis.call('DEL', tag .. ':p:' .. member)
+  redis.call('ZREM', index, member)
+end
+"
+    };
+}
+
+/// Admits a pending authorization under its source's quota and the
+/// capacity bound, evicting the pending record that expires first (the
+/// oldest, as every pending record has the same TTL) when the store is
+/// full. Bindings are never evicted.
+///
+/// Everything is read before anything is written: Redis checks `maxmemory`
 /// only before a script's first write, so the record itself must be that
 /// write, or a full Redis would admit new authorizations while refusing the
 /// bindings of flows in progress.
 ///
-/// KEYS: pending key, pending index, binding index.
-/// ARGV: record, TTL in ms, capacity, index member.
-/// Returns 0 when full, 1 when the key is taken, 2 when written.
-const INSERT_PENDING: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+/// With a quota, the source's set holds its pending records by expiry, and
+/// the note `{tag}:ps:K` names that set, with the record's TTL, so that
+/// taking or evicting the record releases its count; a record that simply
+/// expires leaves a set entry that the next prune drops.
+///
+/// KEYS: pending key, pending index, binding index, source note, source
+/// set (the last two unused without a quota).
+/// ARGV: record, TTL in ms, capacity, index member, tag, quota (negative:
+/// none).
+/// Returns 0 when full, 1 when the key is taken, 2 when written, 3 when
+/// written after evicting a pending record, 4 when the source holds its
+/// quota.
+const INSERT_PENDING: &str = concat!(
+    lua_helpers!(),
+    r"
+local now = NOW()
+local ttl = tonumber(ARGV[2])
+local quota = tonumber(ARGV[6])
+if quota >= 0 and redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf') >= quota then
+  return 4
+end
 local live = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
   + redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+local victim = nil
 if live >= tonumber(ARGV[3]) then
-  return 0
+  victim = OLDEST(KEYS[2], now)
+  if not victim then
+    return 0
+  end
 end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ttl) then
   return 1
+end
+if victim then
+  EVICT(ARGV[5], KEYS[2], victim, now)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
+if quota >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+  redis.call('ZADD', KEYS[5], now + ttl, ARGV[4])
+  if redis.call('PTTL', KEYS[5]) < ttl then
+    redis.call('PEXPIRE', KEYS[5], ttl)
+  end
+  redis.call('SET', KEYS[4], KEYS[5], 'PX', ttl)
+end
+if victim then
+  return 3
+end
 return 2
-";
+"
+);
 
-/// Binds a code unless its mark lives.
-/// KEYS: mark key, binding key, binding index.
-/// ARGV: record, TTL in ms, member, mark TTL in ms (not below the TTL).
-/// Returns 0 when the code was bound already, 1 when written.
-const INSERT_BINDING: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+/// Binds a code unless its mark lives. A binding is admitted even at the
+/// capacity bound (it replaces the pending record it came from), but when
+/// another record took that room meanwhile it evicts a pending record, if
+/// there is one, to stay within the bound.
+///
+/// KEYS: mark key, binding key, pending index, binding index.
+/// ARGV: record, TTL in ms, member, mark TTL in ms (not below the TTL),
+/// capacity, tag.
+/// Returns 0 when the code was bound already, 1 when written, 2 when
+/// written after evicting a pending record.
+const INSERT_BINDING: &str = concat!(
+    lua_helpers!(),
+    r"
+local now = NOW()
 local expires = now + tonumber(ARGV[2])
+local victim = nil
+if redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+    + redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf') >= tonumber(ARGV[5]) then
+  victim = OLDEST(KEYS[3], now)
+end
 if not redis.call('SET', KEYS[1], string.format('b%d', expires), 'NX', 'PX', ARGV[4]) then
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[3], expires, ARGV[3])
+redis.call('ZADD', KEYS[4], expires, ARGV[3])
+if victim then
+  EVICT(ARGV[6], KEYS[3], victim, now)
+  return 2
+end
 return 1
-";
+"
+);
 
 /// Binds a code under the capacity bound, for an authorization that holds
-/// no room yet (see [`Store::admit_binding`]). As in `INSERT_PENDING`, the
-/// count is read before anything is written, and the mark is the first
-/// write.
+/// no room yet (see [`Store::admit_binding`]), evicting a pending record
+/// when the store is full. As in `INSERT_PENDING`, everything is read
+/// before anything is written, and the mark is the first write.
 ///
 /// KEYS: mark key, binding key, pending index, binding index.
 /// ARGV: record, TTL in ms, capacity, index member, mark TTL in ms (not
-/// below the TTL).
-/// Returns 0 when full, 1 when the code was bound already, 2 when written.
-const ADMIT_BINDING: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+/// below the TTL), tag.
+/// Returns 0 when full, 1 when the code was bound already, 2 when written,
+/// 3 when written after evicting a pending record.
+const ADMIT_BINDING: &str = concat!(
+    lua_helpers!(),
+    r"
+local now = NOW()
 local live = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
   + redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')
+local victim = nil
 if live >= tonumber(ARGV[3]) then
-  return 0
+  victim = OLDEST(KEYS[3], now)
+  if not victim then
+    return 0
+  end
 end
 local expires = now + tonumber(ARGV[2])
 if not redis.call('SET', KEYS[1], string.format('b%d', expires), 'NX', 'PX', ARGV[5]) then
   return 1
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if victim then
+  EVICT(ARGV[6], KEYS[3], victim, now)
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], expires, ARGV[4])
+if victim then
+  return 3
+end
 return 2
+"
+);
+
+/// Takes a pending record, with its index entry and, when its source was
+/// counted, its source entry and note; the source set is pruned, so that
+/// it goes with its last live record. The set is named by the note, not
+/// given in `KEYS` (see `lua_helpers`).
+///
+/// KEYS: pending key, pending index, source note. ARGV: index member.
+/// Returns the record, or nil.
+const TAKE_PENDING: &str = r"
+local record = redis.call('GETDEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+local source = redis.call('GET', KEYS[3])
+if source then
+  local t = redis.call('TIME')
+  redis.call('ZREM', source, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', source, '-inf',
+    tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('DEL', KEYS[3])
+end
+return record
 ";
 
 /// Redeems a code: takes its live binding and marks it spent, or says what
@@ -225,9 +368,13 @@ return { redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]) }
 /// It needs Redis 6.2 or later (`GETDEL`). Cloning is cheap: clones share one
 /// multiplexed connection.
 ///
-/// It has no per-source quota and does not evict (the [`Store`] trait's
-/// default behaviour): at its capacity bound it refuses new authorizations
-/// with [`StoreError::Full`] until records are taken or expire.
+/// It bounds how many pending authorizations one [`Source`] holds, across
+/// every replica (see [`RedisStoreBuilder::max_pending_per_source`]), and at
+/// its capacity bound evicts the pending authorization that expires first
+/// to admit a new record; it never evicts a binding, and refuses with
+/// [`StoreError::Full`] only when every live record is one. The counts live
+/// in Redis and are checked and updated in the same script as the write.
+/// What [`Store::pressure`] reports is this replica's share: see there.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), tower_pkce::store::StoreError> {
@@ -255,14 +402,18 @@ struct Inner {
     failures: AtomicU32,
     renewed: Mutex<Instant>,
     refusals: Refusals,
+    quota_refusals: QuotaRefusals,
+    evicted: AtomicU64,
     epoch: Instant,
     keys: Keys,
     capacity: usize,
+    quota: Option<usize>,
     mark_ttl: Duration,
     timeout: Duration,
     insert_pending: Script,
     insert_binding: Script,
     admit_binding: Script,
+    take_pending: Script,
     redeem: Script,
     restore: Script,
     stats: Script,
@@ -273,6 +424,7 @@ impl fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("prefix", &self.inner.keys.tag)
             .field("capacity", &self.inner.capacity)
+            .field("max_pending_per_source", &self.inner.quota)
             .field("mark_ttl", &self.inner.mark_ttl)
             .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
@@ -286,6 +438,7 @@ pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
     capacity: usize,
+    max_pending_per_source: Option<usize>,
     mark_ttl: Duration,
     timeout: Duration,
     tls: Option<RedisTls>,
@@ -408,6 +561,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("url", &"[redacted]")
             .field("prefix", &self.prefix)
             .field("capacity", &self.capacity)
+            .field("max_pending_per_source", &self.max_pending_per_source)
             .field("mark_ttl", &self.mark_ttl)
             .field("timeout", &self.timeout)
             .field("tls", &self.tls)
@@ -427,6 +581,27 @@ impl RedisStoreBuilder {
     /// The most live records, both families together [default: 1,000,000].
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
+        self
+    }
+
+    /// The most pending authorizations one [`Source`] may hold at once,
+    /// counted in Redis across every replica of the prefix. Default: none,
+    /// no quota.
+    ///
+    /// Past it, that source's new authorizations are refused with
+    /// [`StoreError::SourceQuota`] (the layer answers 429) until one of its
+    /// records is taken, expires or is evicted; other sources carry on.
+    /// Authorizations without a source count against no quota, and without
+    /// a quota sources are not recorded at all. Replicas of one prefix
+    /// should share the setting: each checks its own quota against the
+    /// shared count, and a record written without one is not counted.
+    ///
+    /// Set it well above the sign-ins that the busiest shared address (a
+    /// corporate NAT) has in progress at once, and well below the
+    /// capacity. A quota of 0 refuses every authorization that has a
+    /// source.
+    pub fn max_pending_per_source(mut self, quota: usize) -> Self {
+        self.max_pending_per_source = Some(quota);
         self
     }
 
@@ -503,14 +678,18 @@ impl RedisStoreBuilder {
                 failures: AtomicU32::new(0),
                 renewed: Mutex::new(Instant::now()),
                 refusals: Refusals::default(),
+                quota_refusals: QuotaRefusals::default(),
+                evicted: AtomicU64::new(0),
                 epoch: Instant::now(),
                 keys: Keys::new(&self.prefix),
                 capacity: self.capacity,
+                quota: self.max_pending_per_source,
                 mark_ttl: self.mark_ttl,
                 timeout: self.timeout,
                 insert_pending: Script::new(INSERT_PENDING),
                 insert_binding: Script::new(INSERT_BINDING),
                 admit_binding: Script::new(ADMIT_BINDING),
+                take_pending: Script::new(TAKE_PENDING),
                 redeem: Script::new(REDEEM),
                 restore: Script::new(RESTORE),
                 stats: Script::new(STATS),
@@ -570,6 +749,7 @@ impl RedisStore {
             url: url.into(),
             prefix: DEFAULT_REDIS_PREFIX.to_owned(),
             capacity: DEFAULT_REDIS_CAPACITY,
+            max_pending_per_source: None,
             mark_ttl: DEFAULT_MARK_TTL,
             timeout: DEFAULT_REDIS_TIMEOUT,
             tls: None,
@@ -579,6 +759,11 @@ impl RedisStore {
     /// The capacity bound.
     pub fn capacity(&self) -> usize {
         self.inner.capacity
+    }
+
+    /// The per-source quota on pending authorizations, if any.
+    pub fn max_pending_per_source(&self) -> Option<usize> {
+        self.inner.quota
     }
 
     async fn bounded<T>(
@@ -609,46 +794,36 @@ impl RedisStore {
         outcome
     }
 
-    /// Runs an admission script (`INSERT_PENDING`, `ADMIT_BINDING`): KEYS
-    /// are `records` and then the two indexes, ARGV the record, the TTL, the
-    /// capacity, the index member and the mark's TTL (which
-    /// `INSERT_PENDING` ignores).
+    /// Runs an admission script (`INSERT_PENDING`, `ADMIT_BINDING`) and
+    /// reads its answer, noted for the hint: 0 full, 1 taken, 2 written,
+    /// 3 written after an eviction, 4 the source's quota.
     async fn admit(
         &self,
-        script: &Script,
-        records: &[String],
-        record: &[u8],
-        ttl: Duration,
-        key: &StoreKey,
+        invocation: redis::ScriptInvocation<'_>,
+        source: Option<Source>,
     ) -> Result<(), StoreError> {
-        let mut invocation = script.prepare_invoke();
-        for name in records {
-            invocation.key(name);
-        }
-        invocation
-            .key(&self.inner.keys.pending_index)
-            .key(&self.inner.keys.binding_index)
-            .arg(record)
-            .arg(ttl_millis(ttl))
-            .arg(self.inner.capacity)
-            .arg(member(key))
-            .arg(self.mark_millis(ttl));
         let mut connection = self.connection();
         let outcome = self.bounded(invocation.invoke_async(&mut connection)).await;
-        self.admission(outcome)
-    }
-
-    /// The outcome of an admission script, noted for the hint.
-    fn admission(&self, outcome: Result<i64, StoreError>) -> Result<(), StoreError> {
         let outcome = match outcome {
             Ok(0) => Err(StoreError::Full),
             Ok(1) => Err(StoreError::Conflict),
-            Ok(_) => Ok(()),
+            Ok(2) => Ok(()),
+            Ok(3) => {
+                self.inner.evicted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(4) => Err(StoreError::SourceQuota),
+            Ok(_) => Err(unavailable("an admission script answered out of range")),
             Err(e) => Err(e),
         };
         match &outcome {
             Ok(()) => self.inner.refusals.full.clear(),
             Err(StoreError::Full) => self.inner.refusals.full.note(self.millis()),
+            Err(StoreError::SourceQuota) => {
+                if let Some(source) = source {
+                    self.inner.quota_refusals.note(source, self.millis());
+                }
+            }
             Err(_) => {}
         }
         outcome
@@ -776,6 +951,66 @@ impl Refusal {
     }
 }
 
+/// How long a source refused for its quota is refused without asking Redis.
+const QUOTA_HINT_MILLIS: u64 = 1000;
+/// How long a source refused for its quota counts in
+/// [`Store::pressure`].
+const QUOTA_SEEN_MILLIS: u64 = 60_000;
+/// The most sources a replica remembers refusing for their quota. Past it,
+/// sources refused anew are not remembered until older ones lapse: the
+/// hint lets their requests ask Redis, which refuses them.
+const QUOTA_REFUSALS_KEPT: usize = 4096;
+
+/// The sources this replica refused for their quota, and when it last did,
+/// in milliseconds after the store was made.
+#[derive(Debug, Default)]
+struct QuotaRefusals {
+    /// Whether the map may hold anything, so that the hint takes no lock
+    /// while no source is refused.
+    any: std::sync::atomic::AtomicBool,
+    seen: Mutex<std::collections::HashMap<Source, u64>>,
+}
+
+impl QuotaRefusals {
+    fn seen(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Source, u64>> {
+        match self.seen.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn note(&self, source: Source, now: u64) {
+        let mut seen = self.seen();
+        if seen.len() >= QUOTA_REFUSALS_KEPT && !seen.contains_key(&source) {
+            seen.retain(|_, at| now.saturating_sub(*at) < QUOTA_SEEN_MILLIS);
+            if seen.len() >= QUOTA_REFUSALS_KEPT {
+                return;
+            }
+        }
+        seen.insert(source, now);
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn refused_lately(&self, source: Source, now: u64) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        self.seen()
+            .get(&source)
+            .is_some_and(|at| now.saturating_sub(*at) < QUOTA_HINT_MILLIS)
+    }
+
+    /// The sources refused within the last minute; forgets older ones.
+    fn recent(&self, now: u64) -> u64 {
+        let mut seen = self.seen();
+        seen.retain(|_, at| now.saturating_sub(*at) < QUOTA_SEEN_MILLIS);
+        if seen.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        seen.len() as u64
+    }
+}
+
 fn is_out_of_memory(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM")
 }
@@ -812,6 +1047,16 @@ impl Keys {
         name.push_str(&member(key));
         name
     }
+
+    /// The note naming the source set of pending record `key`.
+    fn source_note(&self, key: &StoreKey) -> String {
+        format!("{}:ps:{}", self.tag, member(key))
+    }
+
+    /// The set of the pending records of `source`, by expiry.
+    fn source_set(&self, source: Source) -> String {
+        format!("{}:src:{source}", self.tag)
+    }
 }
 
 /// A record key's name in an index: 32 lowercase hex digits.
@@ -829,25 +1074,36 @@ fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-// No per-source quota and no eviction yet: the trait's default behaviour,
-// so `source` is not used and a full Redis refuses.
 impl Store for RedisStore {
     async fn insert_pending(
         &self,
         key: &StoreKey,
         record: PendingAuthorization,
         ttl: Duration,
-        _source: Option<crate::Source>,
+        source: Option<Source>,
     ) -> Result<(), StoreError> {
-        let keys = [self.inner.keys.record('p', key)];
-        self.admit(
-            &self.inner.insert_pending,
-            &keys,
-            &encode_pending(&record),
-            ttl,
-            key,
-        )
-        .await
+        let keys = &self.inner.keys;
+        let counted = source.zip(self.inner.quota);
+        let mut invocation = self.inner.insert_pending.prepare_invoke();
+        invocation
+            .key(keys.record('p', key))
+            .key(&keys.pending_index)
+            .key(&keys.binding_index)
+            .key(keys.source_note(key));
+        match counted {
+            Some((source, _)) => invocation.key(keys.source_set(source)),
+            // Never read: the script touches the source's keys only with a
+            // quota.
+            None => invocation.key(format!("{}:src:", keys.tag)),
+        };
+        invocation
+            .arg(encode_pending(&record))
+            .arg(ttl_millis(ttl))
+            .arg(self.inner.capacity)
+            .arg(member(key))
+            .arg(&keys.tag)
+            .arg(counted.map_or(-1, |(_, quota)| i64::try_from(quota).unwrap_or(i64::MAX)));
+        self.admit(invocation, source).await
     }
 
     async fn get_pending(
@@ -866,14 +1122,15 @@ impl Store for RedisStore {
         key: &StoreKey,
     ) -> Result<Option<PendingAuthorization>, StoreError> {
         let mut connection = self.connection();
-        let (value,): (Option<Vec<u8>>,) = self
+        let value: Option<Vec<u8>> = self
             .bounded(
-                redis::pipe()
-                    .atomic()
-                    .get_del(self.inner.keys.record('p', key))
-                    .zrem(&self.inner.keys.pending_index, member(key))
-                    .ignore()
-                    .query_async(&mut connection),
+                self.inner
+                    .take_pending
+                    .key(self.inner.keys.record('p', key))
+                    .key(&self.inner.keys.pending_index)
+                    .key(self.inner.keys.source_note(key))
+                    .arg(member(key))
+                    .invoke_async(&mut connection),
             )
             .await?;
         value.map(|bytes| decode_pending(&bytes)).transpose()
@@ -892,18 +1149,24 @@ impl Store for RedisStore {
                     .insert_binding
                     .key(self.inner.keys.record('c', key))
                     .key(self.inner.keys.record('b', key))
+                    .key(&self.inner.keys.pending_index)
                     .key(&self.inner.keys.binding_index)
                     .arg(encode_binding(&binding).as_slice())
                     .arg(ttl_millis(ttl))
                     .arg(member(key))
                     .arg(self.mark_millis(ttl))
+                    .arg(self.inner.capacity)
+                    .arg(&self.inner.keys.tag)
                     .invoke_async(&mut connection),
             )
             .await?;
-        if written == 0 {
-            Err(StoreError::Conflict)
-        } else {
-            Ok(())
+        match written {
+            0 => Err(StoreError::Conflict),
+            2 => {
+                self.inner.evicted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -913,27 +1176,48 @@ impl Store for RedisStore {
         binding: CodeBinding,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let keys = [
-            self.inner.keys.record('c', key),
-            self.inner.keys.record('b', key),
-        ];
-        self.admit(
-            &self.inner.admit_binding,
-            &keys,
-            &encode_binding(&binding),
-            ttl,
-            key,
-        )
-        .await
+        let keys = &self.inner.keys;
+        let mut invocation = self.inner.admit_binding.prepare_invoke();
+        invocation
+            .key(keys.record('c', key))
+            .key(keys.record('b', key))
+            .key(&keys.pending_index)
+            .key(&keys.binding_index)
+            .arg(encode_binding(&binding))
+            .arg(ttl_millis(ttl))
+            .arg(self.inner.capacity)
+            .arg(member(key))
+            .arg(self.mark_millis(ttl))
+            .arg(&keys.tag);
+        self.admit(invocation, None).await
     }
 
-    /// Refuses for a second after an operation failed or an admission found
-    /// the store full, so that neither a Redis that is away nor a full one
-    /// lets new authorizations reach the upstream only to be refused after
-    /// its answer. A single failed operation refuses them too, for that
-    /// second, on this replica.
-    fn admission_hint(&self, _source: Option<crate::Source>) -> Result<(), StoreError> {
-        self.inner.refusals.check(self.millis())
+    /// Refuses without asking Redis while this replica saw `source`
+    /// refused for its quota within the last second, and refuses anything
+    /// for a second after an operation failed or an admission found the
+    /// store full (with nothing to evict), so that neither a source at its
+    /// quota, nor a Redis that is away or full, lets new authorizations
+    /// reach the upstream only to be refused after its answer. Only what
+    /// this replica saw counts: a source at its quota through another
+    /// replica is refused by the insert, after the upstream's answer.
+    fn admission_hint(&self, source: Option<Source>) -> Result<(), StoreError> {
+        let now = self.millis();
+        if source.is_some_and(|source| self.inner.quota_refusals.refused_lately(source, now)) {
+            return Err(StoreError::SourceQuota);
+        }
+        self.inner.refusals.check(now)
+    }
+
+    /// This replica's share: the pending records its own admissions
+    /// evicted, and the distinct sources it refused for their quota within
+    /// the last minute (at most 4,096 of them). Summed
+    /// over replicas, the evictions are the store's; the sources may be
+    /// counted by several replicas each.
+    fn pressure(&self) -> StorePressure {
+        StorePressure {
+            evicted: self.inner.evicted.load(Ordering::Relaxed),
+            sources_at_quota: self.inner.quota_refusals.recent(self.millis()),
+        }
     }
 
     async fn redeem(&self, key: &StoreKey) -> Result<Redemption, StoreError> {
@@ -1276,6 +1560,39 @@ mod tests {
             "{app}:b:abababababababababababababababab"
         );
         assert_eq!(keys.pending_index, "{app}:n:p");
+        assert_eq!(
+            keys.source_note(&key),
+            "{app}:ps:abababababababababababababababab"
+        );
+        let v6 = Source::new("2001:db8:1:2::9".parse().unwrap());
+        assert_eq!(keys.source_set(v6), "{app}:src:2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn quota_refusals_hint_for_a_second_and_count_for_a_minute() {
+        let refusals = QuotaRefusals::default();
+        let (a, b) = (
+            Source::new([192, 0, 2, 1].into()),
+            Source::new([192, 0, 2, 2].into()),
+        );
+        assert!(!refusals.refused_lately(a, 0));
+        assert_eq!(refusals.recent(0), 0);
+        refusals.note(a, 1_000);
+        assert!(refusals.refused_lately(a, 1_000 + QUOTA_HINT_MILLIS - 1));
+        assert!(!refusals.refused_lately(b, 1_000));
+        assert!(!refusals.refused_lately(a, 1_000 + QUOTA_HINT_MILLIS));
+        assert_eq!(refusals.recent(1_000 + QUOTA_SEEN_MILLIS - 1), 1);
+        assert_eq!(refusals.recent(1_000 + QUOTA_SEEN_MILLIS), 0);
+        // Bounded: past the bound, new sources are not remembered until
+        // older ones lapse.
+        for n in 0..QUOTA_REFUSALS_KEPT + 10 {
+            let ip = std::net::Ipv4Addr::from(u32::try_from(n).unwrap());
+            refusals.note(Source::new(ip.into()), 100_000);
+        }
+        assert_eq!(refusals.recent(100_000), QUOTA_REFUSALS_KEPT as u64);
+        refusals.note(a, 100_000 + QUOTA_SEEN_MILLIS);
+        assert!(refusals.refused_lately(a, 100_000 + QUOTA_SEEN_MILLIS));
+        assert_eq!(refusals.recent(100_000 + QUOTA_SEEN_MILLIS), 1);
     }
 
     #[test]
