@@ -1925,6 +1925,26 @@ mod tests {
         (format!("http://{addr}"), seen)
     }
 
+    /// An absolute target without a path reaches the upstream with the
+    /// path `/`, not as `GET ?x=1`, which no server can read.
+    #[tokio::test]
+    async fn an_absolute_target_without_a_path_goes_upstream_with_slash() {
+        let (up, seen) = recording().await;
+        let mut harness = harness(&up, false);
+        for target in ["http://proxy.test?x=1", "http://proxy.test", "/p?q=1"] {
+            let (status, _, _) = send(&mut harness, Endpoint::Other, get(target)).await;
+            assert_eq!(status, StatusCode::OK, "{target}");
+        }
+        let paths: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .1
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect();
+        assert_eq!(paths, ["/", "/", "/p"]);
+    }
+
     #[tokio::test]
     async fn a_body_retires_the_connection_plain_or_tls() {
         for tls in [false, true] {

@@ -292,13 +292,14 @@ fn encode_head(
 ) -> Option<bool> {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // An absolute target with no path (`http://host?x=1`) keeps a path and
+    // query that start at the `?`; its origin form has the path `/`
+    // (RFC 9112 §3.2.1, RFC 3986 §6.2.3).
+    if !target.starts_with('/') && target != "*" {
+        out.push(b'/');
+    }
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut had_length = false;
     for (name, value) in &parts.headers {
