@@ -407,4 +407,16 @@ mod tests {
         assert_eq!(metadata["token_endpoint"], "http://localhost/token");
         Ok(())
     }
+
+    #[test]
+    fn the_readme_shows_this_app() -> TestResult {
+        let source = include_str!("axum.rs");
+        let start = source.find("fn app(").ok_or("no fn app")?;
+        let end = start + source[start..].find("\n}\n").ok_or("no end of fn app")? + 3;
+        assert!(
+            include_str!("../README.md").contains(&source[start..end]),
+            "README's axum snippet differs from examples/axum.rs's app()"
+        );
+        Ok(())
+    }
 }
