@@ -181,7 +181,7 @@ impl Drop for OpenConnection {
 /// The body of a client's request: read from the connection as it is
 /// polled, or already whole, or from hyper (HTTP/2, and HTTP/1.1 over
 /// TLS), or what the proxy
-/// read of it ahead and then the rest (see [`ClientBody::buffered`]). A
+/// read of it ahead and then the rest (see `ClientBody::buffered`). A
 /// body is moved with its request several times, so what only some bodies
 /// need is boxed.
 pub struct ClientBody(BodyKind);

@@ -11,7 +11,9 @@ use crate::cors::Origins;
 use crate::error::ConfigError;
 use crate::path::{self, PathPattern};
 use crate::service::{Pkce, Shared};
-use crate::store::{MemoryStore, Store};
+#[cfg(feature = "memory-store")]
+use crate::store::MemoryStore;
+use crate::store::Store;
 
 /// Whether a client must use PKCE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,18 +164,23 @@ impl Config {
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct PkceLayer<St = MemoryStore> {
+pub struct PkceLayer<
+    #[cfg(feature = "memory-store")] St = MemoryStore,
+    #[cfg(not(feature = "memory-store"))] St,
+> {
     config: Config,
     store: St,
     origins: Arc<Origins>,
 }
 
+#[cfg(feature = "memory-store")]
 impl Default for PkceLayer {
     fn default() -> Self {
         Self::strict()
     }
 }
 
+#[cfg(feature = "memory-store")]
 impl PkceLayer {
     /// PKCE required, S256 only, for every client: the OAuth 2.1 rule.
     ///

@@ -21,13 +21,15 @@ use crate::body::{
 use crate::cors::Origins;
 use crate::error::Rejection;
 use crate::form::{self, FormError};
-use crate::layer::{Config, Endpoint, PkceLayer, Requirement};
+use crate::layer::{Config, Endpoint, Requirement};
 use crate::path;
 use crate::pkce::ChallengeMethod;
 use crate::progress::{ForwardProgress, Progress};
+#[cfg(feature = "memory-store")]
+use crate::store::MemoryStore;
 use crate::store::{
-    Challenge, CodeBinding, MemoryStore, PendingAuthorization, Redemption, Store, StoreError,
-    StoreKey, fingerprint,
+    Challenge, CodeBinding, PendingAuthorization, Redemption, Store, StoreError, StoreKey,
+    fingerprint,
 };
 use crate::{Source, coding, handle, html, location, metadata};
 
@@ -41,9 +43,13 @@ pub(crate) struct Shared<St> {
     pub(crate) origins: Arc<Origins>,
 }
 
-/// Enforces PKCE in front of an authorization server. See [`PkceLayer`].
+/// Enforces PKCE in front of an authorization server. See [`PkceLayer`](crate::PkceLayer).
 #[derive(Debug)]
-pub struct Pkce<S, St = MemoryStore> {
+pub struct Pkce<
+    S,
+    #[cfg(feature = "memory-store")] St = MemoryStore,
+    #[cfg(not(feature = "memory-store"))] St,
+> {
     inner: S,
     shared: Arc<Shared<St>>,
 }
@@ -57,10 +63,11 @@ impl<S: Clone, St> Clone for Pkce<S, St> {
     }
 }
 
+#[cfg(feature = "memory-store")]
 impl<S> Pkce<S> {
-    /// The strict layer ([`PkceLayer::strict`]), as a shortcut.
-    pub fn layer() -> PkceLayer {
-        PkceLayer::strict()
+    /// The strict layer ([`PkceLayer::strict`](crate::PkceLayer::strict)), as a shortcut.
+    pub fn layer() -> crate::PkceLayer {
+        crate::PkceLayer::strict()
     }
 }
 
