@@ -32,6 +32,7 @@ mod http1;
 mod https;
 pub mod legacy;
 pub mod metrics;
+pub mod probe;
 mod proxy_protocol;
 pub mod server;
 pub mod store;
@@ -101,6 +102,7 @@ pub fn cli() -> ExitCode {
                 }
             }
         }),
+        Some(Command::Probe(probe)) => probe.run(),
         None => run_proxy(&cli.settings),
     }
 }
