@@ -34,9 +34,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tower_pkce::RequestBody;
 
+use super::body::{
+    self as wire, Copies, Framing, Inbox, MAX_HEAD, encode_data, encode_end, encode_field,
+};
+use super::server::ClientBody;
 use crate::gate::Slot;
-use crate::http1::ClientBody;
-use crate::wire::{self, Copies, Framing, Inbox, MAX_HEAD, encode_data, encode_end, encode_field};
 
 /// The request body the forwarder sends.
 pub(crate) type OutgoingBody = RequestBody<ClientBody>;
@@ -59,7 +61,7 @@ pub(crate) enum Http1Error {
     /// The upstream's response breaks HTTP/1.1.
     Malformed(&'static str),
     /// The client's request body failed while it was being sent.
-    RequestBody(crate::http1::ClientBodyError),
+    RequestBody(super::server::ClientBodyError),
 }
 
 impl From<wire::WireError> for Http1Error {

@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::fuzzing::{BodyFraming, ResponseHead};
-use crate::wire::Copies;
+use crate::h1::body::Copies;
 
 /// Parses a response head to a request with `method` at the front of
 /// `buffered`, into room for `fields` header fields (the connection tries

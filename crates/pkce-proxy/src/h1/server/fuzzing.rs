@@ -2,7 +2,7 @@
 //! see `crate::fuzzing`).
 
 use crate::fuzzing::{BodyFraming, RequestHead};
-use crate::wire::Copies;
+use crate::h1::body::Copies;
 
 /// Parses a request head at the front of `buffered`, as a client
 /// connection does.

@@ -60,12 +60,13 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use super::body::{
+    self as wire, Copies, Framing, Inbox, MAX_HEAD, WireError, encode_data, encode_end,
+    encode_field,
+};
 use crate::h2;
 pub(crate) use crate::h2::H2Settings;
 use crate::metrics::{Limit, Metrics};
-use crate::wire::{
-    self, Copies, Framing, Inbox, MAX_HEAD, WireError, encode_data, encode_end, encode_field,
-};
 
 /// The most header fields in a request head.
 pub(crate) const MAX_FIELDS: usize = 100;
