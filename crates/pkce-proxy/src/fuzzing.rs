@@ -20,7 +20,8 @@ use http::header::HeaderMap;
 use http::{Method, Request, StatusCode, Version};
 use http_body::Frame;
 
-use crate::h1::body::{self, Copies, Framing, Inbox, WireError};
+use crate::h1::body::{self, Framing};
+use crate::h1::socket::{Copies, Inbox, WireError};
 
 /// How a message's body is delimited, as its head says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
