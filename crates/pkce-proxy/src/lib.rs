@@ -30,7 +30,6 @@ mod gate;
 mod h1;
 mod h2;
 mod https;
-pub mod legacy;
 pub mod metrics;
 mod proxy_protocol;
 pub mod server;
