@@ -57,13 +57,13 @@ use tower_service::Service;
 
 use crate::config::{Config, Upstream};
 use crate::gate::{self, Gate, Slot};
-pub use crate::http1::{ClientBody, ClientBodyError};
-use crate::metrics::{Limit, Metrics};
-use crate::trusted_proxies::TrustedProxies;
-use crate::upstream::{
+use crate::h1::client::{
     Connection, Exchange, HeaderOverrides, Home, Http1Error, Keep, Prepared, Retry, Reuse, Stream,
 };
-pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
+pub use crate::h1::client::{UpstreamBody, UpstreamBodyError};
+pub use crate::h1::server::{ClientBody, ClientBodyError};
+use crate::metrics::{Limit, Metrics};
+use crate::trusted_proxies::TrustedProxies;
 
 /// The body of a forwarded response: the upstream's, streamed, or the
 /// proxy's own error.
@@ -1273,7 +1273,7 @@ impl Forwarding {
                 remove_hop_by_hop(response.headers_mut());
                 response
             }
-            Some(Err(e)) if crate::http1::is_body_timeout(&e) => {
+            Some(Err(e)) if crate::h1::server::is_body_timeout(&e) => {
                 // Part of the request may have reached the upstream.
                 mark(self.progress.as_ref(), ForwardProgress::unanswered);
                 tracing::info!(
@@ -1999,7 +1999,7 @@ mod tests {
         use tower::ServiceExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shutdown = Arc::new(crate::http1::Shutdown::default());
+        let shutdown = Arc::new(crate::h1::server::Shutdown::default());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let harness = harness.clone();
@@ -2007,11 +2007,11 @@ mod tests {
                     let harness = harness.clone();
                     async move { harness.oneshot(req).await.unwrap() }
                 };
-                tokio::spawn(crate::http1::serve_connection(
+                tokio::spawn(crate::h1::server::serve_connection(
                     stream,
                     handler,
                     shutdown.enter(),
-                    crate::http1::Settings::for_tests(Duration::from_secs(5)),
+                    crate::h1::server::Settings::for_tests(Duration::from_secs(5)),
                 ));
             }
         });

@@ -27,10 +27,9 @@ pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gate;
+mod h1;
 mod h2;
-mod http1;
 mod https;
-pub mod legacy;
 pub mod metrics;
 pub mod probe;
 mod proxy_protocol;
@@ -39,8 +38,6 @@ pub mod store;
 mod target;
 mod tls;
 pub mod trusted_proxies;
-mod upstream;
-mod wire;
 
 use std::process::ExitCode;
 

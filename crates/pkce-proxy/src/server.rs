@@ -35,14 +35,13 @@ use tower_pkce::{Endpoint, Pkce, PkceLayer, Rejection, ResponseBody, Source};
 
 use crate::config::{Config, Upstream};
 use crate::forward::{self, ClientBody, ClientScheme, Forwarder, ProxyBody};
-use crate::http1;
+use crate::h1;
 use crate::https;
 use crate::metrics::{Limit, Load, Metrics};
 use crate::proxy_protocol;
 use crate::store::ProxyStore;
 use crate::tls;
 use crate::trusted_proxies::TrustedProxies;
-use crate::wire;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -201,13 +200,13 @@ const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How the client listener serves: its connections' settings, and at most
 /// how many it keeps open.
 struct Clients {
-    settings: http1::Settings,
+    settings: h1::server::Settings,
     max_connections: usize,
     /// The peers that send a PROXY protocol header first, when
     /// `--proxy-protocol` is on.
     proxy_protocol: Option<TrustedProxies>,
     /// Counts the open connections, and drains them at shutdown.
-    shutdown: Arc<http1::Shutdown>,
+    shutdown: Arc<h1::server::Shutdown>,
     /// Every connection begins with a TLS handshake, when set.
     tls: Option<TlsAcceptor>,
 }
@@ -278,7 +277,7 @@ where
                 ));
                 return;
             }
-            tokio::spawn(http1::serve_connection(
+            tokio::spawn(h1::server::serve_connection(
                 stream,
                 make(peer, true, ClientScheme::Http),
                 open,
@@ -301,8 +300,8 @@ async fn serve_balanced_or_tls<M, H, F, B>(
     (mut stream, peer, balancer): (TcpStream, SocketAddr, bool),
     tls: Option<TlsAcceptor>,
     make: Arc<M>,
-    open: http1::OpenConnection,
-    settings: http1::Settings,
+    open: h1::server::OpenConnection,
+    settings: h1::server::Settings,
 ) where
     M: Fn(SocketAddr, bool, ClientScheme) -> H + Send + Sync + 'static,
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
@@ -339,7 +338,7 @@ async fn serve_balanced_or_tls<M, H, F, B>(
     match tls {
         None => {
             let handler = make(client, may_vouch, ClientScheme::Http);
-            http1::serve_connection(stream, handler, open, settings).await;
+            h1::server::serve_connection(stream, handler, open, settings).await;
         }
         Some(acceptor) => {
             let make = move || make(client, may_vouch, ClientScheme::Https);
@@ -367,7 +366,7 @@ fn announces_body(headers: &HeaderMap, body: &ClientBody) -> bool {
     use http_body::Body as _;
     let mut zero = false;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        if wire::parse_length(value.as_bytes()) != Some(0) {
+        if h1::body::parse_length(value.as_bytes()) != Some(0) {
             return true;
         }
         zero = true;
@@ -384,12 +383,12 @@ fn announces_body(headers: &HeaderMap, body: &ClientBody) -> bool {
 fn screen(req: &mut Request<ClientBody>) -> Result<(), Refused> {
     let method = req.method();
     if method == Method::CONNECT {
-        return Err(Refused(http1::CONNECT_REFUSED, None));
+        return Err(Refused(h1::server::CONNECT_REFUSED, None));
     }
     if req.version() == http::Version::HTTP_2 || req.body().is_from_hyper() {
         screen_hyper(req).map_err(|why| Refused(why, None))?;
     }
-    if let Some(why) = http1::body_refused(method)
+    if let Some(why) = h1::server::body_refused(method)
         && announces_body(req.headers(), req.body())
     {
         return Err(Refused(why, None));
@@ -469,7 +468,7 @@ fn screen_hyper(req: &Request<ClientBody>) -> Result<(), &'static str> {
         .headers()
         .get_all(header::CONTENT_LENGTH)
         .iter()
-        .any(|value| wire::parse_length(value.as_bytes()).is_none())
+        .any(|value| h1::body::parse_length(value.as_bytes()).is_none())
     {
         return Err("invalid Content-Length");
     }
@@ -523,7 +522,7 @@ fn buffer_then_handle(
     metrics: Arc<Metrics>,
     endpoint: Endpoint,
     req: Request<ClientBody>,
-    (limit, budget): (usize, Arc<http1::Budget>),
+    (limit, budget): (usize, Arc<h1::server::Budget>),
 ) -> Answer {
     pkce.get_mut().set_endpoint(endpoint);
     let (parts, body) = req.into_parts();
@@ -555,7 +554,7 @@ fn buffer_then_handle(
 /// closes after it (HTTP/1.1; the body is unread), or the stream ends
 /// (HTTP/2).
 fn body_failed(e: &(dyn std::error::Error + 'static), endpoint: Endpoint) -> Response<Full<Bytes>> {
-    if !http1::is_body_timeout(e) {
+    if !h1::server::is_body_timeout(e) {
         // The error names a framing fault, never a value of the request.
         tracing::info!(endpoint = endpoint.as_str(), error = %e, "request body failed");
         return crate::forward::client_body_refusal(endpoint);
@@ -786,12 +785,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_protocol: config
             .proxy_protocol
             .then(|| config.trusted_proxies.clone()),
-        settings: http1::Settings {
+        settings: h1::server::Settings {
             head_timeout: limits.head_timeout,
             body_timeout: limits.body_timeout,
             send_timeout: limits.send_timeout,
             metrics: metrics.clone(),
-            h2: http1::H2Settings {
+            h2: h1::server::H2Settings {
                 idle_timeout: limits.h2_idle_timeout,
                 keepalive_interval: limits.h2_keepalive_interval,
                 keepalive_timeout: limits.h2_keepalive_timeout,
@@ -800,12 +799,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             },
         },
         max_connections: limits.max_connections,
-        shutdown: Arc::new(http1::Shutdown::default()),
+        shutdown: Arc::new(h1::server::Shutdown::default()),
         tls: acceptor,
     };
     let connections = clients.shutdown.clone();
     let request_buffer = limits.request_buffer;
-    let budget = http1::Budget::new(limits.request_buffer_total, metrics.clone());
+    let budget = h1::server::Budget::new(limits.request_buffer_total, metrics.clone());
     let buffered = budget.clone();
     let proxy_task = {
         let layer = layer.clone();
@@ -1031,11 +1030,11 @@ struct Admin {
     store: ProxyStore,
     metrics: Arc<Metrics>,
     /// The client connections, counted.
-    connections: Arc<http1::Shutdown>,
+    connections: Arc<h1::server::Shutdown>,
     /// The upstream connections, counted.
     forwarder: Forwarder,
     /// The request bodies read ahead, counted.
-    buffered: Arc<http1::Budget>,
+    buffered: Arc<h1::server::Budget>,
 }
 
 /// A small response with a body and its content type.
@@ -1175,7 +1174,7 @@ mod tests {
         let mut connect = request(Method::CONNECT, &[], ClientBody::empty());
         assert_eq!(
             screen(&mut connect),
-            Err(Refused(http1::CONNECT_REFUSED, None))
+            Err(Refused(h1::server::CONNECT_REFUSED, None))
         );
         for method in [
             Method::GET,
@@ -1184,7 +1183,7 @@ mod tests {
             Method::OPTIONS,
             Method::TRACE,
         ] {
-            let why = http1::body_refused(&method).unwrap();
+            let why = h1::server::body_refused(&method).unwrap();
             for (fields, body) in [
                 (&[("content-length", "5")][..], ClientBody::empty()),
                 (&[], ClientBody::full(Bytes::from_static(b"x"))),
