@@ -47,7 +47,8 @@
 //! [`MemoryStore`] is the embedded default. `RedisStore` (feature
 //! `redis-store`) shares records between replicas. Other backends implement
 //! [`Store`] and prove themselves with the conformance suite in
-//! `store::conformance` (feature `conformance`).
+//! `store::conformance` (feature `conformance`). A program that chooses its
+//! backend at run time holds an [`Either`] of two stores.
 
 use std::fmt;
 use std::future::Future;
@@ -56,6 +57,9 @@ use std::time::Duration;
 
 use crate::Source;
 use crate::pkce::ChallengeMethod;
+
+mod either;
+pub use either::Either;
 
 #[cfg(feature = "memory-store")]
 mod memory;
