@@ -75,6 +75,7 @@ pub use redis::{
 };
 
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
 #[cfg(all(feature = "fuzzing", feature = "redis-store"))]

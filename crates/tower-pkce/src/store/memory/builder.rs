@@ -13,11 +13,14 @@ use super::{Inner, MemoryStore};
 use crate::store::DEFAULT_MARK_TTL;
 
 /// The default number of records (both families together), and of marks.
+#[cfg_attr(docsrs, doc(cfg(feature = "memory-store")))]
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
 /// The default period of the background sweep.
+#[cfg_attr(docsrs, doc(cfg(feature = "memory-store")))]
 pub const DEFAULT_SWEEP_PERIOD: Duration = Duration::from_secs(30);
 
 /// Settings for a [`MemoryStore`].
+#[cfg_attr(docsrs, doc(cfg(feature = "memory-store")))]
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct MemoryStoreBuilder {

@@ -178,6 +178,7 @@ impl Inner {
 /// let store = MemoryStore::builder().capacity(10_000).build();
 /// # let _ = store;
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "memory-store")))]
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,

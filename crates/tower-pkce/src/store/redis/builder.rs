@@ -18,13 +18,17 @@ use super::{Inner, RedisStore, unavailable};
 use crate::store::{DEFAULT_MARK_TTL, StoreError};
 
 /// The default number of live records (both families together).
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-store")))]
 pub const DEFAULT_REDIS_CAPACITY: usize = 1_000_000;
 /// The default bound on each Redis operation.
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-store")))]
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default key prefix.
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-store")))]
 pub const DEFAULT_REDIS_PREFIX: &str = "pkce";
 
 /// Settings for a [`RedisStore`].
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-store")))]
 #[derive(Clone)]
 #[must_use]
 pub struct RedisStoreBuilder {
@@ -188,6 +192,7 @@ impl RedisStoreBuilder {
 ///
 /// A message saying what is wrong; it never repeats the URL, which may hold
 /// a password.
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-store")))]
 pub fn check_settings(url: &str, prefix: &str) -> Result<(), String> {
     if prefix.is_empty() || prefix.contains(['{', '}']) {
         return Err("the key prefix must be non-empty and hold no '{' or '}'".to_owned());

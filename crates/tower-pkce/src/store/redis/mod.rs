@@ -137,6 +137,7 @@ use refusals::{QuotaRefusals, Refusals};
 /// # Ok(())
 /// # }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-store")))]
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,

@@ -24,6 +24,7 @@ use std::fmt;
 /// # Ok(())
 /// # }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-store")))]
 #[derive(Clone, Default)]
 #[must_use]
 pub struct RedisTls {
