@@ -223,6 +223,7 @@ impl fmt::Debug for CodeBinding {
 /// verifier (in optional mode); the store answers it only when it holds
 /// neither a binding nor a live mark for the code.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Redemption {
     /// The binding was live and is now spent; the caller holds it.
     Redeemed(CodeBinding),
