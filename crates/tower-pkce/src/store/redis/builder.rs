@@ -71,9 +71,9 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The most pending authorizations one [`Source`] may hold at once,
-    /// counted in Redis across every replica of the prefix. Default: none,
-    /// no quota.
+    /// The most pending authorizations one [`Source`](crate::Source) may
+    /// hold at once, counted in Redis across every replica of the prefix.
+    /// Default: none, no quota.
     ///
     /// Past it, that source's new authorizations are refused with
     /// [`StoreError::SourceQuota`] (the layer answers 429) until one of its
