@@ -749,7 +749,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         );
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError(e.to_string()))?);
-    let store = ProxyStore::from_config(&config).map_err(|e| StartError(e.to_string()))?;
+    let store = crate::store::from_config(&config).map_err(|e| StartError(e.to_string()))?;
     let layer = Arc::new(
         config
             .policy(PkceLayer::with_store(store))

@@ -58,6 +58,7 @@
 //! [RFC 7636]: https://www.rfc-editor.org/rfc/rfc7636
 //! [Tower]: https://docs.rs/tower
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 mod coding;
