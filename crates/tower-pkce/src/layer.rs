@@ -1,6 +1,6 @@
 //! [`PkceLayer`]: the middleware's settings.
 
-use std::sync::{Arc, Once, OnceLock};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
@@ -56,8 +56,9 @@ pub struct PkceLayer<
 #[derive(Debug)]
 enum StoreSlot<St> {
     Given(St),
+    #[cfg(feature = "memory-store")]
     Default {
-        store: OnceLock<St>,
+        store: std::sync::OnceLock<St>,
         build: fn(Option<usize>) -> St,
         capacity: Option<usize>,
     },
@@ -67,6 +68,7 @@ impl<St> StoreSlot<St> {
     fn get(&self) -> &St {
         match self {
             Self::Given(store) => store,
+            #[cfg(feature = "memory-store")]
             Self::Default {
                 store,
                 build,
@@ -113,7 +115,7 @@ impl PkceLayer {
 
     fn memory_store(capacity: Option<usize>) -> StoreSlot<MemoryStore> {
         StoreSlot::Default {
-            store: OnceLock::new(),
+            store: std::sync::OnceLock::new(),
             build: |capacity| match capacity {
                 Some(capacity) => MemoryStore::builder().capacity(capacity).build(),
                 None => MemoryStore::new(),
