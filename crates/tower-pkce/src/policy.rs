@@ -32,6 +32,7 @@ pub enum Requirement {
 /// there: the inner service reads it with
 /// `req.extensions().get::<Endpoint>()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Endpoint {
     /// The authorization endpoint: every method is checked.
     Authorize,
