@@ -229,7 +229,6 @@ pub enum ClientScheme {
 pub struct Forwarder {
     shared: Arc<Shared>,
     conn: Arc<ClientConnection>,
-    endpoint: Endpoint,
 }
 
 struct Shared {
@@ -819,7 +818,6 @@ impl Forwarder {
         Ok(Self {
             conn: ClientConnection::new(&shared, None, false, ClientScheme::Http),
             shared,
-            endpoint: Endpoint::Other,
         })
     }
 
@@ -839,7 +837,6 @@ impl Forwarder {
                 may_vouch && self.shared.trusted_proxies.contains(ip),
                 scheme,
             ),
-            endpoint: Endpoint::Other,
         }
     }
 
@@ -849,13 +846,6 @@ impl Forwarder {
         let shared = &self.shared;
         let waiting = shared.waiting.load(Ordering::SeqCst);
         (shared.open.taken(), shared.pool.idle_count(), waiting)
-    }
-
-    /// Tells the forwarder which endpoint the next request is for, as the
-    /// server classified it: errors at the token endpoint are JSON, and
-    /// upstream latency is recorded by endpoint.
-    pub fn set_endpoint(&mut self, endpoint: Endpoint) {
-        self.endpoint = endpoint;
     }
 
     /// The request target as the upstream takes it: origin form (path and
@@ -1039,7 +1029,14 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
     }
 
     fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> ResponseFuture {
-        let endpoint = self.endpoint;
+        // The PKCE layer classified the request and put the endpoint here:
+        // errors at the token endpoint are JSON, and upstream latency is
+        // recorded by endpoint.
+        let endpoint = req
+            .extensions()
+            .get::<Endpoint>()
+            .copied()
+            .unwrap_or(Endpoint::Other);
         let progress = req.extensions().get::<ForwardProgress>().cloned();
         mark(progress.as_ref(), ForwardProgress::not_sent);
         let Some(uri) = self.upstream_uri(req.uri()) else {
@@ -1464,8 +1461,8 @@ mod tests {
 
     /// The service behind the layer in these tests: it hands the request on
     /// to the forwarder with a progress report in it, as the layer does for
-    /// a token request whose code it redeemed, and tells the forwarder the
-    /// endpoint, as the server does.
+    /// a token request whose code it redeemed, after checking that the
+    /// layer told the forwarder the endpoint the test expects.
     #[derive(Clone)]
     struct Reported {
         forwarder: Forwarder,
@@ -1484,7 +1481,7 @@ mod tests {
 
         fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> ResponseFuture {
             req.extensions_mut().insert(self.progress.clone());
-            self.forwarder.set_endpoint(self.endpoint);
+            assert_eq!(req.extensions().get::<Endpoint>(), Some(&self.endpoint));
             self.forwarder.call(req)
         }
     }

@@ -524,7 +524,6 @@ fn buffer_then_handle(
     req: Request<ClientBody>,
     (limit, budget): (usize, Arc<h1::server::Budget>),
 ) -> Answer {
-    pkce.get_mut().set_endpoint(endpoint);
     let (parts, body) = req.into_parts();
     let future = Box::pin(async move {
         match body.buffered(limit, &budget).await {
@@ -612,9 +611,6 @@ fn handle(
     endpoint: Endpoint,
     req: Request<ClientBody>,
 ) -> Answer {
-    // The forwarder learns the endpoint from the server, which classified
-    // the request already (for the metrics).
-    pkce.get_mut().set_endpoint(endpoint);
     let state = match pkce.poll_ready(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(Ok(())) => AnswerState::Called {
             future: pkce.call(req),
@@ -828,7 +824,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 let vouches = may_vouch && trusted.contains(peer_ip);
                 let trusted = trusted.clone();
                 move |mut req: Request<ClientBody>| {
-                    let endpoint = layer.endpoint(req.uri().path());
+                    // Classified once: the layer trusts its own mark, and
+                    // the forwarder reads the endpoint the layer passes on.
+                    let endpoint = layer.classify(&mut req);
                     if endpoint == Endpoint::Authorize {
                         let client = if vouches {
                             forwarded_client(req.headers(), peer_ip, &trusted)
