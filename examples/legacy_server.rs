@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use pkce_proxy::legacy::LegacyServer;
+use pkce_proxy::demo::legacy::LegacyServer;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {

@@ -1,4 +1,4 @@
-//! The Redis store's record codec (`store/redis.rs`: decode_pending,
+//! The Redis store's record codec (`store/redis/codec.rs`: decode_pending,
 //! decode_binding, and the reading of the redemption script's answer).
 //! Input: a byte choosing what to read, then the bytes Redis returned.
 //!

@@ -70,7 +70,7 @@ pub type Service = BoxCloneSyncService<Request<Body>, Response<ResponseBody<Body
 
 /// The lenient form codec of the example legacy server: the tests' fake
 /// server takes what it gets, as legacy servers do.
-pub use pkce_proxy::legacy::{encode, parse_form};
+pub use pkce_proxy::demo::legacy::{encode, parse_form};
 
 pub fn form(pairs: &[(&str, &str)]) -> String {
     pairs

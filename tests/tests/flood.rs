@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pkce_proxy::config::{Config, RawSettings};
-use pkce_proxy::legacy::{LegacyServer, encode, parse_form};
+use pkce_proxy::demo::legacy::{LegacyServer, encode, parse_form};
 use pkce_proxy::server::start;
 use tests::redis::{RedisServer, fresh_prefix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pkce_proxy::config::{Config, RawSettings};
 use pkce_proxy::demo::HttpClient;
-use pkce_proxy::legacy::{LegacyServer, encode, parse_form};
+use pkce_proxy::demo::legacy::{LegacyServer, encode, parse_form};
 use pkce_proxy::server::{Running, start};
 use tests::ReadyFrames;
 use tokio::net::TcpListener;

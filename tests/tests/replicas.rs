@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use pkce_proxy::config::{Config, RawSettings};
+use pkce_proxy::demo::legacy::{LegacyServer, encode, parse_form};
 use pkce_proxy::demo::{Fetched, HttpClient};
-use pkce_proxy::legacy::{LegacyServer, encode, parse_form};
 use pkce_proxy::server::{Running, start};
 use redis::AsyncCommands;
 use tests::hidden_field;

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use http::{Method, StatusCode};
 use pkce_proxy::config::{Config, RawSettings};
 use pkce_proxy::demo::HttpClient;
-use pkce_proxy::legacy::{LegacyServer, encode, parse_form};
+use pkce_proxy::demo::legacy::{LegacyServer, encode, parse_form};
 use pkce_proxy::server::{Running, start};
 use tests::tls::{Authority, Identity};
 use tokio::net::{TcpListener, TcpStream};

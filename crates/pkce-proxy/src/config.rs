@@ -51,6 +51,9 @@ pub enum Command {
         #[command(flatten)]
         settings: Box<RawSettings>,
     },
+    /// Sends one HTTP/1.1 GET over plain TCP and exits 0 on a 2xx answer,
+    /// 1 otherwise: a health check for images without curl.
+    Probe(crate::probe::Probe),
 }
 
 /// The settings as written on the command line or in the environment:

@@ -4,7 +4,7 @@
 //! Nothing here checks anything of its own; the targets assert the
 //! properties.
 //!
-//! A body is read by the engine's own reader (`wire::read_frame`), which
+//! A body is read by the engine's own reader (`body::read_frame`), which
 //! reads from a socket: [`BodyReader`] hands it the bytes over a loopback
 //! connection, in the pieces the caller chooses, so that every state of
 //! the reader can be entered with a message cut anywhere.
@@ -20,7 +20,8 @@ use http::header::HeaderMap;
 use http::{Method, Request, StatusCode, Version};
 use http_body::Frame;
 
-use crate::wire::{self, Copies, Framing, Inbox, WireError};
+use crate::h1::body::{self, Framing};
+use crate::h1::socket::{Copies, Inbox, WireError};
 
 /// How a message's body is delimited, as its head says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,13 +81,13 @@ pub enum RequestHead {
 
 /// Parses a request head at the front of `buffered`.
 pub fn parse_request_head(buffered: &[u8]) -> RequestHead {
-    crate::http1::fuzzing::parse_request_head(buffered)
+    crate::h1::server::fuzzing::parse_request_head(buffered)
 }
 
 /// Whether `bytes` holds a head's blank line, by the test a client
 /// connection makes before it parses a head that came in pieces again.
 pub fn ends_head(bytes: &[u8]) -> bool {
-    crate::http1::fuzzing::ends_head(bytes)
+    crate::h1::server::fuzzing::ends_head(bytes)
 }
 
 /// What an upstream connection makes of a response head.
@@ -115,16 +116,16 @@ pub enum ResponseHead {
 
 /// How many header fields an upstream connection tries first, and the
 /// most it takes.
-pub const RESPONSE_FIELDS: (usize, usize) = crate::upstream::fuzzing::FIELDS;
+pub const RESPONSE_FIELDS: (usize, usize) = crate::h1::client::fuzzing::FIELDS;
 
 /// Why a response head is refused when it has more fields than the room
 /// given ([`ResponseHead::Malformed`]).
-pub const TOO_MANY_RESPONSE_FIELDS: &str = crate::upstream::fuzzing::TOO_MANY_FIELDS;
+pub const TOO_MANY_RESPONSE_FIELDS: &str = crate::h1::client::fuzzing::TOO_MANY_FIELDS;
 
 /// Parses a response head to a `method` request at the front of
 /// `buffered`, into room for `fields` header fields.
 pub fn parse_response_head(buffered: &[u8], method: &Method, fields: usize) -> ResponseHead {
-    crate::upstream::fuzzing::parse_response_head(buffered, method, fields)
+    crate::h1::client::fuzzing::parse_response_head(buffered, method, fields)
 }
 
 /// Parses a chunk-size line: the bytes it takes and the size, or `None`
@@ -134,7 +135,7 @@ pub fn parse_response_head(buffered: &[u8], method: &Method, fields: usize) -> R
 ///
 /// Why the line is refused.
 pub fn parse_chunk_size(buffered: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
-    wire::parse_chunk_size(buffered)
+    body::parse_chunk_size(buffered)
 }
 
 /// Whether a `Host` or `:authority` value is one the proxy forwards.
@@ -153,7 +154,7 @@ pub fn check_path(path: &[u8]) -> Result<(), &'static str> {
 
 /// A `Content-Length` value.
 pub fn parse_length(value: &[u8]) -> Option<u64> {
-    wire::parse_length(value)
+    body::parse_length(value)
 }
 
 /// How reading a body ended.
@@ -254,7 +255,7 @@ impl BodyReader {
             let mut closed = false;
             loop {
                 let polled = poll_fn(|cx| {
-                    Poll::Ready(wire::read_frame(
+                    Poll::Ready(body::read_frame(
                         &mut inbox,
                         &mut copies,
                         &mut &stream,

@@ -1,5 +1,5 @@
 //! Client connections on a listener with TLS: the handshake, then hyper
-//! (see `http1::serve_hyper`): HTTP/2 when the client chose `h2` by ALPN,
+//! (see `h1::server::serve_hyper`): HTTP/2 when the client chose `h2` by ALPN,
 //! HTTP/1.1 otherwise. The proxy's own HTTP/1.1 server reads and writes
 //! the socket itself, so it serves plain connections only.
 //!
@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::http1::{self, ClientBody, ClientBodyError, OpenConnection, Protocol, Settings};
+use crate::h1::server::{self, ClientBody, ClientBodyError, OpenConnection, Protocol, Settings};
 use crate::metrics::Limit;
 
 /// The first byte of every TLS connection: a handshake record (RFC 8446
@@ -80,7 +80,7 @@ pub(crate) async fn serve_connection<M, H, F, B>(
         _ => Protocol::Http1,
     };
     let settings = (settings, accepted);
-    http1::serve_hyper(TokioIo::new(tls), protocol, make(), open, settings).await;
+    server::serve_hyper(TokioIo::new(tls), protocol, make(), open, settings).await;
 }
 
 /// Answers 400 in plain HTTP/1.1, then closes, reading what the client
@@ -94,5 +94,5 @@ async fn refuse_plaintext(mut stream: TcpStream, settings: &Settings) {
         PLAINTEXT_REFUSED.len()
     );
     let written = tokio::time::timeout(settings.send_timeout, stream.write_all(&answer)).await;
-    http1::close(&stream, matches!(written, Ok(Ok(())))).await;
+    server::close(&stream, matches!(written, Ok(Ok(())))).await;
 }

@@ -27,19 +27,17 @@ pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gate;
+mod h1;
 mod h2;
-mod http1;
 mod https;
-pub mod legacy;
 pub mod metrics;
+pub mod probe;
 mod proxy_protocol;
 pub mod server;
 pub mod store;
 mod target;
 mod tls;
 pub mod trusted_proxies;
-mod upstream;
-mod wire;
 
 use std::process::ExitCode;
 
@@ -101,6 +99,7 @@ pub fn cli() -> ExitCode {
                 }
             }
         }),
+        Some(Command::Probe(probe)) => probe.run(),
         None => run_proxy(&cli.settings),
     }
 }

@@ -1,7 +1,11 @@
 //! The binary as a user runs it: exit codes, precedence, `pair`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod running;
+
 use std::process::{Command, Output};
+
+use running::start_proxy;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkce-proxy"));
@@ -351,39 +355,16 @@ fn demo_walks_the_flow_and_exits_0() {
 
 #[test]
 fn sigterm_stops_the_proxy_with_exit_0() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pkce-proxy"))
-        .args([
-            "--upstream",
-            "http://127.0.0.1:1",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the "listening" line, which names the bound addresses.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0
-        && !line.contains("listening")
-    {
-        line.clear();
-    }
-    let event: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-    assert!(
-        event["addr"].as_str().unwrap().starts_with("127.0.0.1:"),
-        "{line}"
-    );
+    // start_proxy waits for the "listening" line, which names the bound
+    // addresses.
+    let mut proxy = start_proxy("http://127.0.0.1:1");
+    assert!(proxy.addr.starts_with("127.0.0.1:"), "{}", proxy.addr);
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &proxy.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = child.wait().unwrap();
+    let exit = proxy.child.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
 }
 
@@ -538,4 +519,66 @@ fn sighup_reads_the_certificate_again_and_does_not_stop_the_proxy() {
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn probe_exits_0_on_2xx_and_1_otherwise() {
+    // An upstream that accepts connections, so that /readyz can pass.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ready = start_proxy(&format!("http://{}", upstream.local_addr().unwrap()));
+    let unready = start_proxy("http://127.0.0.1:1");
+    let admin = ready.admin.clone();
+    let unready_admin = &unready.admin;
+
+    let out = run(&["probe", &format!("http://{admin}/healthz")], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.1 200"));
+    let out = run(&["probe", &format!("http://{admin}/readyz")], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The upstream cannot be reached: /readyz answers 503.
+    let out = run(&["probe", &format!("http://{unready_admin}/readyz")], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.1 503"));
+    let out = run(&["probe", &format!("http://{admin}/no-such-page")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+
+    drop((ready, unready));
+    // Nothing listens there any more.
+    let out = run(&["probe", &format!("http://{admin}/healthz")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
+
+#[test]
+fn probe_gives_up_at_its_timeout_and_refuses_what_it_cannot_ask() {
+    // Accepts the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/readyz", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = run(&["probe", "--timeout", "0.5", &url], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no answer within"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    for (args, says) in [
+        (
+            vec!["probe", "https://127.0.0.1:9901/readyz"],
+            "only http://",
+        ),
+        (vec!["probe", "not a url"], "URL"),
+        (vec!["probe", "--timeout", "0", &url], "--timeout"),
+    ] {
+        let out = run(&args, &[]);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(says) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
 }

@@ -1,146 +1,20 @@
 //! [`PkceLayer`]: the middleware's settings.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderValue, Request};
 use tower_layer::Layer;
 
 use crate::cors::Origins;
 use crate::error::ConfigError;
-use crate::path::{self, PathPattern};
-use crate::service::{Pkce, Shared};
+use crate::path::PathPattern;
+use crate::policy::{Classified, Config, Endpoint, Requirement};
+use crate::service::Pkce;
+use crate::shared::Shared;
 #[cfg(feature = "memory-store")]
 use crate::store::MemoryStore;
 use crate::store::Store;
-
-/// Whether a client must use PKCE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Requirement {
-    /// Authorization requests without a `code_challenge` are refused, and so
-    /// are token requests for codes the middleware did not bind.
-    Required,
-    /// Requests without PKCE pass, but a code issued with a challenge still
-    /// needs its verifier, and a verifier for a code issued without one is
-    /// refused (RFC 9700 §4.8.2).
-    Optional,
-}
-
-/// Which endpoint a request is for, after path normalisation (see
-/// [`PkceLayer::endpoint`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    /// The authorization endpoint: every method is checked.
-    Authorize,
-    /// The token endpoint: only POST (and OPTIONS for CORS) is accepted.
-    Token,
-    /// A discovery metadata document.
-    Metadata,
-    /// Anything else: passed through, with the response inspected for a
-    /// code that leaves with a transaction handle.
-    Other,
-}
-
-impl Endpoint {
-    /// A short, stable name for logs and metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Authorize => "authorize",
-            Self::Token => "token",
-            Self::Metadata => "metadata",
-            Self::Other => "other",
-        }
-    }
-}
-
-/// Grant types that carry no authorization code (RFC 6749 §4.3, §4.4, §6;
-/// RFC 8628; RFC 7523; RFC 7522; RFC 8693; OpenID CIBA).
-const DEFAULT_PASSED_GRANTS: [&str; 8] = [
-    "refresh_token",
-    "client_credentials",
-    "password",
-    "urn:ietf:params:oauth:grant-type:device_code",
-    "urn:ietf:params:oauth:grant-type:jwt-bearer",
-    "urn:ietf:params:oauth:grant-type:saml2-bearer",
-    "urn:ietf:params:oauth:grant-type:token-exchange",
-    "urn:openid:params:grant-type:ciba",
-];
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) authorize_path: PathPattern,
-    pub(crate) token_path: PathPattern,
-    pub(crate) requirement: Requirement,
-    pub(crate) client_requirements: HashMap<String, Requirement>,
-    pub(crate) allow_plain: bool,
-    pub(crate) ttl: Duration,
-    pub(crate) max_token_body: usize,
-    pub(crate) max_authorize_body: usize,
-    pub(crate) max_failed_attempts: u8,
-    pub(crate) strip_pkce_params: bool,
-    pub(crate) html_scan_limit: usize,
-    pub(crate) metadata_limit: usize,
-    pub(crate) allowed_origins: Vec<HeaderValue>,
-    pub(crate) passed_grants: Vec<String>,
-}
-
-impl Config {
-    pub(crate) fn endpoint(&self, raw_path: &str) -> Endpoint {
-        let normalized = path::normalize(raw_path);
-        // A path that decodes to a `?`, `#` or NUL is matched as a server
-        // that cuts it there would read it too: over-matching is safe.
-        let truncated = path::truncated(raw_path);
-        let readings = || std::iter::once(&*normalized).chain(truncated.as_deref());
-        if readings().any(|p| self.token_path.matches(p)) {
-            Endpoint::Token
-        } else if readings().any(|p| self.authorize_path.matches(p)) {
-            Endpoint::Authorize
-        } else if readings().any(path::is_metadata_path) {
-            Endpoint::Metadata
-        } else {
-            Endpoint::Other
-        }
-    }
-
-    pub(crate) fn requirement_for(&self, client_id: Option<&str>) -> Requirement {
-        client_id
-            .and_then(|c| self.client_requirements.get(c).copied())
-            .unwrap_or(self.requirement)
-    }
-
-    /// The requirement for a code the middleware never bound. When the
-    /// token request does not say which client it is, the strictest rule in
-    /// force applies.
-    pub(crate) fn requirement_for_unbound(&self, client_id: Option<&str>) -> Requirement {
-        match client_id {
-            Some(c) => self.requirement_for(Some(c)),
-            None if self
-                .client_requirements
-                .values()
-                .any(|r| *r == Requirement::Required) =>
-            {
-                Requirement::Required
-            }
-            None => self.requirement,
-        }
-    }
-
-    /// Whether a token request of this grant type passes unchecked: only
-    /// grants that carry no authorization code, spelled exactly.
-    pub(crate) fn passes_grant(&self, grant_type: &str) -> bool {
-        DEFAULT_PASSED_GRANTS.contains(&grant_type)
-            || self.passed_grants.iter().any(|g| g == grant_type)
-    }
-
-    pub(crate) fn methods_supported(&self) -> &'static [&'static str] {
-        if self.allow_plain {
-            &["S256", "plain"]
-        } else {
-            &["S256"]
-        }
-    }
-}
 
 /// Adds PKCE to an OAuth 2.0 authorization server that lacks it.
 ///
@@ -168,12 +42,44 @@ pub struct PkceLayer<
     #[cfg(feature = "memory-store")] St = MemoryStore,
     #[cfg(not(feature = "memory-store"))] St,
 > {
-    config: Config,
-    store: St,
+    config: Arc<Config>,
+    store: Arc<StoreSlot<St>>,
+    /// Done once the store's maintenance started (see
+    /// [`Shared::start_maintenance`]); a new store gets a new one.
+    maintenance: Arc<Once>,
     origins: Arc<Origins>,
 }
 
+/// The layer's store: the one it was given, or the default [`MemoryStore`]
+/// built the first time it is needed, so that setting another store never
+/// builds one to throw away.
+#[derive(Debug)]
+enum StoreSlot<St> {
+    Given(St),
+    #[cfg(feature = "memory-store")]
+    Default {
+        store: std::sync::OnceLock<St>,
+        build: fn(Option<usize>) -> St,
+        capacity: Option<usize>,
+    },
+}
+
+impl<St> StoreSlot<St> {
+    fn get(&self) -> &St {
+        match self {
+            Self::Given(store) => store,
+            #[cfg(feature = "memory-store")]
+            Self::Default {
+                store,
+                build,
+                capacity,
+            } => store.get_or_init(|| build(*capacity)),
+        }
+    }
+}
+
 #[cfg(feature = "memory-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory-store")))]
 impl Default for PkceLayer {
     fn default() -> Self {
         Self::strict()
@@ -181,6 +87,7 @@ impl Default for PkceLayer {
 }
 
 #[cfg(feature = "memory-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory-store")))]
 impl PkceLayer {
     /// PKCE required, S256 only, for every client: the OAuth 2.1 rule.
     ///
@@ -188,7 +95,7 @@ impl PkceLayer {
     /// [`MemoryStore`] of 1,000,000 entries; token bodies up to 64 KiB; a
     /// code is burned after 5 failed attempts.
     pub fn strict() -> Self {
-        Self::with_store(MemoryStore::new())
+        Self::with_slot(Self::memory_store(None))
     }
 
     /// Same as [`PkceLayer::strict`].
@@ -199,32 +106,36 @@ impl PkceLayer {
     /// Replaces the store with a new [`MemoryStore`] bounded to `capacity`
     /// records (pending authorizations and code bindings together).
     pub fn capacity(self, capacity: usize) -> Self {
-        self.store(MemoryStore::builder().capacity(capacity).build())
+        PkceLayer {
+            store: Arc::new(Self::memory_store(Some(capacity))),
+            maintenance: Arc::new(Once::new()),
+            ..self
+        }
+    }
+
+    fn memory_store(capacity: Option<usize>) -> StoreSlot<MemoryStore> {
+        StoreSlot::Default {
+            store: std::sync::OnceLock::new(),
+            build: |capacity| match capacity {
+                Some(capacity) => MemoryStore::builder().capacity(capacity).build(),
+                None => MemoryStore::new(),
+            },
+            capacity,
+        }
     }
 }
 
 impl<St: Store> PkceLayer<St> {
     /// The strict settings with another store.
     pub fn with_store(store: St) -> Self {
+        Self::with_slot(StoreSlot::Given(store))
+    }
+
+    fn with_slot(store: StoreSlot<St>) -> Self {
         Self {
-            config: Config {
-                authorize_path: PathPattern::new("/authorize")
-                    .unwrap_or_else(|_| unreachable_path()),
-                token_path: PathPattern::new("/token").unwrap_or_else(|_| unreachable_path()),
-                requirement: Requirement::Required,
-                client_requirements: HashMap::new(),
-                allow_plain: false,
-                ttl: Duration::from_secs(600),
-                max_token_body: 64 * 1024,
-                max_authorize_body: 64 * 1024,
-                max_failed_attempts: 5,
-                strip_pkce_params: false,
-                html_scan_limit: 256 * 1024,
-                metadata_limit: 1024 * 1024,
-                allowed_origins: Vec::new(),
-                passed_grants: Vec::new(),
-            },
-            store,
+            config: Arc::new(Config::strict()),
+            store: Arc::new(store),
+            maintenance: Arc::new(Once::new()),
             origins: Arc::new(Origins::default()),
         }
     }
@@ -233,14 +144,20 @@ impl<St: Store> PkceLayer<St> {
     pub fn store<T: Store>(self, store: T) -> PkceLayer<T> {
         PkceLayer {
             config: self.config,
-            store,
+            store: Arc::new(StoreSlot::Given(store)),
+            maintenance: Arc::new(Once::new()),
             origins: self.origins,
         }
     }
 
     /// The store.
     pub fn get_store(&self) -> &St {
-        &self.store
+        self.store.get()
+    }
+
+    /// The settings, to change: shared with no service once changed.
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
     }
 
     /// Which endpoint a request path is for, matched as the middleware
@@ -258,6 +175,36 @@ impl<St: Store> PkceLayer<St> {
         self.config.endpoint(path)
     }
 
+    /// Which endpoint a request is for, as [`endpoint`](Self::endpoint)
+    /// finds it, and the request marked with the answer, for code that must
+    /// know the endpoint before the layer sees the request (metrics, a
+    /// refusal of its own) without classifying it twice.
+    ///
+    /// The layer's services trust the mark only when it was made with this
+    /// layer's settings (the layer or a clone of it); a mark from a layer
+    /// configured otherwise, or an [`Endpoint`] a caller put in the
+    /// extensions, is ignored and the request classified again. Either
+    /// way the service puts the [`Endpoint`] it acted on in the request's
+    /// extensions, where the inner service reads it.
+    ///
+    /// Classify the request once its path is final: the service takes the
+    /// mark over the path.
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_pkce::{Endpoint, PkceLayer};
+    ///
+    /// let layer = PkceLayer::strict();
+    /// let mut request = Request::post("/token").body(()).unwrap();
+    /// assert_eq!(layer.classify(&mut request), Endpoint::Token);
+    /// ```
+    pub fn classify<B>(&self, req: &mut Request<B>) -> Endpoint {
+        let endpoint = self.config.endpoint(req.uri().path());
+        req.extensions_mut()
+            .insert(Classified::new(endpoint, &self.config));
+        endpoint
+    }
+
     /// The authorization endpoint's path. Every method there is checked, and
     /// aliases (`/AUTHORIZE`, `/authorize/`, `//authorize`, `%2Fauthorize`) are
     /// matched too.
@@ -266,7 +213,7 @@ impl<St: Store> PkceLayer<St> {
     ///
     /// [`ConfigError::Path`] unless `path` is absolute with no query.
     pub fn authorize_path(mut self, path: &str) -> Result<Self, ConfigError> {
-        self.config.authorize_path = pattern("authorize_path", path)?;
+        self.config_mut().authorize_path = pattern("authorize_path", path)?;
         self.check_paths()
     }
 
@@ -277,7 +224,7 @@ impl<St: Store> PkceLayer<St> {
     ///
     /// [`ConfigError::Path`] unless `path` is absolute with no query.
     pub fn token_path(mut self, path: &str) -> Result<Self, ConfigError> {
-        self.config.token_path = pattern("token_path", path)?;
+        self.config_mut().token_path = pattern("token_path", path)?;
         self.check_paths()
     }
 
@@ -295,7 +242,7 @@ impl<St: Store> PkceLayer<St> {
     /// [`Requirement::Optional`] lets clients that send no challenge through
     /// without PKCE, as the upstream did before.
     pub fn requirement(mut self, requirement: Requirement) -> Self {
-        self.config.requirement = requirement;
+        self.config_mut().requirement = requirement;
         self
     }
 
@@ -305,7 +252,7 @@ impl<St: Store> PkceLayer<St> {
         client_id: impl Into<String>,
         requirement: Requirement,
     ) -> Self {
-        self.config
+        self.config_mut()
             .client_requirements
             .insert(client_id.into(), requirement);
         self
@@ -319,7 +266,7 @@ impl<St: Store> PkceLayer<St> {
     /// RFC 9700 §2.1.1: plain protects nothing once the authorization request
     /// leaks. Allow it only for clients that cannot compute SHA-256.
     pub fn allow_plain(mut self, allow: bool) -> Self {
-        self.config.allow_plain = allow;
+        self.config_mut().allow_plain = allow;
         self
     }
 
@@ -333,21 +280,21 @@ impl<St: Store> PkceLayer<St> {
         if ttl.is_zero() {
             return Err(ConfigError::ZeroTtl);
         }
-        self.config.ttl = ttl;
+        self.config_mut().ttl = ttl;
         Ok(self)
     }
 
     /// The largest token request body read, in bytes; larger ones get 413.
     /// Default: 65,536.
     pub fn max_token_body(mut self, bytes: usize) -> Self {
-        self.config.max_token_body = bytes;
+        self.config_mut().max_token_body = bytes;
         self
     }
 
     /// The largest form body read at the authorization endpoint; larger ones
     /// get 413. Default: 65,536.
     pub fn max_authorize_body(mut self, bytes: usize) -> Self {
-        self.config.max_authorize_body = bytes;
+        self.config_mut().max_authorize_body = bytes;
         self
     }
 
@@ -361,7 +308,7 @@ impl<St: Store> PkceLayer<St> {
         if attempts == 0 {
             return Err(ConfigError::ZeroFailedAttempts);
         }
-        self.config.max_failed_attempts = attempts;
+        self.config_mut().max_failed_attempts = attempts;
         Ok(self)
     }
 
@@ -369,7 +316,7 @@ impl<St: Store> PkceLayer<St> {
     /// before forwarding, for upstreams that reject unknown parameters or
     /// check PKCE by other rules. Off by default: they are forwarded.
     pub fn strip_pkce_params(mut self, strip: bool) -> Self {
-        self.config.strip_pkce_params = strip;
+        self.config_mut().strip_pkce_params = strip;
         self
     }
 
@@ -377,7 +324,7 @@ impl<St: Store> PkceLayer<St> {
     /// bytes (after decompression). Larger pages pass unchanged. Default:
     /// 262,144.
     pub fn html_scan_limit(mut self, bytes: usize) -> Self {
-        self.config.html_scan_limit = bytes;
+        self.config_mut().html_scan_limit = bytes;
         self
     }
 
@@ -390,7 +337,7 @@ impl<St: Store> PkceLayer<St> {
     /// [`ConfigError::Origin`] when `origin` is not a valid header value.
     pub fn allowed_origin(mut self, origin: &str) -> Result<Self, ConfigError> {
         let value = HeaderValue::from_str(origin).map_err(|_| ConfigError::Origin)?;
-        self.config.allowed_origins.push(value);
+        self.config_mut().allowed_origins.push(value);
         Ok(self)
     }
 }
@@ -408,7 +355,7 @@ impl<St: Store> PkceLayer<St> {
     /// Name only grants under which the upstream redeems no authorization
     /// code.
     pub fn pass_grant_type(mut self, grant_type: impl Into<String>) -> Self {
-        self.config.passed_grants.push(grant_type.into());
+        self.config_mut().passed_grants.push(grant_type.into());
         self
     }
 }
@@ -420,25 +367,88 @@ fn pattern(setting: &'static str, path: &str) -> Result<PathPattern, ConfigError
     })
 }
 
-#[cold]
-fn unreachable_path() -> PathPattern {
-    // The defaults are constant absolute paths; this branch cannot run, and
-    // if it did, matching the root would over-match, which is the safe side.
-    PathPattern::root()
-}
-
 impl<S, St: Store> Layer<S> for PkceLayer<St> {
     type Service = Pkce<S, St>;
 
+    /// Wraps `inner`, with no side effects: the store's maintenance (the
+    /// sweep of expired records) starts on the first request served inside
+    /// a Tokio runtime, once for the layer and its clones.
     fn layer(&self, inner: S) -> Self::Service {
-        self.store.start_maintenance();
         Pkce::from_shared(
             inner,
             Arc::new(Shared {
                 config: self.config.clone(),
-                store: self.store.clone(),
+                store: self.get_store().clone(),
                 origins: self.origins.clone(),
+                maintenance: self.maintenance.clone(),
             }),
         )
+    }
+}
+
+#[cfg(all(test, feature = "memory-store"))]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use tower::{ServiceExt, service_fn};
+    use tower_layer::Layer;
+
+    use super::{PkceLayer, StoreSlot};
+    use crate::RequestBody;
+    use crate::store::MemoryStore;
+
+    async fn ok(_: Request<RequestBody<Full<Bytes>>>) -> Result<Response<Full<Bytes>>, Infallible> {
+        Ok(Response::new(Full::default()))
+    }
+
+    /// The sweeper is the only task a layer can spawn: the runtime's count
+    /// of live tasks shows whether it started.
+    #[tokio::test(flavor = "current_thread")]
+    async fn layer_starts_nothing_and_the_first_request_starts_the_sweeper_once() {
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let layer = PkceLayer::strict();
+        let services: Vec<_> = (0..1000).map(|_| layer.layer(service_fn(ok))).collect();
+        assert_eq!(tasks(), 0);
+        for service in services {
+            let request = Request::get("/userinfo").body(Full::default()).unwrap();
+            service.oneshot(request).await.unwrap();
+        }
+        assert_eq!(tasks(), 1);
+        for _ in 0..1000 {
+            let _ = layer.layer(service_fn(ok));
+        }
+        assert_eq!(tasks(), 1);
+    }
+
+    #[test]
+    fn layer_outside_a_runtime_starts_nothing_and_does_not_panic() {
+        let layer = PkceLayer::strict();
+        for _ in 0..1000 {
+            let _ = layer.layer(service_fn(ok));
+        }
+    }
+
+    #[test]
+    fn setting_a_store_builds_no_default_one() {
+        let layer = PkceLayer::strict().capacity(3);
+        let unbuilt = |slot: &StoreSlot<MemoryStore>| matches!(slot, StoreSlot::Default { store, .. } if store.get().is_none());
+        assert!(unbuilt(&layer.store));
+        let given = MemoryStore::builder().capacity(7).build();
+        let replaced = layer.clone().store(given);
+        assert!(matches!(&*replaced.store, StoreSlot::Given(_)));
+        assert_eq!(replaced.get_store().capacity(), 7);
+        assert!(unbuilt(&layer.store));
+        // The default is built once, with the capacity set, and clones of
+        // the layer share it.
+        let clone = layer.clone();
+        assert_eq!(clone.get_store().capacity(), 3);
+        assert!(std::ptr::eq(layer.get_store(), clone.get_store()));
     }
 }

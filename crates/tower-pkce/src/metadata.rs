@@ -1,5 +1,21 @@
 //! Discovery metadata (RFC 8414, OpenID Connect Discovery 1.0): made to tell
-//! the truth about PKCE.
+//! the truth about PKCE. The metadata step: a discovery document the
+//! upstream serves is rewritten to advertise the challenge methods accepted.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::body::{Collected, RequestBody, ResponseBody, collect_bounded, frames_of};
+use crate::coding;
+use crate::inspect::{Asked, needs_inspection};
+use crate::request::set_content_length;
+use crate::shared::Shared;
+use crate::store::Store;
 
 /// The fields of pushed authorization requests (RFC 9126 §5), removed while
 /// PAR is not supported: a PAR request would hide the challenge.
@@ -28,6 +44,77 @@ pub(crate) fn rewrite_metadata(json: &[u8], methods: &[&str], drop_par: bool) ->
         }
     }
     serde_json::to_vec(&doc).ok()
+}
+
+pub(crate) async fn discovery<S, St, ReqBody, ResBody>(
+    shared: Arc<Shared<St>>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    St: Store,
+    ReqBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let is_head = req.method() == Method::HEAD;
+    let asked = Asked::of(req.headers(), req.uri());
+    let response = inner.call(req.map(RequestBody::inner)).await?;
+    if needs_inspection(&response) {
+        return Ok(shared.inspect_response(response, asked, None).await);
+    }
+    let (mut parts, body) = response.into_parts();
+    if parts.status != StatusCode::OK {
+        return Ok(Response::from_parts(parts, ResponseBody::inner(body)));
+    }
+    if is_head {
+        parts.headers.remove(header::ETAG);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Ok(Response::from_parts(parts, ResponseBody::inner(body)));
+    }
+    let limit = shared.config.metadata_limit;
+    let (data, trailers) = match collect_bounded(body, limit).await {
+        Collected::Complete { data, trailers } => (data, trailers),
+        Collected::Over { frames, rest } => {
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::replay(frames, None, Some(rest)),
+            ));
+        }
+        Collected::Failed { frames, error } => {
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::replay(frames, Some(error), None),
+            ));
+        }
+    };
+    let decoded = match parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => Ok(Cow::Borrowed(&data[..])),
+        Some(enc) => coding::decode_content(enc, &data, limit).map(Cow::Owned),
+    };
+    let rewritten = decoded
+        .ok()
+        .and_then(|d| rewrite_metadata(&d, shared.config.methods_supported(), true));
+    match rewritten {
+        Some(json) => {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.remove(header::ETAG);
+            set_content_length(&mut parts.headers, json.len());
+            tracing::debug!("discovery metadata rewritten");
+            Ok(Response::from_parts(
+                parts,
+                ResponseBody::full(Bytes::from(json)),
+            ))
+        }
+        None => Ok(Response::from_parts(
+            parts,
+            ResponseBody::replay(frames_of(data, trailers), None, None),
+        )),
+    }
 }
 
 #[cfg(test)]

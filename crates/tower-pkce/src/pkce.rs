@@ -21,6 +21,7 @@ pub const S256_CHALLENGE_LEN: usize = 43;
 
 /// The `code_challenge_method` of an authorization request (RFC 7636 §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ChallengeMethod {
     /// `S256`: the challenge is `BASE64URL(SHA256(verifier))`.
     S256,

@@ -9,8 +9,8 @@ use http_body_util::{Either, Full};
 use tower_pkce::{Endpoint, Rejection};
 
 use super::ProxyBody;
+use crate::h1::client::Http1Error;
 use crate::metrics::Limit;
-use crate::upstream::Http1Error;
 
 /// Why a request did not get the upstream's response.
 #[derive(Debug)]

@@ -54,14 +54,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http_body_util::{Either, Full};
-use tower_pkce::{Endpoint, ForwardProgress};
+use tower_pkce::ForwardProgress;
 
 use crate::config::{Config, Upstream};
 use crate::gate::Gate;
-pub use crate::http1::{ClientBody, ClientBodyError};
+pub use crate::h1::client::{UpstreamBody, UpstreamBodyError};
+pub use crate::h1::server::{ClientBody, ClientBodyError};
 use crate::metrics::Metrics;
 use crate::trusted_proxies::TrustedProxies;
-pub use crate::upstream::{UpstreamBody, UpstreamBodyError};
 
 pub(crate) use errors::client_body_refusal;
 use pool::{ClientConnection, Pool, sweep_idle};
@@ -92,7 +92,6 @@ pub enum ClientScheme {
 pub struct Forwarder {
     shared: Arc<Shared>,
     conn: Arc<ClientConnection>,
-    endpoint: Endpoint,
 }
 
 struct Shared {
@@ -149,7 +148,6 @@ impl Forwarder {
         Ok(Self {
             conn: ClientConnection::new(&shared, None, false, ClientScheme::Http),
             shared,
-            endpoint: Endpoint::Other,
         })
     }
 
@@ -169,7 +167,6 @@ impl Forwarder {
                 may_vouch && self.shared.trusted_proxies.contains(ip),
                 scheme,
             ),
-            endpoint: Endpoint::Other,
         }
     }
 
@@ -179,13 +176,6 @@ impl Forwarder {
         let shared = &self.shared;
         let waiting = shared.waiting.load(Ordering::SeqCst);
         (shared.open.taken(), shared.pool.idle_count(), waiting)
-    }
-
-    /// Tells the forwarder which endpoint the next request is for, as the
-    /// server classified it: errors at the token endpoint are JSON, and
-    /// upstream latency is recorded by endpoint.
-    pub fn set_endpoint(&mut self, endpoint: Endpoint) {
-        self.endpoint = endpoint;
     }
 }
 

@@ -21,7 +21,7 @@ use super::wait::{Pending, wait_for_connection};
 use super::{ClientScheme, Shared, mark};
 use crate::config::{Config, Upstream};
 use crate::gate::{Gate, Slot};
-use crate::upstream::{Connection, Home, Keep, Prepared, Stream};
+use crate::h1::client::{Connection, Home, Keep, Prepared, Stream};
 
 /// The idle connections of one client connection, boxed: a connection
 /// moves between the pool, a request and its response as one pointer.

@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tower_pkce::{Endpoint, RequestBody};
 
 use super::{ClientBody, Forwarder};
-use crate::upstream::{HeaderOverrides, Reuse};
+use crate::h1::client::{HeaderOverrides, Reuse};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded. `Trailer` is
 /// end to end: it announces the trailers that follow. A `static`, so that

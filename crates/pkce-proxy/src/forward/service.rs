@@ -22,8 +22,8 @@ use super::rewrite::{remove_hop_by_hop, reusable_after};
 use super::wait::{Outbound, Pending, Waiting, wait_for_connection};
 use super::{ClientBody, Forwarder, ProxyBody, Shared, mark};
 use crate::gate::Slot;
+use crate::h1::client::{Connection, Exchange, Http1Error, Prepared, Retry, UpstreamBody};
 use crate::metrics::Limit;
-use crate::upstream::{Connection, Exchange, Http1Error, Prepared, Retry, UpstreamBody};
 
 impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
     type Response = Response<ProxyBody>;
@@ -35,7 +35,14 @@ impl Service<Request<RequestBody<ClientBody>>> for Forwarder {
     }
 
     fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> ResponseFuture {
-        let endpoint = self.endpoint;
+        // The PKCE layer classified the request and put the endpoint here:
+        // errors at the token endpoint are JSON, and upstream latency is
+        // recorded by endpoint.
+        let endpoint = req
+            .extensions()
+            .get::<Endpoint>()
+            .copied()
+            .unwrap_or(Endpoint::Other);
         let progress = req.extensions().get::<ForwardProgress>().cloned();
         mark(progress.as_ref(), ForwardProgress::not_sent);
         let Some(uri) = self.upstream_uri(req.uri()) else {
@@ -270,7 +277,7 @@ impl Forwarding {
                 remove_hop_by_hop(response.headers_mut());
                 response
             }
-            Some(Err(e)) if crate::http1::is_body_timeout(&e) => {
+            Some(Err(e)) if crate::h1::server::is_body_timeout(&e) => {
                 // Part of the request may have reached the upstream.
                 mark(self.progress.as_ref(), ForwardProgress::unanswered);
                 tracing::info!(

@@ -24,8 +24,8 @@ use crate::metrics::Metrics;
 
 /// The service behind the layer in these tests: it hands the request on
 /// to the forwarder with a progress report in it, as the layer does for
-/// a token request whose code it redeemed, and tells the forwarder the
-/// endpoint, as the server does.
+/// a token request whose code it redeemed, after checking that the
+/// layer told the forwarder the endpoint the test expects.
 #[derive(Clone)]
 struct Reported {
     forwarder: Forwarder,
@@ -44,7 +44,7 @@ impl Service<Request<RequestBody<ClientBody>>> for Reported {
 
     fn call(&mut self, mut req: Request<RequestBody<ClientBody>>) -> ResponseFuture {
         req.extensions_mut().insert(self.progress.clone());
-        self.forwarder.set_endpoint(self.endpoint);
+        assert_eq!(req.extensions().get::<Endpoint>(), Some(&self.endpoint));
         self.forwarder.call(req)
     }
 }
@@ -552,7 +552,7 @@ async fn client_side(harness: Harness) -> SocketAddr {
     use tower::ServiceExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let shutdown = Arc::new(crate::http1::Shutdown::default());
+    let shutdown = Arc::new(crate::h1::server::Shutdown::default());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let harness = harness.clone();
@@ -560,11 +560,11 @@ async fn client_side(harness: Harness) -> SocketAddr {
                 let harness = harness.clone();
                 async move { harness.oneshot(req).await.unwrap() }
             };
-            tokio::spawn(crate::http1::serve_connection(
+            tokio::spawn(crate::h1::server::serve_connection(
                 stream,
                 handler,
                 shutdown.enter(),
-                crate::http1::Settings::for_tests(Duration::from_secs(5)),
+                crate::h1::server::Settings::for_tests(Duration::from_secs(5)),
             ));
         }
     });

@@ -12,8 +12,8 @@ use super::errors::UpstreamError;
 use super::pool::{ClientConnection, Source};
 use super::{ClientBody, Shared};
 use crate::gate::{self, Slot};
+use crate::h1::client::{HeaderOverrides, Home, Prepared, Reuse};
 use crate::metrics::Limit;
-use crate::upstream::{HeaderOverrides, Home, Prepared, Reuse};
 
 /// A request not yet written: it is, once it has a share of its client
 /// connection's upstream connections.

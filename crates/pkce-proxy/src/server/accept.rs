@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::forward::{ClientBody, ClientScheme};
-use crate::http1;
+use crate::h1;
 use crate::https;
 use crate::metrics::Limit;
 use crate::proxy_protocol;
@@ -126,13 +126,13 @@ pub(super) const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How the client listener serves: its connections' settings, and at most
 /// how many it keeps open.
 pub(super) struct Clients {
-    pub(super) settings: http1::Settings,
+    pub(super) settings: h1::server::Settings,
     pub(super) max_connections: usize,
     /// The peers that send a PROXY protocol header first, when
     /// `--proxy-protocol` is on.
     pub(super) proxy_protocol: Option<TrustedProxies>,
     /// Counts the open connections, and drains them at shutdown.
-    pub(super) shutdown: Arc<http1::Shutdown>,
+    pub(super) shutdown: Arc<h1::server::Shutdown>,
     /// Every connection begins with a TLS handshake, when set.
     pub(super) tls: Option<TlsAcceptor>,
 }
@@ -203,7 +203,7 @@ where
                 ));
                 return;
             }
-            tokio::spawn(http1::serve_connection(
+            tokio::spawn(h1::server::serve_connection(
                 stream,
                 make(peer, true, ClientScheme::Http),
                 open,
@@ -226,8 +226,8 @@ pub(super) async fn serve_balanced_or_tls<M, H, F, B>(
     (mut stream, peer, balancer): (TcpStream, SocketAddr, bool),
     tls: Option<TlsAcceptor>,
     make: Arc<M>,
-    open: http1::OpenConnection,
-    settings: http1::Settings,
+    open: h1::server::OpenConnection,
+    settings: h1::server::Settings,
 ) where
     M: Fn(SocketAddr, bool, ClientScheme) -> H + Send + Sync + 'static,
     H: Fn(Request<ClientBody>) -> F + Send + Sync + 'static,
@@ -264,7 +264,7 @@ pub(super) async fn serve_balanced_or_tls<M, H, F, B>(
     match tls {
         None => {
             let handler = make(client, may_vouch, ClientScheme::Http);
-            http1::serve_connection(stream, handler, open, settings).await;
+            h1::server::serve_connection(stream, handler, open, settings).await;
         }
         Some(acceptor) => {
             let make = move || make(client, may_vouch, ClientScheme::Https);

@@ -12,7 +12,7 @@ use tower_pkce::store::Store;
 
 use crate::config::Upstream;
 use crate::forward::Forwarder;
-use crate::http1;
+use crate::h1;
 use crate::metrics::{Load, Metrics};
 use crate::store::ProxyStore;
 
@@ -24,11 +24,11 @@ pub(super) struct Admin {
     pub(super) store: ProxyStore,
     pub(super) metrics: Arc<Metrics>,
     /// The client connections, counted.
-    pub(super) connections: Arc<http1::Shutdown>,
+    pub(super) connections: Arc<h1::server::Shutdown>,
     /// The upstream connections, counted.
     pub(super) forwarder: Forwarder,
     /// The request bodies read ahead, counted.
-    pub(super) buffered: Arc<http1::Budget>,
+    pub(super) buffered: Arc<h1::server::Budget>,
 }
 
 impl Admin {

@@ -15,7 +15,7 @@ use tower::{Service, ServiceExt};
 use tower_pkce::{Endpoint, Pkce, Rejection, ResponseBody};
 
 use crate::forward::{ClientBody, Forwarder, ProxyBody};
-use crate::http1;
+use crate::h1;
 use crate::metrics::Metrics;
 use crate::store::ProxyStore;
 
@@ -80,9 +80,8 @@ pub(super) fn buffer_then_handle(
     metrics: Arc<Metrics>,
     endpoint: Endpoint,
     req: Request<ClientBody>,
-    (limit, budget): (usize, Arc<http1::Budget>),
+    (limit, budget): (usize, Arc<h1::server::Budget>),
 ) -> Answer {
-    pkce.get_mut().set_endpoint(endpoint);
     let (parts, body) = req.into_parts();
     let future = Box::pin(async move {
         match body.buffered(limit, &budget).await {
@@ -115,7 +114,7 @@ pub(super) fn body_failed(
     e: &(dyn std::error::Error + 'static),
     endpoint: Endpoint,
 ) -> Response<Full<Bytes>> {
-    if !http1::is_body_timeout(e) {
+    if !h1::server::is_body_timeout(e) {
         // The error names a framing fault, never a value of the request.
         tracing::info!(endpoint = endpoint.as_str(), error = %e, "request body failed");
         return crate::forward::client_body_refusal(endpoint);
@@ -146,9 +145,6 @@ pub(super) fn handle(
     endpoint: Endpoint,
     req: Request<ClientBody>,
 ) -> Answer {
-    // The forwarder learns the endpoint from the server, which classified
-    // the request already (for the metrics).
-    pkce.get_mut().set_endpoint(endpoint);
     let state = match pkce.poll_ready(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(Ok(())) => AnswerState::Called {
             future: pkce.call(req),

@@ -8,9 +8,8 @@ use http::{HeaderMap, Method, Request, header};
 use tower_pkce::Rejection;
 
 use crate::forward::{self, ClientBody};
-use crate::http1;
+use crate::h1;
 use crate::trusted_proxies::TrustedProxies;
-use crate::wire;
 
 /// A request the screen refuses: its one-line reason, and the layer's name
 /// for it when it has one (for the metrics).
@@ -25,7 +24,7 @@ pub(super) fn announces_body(headers: &HeaderMap, body: &ClientBody) -> bool {
     use http_body::Body as _;
     let mut zero = false;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        if wire::parse_length(value.as_bytes()) != Some(0) {
+        if h1::body::parse_length(value.as_bytes()) != Some(0) {
             return true;
         }
         zero = true;
@@ -42,12 +41,12 @@ pub(super) fn announces_body(headers: &HeaderMap, body: &ClientBody) -> bool {
 pub(super) fn screen(req: &mut Request<ClientBody>) -> Result<(), Refused> {
     let method = req.method();
     if method == Method::CONNECT {
-        return Err(Refused(http1::CONNECT_REFUSED, None));
+        return Err(Refused(h1::server::CONNECT_REFUSED, None));
     }
     if req.version() == http::Version::HTTP_2 || req.body().is_from_hyper() {
         screen_hyper(req).map_err(|why| Refused(why, None))?;
     }
-    if let Some(why) = http1::body_refused(method)
+    if let Some(why) = h1::server::body_refused(method)
         && announces_body(req.headers(), req.body())
     {
         return Err(Refused(why, None));
@@ -127,7 +126,7 @@ pub(super) fn screen_hyper(req: &Request<ClientBody>) -> Result<(), &'static str
         .headers()
         .get_all(header::CONTENT_LENGTH)
         .iter()
-        .any(|value| wire::parse_length(value.as_bytes()).is_none())
+        .any(|value| h1::body::parse_length(value.as_bytes()).is_none())
     {
         return Err("invalid Content-Length");
     }
@@ -216,7 +215,7 @@ mod tests {
         let mut connect = request(Method::CONNECT, &[], ClientBody::empty());
         assert_eq!(
             screen(&mut connect),
-            Err(Refused(http1::CONNECT_REFUSED, None))
+            Err(Refused(h1::server::CONNECT_REFUSED, None))
         );
         for method in [
             Method::GET,
@@ -225,7 +224,7 @@ mod tests {
             Method::OPTIONS,
             Method::TRACE,
         ] {
-            let why = http1::body_refused(&method).unwrap();
+            let why = h1::server::body_refused(&method).unwrap();
             for (fields, body) in [
                 (&[("content-length", "5")][..], ClientBody::empty()),
                 (&[], ClientBody::full(Bytes::from_static(b"x"))),

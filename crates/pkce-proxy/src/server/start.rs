@@ -16,9 +16,8 @@ use tower_pkce::{Endpoint, PkceLayer, Source};
 
 use crate::config::Config;
 use crate::forward::{ClientBody, Forwarder};
-use crate::http1;
+use crate::h1;
 use crate::metrics::Metrics;
-use crate::store::ProxyStore;
 use crate::tls;
 
 use super::accept::{Clients, bind, serve, serve_clients};
@@ -133,7 +132,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         );
     }
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError(e.to_string()))?);
-    let store = ProxyStore::from_config(&config).map_err(|e| StartError(e.to_string()))?;
+    let store = crate::store::from_config(&config).map_err(|e| StartError(e.to_string()))?;
     let layer = Arc::new(
         config
             .policy(PkceLayer::with_store(store))
@@ -169,12 +168,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_protocol: config
             .proxy_protocol
             .then(|| config.trusted_proxies.clone()),
-        settings: http1::Settings {
+        settings: h1::server::Settings {
             head_timeout: limits.head_timeout,
             body_timeout: limits.body_timeout,
             send_timeout: limits.send_timeout,
             metrics: metrics.clone(),
-            h2: http1::H2Settings {
+            h2: h1::server::H2Settings {
                 idle_timeout: limits.h2_idle_timeout,
                 keepalive_interval: limits.h2_keepalive_interval,
                 keepalive_timeout: limits.h2_keepalive_timeout,
@@ -183,12 +182,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             },
         },
         max_connections: limits.max_connections,
-        shutdown: Arc::new(http1::Shutdown::default()),
+        shutdown: Arc::new(h1::server::Shutdown::default()),
         tls: acceptor,
     };
     let connections = clients.shutdown.clone();
     let request_buffer = limits.request_buffer;
-    let budget = http1::Budget::new(limits.request_buffer_total, metrics.clone());
+    let budget = h1::server::Budget::new(limits.request_buffer_total, metrics.clone());
     let buffered = budget.clone();
     let proxy_task = {
         let layer = layer.clone();
@@ -212,7 +211,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 let vouches = may_vouch && trusted.contains(peer_ip);
                 let trusted = trusted.clone();
                 move |mut req: Request<ClientBody>| {
-                    let endpoint = layer.endpoint(req.uri().path());
+                    // Classified once: the layer trusts its own mark, and
+                    // the forwarder reads the endpoint the layer passes on.
+                    let endpoint = layer.classify(&mut req);
                     if endpoint == Endpoint::Authorize {
                         let client = if vouches {
                             forwarded_client(req.headers(), peer_ip, &trusted)

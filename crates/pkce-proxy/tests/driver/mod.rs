@@ -34,7 +34,7 @@ pub(crate) fn attacker_challenge() -> String {
 }
 
 pub(crate) fn enc(s: &str) -> String {
-    pkce_proxy::legacy::encode(s)
+    pkce_proxy::demo::legacy::encode(s)
 }
 
 /// Runs `scenario` in the three modes at once.

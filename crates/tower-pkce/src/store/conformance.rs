@@ -816,6 +816,7 @@ pub async fn stats_count_both_families<S: Store, F: Future<Output = S>>(
 /// that makes an empty store with the given capacity and mark lifetime. The
 /// calling crate needs `tokio` with the `macros` and `rt-multi-thread`
 /// features.
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($make:expr) => {

@@ -47,7 +47,8 @@
 //! [`MemoryStore`] is the embedded default. `RedisStore` (feature
 //! `redis-store`) shares records between replicas. Other backends implement
 //! [`Store`] and prove themselves with the conformance suite in
-//! `store::conformance` (feature `conformance`).
+//! `store::conformance` (feature `conformance`). A program that chooses its
+//! backend at run time holds an [`Either`] of two stores.
 
 use std::fmt;
 use std::future::Future;
@@ -56,6 +57,9 @@ use std::time::Duration;
 
 use crate::Source;
 use crate::pkce::ChallengeMethod;
+
+mod either;
+pub use either::Either;
 
 #[cfg(feature = "memory-store")]
 mod memory;
@@ -71,6 +75,7 @@ pub use redis::{
 };
 
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
 #[cfg(all(feature = "fuzzing", feature = "redis-store"))]
@@ -218,6 +223,7 @@ impl fmt::Debug for CodeBinding {
 /// verifier (in optional mode); the store answers it only when it holds
 /// neither a binding nor a live mark for the code.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Redemption {
     /// The binding was live and is now spent; the caller holds it.
     Redeemed(CodeBinding),

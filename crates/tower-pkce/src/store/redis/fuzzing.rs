@@ -10,12 +10,12 @@ use crate::store::CodeBinding;
 ///
 /// [`StoreError::Unavailable`] for a record not in the expected form.
 pub fn decode_pending(bytes: &[u8]) -> Result<PendingAuthorization, StoreError> {
-    super::decode_pending(bytes)
+    super::codec::decode_pending(bytes)
 }
 
 /// Writes a pending authorization as Redis holds it.
 pub fn encode_pending(record: &PendingAuthorization) -> Vec<u8> {
-    super::encode_pending(record)
+    super::codec::encode_pending(record)
 }
 
 /// Reads a code binding as Redis holds it.
@@ -24,12 +24,12 @@ pub fn encode_pending(record: &PendingAuthorization) -> Vec<u8> {
 ///
 /// [`StoreError::Unavailable`] for a record not in the expected form.
 pub fn decode_binding(bytes: &[u8]) -> Result<CodeBinding, StoreError> {
-    super::decode_binding(bytes)
+    super::codec::decode_binding(bytes)
 }
 
 /// Writes a code binding as Redis holds it.
 pub fn encode_binding(binding: &CodeBinding) -> Vec<u8> {
-    super::encode_binding(binding)
+    super::codec::encode_binding(binding)
 }
 
 /// Reads the redemption script's answer when it is an integer.
@@ -38,7 +38,7 @@ pub fn encode_binding(binding: &CodeBinding) -> Vec<u8> {
 ///
 /// [`StoreError::Unavailable`] for an answer the script never gives.
 pub fn redemption_int(answer: i64) -> Result<Redemption, StoreError> {
-    super::redemption(::redis::Value::Int(answer))
+    super::codec::redemption(::redis::Value::Int(answer))
 }
 
 /// Reads the redemption script's answer when it is a record.
@@ -47,5 +47,5 @@ pub fn redemption_int(answer: i64) -> Result<Redemption, StoreError> {
 ///
 /// [`StoreError::Unavailable`] for a record not in the expected form.
 pub fn redemption_bulk(answer: Vec<u8>) -> Result<Redemption, StoreError> {
-    super::redemption(::redis::Value::BulkString(answer))
+    super::codec::redemption(::redis::Value::BulkString(answer))
 }

@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::fuzzing::{BodyFraming, ResponseHead};
-use crate::wire::Copies;
+use crate::h1::socket::Copies;
 
 /// Parses a response head to a request with `method` at the front of
 /// `buffered`, into room for `fields` header fields (the connection tries
@@ -12,7 +12,7 @@ use crate::wire::Copies;
 pub(crate) fn parse_response_head(buffered: &[u8], method: &Method, fields: usize) -> ResponseHead {
     let mut copies = Copies::default();
     let mut room = vec![httparse::EMPTY_HEADER; fields];
-    match super::parse_head_with(buffered, method, &mut room, &mut copies) {
+    match super::head::parse_head_with(buffered, method, &mut room, &mut copies) {
         Ok(None) => ResponseHead::Partial,
         Err(super::Http1Error::Malformed(why)) => ResponseHead::Malformed(why.to_owned()),
         Err(e) => ResponseHead::Malformed(e.to_string()),
@@ -28,8 +28,8 @@ pub(crate) fn parse_response_head(buffered: &[u8], method: &Method, fields: usiz
 }
 
 /// How many fields a connection tries first, and the most it takes.
-pub(crate) const FIELDS: (usize, usize) = (super::FEW_HEADERS, super::MAX_HEADERS);
+pub(crate) const FIELDS: (usize, usize) = (super::head::FEW_HEADERS, super::head::MAX_HEADERS);
 
 /// Why a head with more fields than the room given is refused: the
 /// connection tries again with the most it takes.
-pub(crate) const TOO_MANY_FIELDS: &str = super::TOO_MANY_HEADERS;
+pub(crate) const TOO_MANY_FIELDS: &str = super::head::TOO_MANY_HEADERS;

@@ -14,36 +14,45 @@
 //! complete, the whole request was written before the response began, the
 //! upstream spoke HTTP/1.1 without `Connection: close`, and the request's
 //! [`Reuse`] allows it: the forwarder decides that by
-//! `forward::reusable_after` (a request with a body whose leftovers could
+//! `forward::rewrite::reusable_after` (a request with a body whose leftovers could
 //! become a request, a HEAD whose answer may bring a body late), and a
 //! request that never allows it tells the upstream `Connection: close`. A request is written again, once, on a new
 //! connection only when it never left the proxy or has no body and an
 //! idempotent method ([`Exchange::into_retry`]).
+//!
+//! The connection and its exchange are here; beside them, `request`
+//! writes the request, `head` parses the response head, and
+//! `response_body` reads the body and gives the connection back.
+
+mod head;
+mod request;
+mod response_body;
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tower_pkce::RequestBody;
 
+use self::head::{HEAD_TOO_LARGE, Head, parse_head};
+pub(crate) use self::request::HeaderOverrides;
+use self::request::{Outgoing, encode_head, poll_send};
+use self::response_body::ResponseStream;
+pub use self::response_body::{UpstreamBody, UpstreamBodyError};
+use super::server::{ClientBody, ClientBodyError};
 use crate::gate::Slot;
-use crate::http1::ClientBody;
-use crate::wire::{self, Copies, Framing, Inbox, MAX_HEAD, encode_data, encode_end, encode_field};
+use crate::h1::body::encode_end;
+use crate::h1::common::MAX_HEAD;
+use crate::h1::socket::{self, Copies, Inbox, Socket, WireError};
 
 /// The request body the forwarder sends.
 pub(crate) type OutgoingBody = RequestBody<ClientBody>;
-
-/// The most header fields in a response head (hyper's pooled client, for
-/// an HTTPS upstream, takes as many).
-pub(crate) const MAX_HEADERS: usize = 128;
 /// Request bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 /// A write buffer that grew past this is shrunk after its exchange.
@@ -59,15 +68,15 @@ pub(crate) enum Http1Error {
     /// The upstream's response breaks HTTP/1.1.
     Malformed(&'static str),
     /// The client's request body failed while it was being sent.
-    RequestBody(crate::http1::ClientBodyError),
+    RequestBody(ClientBodyError),
 }
 
-impl From<wire::WireError> for Http1Error {
-    fn from(e: wire::WireError) -> Self {
+impl From<WireError> for Http1Error {
+    fn from(e: WireError) -> Self {
         match e {
-            wire::WireError::Io(e) => Self::Io(e),
-            wire::WireError::Closed => Self::Closed,
-            wire::WireError::Malformed(why) => Self::Malformed(why),
+            WireError::Io(e) => Self::Io(e),
+            WireError::Closed => Self::Closed,
+            WireError::Malformed(why) => Self::Malformed(why),
         }
     }
 }
@@ -101,10 +110,10 @@ pub(crate) enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl wire::Socket for Stream {
+impl Socket for Stream {
     fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         match self {
-            Self::Plain(tcp) => wire::poll_read(tcp, cx, buf),
+            Self::Plain(tcp) => socket::poll_read(tcp, cx, buf),
             Self::Tls(tls) => {
                 let mut buf = ReadBuf::new(buf);
                 ready!(Pin::new(&mut **tls).poll_read(cx, &mut buf))?;
@@ -148,7 +157,7 @@ impl Stream {
                     matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
                 }
             },
-            Self::Tls(_) => wire::Socket::poll_read_some(self, &mut cx, &mut probe).is_pending(),
+            Self::Tls(_) => Socket::poll_read_some(self, &mut cx, &mut probe).is_pending(),
         }
     }
 }
@@ -206,9 +215,9 @@ impl Connection {
     fn poll_flush_out(&mut self, cx: &mut Context<'_>, keep: bool) -> Poll<io::Result<()>> {
         let (before, pending) = (self.written, self.written < self.out.len());
         let result = if keep {
-            wire::poll_write_kept(&mut self.stream, cx, &self.out, &mut self.written)
+            socket::poll_write_kept(&mut self.stream, cx, &self.out, &mut self.written)
         } else {
-            wire::poll_write_all(&mut self.stream, cx, &mut self.out, &mut self.written)
+            socket::poll_write_all(&mut self.stream, cx, &mut self.out, &mut self.written)
         };
         // A whole write empties the buffer (`written` back to 0): progress
         // shows in the result then, not in the count. A TLS write that
@@ -229,294 +238,6 @@ impl Connection {
     }
 }
 
-/// Header fields the proxy sets as the request is written: each replaces
-/// the request's own fields of that name, or removes them (`None`). Up to
-/// four, kept inline.
-#[derive(Debug, Default)]
-pub(crate) struct HeaderOverrides {
-    fields: [Option<(HeaderName, Option<HeaderValue>)>; 4],
-}
-
-impl HeaderOverrides {
-    /// Sets `name` to `value`, or removes it for `None`. A fifth name is
-    /// not kept: the proxy sets four at most.
-    pub(crate) fn set(&mut self, name: HeaderName, value: Option<HeaderValue>) {
-        if let Some(slot) = self.fields.iter_mut().find(|f| f.is_none()) {
-            *slot = Some((name, value));
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &(HeaderName, Option<HeaderValue>)> {
-        self.fields.iter().flatten()
-    }
-
-    fn replaces(&self, name: &HeaderName) -> bool {
-        self.iter().any(|(n, _)| n == name)
-    }
-}
-
-/// The request as it is written: the rest of its body, and how it is framed.
-struct Outgoing {
-    body: OutgoingBody,
-    chunked: bool,
-}
-
-/// How the request body is framed, from its size hint: `Content-Length`
-/// when the size is known, `chunked` otherwise. `None`: no body and no
-/// `Content-Length` needed.
-fn request_length(method: &Method, body: &OutgoingBody, had_length: bool) -> Option<Option<u64>> {
-    match body.size_hint().exact() {
-        Some(0)
-            if !had_length
-                && matches!(
-                    *method,
-                    Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
-                ) =>
-        {
-            None
-        }
-        Some(n) => Some(Some(n)),
-        None => Some(None),
-    }
-}
-
-/// Writes the request line and header fields of `parts` into `out`, with
-/// the framing header and, when `close`, `Connection: close`; returns how
-/// the body is to be written.
-fn encode_head(
-    out: &mut Vec<u8>,
-    parts: &http::request::Parts,
-    overrides: &HeaderOverrides,
-    body: &OutgoingBody,
-    close: bool,
-) -> Option<bool> {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    // An absolute target with no path (`http://host?x=1`) keeps a path and
-    // query that start at the `?`; its origin form has the path `/`
-    // (RFC 9112 §3.2.1, RFC 3986 §6.2.3).
-    if !target.starts_with('/') && target != "*" {
-        out.push(b'/');
-    }
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut had_length = false;
-    for (name, value) in &parts.headers {
-        // The framing is the proxy's own: the body may have been rewritten.
-        if name == header::CONTENT_LENGTH {
-            had_length = true;
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING || overrides.replaces(name) {
-            continue;
-        }
-        encode_field(out, name, value);
-    }
-    for (name, value) in overrides.iter() {
-        if let Some(value) = value {
-            encode_field(out, name, value);
-        }
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    let chunked = match request_length(&parts.method, body, had_length) {
-        None => None,
-        Some(Some(n)) => {
-            wire::encode_content_length(out, n);
-            Some(false)
-        }
-        Some(None) => {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            Some(true)
-        }
-    };
-    out.extend_from_slice(b"\r\n");
-    chunked
-}
-
-/// Moves the request along: takes what the body has ready, and writes.
-/// `Ready(Ok(()))` once the whole request is written; the request is then
-/// dropped from `outgoing`.
-fn poll_send(
-    conn: &mut Connection,
-    outgoing: &mut Option<Outgoing>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), Http1Error>> {
-    // A request with no body left to stream stays in the buffer once
-    // written, so that it can be sent again on another connection.
-    let keep = outgoing.is_none();
-    loop {
-        let mut body_pending = false;
-        if let Some(request) = outgoing.as_mut() {
-            while conn.out.len() - conn.written < WRITE_BATCH {
-                match Pin::new(&mut request.body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => encode_data(&mut conn.out, &data, request.chunked),
-                        // Request trailers are dropped (see `WithoutTrailers`).
-                        Err(_) => {
-                            if request.chunked {
-                                encode_end(&mut conn.out, None);
-                            }
-                            *outgoing = None;
-                            break;
-                        }
-                    },
-                    Poll::Ready(None) => {
-                        if request.chunked {
-                            encode_end(&mut conn.out, None);
-                        }
-                        *outgoing = None;
-                        break;
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(Err(Http1Error::RequestBody(e)));
-                    }
-                    Poll::Pending => {
-                        body_pending = true;
-                        break;
-                    }
-                }
-            }
-        }
-        let had_output = conn.written < conn.out.len();
-        ready!(conn.poll_flush_out(cx, keep)).map_err(Http1Error::Io)?;
-        if outgoing.is_none() {
-            return Poll::Ready(Ok(()));
-        }
-        if body_pending && !had_output {
-            return Poll::Pending;
-        }
-    }
-}
-
-/// A response head, and what is needed to read its body.
-pub(crate) struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    framing: Framing,
-    keep_alive: bool,
-}
-
-/// Parses a response head at the front of `conn`'s buffer: `None` when more
-/// bytes are needed.
-fn parse_head(conn: &mut Connection, method: &Method) -> Result<Option<Head>, Http1Error> {
-    if conn.inbox.is_empty() {
-        return Ok(None);
-    }
-    // Most heads are small: a short array first, which is cheap to set up.
-    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
-    let parsed = match parse_head_with(conn.inbox.buffered(), method, &mut few, &mut conn.copies) {
-        Err(Http1Error::Malformed(TOO_MANY_HEADERS)) => {
-            let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            parse_head_with(conn.inbox.buffered(), method, &mut many, &mut conn.copies)
-        }
-        parsed => parsed,
-    };
-    Ok(parsed?.map(|(head, len)| {
-        conn.inbox.consume(len);
-        head
-    }))
-}
-
-const FEW_HEADERS: usize = 24;
-/// The limits a response head can break, named in the log of its 502.
-const TOO_MANY_HEADERS: &str = "the response head has more than 128 header fields";
-const HEAD_TOO_LARGE: &str = "the response head is larger than 64 KiB";
-
-/// Parses a head at the front of `buffered` into `fields`; with its length.
-fn parse_head_with<'b>(
-    buffered: &'b [u8],
-    method: &Method,
-    fields: &mut [httparse::Header<'b>],
-    copies: &mut Copies,
-) -> Result<Option<(Head, usize)>, Http1Error> {
-    let mut response = httparse::Response::new(fields);
-    let len = match response.parse(buffered) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Http1Error::Malformed(TOO_MANY_HEADERS));
-        }
-        Err(_) => return Err(Http1Error::Malformed("unparsable response head")),
-    };
-    let status = response
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| Http1Error::Malformed("invalid status code"))?;
-    let version = if response.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let head = wire::HeadCopy::new(buffered, len, copies);
-    let mut headers = HeaderMap::with_capacity(response.headers.len() + wire::HEADER_ROOM);
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut transfer_encoding = false;
-    let mut close = false;
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Http1Error::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.share(field.value))
-            .map_err(|_| Http1Error::Malformed("invalid header value"))?;
-        if name == header::CONTENT_LENGTH {
-            let n = wire::parse_length(value.as_bytes())
-                .ok_or(Http1Error::Malformed("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Http1Error::Malformed("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-            // Only the last coding decides: `chunked` must come last.
-            chunked = wire::ends_chunked(value.as_bytes());
-        } else if name == header::CONNECTION {
-            close |= wire::has_token(value.as_bytes(), b"close");
-        }
-        headers.append(name, value);
-    }
-    let bodiless = *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = if bodiless {
-        Framing::Done
-    } else if transfer_encoding && version == Version::HTTP_10 {
-        // RFC 9112 §6.1: HTTP/1.0 has no transfer coding; its framing is
-        // faulty whatever the field says (hyper refuses it too).
-        return Err(Http1Error::Malformed(
-            "Transfer-Encoding in an HTTP/1.0 response",
-        ));
-    } else if transfer_encoding {
-        // The coding replaces any length (RFC 9112 §6.3), and the length
-        // must not go on with a body the server re-frames.
-        headers.remove(header::CONTENT_LENGTH);
-        if chunked {
-            Framing::ChunkSize
-        } else {
-            Framing::UntilClose
-        }
-    } else if let Some(n) = length {
-        Framing::length(n)
-    } else {
-        Framing::UntilClose
-    };
-    let keep_alive = version == Version::HTTP_11 && !close && framing != Framing::UntilClose;
-    Ok(Some((
-        Head {
-            status,
-            version,
-            headers,
-            framing,
-            keep_alive,
-        },
-        len,
-    )))
-}
-
 /// Where a connection goes when its exchange ended cleanly.
 pub(crate) trait Keep: Send + Sync {
     /// Takes back a connection ready for another request.
@@ -531,7 +252,7 @@ pub(crate) trait Keep: Send + Sync {
 /// connection goes back, and its share of that client connection's
 /// upstream connections, released when the claim is dropped: once the
 /// connection is back (or closed), or the request given up.
-pub(crate) struct Home(Arc<dyn Keep>);
+pub(crate) struct Home(pub(super) Arc<dyn Keep>);
 
 impl Home {
     /// A claim on `keep`, whose share is already taken.
@@ -552,7 +273,7 @@ pub(crate) enum Reuse {
     /// When both messages ended cleanly.
     Clean,
     /// Only after a 2xx answer as well: an upstream that did the work read
-    /// the whole request (see `forward::reusable_after`).
+    /// the whole request (see `forward::rewrite::reusable_after`).
     Succeeded,
     /// Never: the upstream is told `Connection: close`.
     Never,
@@ -572,7 +293,7 @@ pub(crate) struct Prepared {
 impl Prepared {
     /// `req` written into `buf`, with `overrides`. `home` takes the
     /// connection back once the exchange is over, when `reuse` allows it
-    /// (see `forward::reusable_after`).
+    /// (see `forward::rewrite::reusable_after`).
     pub(crate) fn new(
         mut buf: Vec<u8>,
         req: Request<OutgoingBody>,
@@ -754,162 +475,6 @@ impl Exchange {
     }
 }
 
-/// The upstream's response body on a connection of the proxy's own, read
-/// as it is polled; the rest of the request is written meanwhile.
-struct ResponseStream {
-    conn: Option<Box<Connection>>,
-    outgoing: Option<Outgoing>,
-    framing: Framing,
-    keep_alive: bool,
-    home: Option<Home>,
-}
-
-impl ResponseStream {
-    /// Gives the connection back once both messages are complete.
-    fn release_if_done(&mut self) {
-        if self.framing != Framing::Done {
-            return;
-        }
-        let home = self.home.take();
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        if self.keep_alive && self.outgoing.is_none() && conn.inbox.is_empty() {
-            conn.finish_exchange();
-            if let Some(home) = &home {
-                home.0.keep(conn);
-            }
-        }
-    }
-
-    fn poll_body(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if self.outgoing.is_some() {
-            match poll_send(conn, &mut self.outgoing, cx) {
-                Poll::Ready(Ok(())) | Poll::Pending => {}
-                // The client's body broke after the answer began: the
-                // answer is cut (its client connection closes), and so is
-                // this connection, which holds half a request.
-                Poll::Ready(Err(e @ Http1Error::RequestBody(_))) => {
-                    self.conn = None;
-                    self.outgoing = None;
-                    self.framing = Framing::Done;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                // The upstream stopped reading; its response may still be
-                // whole, but the connection is not used again.
-                Poll::Ready(Err(_)) => {
-                    self.outgoing = None;
-                    self.keep_alive = false;
-                }
-            }
-        }
-        match ready!(wire::read_frame(
-            &mut conn.inbox,
-            &mut conn.copies,
-            &mut conn.stream,
-            &mut self.framing,
-            cx
-        )) {
-            Ok(frame) => {
-                self.release_if_done();
-                Poll::Ready(frame.map(Ok))
-            }
-            Err(e) => {
-                self.conn = None;
-                self.outgoing = None;
-                self.framing = Framing::Done;
-                Poll::Ready(Some(Err(e.into())))
-            }
-        }
-    }
-}
-
-/// Whether a response trailer field is passed on to the client: only those
-/// defined for trailers and harmless there (RFC 9110 §6.5.1): integrity
-/// digests (`Content-Digest`, `Repr-Digest`, the older `Digest`),
-/// `Server-Timing`, and gRPC's status fields. Everything else is dropped:
-/// framing (`Content-Length`, `Transfer-Encoding`), routing and control
-/// (`Host`, `Location`, `Refresh`, `Cache-Control`, `Set-Cookie`, ...),
-/// authentication, content coding and type, hop-by-hop fields, and any
-/// field the proxy does not know, which a client merging trailers into the
-/// header section might act on. The PKCE layer reads a response's header
-/// section for a code; a trailer it never read must not deliver one.
-/// `ETag` is dropped too: no definition lets a cache merge it from a
-/// trailer, so a validator there is at best ignored.
-fn allowed_trailer(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "content-digest"
-            | "repr-digest"
-            | "digest"
-            | "server-timing"
-            | "grpc-status"
-            | "grpc-message"
-            | "grpc-status-details-bin"
-    )
-}
-
-/// `frame`, with only the trailer fields the client may have.
-fn filter_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
-    match frame.into_trailers() {
-        Ok(trailers) if trailers.keys().all(allowed_trailer) => Frame::trailers(trailers),
-        Ok(trailers) => {
-            let mut kept = HeaderMap::new();
-            for (name, value) in &trailers {
-                if allowed_trailer(name) {
-                    kept.append(name, value.clone());
-                }
-            }
-            Frame::trailers(kept)
-        }
-        Err(frame) => frame,
-    }
-}
-
-/// A response body from the upstream, read from its connection by whoever
-/// polls it.
-pub struct UpstreamBody(ResponseStream);
-
-impl std::fmt::Debug for UpstreamBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody").finish_non_exhaustive()
-    }
-}
-
-/// An error while the upstream's response body was read.
-pub type UpstreamBodyError = Box<dyn std::error::Error + Send + Sync>;
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = UpstreamBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
-        let frame = ready!(self.get_mut().0.poll_body(cx));
-        Poll::Ready(frame.map(|f| f.map(filter_trailers).map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.framing == Framing::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.0.framing {
-            Framing::Done => SizeHint::with_exact(0),
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
 
@@ -995,25 +560,6 @@ mod tests {
             let _ = theirs.read(&mut buf).await;
             let _ = theirs.write_all(b"HTTP/1.1 200 OK\r\n").await;
         });
-    }
-
-    #[test]
-    fn the_limits_a_head_breaks_are_named_as_they_are() {
-        assert!(TOO_MANY_HEADERS.contains(&format!(" {MAX_HEADERS} ")));
-        assert!(HEAD_TOO_LARGE.contains(&format!(" {} KiB", MAX_HEAD / 1024)));
-        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
-        for i in 0..=MAX_HEADERS {
-            head.extend_from_slice(format!("x-f{i}: v\r\n").as_bytes());
-        }
-        head.extend_from_slice(b"\r\n");
-        let mut copies = Copies::default();
-        let mut many = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let parsed = parse_head_with(&head, &Method::GET, &mut many, &mut copies);
-        assert!(
-            matches!(parsed, Err(Http1Error::Malformed(why)) if why == TOO_MANY_HEADERS),
-            "{:?}",
-            parsed.err()
-        );
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
 //! `pkce-proxy demo`: the example legacy server, the proxy in front of it,
 //! and a client that walks a whole flow, all on free loopback ports.
 
+pub mod legacy;
+
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -12,7 +14,8 @@ use hyper_util::rt::TokioExecutor;
 use tower_pkce::{ChallengeMethod, CodeChallenge, CodeVerifier};
 
 use crate::config::{Config, RawSettings};
-use crate::legacy::{LegacyServer, encode, parse_form};
+
+use self::legacy::{LegacyServer, encode, parse_form};
 
 /// A response read whole.
 #[derive(Debug)]
