@@ -14,7 +14,7 @@
 //! complete, the whole request was written before the response began, the
 //! upstream spoke HTTP/1.1 without `Connection: close`, and the request's
 //! [`Reuse`] allows it: the forwarder decides that by
-//! `forward::reusable_after` (a request with a body whose leftovers could
+//! `forward::rewrite::reusable_after` (a request with a body whose leftovers could
 //! become a request, a HEAD whose answer may bring a body late), and a
 //! request that never allows it tells the upstream `Connection: close`. A request is written again, once, on a new
 //! connection only when it never left the proxy or has no body and an
@@ -273,7 +273,7 @@ pub(crate) enum Reuse {
     /// When both messages ended cleanly.
     Clean,
     /// Only after a 2xx answer as well: an upstream that did the work read
-    /// the whole request (see `forward::reusable_after`).
+    /// the whole request (see `forward::rewrite::reusable_after`).
     Succeeded,
     /// Never: the upstream is told `Connection: close`.
     Never,
@@ -293,7 +293,7 @@ pub(crate) struct Prepared {
 impl Prepared {
     /// `req` written into `buf`, with `overrides`. `home` takes the
     /// connection back once the exchange is over, when `reuse` allows it
-    /// (see `forward::reusable_after`).
+    /// (see `forward::rewrite::reusable_after`).
     pub(crate) fn new(
         mut buf: Vec<u8>,
         req: Request<OutgoingBody>,
